@@ -1,0 +1,8 @@
+"""asd_utils: the work behind the XJU DCASE 2026 Task 2 notebooks.
+
+Modules, in the order a clip flows through them (each calls only the ones before it):
+``data`` (index and read a DCASE tree), ``synth`` (make one), ``features``, ``anc``,
+``models``, ``training``, ``scoring``, ``metrics``, ``plots``; ``pipeline`` drives the notebooks.
+"""
+
+__version__ = "0.1.0"

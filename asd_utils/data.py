@@ -1,0 +1,377 @@
+"""Index a DCASE Task 2 tree, parse clip names, read and write WAV clips, with clear errors.
+
+A clip table (:func:`index_dataset`) has one row per WAV file; audio is read as float32 arrays of
+shape ``(channels, samples)``. DCASE 2026 clips are stereo (channel 0 = near microphone, channel
+1 = far microphone); 2020–2025 clips are mono, and their one channel equals the 2026 near mic.
+This module knows nothing of features.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import struct
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import soundfile as sf
+
+from asd_utils.files import atomic_path
+
+try:
+    from tqdm.auto import tqdm
+except ImportError:  # progress bars are a nicety, never a requirement
+
+    def tqdm(iterable, **_kwargs):
+        return iterable
+
+
+COLUMNS = [
+    "machine_type",
+    "section",
+    "domain",
+    "split",
+    "label",
+    "index",
+    "attributes",
+    "file_name",
+    "path",
+    "channels",
+    "sample_rate",
+    "duration",
+    "frames",
+]
+SPLITS = ("train", "test")
+PROGRESS_MIN = 500  # show a progress bar above this many files
+
+EXPECTED_LAYOUT = (
+    "<data_root>/dev_data/raw/<machine_type>/{train,test}/*.wav, "
+    "<data_root>/eval_data/raw/<machine_type>/{train,test}/*.wav, "
+    "or <data_root>/<machine_type>/{train,test}/*.wav"
+)
+NAME_PATTERN = (
+    "section_<NN>_<source|target>_<train|test>_<normal|anomaly>_<NNNN>[_<key>_<value>...].wav "
+    "or section_<NN>_<NNNN>.wav"
+)
+_NAME_RE = re.compile(
+    r"""
+    ^section_(?P<section>\d+)_
+    (?:
+        (?P<domain>source|target)_(?P<split>train|test)_(?P<label>normal|anomaly)_(?P<index>\d+)
+        (?:_(?P<attributes>[^_\s](?:\S*[^_\s])?))?
+      | (?P<anonymous_index>\d+)
+    )
+    \.wav$
+    """,
+    re.VERBOSE,
+)
+
+
+class DataError(ValueError):
+    """Bad input data: a misnamed, missing, corrupt or unexpected file or folder."""
+
+
+def parse_file_name(name: str | os.PathLike) -> dict:
+    """Split a DCASE clip name into its fields.
+
+    ``section_00_source_train_normal_0000_car_A2_spd_28V.wav`` gives ``{"section": "00",
+    "domain": "source", "split": "train", "label": "normal", "index": 0, "attributes":
+    "car_A2_spd_28V"}``. ``attributes`` is the raw key/value string ("" when absent or
+    ``noAttribute``; see :func:`parse_attributes`). Anonymous evaluation names
+    (``section_00_0000.wav``) give ``domain``, ``split`` and ``label`` None. A path is accepted;
+    only its last component is parsed.
+    """
+    match = _NAME_RE.match(Path(name).name)
+    if match is None:
+        raise DataError(f"{str(name)!r} is not a DCASE clip name; expected {NAME_PATTERN}")
+    fields = match.groupdict()
+    attributes = fields["attributes"] or ""
+    return {
+        "section": fields["section"],
+        "domain": fields["domain"],
+        "split": fields["split"],
+        "label": fields["label"],
+        "index": int(fields["index"] or fields["anonymous_index"]),
+        "attributes": "" if attributes == "noAttribute" else attributes,
+    }
+
+
+def parse_attributes(attributes: str) -> dict[str, str]:
+    """Turn ``"car_A2_spd_28V"`` into ``{"car": "A2", "spd": "28V"}``; values stay strings."""
+    if attributes in ("", "noAttribute"):
+        return {}
+    tokens = attributes.split("_")
+    if len(tokens) % 2:
+        raise DataError(
+            f"attributes {attributes!r} have {len(tokens)} '_'-separated tokens; "
+            "expected key_value pairs (an even number)"
+        )
+    return dict(zip(tokens[::2], tokens[1::2], strict=True))
+
+
+def _raw_roots(data_root: Path) -> list[Path]:
+    if not data_root.is_dir():
+        raise DataError(f"data_root {str(data_root)!r} is not a folder; expected {EXPECTED_LAYOUT}")
+    raw = [data_root / part / "raw" for part in ("dev_data", "eval_data")]
+    return [root for root in raw if root.is_dir()] or [data_root]
+
+
+def _machine_type_dirs(data_root: Path) -> list[Path]:
+    """Every machine type folder (one with train/ or test/) under ``data_root``."""
+    dirs = []
+    for root in _raw_roots(data_root):
+        for folder in sorted(p for p in root.iterdir() if p.is_dir() and p.name[0] != "."):
+            if not any((folder / split).is_dir() for split in SPLITS):
+                raise DataError(
+                    f"machine type folder {str(folder)!r} has neither train/ nor test/; "
+                    f"expected {EXPECTED_LAYOUT}"
+                )
+            dirs.append(folder)
+    if not dirs:
+        raise DataError(
+            f"no machine type folders in {str(data_root)!r}; expected {EXPECTED_LAYOUT}"
+        )
+    return sorted(dirs, key=lambda p: (p.name.lower(), p.name, str(p)))
+
+
+def machine_types(data_root: str | os.PathLike) -> list[str]:
+    """The machine types found under ``data_root`` (any layout of :func:`index_dataset`),
+    sorted case-insensitively."""
+    names = {folder.name for folder in _machine_type_dirs(Path(data_root).expanduser())}
+    return sorted(names, key=lambda n: (n.lower(), n))
+
+
+def _truncation(path: Path) -> str | None:
+    """Why a RIFF/WAVE file is truncated (data chunk longer than the file), or None."""
+    with open(path, "rb") as f:
+        head = f.read(12)
+        if len(head) < 12 or head[:4] != b"RIFF" or head[8:] != b"WAVE":
+            return None  # not plain WAV: leave the verdict to libsndfile
+        while len(chunk := f.read(8)) == 8:
+            chunk_id, size = struct.unpack("<4sI", chunk)
+            if chunk_id == b"data":
+                available = os.fstat(f.fileno()).st_size - f.tell()
+                if size > available and size != 0xFFFFFFFF:  # 0xFFFFFFFF: streamed, size unknown
+                    return f"its header declares {size} bytes of audio but only {available} follow"
+                return None
+            f.seek(size + (size & 1), os.SEEK_CUR)
+    return None
+
+
+def _open_checked(path: Path) -> sf.SoundFile:
+    """Open ``path`` with soundfile, turning every way it can be broken into a DataError."""
+    if not path.is_file():
+        raise DataError(f"audio file {str(path)!r} does not exist or is not a file")
+    try:
+        audio = sf.SoundFile(path)
+    except (sf.SoundFileError, RuntimeError) as err:
+        raise DataError(f"cannot read {str(path)!r} as audio ({err}); expected a WAV file") from err
+    problem = _truncation(path) or ("it holds no audio frames" if audio.frames == 0 else None)
+    if problem:
+        audio.close()
+        raise DataError(f"audio file {str(path)!r} is truncated or corrupt: {problem}")
+    return audio
+
+
+def index_dataset(
+    data_root: str | os.PathLike,
+    split: str | None = None,
+    machine_types: Iterable[str] | None = None,
+) -> pd.DataFrame:
+    """One row per clip under ``data_root`` (columns :data:`COLUMNS`).
+
+    Accepts ``dev_data/raw/<machine_type>/{train,test}``, ``eval_data/raw/<machine_type>/...``
+    (both are indexed when both exist) or a bare ``<machine_type>/{train,test}`` tree.
+    ``split`` comes from the folder (anonymous eval names carry none); ``channels``,
+    ``sample_rate``, ``frames`` and ``duration`` (seconds) come from each WAV header. Rows are
+    sorted by machine_type (case-insensitively), split and file_name. ``split`` ("train" or
+    "test") and ``machine_types`` filter the table.
+    """
+    if split not in (None, *SPLITS):
+        raise ValueError(f"split must be None, 'train' or 'test', not {split!r}")
+    data_root = Path(data_root).expanduser().absolute()
+    folders = _machine_type_dirs(data_root)
+    if machine_types is not None:
+        wanted = [machine_types] if isinstance(machine_types, str) else list(machine_types)
+        unknown = sorted(set(wanted) - {folder.name for folder in folders})
+        if unknown:
+            raise DataError(
+                f"machine types {unknown} not found in {str(data_root)!r}; "
+                f"found {[folder.name for folder in folders]}"
+            )
+        folders = [folder for folder in folders if folder.name in wanted]
+
+    files = []  # (machine_type, folder split, path)
+    for folder in folders:
+        found = [
+            (folder.name, folder_split, path)
+            for folder_split in SPLITS
+            if (folder / folder_split).is_dir()
+            for path in sorted((folder / folder_split).glob("*.wav"))
+            if not path.name.startswith(".")  # skip ._* AppleDouble files and hidden temp files
+        ]
+        if not found:
+            raise DataError(
+                f"machine type folder {str(folder)!r} has no .wav files in train/ or test/; "
+                f"expected {EXPECTED_LAYOUT}"
+            )
+        files += [entry for entry in found if split in (None, entry[1])]
+    if not files:
+        raise DataError(f"no {split} clips in {str(data_root)!r}; expected {EXPECTED_LAYOUT}")
+
+    rows = []
+    progress = tqdm(files, desc="indexing clips", unit="file", disable=len(files) <= PROGRESS_MIN)
+    for machine_type, folder_split, path in progress:
+        fields = parse_file_name(path)
+        if fields["split"] not in (None, folder_split):
+            raise DataError(
+                f"{str(path)!r} is named as a {fields['split']} clip but lies in {folder_split}/"
+            )
+        with _open_checked(path) as audio:
+            channels, sample_rate, frames = audio.channels, audio.samplerate, audio.frames
+        rows.append(
+            {
+                **fields,
+                "machine_type": machine_type,
+                "split": folder_split,
+                "file_name": path.name,
+                "path": str(path),
+                "channels": channels,
+                "sample_rate": sample_rate,
+                "duration": frames / sample_rate,
+                "frames": frames,
+            }
+        )
+    table = pd.DataFrame(rows, columns=COLUMNS)
+    table = table.sort_values(
+        ["machine_type", "split", "file_name"],
+        key=lambda col: col.str.lower() if col.name == "machine_type" else col,
+        kind="stable",
+        ignore_index=True,
+    )
+    duplicated = table.duplicated(["machine_type", "split", "file_name"])
+    if duplicated.any():
+        first = table.loc[duplicated.idxmax()]
+        raise DataError(
+            f"clip {first.file_name!r} of {first.machine_type} ({first.split}) appears twice "
+            f"under {str(data_root)!r}; point data_root at dev_data/raw or eval_data/raw"
+        )
+    return table
+
+
+def read_audio(
+    path: str | os.PathLike,
+    channels: int | None = None,
+    expected_sample_rate: int | None = 16000,
+) -> np.ndarray:
+    """Read one clip as float32 of shape ``(channels, samples)``.
+
+    16-bit PCM is scaled by 1/32768, so values lie in [-1, 1). ``channels=None`` returns what the
+    file holds; ``channels=2`` requires a stereo file (2026: row 0 near mic, row 1 far mic);
+    ``channels=1`` returns channel 0 only, which for 2026 stereo clips is the near microphone and
+    for mono clips the clip itself. ``expected_sample_rate=None`` accepts any rate.
+    """
+    if channels not in (None, 1, 2):
+        raise ValueError(f"channels must be None, 1 or 2, not {channels!r}")
+    path = Path(path)
+    with _open_checked(path) as audio:
+        if expected_sample_rate is not None and audio.samplerate != expected_sample_rate:
+            raise DataError(
+                f"{str(path)!r} has sample rate {audio.samplerate} Hz, "
+                f"but {expected_sample_rate} Hz was expected"
+            )
+        if channels == 2 and audio.channels != 2:
+            found = (
+                "is mono (1 channel)" if audio.channels == 1 else f"has {audio.channels} channels"
+            )
+            raise DataError(
+                f"{str(path)!r} {found} but 2 channels (near, far) were expected — 2026 data is "
+                "stereo; earlier editions are mono (pass channels=1 or None to read them)"
+            )
+        try:
+            data = audio.read(dtype="float32", always_2d=True)
+        except (sf.SoundFileError, RuntimeError) as err:
+            raise DataError(f"cannot read the audio of {str(path)!r} ({err})") from err
+    if channels == 1:
+        data = data[:, :1]
+    return np.ascontiguousarray(data.T)
+
+
+def read_clips(
+    paths: Sequence[str | os.PathLike],
+    channels: int | None = None,
+    length: int | None = None,
+    expected_sample_rate: int | None = 16000,
+) -> np.ndarray:
+    """Read many clips into one float32 array of shape ``(batch, channels, samples)``.
+
+    With ``length`` (in samples) each clip is cropped to its first ``length`` samples or padded
+    with zeros at the end; without it all clips must be equally long. All clips must have the same
+    number of channels (pass ``channels=1`` to take the near mic of a mixed mono/stereo set).
+    """
+    paths = list(paths)
+    if not paths:
+        raise DataError("read_clips was given no paths")
+    batch = None
+    for i, path in enumerate(
+        tqdm(paths, desc="reading clips", unit="clip", disable=len(paths) <= PROGRESS_MIN)
+    ):
+        clip = read_audio(path, channels=channels, expected_sample_rate=expected_sample_rate)
+        if batch is None:
+            batch = np.zeros((len(paths), clip.shape[0], length or clip.shape[1]), np.float32)
+        if clip.shape[0] != batch.shape[1]:
+            raise DataError(
+                f"{str(path)!r} has {clip.shape[0]} channel(s) but {str(paths[0])!r} has "
+                f"{batch.shape[1]}; pass channels=1 to read channel 0 (near mic) of every clip"
+            )
+        if length is None and clip.shape[1] != batch.shape[2]:
+            raise DataError(
+                f"{str(path)!r} has {clip.shape[1]} samples but {str(paths[0])!r} has "
+                f"{batch.shape[2]}; pass length= to crop or zero-pad every clip to one length"
+            )
+        n = min(clip.shape[1], batch.shape[2])
+        batch[i, :, :n] = clip[:, :n]
+    return batch
+
+
+def describe_channels(table: pd.DataFrame) -> str:
+    """One sentence on a clip table's format, e.g.
+    ``"1,400 clips, all stereo (ch0 near, ch1 far), 16 kHz, 10.0–12.0 s"``."""
+    n = len(table)
+    if n == 0:
+        return "0 clips"
+    counts = table["channels"].value_counts().sort_index()
+    kinds = {1: "mono (pre-2026 format)", 2: "stereo (ch0 near, ch1 far)"}
+    if len(counts) == 1:
+        layout = f"all {kinds.get(counts.index[0], f'{counts.index[0]}-channel')}"
+    else:
+        names = {1: "mono", 2: "stereo"}
+        layout = "mixed: " + ", ".join(
+            f"{count:,} {names.get(ch, f'{ch}-channel')}" for ch, count in counts.items()
+        )
+    rates = ", ".join(f"{rate / 1000:g}" for rate in sorted(table["sample_rate"].unique()))
+    low, high = table["duration"].min(), table["duration"].max()
+    durations = f"{low:.1f} s" if f"{low:.1f}" == f"{high:.1f}" else f"{low:.1f}–{high:.1f} s"
+    return f"{n:,} clip{'s' * (n != 1)}, {layout}, {rates} kHz, {durations}"
+
+
+def write_wav(path: str | os.PathLike, audio: np.ndarray, sample_rate: int = 16000) -> Path:
+    """Write float ``audio`` of shape ``(channels, samples)`` (or ``(samples,)`` for mono) as
+    16-bit PCM WAV, atomically. Values are clipped to [-1, 1) and quantised as
+    ``round(x * 32768)``, so :func:`read_audio` gives them back to within 1/65536."""
+    audio = np.asarray(audio, dtype=np.float64)
+    if audio.ndim == 1:
+        audio = audio[np.newaxis]
+    if audio.ndim != 2 or audio.shape[1] == 0 or audio.shape[0] > 8:
+        raise DataError(
+            f"audio for {str(path)!r} has shape {audio.shape}; expected (channels, samples) "
+            "with at most 8 channels"
+        )
+    if not np.isfinite(audio).all():
+        raise DataError(f"audio for {str(path)!r} contains NaN or infinite values")
+    pcm = np.clip(np.round(audio * 32768), -32768, 32767).astype(np.int16)
+    with atomic_path(path) as tmp:
+        sf.write(tmp, pcm.T, sample_rate, subtype="PCM_16", format="WAV")
+    return Path(path)

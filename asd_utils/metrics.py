@@ -1,0 +1,392 @@
+"""DCASE Task 2 metrics, submission files, decision thresholds and the paper's Table 2.
+
+Everything here follows the official evaluator (nttcslab ``dcase2023_task2_evaluator``, used
+unchanged in spirit for 2023-2026) and the official autoencoder baseline
+(``dcase2023_task2_baseline_ae``); see ``shared/reference/dcase2026-task2.md``. Only numpy, scipy,
+scikit-learn and pandas are used: no model code.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import re
+import sys
+import warnings
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+from sklearn.metrics import precision_recall_fscore_support, roc_auc_score
+
+from asd_utils.files import atomic_path
+
+MAX_FPR = 0.1
+# The evaluator's floor before the harmonic mean: numpy.maximum(x, sys.float_info.epsilon).
+EPS = sys.float_info.epsilon
+DOMAINS = ("source", "target")
+METRICS = {"auc_source": "AUC-s", "auc_target": "AUC-t", "pauc": "pAUC"}
+OFFICIAL_ROW = ("official score", "hmean")
+AMEAN_ROW = ("arithmetic mean", "amean")
+
+_SCORE_CSV = re.compile(
+    r"^anomaly_score_(?P<machine_type>.+)_section_(?P<section>[^_]+)_test\.csv$"
+)
+_TEST_WAV = re.compile(r"^section_[^_]+_(?P<domain>source|target)_test_(?P<label>normal|anomaly)_")
+
+
+# --- per-section metrics -----------------------------------------------------------------------
+
+
+def _label_to_int(label) -> np.ndarray:
+    """Map labels ``"normal"``/``"anomaly"`` or 0/1 to an int array (1 = anomaly)."""
+    mapping = {"normal": 0, "anomaly": 1, 0: 0, 1: 1}
+    values = pd.Series(np.asarray(label, dtype=object).ravel())
+    unknown = sorted({repr(v) for v in values if v not in mapping})
+    if unknown:
+        raise ValueError(f"labels must be 'normal'/'anomaly' or 0/1, got {', '.join(unknown)}")
+    return values.map(mapping).to_numpy(dtype=int)
+
+
+def section_metrics(label, domain, anomaly_score, max_fpr: float = MAX_FPR) -> dict[str, float]:
+    """AUC (source), AUC (target) and pAUC of one machine type and section, as the evaluator.
+
+    Inputs: ``label`` (n,) with 1 = anomaly, 0 = normal (``"anomaly"``/``"normal"`` accepted);
+    ``domain`` (n,) of ``"source"``/``"target"``; ``anomaly_score`` (n,), larger = more anomalous.
+
+    Output: ``{"auc_source", "auc_target", "pauc"}`` as floats in [0, 1].
+
+    - AUC (domain) is ``roc_auc_score`` over that domain's normal clips plus ALL anomalous clips
+      of both domains (the evaluator's mask ``(y_domain == d) | (y_true != 0)``).
+    - pAUC is ``roc_auc_score(y, score, max_fpr=0.1)`` over every clip of the section: the
+      McClish-standardised partial AUC, not the raw area / 0.1.
+
+    Raises ValueError, naming the missing group, if there are no anomalies or no normals of a
+    domain.
+    """
+    y = _label_to_int(label)
+    domain = np.asarray(domain, dtype=str).ravel()
+    score = np.asarray(anomaly_score, dtype=float).ravel()
+    if not len(y) == len(domain) == len(score):
+        raise ValueError(
+            f"lengths differ: label {len(y)}, domain {len(domain)}, score {len(score)}"
+        )
+    unknown = sorted(set(domain) - set(DOMAINS))
+    if unknown:
+        raise ValueError(f"domains must be 'source'/'target', got {unknown}")
+    anomalies = y == 1
+    if not anomalies.any():
+        raise ValueError("no anomalous clips: AUC and pAUC are undefined")
+    result = {}
+    for d in DOMAINS:
+        normals = (domain == d) & (y == 0)
+        if not normals.any():
+            raise ValueError(f"no {d}-domain normal clips: AUC ({d}) is undefined")
+        mask = normals | anomalies
+        result[f"auc_{d}"] = float(roc_auc_score(y[mask], score[mask]))
+    result["pauc"] = float(roc_auc_score(y, score, max_fpr=max_fpr))
+    return result
+
+
+def _machine_key(machine_type: str) -> tuple[str, str]:
+    """Sort key of the paper's tables: case-insensitive (bearingEmu, fan, ..., ToyCar, valveEmu)."""
+    return machine_type.lower(), machine_type
+
+
+def evaluate(scores: pd.DataFrame) -> pd.DataFrame:
+    """Per-(machine type, section) metrics of a whole system.
+
+    Input columns: ``machine_type, section, domain, label, anomaly_score`` (one row per test
+    clip; label ``"normal"``/``"anomaly"`` or 0/1). Output: one row per (machine_type, section)
+    with columns ``machine_type, section, auc_source, auc_target, pauc``, sorted by machine type
+    case-insensitively (as the paper's Table 2), then section.
+    """
+    required = ["machine_type", "section", "domain", "label", "anomaly_score"]
+    missing = [c for c in required if c not in scores.columns]
+    if missing:
+        raise ValueError(f"scores lack columns {missing}")
+    rows = []
+    for (machine_type, section), group in scores.groupby(["machine_type", "section"], sort=False):
+        try:
+            metrics = section_metrics(group["label"], group["domain"], group["anomaly_score"])
+        except ValueError as err:
+            raise ValueError(f"{machine_type} section {section}: {err}") from err
+        rows.append({"machine_type": machine_type, "section": section, **metrics})
+    rows.sort(key=lambda r: (*_machine_key(r["machine_type"]), str(r["section"])))
+    return pd.DataFrame(rows, columns=["machine_type", "section", *METRICS])
+
+
+# --- summaries -----------------------------------------------------------------------------------
+
+
+def official_score(values, eps: float = EPS) -> float:
+    """Official score: ``scipy.stats.hmean(np.maximum(values, eps))`` over the flattened values.
+
+    ``eps`` is ``sys.float_info.epsilon``, the evaluator's floor (a zero AUC would otherwise make
+    the harmonic mean undefined).
+    """
+    values = np.asarray(values, dtype=float).ravel()
+    if values.size == 0:
+        raise ValueError("no values to average")
+    return float(stats.hmean(np.maximum(values, eps)))
+
+
+def arithmetic_mean(values) -> float:
+    """Arithmetic mean of the flattened values (reported beside the official score)."""
+    values = np.asarray(values, dtype=float).ravel()
+    if values.size == 0:
+        raise ValueError("no values to average")
+    return float(values.mean())
+
+
+def summarise(table: pd.DataFrame) -> dict[str, float]:
+    """Summary of an ``evaluate()`` table, as the evaluator's "official score" block.
+
+    Output keys: ``hmean`` (official score) and ``amean`` over the flat list of every
+    auc_source, auc_target and pauc value of all rows; ``hmean_source`` over the auc_source
+    values only, ``hmean_target`` over the auc_target values only (the evaluator's "harmonic
+    mean (source/target)"), and ``hmean_pauc`` over the pauc values.
+    """
+    flat = table[list(METRICS)].to_numpy(dtype=float)
+    return {
+        "hmean": official_score(flat),
+        "amean": arithmetic_mean(flat),
+        "hmean_source": official_score(table["auc_source"]),
+        "hmean_target": official_score(table["auc_target"]),
+        "hmean_pauc": official_score(table["pauc"]),
+    }
+
+
+# --- submission files ----------------------------------------------------------------------------
+
+
+def _section_id(section) -> str:
+    """``"00"`` stays ``"00"``; an integer 0 becomes ``"00"``."""
+    return section if isinstance(section, str) else f"{int(section):02d}"
+
+
+def _format_value(value) -> str:
+    """Full-precision text of a score (``repr`` of the float round-trips exactly)."""
+    return repr(float(value))
+
+
+def _write_rows(path: Path, file_names: Sequence[str], values: Sequence, fmt) -> Path:
+    """Write ``<basename>,<fmt(value)>`` rows sorted by name, atomically, one row per file."""
+    names = [os.path.basename(str(n)) for n in file_names]
+    values = list(values)
+    if len(names) != len(values):
+        raise ValueError(f"{path.name}: {len(names)} file names but {len(values)} values")
+    duplicates = sorted(n for n, count in Counter(names).items() if count > 1)
+    if duplicates:
+        raise ValueError(f"{path.name}: duplicate file names {duplicates[:5]}")
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8", newline="") as f:
+        for name, value in sorted(zip(names, values, strict=True)):
+            f.write(f"{name},{fmt(value)}\n")
+    return path
+
+
+def write_anomaly_scores(
+    directory, machine_type: str, section, file_names: Sequence[str], anomaly_scores
+) -> Path:
+    """Write ``anomaly_score_<machine_type>_section_<section>_test.csv`` into ``directory``.
+
+    No header; rows ``<wav file name>,<score>`` sorted by file name (the evaluator aligns rows
+    to ground truth by sorting names), basenames only, full float precision. Raises ValueError
+    on duplicate names or a length mismatch. Returns the path written.
+    """
+    path = Path(directory) / f"anomaly_score_{machine_type}_section_{_section_id(section)}_test.csv"
+    return _write_rows(path, file_names, np.asarray(anomaly_scores).ravel(), _format_value)
+
+
+def write_decision_results(
+    directory, machine_type: str, section, file_names: Sequence[str], decisions
+) -> Path:
+    """Write ``decision_result_<machine_type>_section_<section>_test.csv`` (rows ``<name>,<0|1>``).
+
+    Same conventions as :func:`write_anomaly_scores`; decisions must be 0/1 (1 = anomaly).
+    """
+    decisions = np.asarray(decisions).ravel()
+    if not np.isin(decisions, (0, 1)).all():
+        raise ValueError("decisions must be 0 or 1")
+    path = (
+        Path(directory) / f"decision_result_{machine_type}_section_{_section_id(section)}_test.csv"
+    )
+    return _write_rows(path, file_names, decisions, lambda d: str(int(d)))
+
+
+def read_submission(path) -> pd.DataFrame:
+    """Read one anomaly-score or decision CSV into columns ``file_name, value`` (float).
+
+    Raises ValueError naming the file and line for a row that is not ``<name>,<number>``, and
+    for duplicate file names.
+    """
+    path = Path(path)
+    names, values = [], []
+    with open(path, encoding="utf-8", newline="") as f:
+        for line_no, row in enumerate(csv.reader(f), start=1):
+            try:
+                name, value = row
+                values.append(float(value))
+            except ValueError:
+                raise ValueError(
+                    f"{path}: line {line_no}: expected '<file name>,<value>', got {row!r}"
+                ) from None
+            names.append(name)
+    table = pd.DataFrame({"file_name": names, "value": values})
+    if table["file_name"].duplicated().any():
+        raise ValueError(f"{path}: duplicate file names")
+    return table
+
+
+def read_system_scores(directory) -> pd.DataFrame:
+    """Read every ``anomaly_score_*_section_*_test.csv`` of a system's output directory.
+
+    Machine type and section come from the CSV name; domain and label from each wav name
+    (``section_00_source_test_anomaly_0001_...``); anonymous eval names
+    (``section_00_0000.wav``) get None for both. Output columns: ``machine_type, section,
+    file_name, domain, label, anomaly_score``, in CSV-name then file-name order.
+    """
+    directory = Path(directory)
+    frames = []
+    for path in sorted(directory.glob("anomaly_score_*_section_*_test.csv")):
+        match = _SCORE_CSV.match(path.name)
+        if match is None:
+            continue
+        table = read_submission(path).rename(columns={"value": "anomaly_score"})
+        parsed = table["file_name"].str.extract(_TEST_WAV)
+        table["domain"] = parsed["domain"].astype(object).where(parsed["domain"].notna(), None)
+        table["label"] = parsed["label"].astype(object).where(parsed["label"].notna(), None)
+        table["machine_type"] = match["machine_type"]
+        table["section"] = match["section"]
+        frames.append(table)
+    if not frames:
+        raise FileNotFoundError(f"no anomaly_score_*_section_*_test.csv in {directory}")
+    columns = ["machine_type", "section", "file_name", "domain", "label", "anomaly_score"]
+    return pd.concat(frames, ignore_index=True)[columns]
+
+
+# --- decisions -----------------------------------------------------------------------------------
+
+
+def gamma_threshold(train_scores, quantile: float = 0.9) -> float:
+    """Decision threshold: the ``quantile`` of a gamma distribution fitted to training scores.
+
+    As the official baseline: ``params = scipy.stats.gamma.fit(scores)`` (shape, loc, scale)
+    and ``scipy.stats.gamma.ppf(quantile, *params)``, with ``scores`` the anomaly scores of the
+    training clips. If the fit fails or gives a non-finite threshold, warns (RuntimeWarning) and
+    returns the empirical quantile instead.
+    """
+    scores = np.asarray(train_scores, dtype=float).ravel()
+    if scores.size == 0 or not np.isfinite(scores).all():
+        raise ValueError("train_scores must be a non-empty array of finite numbers")
+    try:
+        with warnings.catch_warnings(), np.errstate(all="ignore"):
+            warnings.simplefilter("ignore")
+            threshold = float(stats.gamma.ppf(quantile, *stats.gamma.fit(scores)))
+        reason = "non-finite threshold"
+    except (ValueError, RuntimeError) as err:
+        threshold, reason = float("nan"), f"{type(err).__name__}: {err}"
+    if not np.isfinite(threshold):
+        warnings.warn(
+            f"gamma fit failed ({reason}); using the empirical {quantile} quantile",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        threshold = float(np.quantile(scores, quantile))
+    return threshold
+
+
+def decision_metrics(label, domain, decisions) -> pd.DataFrame:
+    """Precision, recall and F1 of 0/1 decisions per domain, as the evaluator.
+
+    Inputs as :func:`section_metrics`, with ``decisions`` (n,) of 0/1 (1 = anomaly). Output: a
+    frame indexed by domain (source, target) with columns ``precision, recall, f1`` from
+    ``precision_recall_fscore_support(average="binary", zero_division=0)``, which equals the
+    evaluator's ``tp / max(tp + fp, eps)`` convention. Raises ValueError if a domain has no clips.
+    """
+    y = _label_to_int(label)
+    domain = np.asarray(domain, dtype=str).ravel()
+    decisions = np.asarray(decisions, dtype=int).ravel()
+    rows = {}
+    for d in DOMAINS:
+        mask = domain == d
+        if not mask.any():
+            raise ValueError(f"no {d}-domain clips")
+        p, r, f, _ = precision_recall_fscore_support(
+            y[mask], decisions[mask], average="binary", zero_division=0
+        )
+        rows[d] = {"precision": float(p), "recall": float(r), "f1": float(f)}
+    return pd.DataFrame.from_dict(rows, orient="index").rename_axis("domain")
+
+
+# --- Table 2 -------------------------------------------------------------------------------------
+
+
+def _table2_index(machine_types: Iterable[str]) -> pd.MultiIndex:
+    rows = [
+        (m, metric)
+        for m in sorted(set(machine_types), key=_machine_key)
+        for metric in METRICS.values()
+    ]
+    return pd.MultiIndex.from_tuples(
+        [*rows, OFFICIAL_ROW, AMEAN_ROW], names=["machine_type", "metric"]
+    )
+
+
+def table2(tables: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
+    """The paper's Table 2 layout from ``{system name: evaluate() output}``.
+
+    Output: rows indexed by (machine_type, metric), metric in AUC-s / AUC-t / pAUC, then
+    ("official score", "hmean") and ("arithmetic mean", "amean"); one column per system in the
+    given order; values in percent. Several sections of one machine type are averaged per
+    machine type (as the evaluator's per-machine table); the summary rows come from
+    :func:`summarise` over every section's values. A machine type a system lacks is NaN in its
+    column, and that column's summary rows are over the machine types it has.
+    """
+    columns = {}
+    for system, table in tables.items():
+        per_machine = table.groupby("machine_type")[list(METRICS)].mean().rename(columns=METRICS)
+        column = per_machine.stack() * 100
+        summary = summarise(table)
+        column[OFFICIAL_ROW] = summary["hmean"] * 100
+        column[AMEAN_ROW] = summary["amean"] * 100
+        columns[system] = column
+    machine_types = {m for table in tables.values() for m in table["machine_type"]}
+    return pd.DataFrame(columns).reindex(_table2_index(machine_types))
+
+
+def table2_from_wide(wide: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """Invert the Table 2 layout into ``{system: evaluate()-shaped frame}`` (values / 100).
+
+    Only the per-machine rows are used (summary rows are dropped, so they can be recomputed);
+    the section is ``"00"``; machine types that are NaN in a column are left out of it.
+    """
+    machines = wide.drop(index=[OFFICIAL_ROW, AMEAN_ROW], errors="ignore")
+    names = {v: k for k, v in METRICS.items()}
+    tables = {}
+    for system in wide.columns:
+        table = machines[system].unstack("metric").rename(columns=names)[list(METRICS)] / 100
+        table = table.dropna().reset_index().rename_axis(columns=None)
+        table.insert(1, "section", "00")
+        tables[system] = table
+    return tables
+
+
+def reported_table2() -> pd.DataFrame:
+    """Table 2 of the XJU report as printed (dev set, percent), in the layout of :func:`table2`.
+
+    Read from the package file ``asd_utils/reference/xju_table2.csv`` (long format
+    ``machine_type,metric,system,value``). The official-score row is the printed one; the paper
+    prints no arithmetic mean, so that row is NaN.
+    """
+    source = resources.files("asd_utils") / "reference" / "xju_table2.csv"
+    with source.open("r", encoding="utf-8") as f:
+        long = pd.read_csv(f, comment="#")
+    wide = long.pivot(index=["machine_type", "metric"], columns="system", values="value")
+    machine_types = set(long["machine_type"]) - {OFFICIAL_ROW[0]}
+    wide = wide.reindex(index=_table2_index(machine_types), columns=long["system"].unique())
+    return wide.rename_axis(columns=None)
