@@ -21,7 +21,7 @@ import soundfile as sf
 from asd_utils.files import atomic_path
 
 try:
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
 except ImportError:  # progress bars are a nicety, never a requirement
 
     def tqdm(iterable, **_kwargs):

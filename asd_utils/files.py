@@ -34,3 +34,10 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
     return Path(path)
+
+
+def write_table(table, path: str | os.PathLike) -> Path:
+    """Write a pandas DataFrame as CSV (with header, no index) atomically; return the path."""
+    with atomic_path(path) as tmp:
+        table.to_csv(tmp, index=False)
+    return Path(path)

@@ -92,7 +92,7 @@ def section_metrics(label, domain, anomaly_score, max_fpr: float = MAX_FPR) -> d
     return result
 
 
-def _machine_key(machine_type: str) -> tuple[str, str]:
+def machine_sort_key(machine_type: str) -> tuple[str, str]:
     """Sort key of the paper's tables: case-insensitive (bearingEmu, fan, ..., ToyCar, valveEmu)."""
     return machine_type.lower(), machine_type
 
@@ -116,7 +116,7 @@ def evaluate(scores: pd.DataFrame) -> pd.DataFrame:
         except ValueError as err:
             raise ValueError(f"{machine_type} section {section}: {err}") from err
         rows.append({"machine_type": machine_type, "section": section, **metrics})
-    rows.sort(key=lambda r: (*_machine_key(r["machine_type"]), str(r["section"])))
+    rows.sort(key=lambda r: (*machine_sort_key(r["machine_type"]), str(r["section"])))
     return pd.DataFrame(rows, columns=["machine_type", "section", *METRICS])
 
 
@@ -329,7 +329,7 @@ def decision_metrics(label, domain, decisions) -> pd.DataFrame:
 def _table2_index(machine_types: Iterable[str]) -> pd.MultiIndex:
     rows = [
         (m, metric)
-        for m in sorted(set(machine_types), key=_machine_key)
+        for m in sorted(set(machine_types), key=machine_sort_key)
         for metric in METRICS.values()
     ]
     return pd.MultiIndex.from_tuples(
@@ -390,3 +390,39 @@ def reported_table2() -> pd.DataFrame:
     machine_types = set(long["machine_type"]) - {OFFICIAL_ROW[0]}
     wide = wide.reindex(index=_table2_index(machine_types), columns=long["system"].unique())
     return wide.rename_axis(columns=None)
+
+
+# --- one system's submission -------------------------------------------------------------------
+
+
+def write_submission(
+    scores: pd.DataFrame, directory, score_column: str = "anomaly_score", quantile: float = 0.9
+) -> pd.DataFrame:
+    """Write a system's official files for every (machine_type, section) in ``scores``.
+
+    ``scores`` holds train and test clips (columns ``machine_type, section, split, file_name`` and
+    ``score_column``). Per section, the decision threshold is :func:`gamma_threshold` of the
+    training clips' scores; ``anomaly_score_*`` and ``decision_result_*`` get one row per test
+    clip. Returns one row per section: ``machine_type, section, threshold, n_test``.
+    """
+    rows = []
+    for (machine_type, section), group in scores.groupby(["machine_type", "section"], sort=True):
+        train = group[group["split"] == "train"]
+        test = group[group["split"] == "test"]
+        if train.empty or test.empty:
+            raise ValueError(f"{machine_type} section {section}: need train and test clips")
+        threshold = gamma_threshold(train[score_column], quantile)
+        write_anomaly_scores(
+            directory, machine_type, section, test["file_name"], test[score_column]
+        )
+        decisions = (test[score_column].to_numpy() > threshold).astype(int)
+        write_decision_results(directory, machine_type, section, test["file_name"], decisions)
+        rows.append(
+            {
+                "machine_type": machine_type,
+                "section": section,
+                "threshold": threshold,
+                "n_test": len(test),
+            }
+        )
+    return pd.DataFrame(rows)

@@ -1,0 +1,39 @@
+# Two commands: `make report` (everything, then the book) and `make test`.
+# PROFILE=smoke|quick|paper  DATA_ROOT=/path/to/dcase2026  OUTPUT_ROOT=/path/to/results
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PROFILE ?= quick
+KERNEL := asd-xju
+export DATA_ROOT OUTPUT_ROOT
+
+.PHONY: setup report test lab bench clean
+
+$(VENV)/.installed: requirements.txt pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e . \
+	  || $(PY) -m pip install --quiet --disable-pip-version-check --no-deps -e .
+	$(PY) -m ipykernel install --sys-prefix --name $(KERNEL) --display-name "Python (asd-xju)" >/dev/null
+	touch $@
+
+setup: $(VENV)/.installed
+
+report: setup  ## synthetic data (if needed), every notebook with papermill, then the book
+	$(PY) -m asd_utils.pipeline --profile $(PROFILE) --kernel $(KERNEL)
+
+test: setup  ## lint, format check, and the test suite (includes a smoke run of the pipeline)
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+	$(PY) -m pytest
+
+lab: setup  ## JupyterLab on the notebooks, with the project's kernel
+	$(VENV)/bin/jupyter lab notebooks/
+
+bench: setup  ## speed benchmarks (not part of make test)
+	$(PY) -m pip install --quiet --disable-pip-version-check -r benchmarks/requirements.txt
+	$(PY) benchmarks/bench_fbank.py
+	$(PY) benchmarks/bench_anc.py
+
+clean:  ## results and the built book (keeps the venv and the synthetic data)
+	rm -rf _build outputs

@@ -1,0 +1,1 @@
+"""Models: the autoencoder baseline (and, later, the BEATs and EAT backbones and their heads)."""

@@ -1,0 +1,132 @@
+"""Figures that more than one chapter draws. Each function returns a matplotlib Figure."""
+
+from __future__ import annotations
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from sklearn.metrics import roc_curve
+
+from asd_utils.metrics import machine_sort_key
+
+
+def _db_spectrogram(x: np.ndarray, sample_rate: int, n_fft: int = 1024) -> tuple:
+    from scipy.signal import spectrogram
+
+    f, t, s = spectrogram(x, fs=sample_rate, nperseg=n_fft, noverlap=n_fft * 3 // 4)
+    return f, t, 10 * np.log10(s + 1e-12)
+
+
+def near_far(audio: np.ndarray, sample_rate: int, title: str) -> plt.Figure:
+    """Waveforms (top) and spectrograms (bottom) of a two-channel clip (2, samples), or mono."""
+    names = ["ch0 (near mic)", "ch1 (far mic)"][: len(audio)]
+    fig, axes = plt.subplots(
+        2,
+        len(audio),
+        figsize=(5 * len(audio), 4.5),
+        squeeze=False,
+        sharex=True,
+        constrained_layout=True,
+    )
+    t = np.arange(audio.shape[1]) / sample_rate
+    peak = np.abs(audio).max() or 1.0
+    spectra = [_db_spectrogram(ch, sample_rate) for ch in audio]
+    vmax = max(s.max() for _, _, s in spectra)
+    for col, (name, ch, (f, st, s)) in enumerate(zip(names, audio, spectra, strict=True)):
+        axes[0, col].plot(t, ch, lw=0.3)
+        axes[0, col].set(title=name, ylim=(-peak, peak), ylabel="amplitude" if col == 0 else None)
+        mesh = axes[1, col].pcolormesh(st, f / 1000, s, shading="auto", vmin=vmax - 80, vmax=vmax)
+        axes[1, col].set(xlabel="time (s)", ylabel="frequency (kHz)" if col == 0 else None)
+    fig.colorbar(mesh, ax=axes[1, :].tolist(), label="power (dB)")
+    fig.suptitle(title)
+    return fig
+
+
+def training_curves(
+    history: pd.DataFrame,
+    group: str = "machine_type",
+    columns: tuple[str, ...] = ("train_loss", "val_loss"),
+) -> plt.Figure:
+    """Loss per epoch (or step) for every ``group`` (one panel per loss column)."""
+    fig, axes = plt.subplots(
+        1, len(columns), figsize=(5 * len(columns), 3.2), squeeze=False, constrained_layout=True
+    )
+    x = "epoch" if "epoch" in history else "step"
+    for ax, column in zip(axes[0], columns, strict=True):
+        for name, part in history.groupby(group, sort=False):
+            ax.plot(part[x], part[column], label=name)
+        ax.set(xlabel=x, ylabel=column.replace("_", " "), yscale="log")
+    axes[0, -1].legend(fontsize=7, ncol=2)
+    return fig
+
+
+def roc_by_machine(scores: pd.DataFrame, systems: list[str] | None = None) -> plt.Figure:
+    """ROC curves per machine type (one panel each), one line per system, all test clips.
+
+    ``scores``: columns ``system, machine_type, label, anomaly_score`` (test clips).
+    """
+    machine_types = sorted(scores["machine_type"].unique(), key=machine_sort_key)
+    systems = systems or list(dict.fromkeys(scores["system"]))
+    cols = min(4, len(machine_types))
+    rows = int(np.ceil(len(machine_types) / cols))
+    fig, axes = plt.subplots(
+        rows, cols, figsize=(3.2 * cols, 3.0 * rows), squeeze=False, constrained_layout=True
+    )
+    for ax, machine_type in zip(axes.flat, machine_types, strict=False):
+        part = scores[scores["machine_type"] == machine_type]
+        for system in systems:
+            s = part[part["system"] == system]
+            if len(s):
+                fpr, tpr, _ = roc_curve(s["label"] == "anomaly", s["anomaly_score"])
+                ax.plot(fpr, tpr, label=system)
+        ax.plot([0, 1], [0, 1], ls=":", c="grey", lw=0.8)
+        ax.axvspan(0, 0.1, color="grey", alpha=0.1)
+        ax.set(title=machine_type, xlabel="false positive rate", ylabel="true positive rate")
+    for ax in axes.flat[len(machine_types) :]:
+        ax.axis("off")
+    axes.flat[0].legend(fontsize=7)
+    return fig
+
+
+def score_distributions(scores: pd.DataFrame, system: str) -> plt.Figure:
+    """Per machine type: test scores of one system by domain and label (strip of histograms)."""
+    part = scores[scores["system"] == system]
+    machine_types = sorted(part["machine_type"].unique(), key=machine_sort_key)
+    cols = min(4, len(machine_types))
+    rows = int(np.ceil(len(machine_types) / cols))
+    fig, axes = plt.subplots(
+        rows, cols, figsize=(3.2 * cols, 2.6 * rows), squeeze=False, constrained_layout=True
+    )
+    styles = {
+        ("source", "normal"): ("tab:blue", "-"),
+        ("source", "anomaly"): ("tab:red", "-"),
+        ("target", "normal"): ("tab:blue", "--"),
+        ("target", "anomaly"): ("tab:red", "--"),
+    }
+    for ax, machine_type in zip(axes.flat, machine_types, strict=False):
+        m = part[part["machine_type"] == machine_type]
+        bins = np.histogram_bin_edges(m["anomaly_score"], bins=20)
+        for (domain, label), (color, ls) in styles.items():
+            s = m[(m["domain"] == domain) & (m["label"] == label)]["anomaly_score"]
+            ax.hist(s, bins=bins, histtype="step", color=color, ls=ls, label=f"{domain} {label}")
+        ax.set(title=machine_type, xlabel="anomaly score")
+    for ax in axes.flat[len(machine_types) :]:
+        ax.axis("off")
+    axes.flat[0].legend(fontsize=7)
+    fig.suptitle(f"{system}: test-clip scores by domain and label")
+    return fig
+
+
+def table2_bars(wide: pd.DataFrame) -> plt.Figure:
+    """Grouped bars of a Table-2 layout frame: per machine type and metric, one bar per system."""
+    body = wide.drop(index=[i for i in wide.index if i[1] in ("hmean", "amean")])
+    fig, ax = plt.subplots(figsize=(max(8, 0.45 * len(body)), 3.6), constrained_layout=True)
+    x = np.arange(len(body))
+    width = 0.8 / len(body.columns)
+    for i, system in enumerate(body.columns):
+        ax.bar(x + i * width - 0.4 + width / 2, body[system], width, label=system)
+    ax.set_xticks(x, [f"{m}\n{k}" for m, k in body.index], fontsize=7)
+    ax.axhline(50, c="grey", lw=0.8, ls=":")
+    ax.set(ylabel="%", ylim=(30, 100))
+    ax.legend(fontsize=7, ncol=len(body.columns))
+    return fig

@@ -1,0 +1,643 @@
+"""The embedded synthetic DCASE 2026 Task 2 dataset.
+
+A stand-in for the real development set with the same layout, file names, ``attributes_00.csv``
+and audio format (stereo 16 kHz 16-bit WAV, channel 0 the near microphone, channel 1 the far
+one), for the seven 2026 development machine types. Every machine type has its own physically
+motivated sound model whose attributes change the sound; anomalies are subtle and specific to the
+machine; environmental noise reaches both microphones but is much stronger at the far one, and
+reaches the near one later and through a room-like response (so that an adaptive noise canceller
+with the far channel as reference can remove it, as in the 2026 recordings).
+
+Everything is a pure function of (config, clip specification): a clip's clean machine signal and
+its noise can be rendered again at any time (:func:`load_components`), which the ANC chapter uses
+to measure SNR and SI-SDR against the truth.
+
+Public entry points: :class:`SynthConfig`, :func:`clip_plan`, :func:`render_clip`,
+:func:`generate_dataset`, :func:`load_components`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from scipy import signal
+from tqdm import tqdm
+
+from asd_utils.data import write_wav
+from asd_utils.files import atomic_write_text
+
+MACHINE_TYPES = ("ToyCarEmu", "ToyCar", "bearingEmu", "fan", "gearboxEmu", "sliderEmu", "valveEmu")
+"""The 2026 development machine types, by their real names."""
+
+MANIFEST = "synth_config.json"
+
+
+@dataclass(frozen=True)
+class SynthConfig:
+    """Sizes and acoustics of a synthetic dataset (one per profile; see ``profiles/*.yaml``).
+
+    ``n_test`` clips are made for each of the four (domain, label) kinds, as the real 50/50/50/50.
+    ``clip_seconds`` maps a machine type to its clip length (key ``default`` for the others; the
+    real set has 12 s ToyCar/ToyCarEmu clips and 10 s for the rest).
+    """
+
+    machine_types: tuple[str, ...] = MACHINE_TYPES
+    n_train_source: int = 990
+    n_train_target: int = 10
+    n_test: int = 50
+    clip_seconds: dict = field(
+        default_factory=lambda: {"default": 10.0, "ToyCar": 12.0, "ToyCarEmu": 12.0}
+    )
+    sample_rate: int = 16000
+    near_snr_db: tuple[float, float] = (3.0, 12.0)
+    far_snr_db: tuple[float, float] = (-12.0, -4.0)
+    anomaly_severity: float = 1.0
+    seed: int = 2026
+
+    @classmethod
+    def from_dict(cls, values: dict) -> SynthConfig:
+        """Build from a profile's ``synth`` section; unknown keys are an error."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(values) - known
+        if unknown:
+            raise ValueError(f"unknown synth settings {sorted(unknown)}; known: {sorted(known)}")
+        values = dict(values)
+        for key in ("machine_types", "near_snr_db", "far_snr_db"):
+            if key in values:
+                values[key] = tuple(values[key])
+        return cls(**values)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def fingerprint(self) -> str:
+        """A short hash of every setting (and the generator version) that changes the audio."""
+        payload = json.dumps({"version": GENERATOR_VERSION, **self.to_dict()}, sort_keys=True)
+        return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+    def seconds(self, machine_type: str) -> float:
+        return float(self.clip_seconds.get(machine_type, self.clip_seconds["default"]))
+
+
+GENERATOR_VERSION = 1  # bump whenever a sound model changes, so old datasets are regenerated
+
+
+# --- attributes: what each machine type's file names carry, and its domain shift -------------
+
+# For each machine type: attribute name → (source-domain values, target-domain values).
+# The target domain uses operating conditions never seen in the source domain, as in DCASE.
+ATTRIBUTES: dict[str, dict[str, tuple[tuple[str, ...], tuple[str, ...]]]] = {
+    "ToyCar": {
+        "car": (("A1", "B1", "C1"), ("D1",)),
+        "spd": (("28V", "31V", "34V"), ("40V",)),
+        "mic": (("1",), ("1",)),
+    },
+    "ToyCarEmu": {
+        "car": (("A2", "B2", "C2"), ("E2",)),
+        "spd": (("28V", "31V"), ("37V",)),
+        "mic": (("1", "2"), ("2",)),
+    },
+    "bearingEmu": {
+        "vel": (("6", "10", "14"), ("22",)),
+        "loc": (("A", "B"), ("C",)),
+    },
+    "fan": {
+        "m-n": (("W", "X"), ("Y",)),
+    },
+    "gearboxEmu": {
+        "volt": (("1.0", "1.3"), ("1.8",)),
+        "wt": (("0", "50"), ("150",)),
+    },
+    "sliderEmu": {
+        "vel": (("300", "500"), ("800",)),
+        "ac": (("0.05", "0.10"), ("0.30",)),
+    },
+    "valveEmu": {
+        "pat": (("00", "01"), ("03",)),
+    },
+}
+
+NOISE_TYPES = ("factory", "hum", "impacts", "babble")
+
+
+@dataclass(frozen=True)
+class ClipSpec:
+    """One clip to render: its DCASE identity and the seed of everything random in it."""
+
+    machine_type: str
+    domain: str
+    split: str
+    label: str
+    index: int
+    attributes: dict
+    seed: int
+
+    @property
+    def attribute_string(self) -> str:
+        return "_".join(f"{k}_{v}" for k, v in self.attributes.items())
+
+    @property
+    def file_name(self) -> str:
+        stem = f"section_00_{self.domain}_{self.split}_{self.label}_{self.index:04d}"
+        return f"{stem}_{self.attribute_string}.wav" if self.attributes else f"{stem}.wav"
+
+
+def clip_plan(config: SynthConfig) -> list[ClipSpec]:
+    """Every clip of the dataset, in a fixed order; attributes and seeds drawn from ``config.seed``.
+
+    Training clips are normal; test clips are ``n_test`` of each (domain, label) kind. Indices
+    restart per (domain, split, label), as in the real file names.
+    """
+    unknown = set(config.machine_types) - set(ATTRIBUTES)
+    if unknown:
+        raise ValueError(
+            f"no sound model for machine types {sorted(unknown)}; known: {MACHINE_TYPES}"
+        )
+    plan = []
+    for m, machine_type in enumerate(config.machine_types):
+        rng = np.random.default_rng([config.seed, m])
+        kinds = [
+            ("source", "train", "normal", config.n_train_source),
+            ("target", "train", "normal", config.n_train_target),
+        ] + [
+            (d, "test", lab, config.n_test)
+            for d in ("source", "target")
+            for lab in ("normal", "anomaly")
+        ]
+        for domain, split, label, count in kinds:
+            for index in range(count):
+                choices = ATTRIBUTES[machine_type]
+                attributes = {
+                    name: str(rng.choice(values[0 if domain == "source" else 1]))
+                    for name, values in choices.items()
+                }
+                plan.append(
+                    ClipSpec(
+                        machine_type,
+                        domain,
+                        split,
+                        label,
+                        index,
+                        attributes,
+                        int(rng.integers(2**31)),
+                    )
+                )
+    return plan
+
+
+# --- signal building blocks -------------------------------------------------------------------
+
+
+def _phase(freq: np.ndarray | float, n: int, sr: int, rng: np.random.Generator) -> np.ndarray:
+    """Instantaneous phase (radians) of a tone whose frequency (Hz) may vary per sample."""
+    freq = np.broadcast_to(np.asarray(freq, dtype=np.float64), (n,))
+    return 2 * np.pi * np.cumsum(freq) / sr + rng.uniform(0, 2 * np.pi)
+
+
+def _wander(
+    n: int, sr: int, rng: np.random.Generator, depth: float, rate_hz: float = 0.5
+) -> np.ndarray:
+    """Slow random fluctuation around 1 (speed drift of a real motor): 1 + depth · smooth noise."""
+    knots = max(4, int(n / sr * rate_hz) + 2)
+    curve = np.interp(np.linspace(0, knots - 1, n), np.arange(knots), rng.standard_normal(knots))
+    return 1.0 + depth * curve
+
+
+def _harmonics(f0: np.ndarray | float, amps: np.ndarray, n: int, sr: int, rng) -> np.ndarray:
+    """Sum of harmonics k·f0 (k = 1 … len(amps)), random phases; partials near Nyquist dropped."""
+    base = _phase(f0, n, sr, rng)
+    top = np.max(f0) if np.ndim(f0) else f0
+    out = np.zeros(n)
+    for k, a in enumerate(amps, start=1):
+        if k * top < 0.45 * sr and a > 0:
+            out += a * np.sin(k * base + rng.uniform(0, 2 * np.pi))
+    return out
+
+
+def _coloured_noise(n: int, rng: np.random.Generator, exponent: float = 1.0) -> np.ndarray:
+    """Gaussian noise with power spectrum ∝ 1/f^exponent (0 white, 1 pink, 2 brown), unit RMS."""
+    spec = np.fft.rfft(rng.standard_normal(n))
+    f = np.arange(spec.size, dtype=np.float64)
+    f[0] = 1.0
+    noise = np.fft.irfft(spec / f ** (exponent / 2), n)
+    return noise / (np.std(noise) + 1e-12)
+
+
+def _band(x: np.ndarray, low: float, high: float, sr: int, order: int = 4) -> np.ndarray:
+    sos = signal.butter(order, [low, min(high, 0.49 * sr)], btype="band", fs=sr, output="sos")
+    return signal.sosfilt(sos, x)
+
+
+def _resonant_impulses(
+    times: np.ndarray, amps: np.ndarray, freq: float, decay_s: float, n: int, sr: int
+) -> np.ndarray:
+    """Impulses at ``times`` (s) with ``amps``, each ringing a damped sinusoid at ``freq`` Hz."""
+    train = np.zeros(n)
+    idx = np.round(np.asarray(times) * sr).astype(int)
+    keep = (idx >= 0) & (idx < n)
+    np.add.at(train, idx[keep], np.asarray(amps)[keep])
+    t = np.arange(int(5 * decay_s * sr)) / sr
+    kernel = np.exp(-t / decay_s) * np.sin(2 * np.pi * freq * t)
+    return signal.oaconvolve(train, kernel)[:n]
+
+
+def _room_response(
+    rng: np.random.Generator, sr: int, delay_ms: float, rt_ms: float, taps: int
+) -> np.ndarray:
+    """A room-like FIR: a direct path after ``delay_ms`` then an exponentially decaying tail."""
+    h = np.zeros(taps)
+    delay = int(delay_ms * sr / 1000)
+    h[delay] = 1.0
+    tail = np.arange(taps - delay - 1)
+    h[delay + 1 :] = (
+        0.35 * rng.standard_normal(tail.size) * np.exp(-tail / (rt_ms * sr / 1000 / 6.9))
+    )
+    return h / np.sqrt(np.sum(h**2))
+
+
+def _rms(x: np.ndarray) -> float:
+    return float(np.sqrt(np.mean(x**2)) + 1e-12)
+
+
+def _name_seed(*parts: str) -> int:
+    """A stable integer from strings (so one attribute value always gives the same sound)."""
+    return int.from_bytes(hashlib.sha256("/".join(parts).encode()).digest()[:4], "little")
+
+
+# --- the machine sound models -----------------------------------------------------------------
+# Each takes (attributes, anomalous, n, sr, rng, severity) and returns the machine's sound at the
+# near microphone, before noise. Speeds drift slightly and every clip has its own phases and
+# levels, so normal clips vary; anomalies are small changes of the physics, not added beeps.
+
+
+def _toy_car(attrs, anomalous, n, sr, rng, severity):
+    volts = float(attrs["spd"].rstrip("V"))
+    car = np.random.default_rng(_name_seed("car", attrs["car"]))
+    f_motor = 7.5 * volts * _wander(n, sr, rng, 0.01)  # motor rotation, Hz
+    envelope = car.uniform(0.2, 1.0, 14) / np.arange(1, 15) ** 0.6
+    x = _harmonics(f_motor, envelope, n, sr, rng)
+    f_gear = f_motor * car.choice([3.2, 3.7, 4.1])  # gear mesh
+    x += 0.4 * _harmonics(f_gear, [1.0, 0.5, 0.25], n, sr, rng)
+    f_wheel = f_motor / 12
+    rolling = _band(_coloured_noise(n, rng, 1.0), 300, 3000, sr)
+    x += 0.8 * _rms(x) / _rms(rolling) * rolling * (1 + 0.2 * np.sin(_phase(f_wheel, n, sr, rng)))
+    if attrs.get("mic") == "2":  # the second mic position hears more high frequencies
+        x = x + 0.5 * signal.lfilter([1, -0.9], [1], x)
+    if anomalous:
+        kind = rng.integers(3)
+        if kind == 0:  # bent shaft: amplitude modulation at the wheel rate
+            x *= 1 + 0.25 * severity * np.sin(_phase(f_wheel * 2, n, sr, rng))
+        elif kind == 1:  # gear damage: sidebands around the gear mesh
+            side = _harmonics(f_gear + f_wheel * 3, [1.0], n, sr, rng)
+            x += 0.25 * severity * _rms(x) * side / _rms(side)
+        else:  # tyre damage: a thump once per wheel revolution
+            period = 1 / np.mean(f_wheel)
+            times = np.arange(rng.uniform(0, period), n / sr, period)
+            thumps = _resonant_impulses(times, np.ones(times.size), 180.0, 0.01, n, sr)
+            x += 0.6 * severity * _rms(x) * thumps / _rms(thumps)
+    return x
+
+
+def _bearing(attrs, anomalous, n, sr, rng, severity):
+    f_shaft = float(attrs["vel"]) * _wander(n, sr, rng, 0.005)
+    loc = np.random.default_rng(_name_seed("loc", attrs["loc"]))
+    x = _harmonics(f_shaft, [1.0, 0.5, 0.3, 0.2, 0.1], n, sr, rng)
+    hiss = _band(_coloured_noise(n, rng, 0.5), 2500, 7000, sr)
+    x += 0.6 * hiss * _rms(x) / _rms(hiss)
+    roll = _band(_coloured_noise(n, rng, 1.0), 400, 1500, sr)
+    x += loc.uniform(0.3, 0.8) * roll * _rms(x) / _rms(roll)
+    if anomalous:
+        # A localised defect: impulses at the outer- or inner-race defect frequency exciting a
+        # structural resonance, with slip jitter (Randall & Antoni 2011).
+        order = rng.choice([3.57, 5.43])
+        period = 1 / (order * np.mean(f_shaft))
+        times = np.arange(rng.uniform(0, period), n / sr, period)
+        times += rng.normal(0, 0.01 * period, times.size)
+        amps = 1 + 0.3 * rng.standard_normal(times.size)
+        if order > 5:  # inner race: modulated by the shaft rotation
+            amps *= 1 + 0.8 * np.cos(2 * np.pi * np.mean(f_shaft) * times)
+        pulses = _resonant_impulses(times, amps, rng.uniform(3000, 4500), 0.0015, n, sr)
+        x += 0.35 * severity * _rms(x) * pulses / _rms(pulses)
+    return x
+
+
+def _fan(attrs, anomalous, n, sr, rng, severity):
+    model = np.random.default_rng(_name_seed("fan", attrs["m-n"]))
+    blades = int(model.integers(5, 10))
+    f_rot = model.uniform(18, 30) * _wander(n, sr, rng, 0.01)
+    bpf = blades * f_rot
+    x = _harmonics(bpf, model.uniform(0.3, 1.0, 6) / np.arange(1, 7), n, sr, rng)
+    air = _band(_coloured_noise(n, rng, 1.0), 150, 5000, sr)
+    air *= 1 + 0.3 * np.sin(_phase(bpf, n, sr, rng))
+    x += model.uniform(1.0, 2.0) * air * _rms(x) / _rms(air)
+    if anomalous:
+        kind = rng.integers(2)
+        if kind == 0:  # imbalance: a once-per-revolution component and modulation
+            x *= 1 + 0.2 * severity * np.sin(_phase(f_rot, n, sr, rng))
+            x += 0.2 * severity * _rms(x) * _harmonics(f_rot, [1.0, 0.5], n, sr, rng)
+        else:  # damaged blade / clogging: a whistle that rides on the blade rate
+            whistle = np.sin(_phase(rng.uniform(900, 2500) * f_rot / np.mean(f_rot), n, sr, rng))
+            x += 0.12 * severity * _rms(x) * whistle
+    return x
+
+
+def _gearbox(attrs, anomalous, n, sr, rng, severity):
+    volts, load = float(attrs["volt"]), float(attrs["wt"])
+    f_shaft = 14.0 * volts * _wander(n, sr, rng, 0.01)
+    teeth = 23
+    gmf = teeth * f_shaft
+    x = _harmonics(gmf, [1.0, 0.5, 0.3], n, sr, rng)
+    side_level = 0.1 + load / 500  # load strengthens the shaft-rate sidebands
+    x += side_level * _harmonics(gmf + f_shaft, [1.0, 0.3], n, sr, rng)
+    x += side_level * _harmonics(gmf - f_shaft, [1.0, 0.3], n, sr, rng)
+    x += 0.5 * _harmonics(f_shaft, [1.0, 0.4], n, sr, rng)
+    body = _band(_coloured_noise(n, rng, 1.0), 100, 4000, sr)
+    x += (0.5 + load / 400) * body * _rms(x) / _rms(body)
+    if anomalous:
+        # A cracked/broken tooth: one impact per revolution of the shaft, ringing the housing.
+        period = 1 / np.mean(f_shaft)
+        times = np.arange(rng.uniform(0, period), n / sr, period)
+        hits = _resonant_impulses(times, np.ones(times.size), rng.uniform(1500, 3000), 0.003, n, sr)
+        x += 0.4 * severity * _rms(x) * hits / _rms(hits)
+    return x
+
+
+def _slider(attrs, anomalous, n, sr, rng, severity):
+    vel, acc = float(attrs["vel"]), float(attrs["ac"])
+    stroke_s = 0.3 + 200.0 / vel + 0.02 / acc  # one traverse of the rail, s
+    t = np.arange(n) / sr
+    moving = (np.sin(np.pi * t / stroke_s + rng.uniform(0, np.pi)) ** 2) ** 0.25
+    f_motor = vel * 0.4 * _wander(n, sr, rng, 0.01)
+    x = moving * _harmonics(f_motor, [1.0, 0.6, 0.4, 0.2], n, sr, rng)
+    friction = _band(_coloured_noise(n, rng, 0.5), 1000, 6000, sr)
+    x += 0.5 * moving * friction * _rms(x) / _rms(friction)
+    ends = np.arange(rng.uniform(0, stroke_s), n / sr, stroke_s)
+    clicks = _resonant_impulses(ends, np.ones(ends.size), 1200.0, 0.004, n, sr)
+    x += 0.8 * _rms(x) * clicks / _rms(clicks)
+    if anomalous:
+        kind = rng.integers(2)
+        if kind == 0:  # rail damage: a tick mid-stroke
+            mids = ends + stroke_s * rng.uniform(0.3, 0.7)
+            ticks = _resonant_impulses(mids, np.ones(mids.size), 2500.0, 0.002, n, sr)
+            x += 0.35 * severity * _rms(x) * ticks / _rms(ticks)
+        else:  # lack of grease: a squeal while moving
+            squeal = moving * np.sin(_phase(rng.uniform(2000, 3500), n, sr, rng))
+            x += 0.12 * severity * _rms(x) * squeal
+    return x
+
+
+VALVE_PATTERNS = {"00": (0.5, 0.5), "01": (0.3, 0.7), "02": (0.8, 0.4), "03": (0.25, 0.25)}
+
+
+def _valve(attrs, anomalous, n, sr, rng, severity):
+    on_s, off_s = VALVE_PATTERNS[attrs["pat"]]
+    jitter = rng.normal(0, 0.01, 64)
+    opens = np.cumsum(np.tile([on_s + off_s], 64) + jitter) - rng.uniform(0, on_s + off_s)
+    opens = opens[(opens > -on_s) & (opens < n / sr)]
+    closes = opens + on_s
+    clicks = _resonant_impulses(opens, np.ones(opens.size), 900.0, 0.006, n, sr)
+    clicks += _resonant_impulses(closes, 0.7 * np.ones(closes.size), 1400.0, 0.005, n, sr)
+    t = np.arange(n) / sr
+    is_open = np.zeros(n, dtype=bool)
+    for start in opens:  # at most a few dozen events per clip
+        is_open |= (t >= start) & (t < start + on_s)
+    flow = _band(_coloured_noise(n, rng, 0.5), 500, 4000, sr) * is_open
+    x = clicks / _rms(clicks) + 0.3 * flow / (_rms(flow) + 1e-9)
+    x += 0.05 * _coloured_noise(n, rng, 1.5)  # the pump behind the valve
+    if anomalous:
+        kind = rng.integers(2)
+        if kind == 0:  # contamination: the armature bounces, a weak second click
+            bounce = _resonant_impulses(
+                opens + rng.uniform(0.015, 0.04), np.ones(opens.size), 1100.0, 0.004, n, sr
+            )
+            x += 0.35 * severity * _rms(x) * bounce / _rms(bounce)
+        else:  # a leak: flow noise while the valve is closed
+            leak = _band(_coloured_noise(n, rng, 0.5), 2000, 6000, sr) * ~is_open
+            x += 0.15 * severity * _rms(x) * leak / (_rms(leak) + 1e-9)
+    return x
+
+
+SOUND_MODELS = {
+    "ToyCar": _toy_car,
+    "ToyCarEmu": _toy_car,
+    "bearingEmu": _bearing,
+    "fan": _fan,
+    "gearboxEmu": _gearbox,
+    "sliderEmu": _slider,
+    "valveEmu": _valve,
+}
+
+
+# --- environmental noise ----------------------------------------------------------------------
+
+
+def _environment_noise(kind: str, n: int, sr: int, rng: np.random.Generator) -> np.ndarray:
+    """Factory-floor background as heard at the far microphone (unit RMS)."""
+    if kind == "factory":
+        x = _coloured_noise(n, rng, 1.2)
+    elif kind == "hum":  # other machinery: mains hum and a distant motor, over pink noise
+        x = _harmonics(50.0, [1.0, 0.6, 0.4, 0.3, 0.2], n, sr, rng)
+        x += _harmonics(rng.uniform(90, 140), [0.5, 0.3, 0.2], n, sr, rng)
+        x += 0.7 * _coloured_noise(n, rng, 1.0)
+    elif kind == "impacts":  # hammering and dropped parts
+        times = np.sort(rng.uniform(0, n / sr, max(1, int(n / sr * 2))))
+        x = _resonant_impulses(
+            times, rng.uniform(0.3, 1.0, times.size), rng.uniform(300, 900), 0.03, n, sr
+        )
+        x = x / _rms(x) + 0.5 * _coloured_noise(n, rng, 1.0)
+    elif kind == "babble":  # speech-like modulated bands
+        x = np.zeros(n)
+        for _ in range(4):
+            env = np.clip(_wander(n, sr, rng, 1.0, rate_hz=4.0), 0, None)
+            x += env * _band(_coloured_noise(n, rng, 0.0), 200, 3500, sr)
+    else:
+        raise ValueError(f"unknown noise type {kind!r}")
+    return x / _rms(x)
+
+
+# --- one clip ---------------------------------------------------------------------------------
+
+
+@dataclass
+class SynthClip:
+    """A rendered clip and its parts, each (2, samples) float64 (ch0 near, ch1 far).
+
+    ``audio = machine + noise`` exactly (before 16-bit quantisation).
+    """
+
+    machine: np.ndarray
+    noise: np.ndarray
+    noise_type: str
+
+    @property
+    def audio(self) -> np.ndarray:
+        return self.machine + self.noise
+
+
+def render_clip(spec: ClipSpec, config: SynthConfig) -> SynthClip:
+    """Render one clip: machine sound at both microphones plus environmental noise."""
+    sr = config.sample_rate
+    n = int(round(config.seconds(spec.machine_type) * sr))
+    rng = np.random.default_rng(spec.seed)
+    machine = SOUND_MODELS[spec.machine_type](
+        spec.attributes, spec.label == "anomaly", n, sr, rng, config.anomaly_severity
+    )
+    machine *= 10 ** (rng.uniform(-1.5, 1.5) / 20) * 0.05 / _rms(machine)  # level varies ±1.5 dB
+    emulated = spec.machine_type.endswith("Emu")
+    if emulated:  # *Emu types: the source is convolved with a measured-like impulse response
+        machine = signal.oaconvolve(machine, _room_response(rng, sr, 0.0, 40.0, 512))[:n]
+    # The far microphone hears the machine later, weaker and more reverberant.
+    to_far = _room_response(rng, sr, rng.uniform(3, 8), rng.uniform(60, 150), 2048)
+    machine_far = signal.oaconvolve(machine, to_far)[:n] * 10 ** (-12 / 20)
+
+    # Noise sits near the far microphone: it reaches the near microphone later, through a
+    # room-like path short enough for an adaptive canceller to model (Widrow et al. 1975).
+    noise_type = str(rng.choice(NOISE_TYPES))
+    noise_far = _environment_noise(noise_type, n, sr, rng)
+    to_near = _room_response(rng, sr, rng.uniform(1, 4), rng.uniform(8, 20), 384)
+    noise_near = signal.oaconvolve(noise_far, to_near)[:n]
+    near_snr = rng.uniform(*config.near_snr_db)
+    noise_gain = _rms(machine) / _rms(noise_near) * 10 ** (-near_snr / 20)
+    noise_near *= noise_gain
+    noise_far *= noise_gain
+    # Keep the far SNR in its range: the far mic sits close to the noise source.
+    far_snr = 20 * np.log10(_rms(machine_far) / _rms(noise_far))
+    lo, hi = config.far_snr_db
+    if not lo <= far_snr <= hi:
+        machine_far *= 10 ** ((np.clip(far_snr, lo, hi) - far_snr) / 20)
+    return SynthClip(
+        machine=np.stack([machine, machine_far]),
+        noise=np.stack([noise_near, noise_far]),
+        noise_type=noise_type,
+    )
+
+
+# --- the dataset on disk ----------------------------------------------------------------------
+
+
+def _machine_dir(root: Path, machine_type: str) -> Path:
+    return root / "dev_data" / "raw" / machine_type
+
+
+def generate_dataset(root: str | Path, config: SynthConfig, progress: bool = True) -> Path:
+    """Write the dataset under ``root`` in the DCASE layout, unless it is already there.
+
+    ``root/dev_data/raw/<machine_type>/{train,test}/*.wav`` and ``attributes_00.csv`` per machine
+    type, plus ``root/synth_config.json`` (the config and its fingerprint), written last, so a
+    crash leaves no manifest and the next call starts again. A root holding a dataset made with
+    another config is an error (never silently reused or overwritten).
+    """
+    root = Path(root)
+    manifest = root / MANIFEST
+    if manifest.exists():
+        found = json.loads(manifest.read_text())
+        if found.get("fingerprint") == config.fingerprint():
+            return root
+        raise FileExistsError(
+            f"{root} holds a synthetic dataset made with other settings (fingerprint "
+            f"{found.get('fingerprint')}, wanted {config.fingerprint()}); delete it or choose "
+            "another data_root"
+        )
+    start = time.perf_counter()
+    plan = clip_plan(config)
+    rows = []
+    for spec in tqdm(plan, desc="synthesising clips", disable=not progress, mininterval=2):
+        clip = render_clip(spec, config)
+        path = _machine_dir(root, spec.machine_type) / spec.split / spec.file_name
+        write_wav(path, clip.audio.astype(np.float32), config.sample_rate)
+        rows.append((spec.machine_type, spec.split, spec.file_name, spec.attributes))
+    for machine_type in config.machine_types:
+        lines = []
+        for mt, split, name, attrs in rows:
+            if mt == machine_type:
+                pairs = [token for key, value in attrs.items() for token in (key, value)]
+                lines.append(",".join([f"{machine_type}/{split}/{name}", *pairs]))
+        n_attr = len(ATTRIBUTES[machine_type])
+        header = ",".join(["file_name"] + [f"d{i}{s}" for i in range(1, n_attr + 1) for s in "pv"])
+        atomic_write_text(
+            _machine_dir(root, machine_type) / "attributes_00.csv",
+            "\n".join([header, *lines]) + "\n",
+        )
+    atomic_write_text(
+        manifest,
+        json.dumps(
+            {
+                "fingerprint": config.fingerprint(),
+                "generator_version": GENERATOR_VERSION,
+                "config": config.to_dict(),
+                "clips": len(plan),
+                "seconds": round(time.perf_counter() - start, 1),
+            },
+            indent=2,
+        ),
+    )
+    return root
+
+
+def read_manifest(root: str | Path) -> SynthConfig:
+    """The config a synthetic dataset under ``root`` was made with."""
+    manifest = Path(root) / MANIFEST
+    if not manifest.exists():
+        raise FileNotFoundError(
+            f"{manifest} not found: {root} is not a synthetic dataset made by asd_utils.synth"
+        )
+    return SynthConfig.from_dict(json.loads(manifest.read_text())["config"])
+
+
+def load_components(root: str | Path, machine_type: str, file_name: str) -> SynthClip:
+    """Render a written clip again and hand back its clean machine signal and noise separately."""
+    config = read_manifest(root)
+    for spec in clip_plan(config):
+        if spec.machine_type == machine_type and spec.file_name == Path(file_name).name:
+            return render_clip(spec, config)
+    raise KeyError(f"{machine_type}/{file_name} is not a clip of the synthetic dataset in {root}")
+
+
+def plan_table(config: SynthConfig) -> pd.DataFrame:
+    """The clip plan as a table (machine_type, domain, split, label, index, attributes, name)."""
+    return pd.DataFrame(
+        [
+            dict(
+                machine_type=s.machine_type,
+                domain=s.domain,
+                split=s.split,
+                label=s.label,
+                index=s.index,
+                attributes=s.attribute_string,
+                file_name=s.file_name,
+            )
+            for s in clip_plan(config)
+        ]
+    )
+
+
+def snr_table(root: str | Path, clips: pd.DataFrame) -> pd.DataFrame:
+    """True SNR (dB) of machine sound over noise at both microphones, for clips of a synthetic set.
+
+    ``clips``: rows of the clip table (``machine_type``, ``file_name``). Each clip is rendered
+    again from the dataset's manifest, so the clean parts are exact. Returns ``machine_type,
+    file_name, noise_type, near_snr_db, far_snr_db``.
+    """
+    config = read_manifest(root)
+    specs = {(s.machine_type, s.file_name): s for s in clip_plan(config)}
+    rows = []
+    for machine_type, file_name in zip(clips["machine_type"], clips["file_name"], strict=True):
+        clip = render_clip(specs[(machine_type, file_name)], config)
+        snr = [20 * np.log10(_rms(clip.machine[c]) / _rms(clip.noise[c])) for c in (0, 1)]
+        rows.append(
+            {
+                "machine_type": machine_type,
+                "file_name": file_name,
+                "noise_type": clip.noise_type,
+                "near_snr_db": snr[0],
+                "far_snr_db": snr[1],
+            }
+        )
+    return pd.DataFrame(rows)

@@ -1,0 +1,95 @@
+"""The official autoencoder baseline: architecture, scores, determinism."""
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from asd_utils import baseline, data, synth
+from asd_utils.features import log_mel, stack_frames
+from asd_utils.models.autoencoder import (
+    AETrainConfig,
+    AutoEncoder,
+    clip_scores,
+    fit_inverse_covariance,
+    train_autoencoder,
+)
+
+
+def test_architecture_matches_the_official_baseline():
+    model = AutoEncoder()
+    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    assert [(m.in_features, m.out_features) for m in linears] == [
+        (640, 128), (128, 128), (128, 128), (128, 128), (128, 8),
+        (8, 128), (128, 128), (128, 128), (128, 128), (128, 640),
+    ]  # fmt: skip
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm1d)]
+    assert len(norms) == 9 and all(n.momentum == 0.01 and n.eps == 1e-3 for n in norms)
+    assert model(torch.randn(4, 640)).shape == (4, 640)
+
+
+def test_training_lowers_the_loss_and_is_deterministic():
+    vectors = torch.randn(600, 640) @ torch.randn(640, 640) * 0.05
+    config = AETrainConfig(epochs=5, batch_size=64)
+    model_a, history = train_autoencoder(vectors, config, progress=False)
+    model_b, _ = train_autoencoder(vectors, config, progress=False)
+    assert history[-1]["train_loss"] < history[0]["train_loss"]
+    for a, b in zip(model_a.state_dict().values(), model_b.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_clip_scores_against_a_direct_computation():
+    torch.manual_seed(0)
+    model = AutoEncoder(16, hidden=8, bottleneck=2, depth=2).eval()
+    vectors = torch.randn(30, 16)
+    owner = torch.tensor([0] * 10 + [1] * 5 + [2] * 15)
+    inv_s = fit_inverse_covariance(torch.randn(200, 16))
+    inv_t = fit_inverse_covariance(torch.randn(200, 16) * 2)
+    scores = clip_scores(model, vectors, owner, 3, inv_s, inv_t)
+    with torch.no_grad():
+        res = vectors - model(vectors)
+    for clip in range(3):
+        r = res[owner == clip]
+        assert scores["mse"][clip] == pytest.approx(r.pow(2).mean().item(), rel=1e-5)
+        u = r.mean(0).double()
+        expected = min((u @ inv_s @ u).item(), (u @ inv_t @ u).item())
+        assert scores["mahalanobis"][clip] == pytest.approx(expected, rel=1e-6)
+
+
+def test_inverse_covariance_of_known_gaussian():
+    cov = torch.diag(torch.tensor([1.0, 4.0, 0.25]))
+    x = torch.randn(200_000, 3, generator=torch.Generator().manual_seed(1)) @ cov.sqrt()
+    inv = fit_inverse_covariance(x)
+    torch.testing.assert_close(inv, torch.linalg.inv(cov).double(), rtol=0.03, atol=0.03)
+
+
+def test_frame_vectors_from_clips(tmp_path):
+    root = synth.generate_dataset(
+        tmp_path,
+        synth.SynthConfig(("fan",), 3, 1, 1, {"default": 1.0}),
+        progress=False,
+    )
+    clips = data.index_dataset(root)
+    vectors, owner = baseline.frame_vectors(
+        clips["path"].tolist(), baseline.AEFeatureConfig(), chunk=3, progress=False
+    )
+    frames = 1 + 16000 // 512
+    assert vectors.shape == (len(clips) * (frames - 4), 640)
+    assert torch.equal(torch.bincount(owner), torch.full((len(clips),), frames - 4))
+    near = torch.from_numpy(data.read_audio(clips["path"].iloc[1])[0])
+    expected = stack_frames(log_mel(near[None]), 5)[0]
+    torch.testing.assert_close(vectors[owner == 1], expected)
+
+
+def test_run_autoencoder_gives_both_variants_and_repeats_exactly(tmp_path):
+    config = synth.SynthConfig(("valveEmu",), 6, 2, 2, {"default": 1.0})
+    clips = data.index_dataset(synth.generate_dataset(tmp_path, config, progress=False))
+    training = AETrainConfig(epochs=2)
+    first = baseline.run_autoencoder(clips, training=training, progress=False)
+    second = baseline.run_autoencoder(clips, training=training, progress=False)
+    assert list(first.scores.columns[-2:]) == ["mse", "mahalanobis"]
+    assert len(first.scores) == len(clips) and len(first.history) == 2
+    assert np.isfinite(first.scores[["mse", "mahalanobis"]].to_numpy()).all()
+    pd.testing.assert_frame_equal(first.scores, second.scores)
+    with pytest.raises(ValueError, match="one machine type"):
+        baseline.run_autoencoder(pd.concat([clips, clips.assign(machine_type="x")]))

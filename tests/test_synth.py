@@ -1,0 +1,122 @@
+"""The synthetic DCASE 2026 dataset: layout, format, determinism, components, domain shift."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from asd_utils import data, synth
+
+SMALL = synth.SynthConfig(
+    machine_types=("fan", "valveEmu"),
+    n_train_source=3,
+    n_train_target=1,
+    n_test=1,
+    clip_seconds={"default": 1.0},
+)
+
+
+@pytest.fixture(scope="module")
+def small_root(tmp_path_factory):
+    return synth.generate_dataset(tmp_path_factory.mktemp("synth"), SMALL, progress=False)
+
+
+def test_layout_names_and_format(small_root):
+    table = data.index_dataset(small_root)
+    assert sorted(table["machine_type"].unique()) == ["fan", "valveEmu"]
+    per_machine = 3 + 1 + 4 * 1
+    assert len(table) == 2 * per_machine
+    assert set(table["channels"]) == {2} and set(table["sample_rate"]) == {16000}
+    assert np.allclose(table["duration"], 1.0)
+    kinds = table.groupby(["split", "domain", "label"]).size()
+    assert kinds[("train", "source", "normal")] == 6 and kinds[("train", "target", "normal")] == 2
+    assert kinds[("test", "target", "anomaly")] == 2
+
+
+def test_attributes_csv_matches_file_names(small_root):
+    csv = (small_root / "dev_data/raw/valveEmu/attributes_00.csv").read_text().splitlines()
+    assert csv[0] == "file_name,d1p,d1v"
+    first = csv[1].split(",")
+    name = first[0].split("/")[-1]
+    assert first[0].startswith("valveEmu/")
+    assert data.parse_attributes(data.parse_file_name(name)["attributes"]) == {"pat": first[2]}
+    assert len(csv) - 1 == 8
+
+
+def test_target_domain_uses_unseen_conditions():
+    table = synth.plan_table(synth.SynthConfig(n_train_source=20, n_test=5))
+    for machine_type, part in table.groupby("machine_type"):
+        source = set(part.loc[part["domain"] == "source", "attributes"])
+        target = set(part.loc[part["domain"] == "target", "attributes"])
+        assert not source & target, machine_type
+
+
+def test_deterministic_and_seed_sensitive():
+    spec = synth.clip_plan(SMALL)[0]
+    a, b = synth.render_clip(spec, SMALL), synth.render_clip(spec, SMALL)
+    np.testing.assert_array_equal(a.audio, b.audio)
+    other = synth.SynthConfig(**{**SMALL.to_dict(), "seed": 1})
+    assert not np.allclose(synth.render_clip(synth.clip_plan(other)[0], other).audio, a.audio)
+
+
+def test_components_add_up_to_the_written_clip(small_root):
+    table = data.index_dataset(small_root, split="test")
+    row = table.iloc[0]
+    parts = synth.load_components(small_root, row.machine_type, row.file_name)
+    audio = data.read_audio(row.path, channels=2)
+    np.testing.assert_allclose(audio, parts.machine + parts.noise, atol=1 / 32768 + 1e-7)
+    assert parts.machine.shape == parts.noise.shape == (2, 16000)
+
+
+def test_noise_is_much_stronger_at_the_far_microphone(small_root):
+    table = data.index_dataset(small_root, split="train")
+    snr = synth.snr_table(small_root, table)
+    lo, hi = SMALL.far_snr_db
+    assert (snr["near_snr_db"] - snr["far_snr_db"] > 5).all()
+    assert snr["far_snr_db"].between(lo - 1e-6, hi + 1e-6).all()
+    assert snr["near_snr_db"].between(*SMALL.near_snr_db).all()
+
+
+def test_noise_reaches_the_near_mic_later():
+    spec = synth.clip_plan(SMALL)[0]
+    parts = synth.render_clip(spec, SMALL)
+    near, far = parts.noise
+    xcorr = np.correlate(near[:4000], far[:4000], mode="full")
+    assert np.argmax(np.abs(xcorr)) - 3999 > 0  # near lags far
+
+
+@pytest.mark.parametrize("machine_type", synth.MACHINE_TYPES)
+def test_anomalies_change_the_sound_but_subtly(machine_type):
+    # The same clip with and without its fault: the fault's energy is a small part of the sound.
+    model = synth.SOUND_MODELS[machine_type]
+    attributes = synth.clip_plan(synth.SynthConfig(machine_types=(machine_type,)))[0].attributes
+    for seed in range(4):
+        clean, broken = (
+            model(attributes, anomalous, 32000, 16000, np.random.default_rng(seed), 1.0)
+            for anomalous in (False, True)
+        )
+        change = np.linalg.norm(broken - clean) / np.linalg.norm(clean)
+        assert 0.03 < change < 0.7, (seed, change)
+
+
+def test_existing_dataset_with_other_settings_is_refused(small_root):
+    other = synth.SynthConfig(**{**SMALL.to_dict(), "n_test": 2})
+    with pytest.raises(FileExistsError, match="other settings"):
+        synth.generate_dataset(small_root, other, progress=False)
+    manifest = json.loads((small_root / synth.MANIFEST).read_text())
+    assert manifest["fingerprint"] == SMALL.fingerprint()
+
+
+def test_unknown_settings_and_machine_types_are_errors():
+    with pytest.raises(ValueError, match="unknown synth settings"):
+        synth.SynthConfig.from_dict({"n_tests": 3})
+    with pytest.raises(ValueError, match="no sound model"):
+        synth.clip_plan(synth.SynthConfig(machine_types=("pump",)))
+
+
+def test_plan_table_matches_file_name_convention():
+    table = synth.plan_table(SMALL)
+    parsed = pd.DataFrame([data.parse_file_name(n) for n in table["file_name"]])
+    assert (parsed["domain"] == table["domain"]).all()
+    assert (parsed["attributes"] == table["attributes"]).all()
