@@ -127,6 +127,6 @@ def table2_bars(wide: pd.DataFrame) -> plt.Figure:
         ax.bar(x + i * width - 0.4 + width / 2, body[system], width, label=system)
     ax.set_xticks(x, [f"{m}\n{k}" for m, k in body.index], fontsize=7)
     ax.axhline(50, c="grey", lw=0.8, ls=":")
-    ax.set(ylabel="%", ylim=(30, 100))
+    ax.set(ylabel="%", ylim=(0, 100))
     ax.legend(fontsize=7, ncol=len(body.columns))
     return fig
