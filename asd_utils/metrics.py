@@ -359,6 +359,14 @@ def table2(tables: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
     return pd.DataFrame(columns).reindex(_table2_index(machine_types))
 
 
+def table2_style(wide: pd.DataFrame):
+    """A Table-2 layout frame ready to display: flat rows (machine_type, metric), 2 decimals.
+
+    Returns a pandas Styler (HTML in notebooks and the book); missing values show as "–".
+    """
+    return wide.reset_index().style.format(precision=2, na_rep="–").hide(axis="index")
+
+
 def table2_from_wide(wide: pd.DataFrame) -> dict[str, pd.DataFrame]:
     """Invert the Table 2 layout into ``{system: evaluate()-shaped frame}`` (values / 100).
 
