@@ -32,10 +32,24 @@ import warnings
 from typing import NamedTuple
 
 import numpy as np
+import pandas as pd
 import scipy.signal
 import torch
 
-__all__ = ["Mixture", "denoise", "fblms", "known_path_mixture", "nlms", "si_sdr_db", "snr_db"]
+__all__ = [
+    "DENOISER_SETTINGS",
+    "MEASURES",
+    "Mixture",
+    "convergence_curve",
+    "denoise",
+    "denoiser_settings",
+    "evaluate_denoising",
+    "fblms",
+    "known_path_mixture",
+    "nlms",
+    "si_sdr_db",
+    "snr_db",
+]
 
 
 def _as_float_tensor(x) -> torch.Tensor:
@@ -68,6 +82,7 @@ def fblms(
     *,
     smoothing: float = 0.9,
     return_filter: bool = False,
+    components=None,
 ):
     """Cancel the part of ``primary`` that an FIR filter of ``reference`` can predict.
 
@@ -110,11 +125,18 @@ def fblms(
         smoothing: forgetting factor of the per-bin power estimate, per block (0.9: a memory
             of about ten blocks, 0.3 s at 16 kHz with 512-sample blocks).
         return_filter: also return the final filter.
+        components: optional parts of ``reference`` (e.g. its machine and its noise), shape
+            ``(k, *primary.shape)``; each goes through the same sequence of filters as
+            ``reference`` without steering the adaptation. When they add up to ``reference``,
+            their outputs add up to the filter output, so the output splits exactly into
+            ``primary_part - component_output`` per part (see ``evaluate_denoising``). Costs
+            the memory of one more reference per component plus one filter per block.
 
     Returns:
         The error signal (the denoised primary), same shape and float dtype as ``primary``; with
         ``return_filter=True`` also the final impulse response, ``(batch, filter_length)`` (or
-        ``(filter_length,)`` for 1-D input), so that ``y[n] = sum_j w[j] x[n - j]``.
+        ``(filter_length,)`` for 1-D input), so that ``y[n] = sum_j w[j] x[n - j]``; with
+        ``components`` also (last) the filter's output for each, ``(k, *primary.shape)``.
     """
     d, x = _as_float_tensor(primary), _as_float_tensor(reference)
     if d.shape != x.shape or d.dim() not in (1, 2):
@@ -123,6 +145,13 @@ def fblms(
             f"got {tuple(d.shape)} and {tuple(x.shape)}"
         )
     x = x.to(d.dtype)
+    if components is not None:
+        parts = _as_float_tensor(components).to(d.dtype)
+        if parts.dim() != d.dim() + 1 or parts.shape[1:] != d.shape:
+            raise ValueError(
+                f"components must have shape (k, *primary.shape) = (k, {tuple(d.shape)}); "
+                f"got {tuple(parts.shape)}"
+            )
     squeeze = d.dim() == 1
     d, x = d.reshape(-1, d.shape[-1]), x.reshape(-1, x.shape[-1])
     batch, samples = d.shape
@@ -154,8 +183,11 @@ def fblms(
         E = torch.zeros(batch, n_blocks, N, dtype=d.dtype)
         W = torch.zeros(batch, N // 2 + 1, dtype=X.dtype)
         decay = 1 - step_size * leakage
+        history = [] if components is not None else None  # the filter of every block
         blocks = X.unbind(1), Xc.unbind(1), power.unbind(1), D.unbind(1), E.unbind(1)
         for X_k, Xc_k, power_k, d_k, e_k in zip(*blocks, strict=True):
+            if history is not None:
+                history.append(W.clone())
             y = torch.fft.irfft(X_k * W, n=N)
             torch.sub(d_k, y[:, N - B :], out=e_k[:, :B])
             P.mul_(s).add_(power_k)
@@ -167,10 +199,20 @@ def fblms(
 
         out = E[..., :B].reshape(batch, -1)[:, :samples]
         out = out[0] if squeeze else out.contiguous()
-        if not return_filter:
-            return out
-        w = torch.fft.irfft(W, n=N)[:, :M]
-        return out, (w[0] if squeeze else w)
+        result = [out]
+        if return_filter:
+            w = torch.fft.irfft(W, n=N)[:, :M]
+            result.append(w[0] if squeeze else w)
+        if history is not None:
+            # Component i's output in block k: the same overlap-save product with block k's filter.
+            k = parts.shape[0]
+            frames = torch.nn.functional.pad(parts.reshape(k, batch, samples), (N - B, pad))
+            Y = torch.fft.irfft(
+                torch.fft.rfft(frames.unfold(-1, N, B)) * torch.stack(history, 1), n=N
+            )
+            Y = Y[..., N - B :].reshape(k, batch, -1)[..., :samples]
+            result.append(Y[:, 0] if squeeze else Y.contiguous())
+        return result[0] if len(result) == 1 else tuple(result)
 
 
 def nlms(primary, reference, filter_length: int = 256, step_size: float = 0.5, eps: float = 1e-6):
@@ -340,3 +382,170 @@ def known_path_mixture(
     noise = np.convolve(reference, path)[: t.size]
     clean *= np.sqrt(np.mean(noise**2) / np.mean(clean**2)) * 10 ** (machine_db / 20)
     return Mixture(clean, noise, clean + noise, reference, path)
+
+
+# --- measuring the canceller on clips whose parts are known -----------------------------------
+
+DENOISER_SETTINGS = ("filter_length", "step_size", "leakage", "block_size", "smoothing", "eps")
+"""The keys of a profile's ``anc`` section that are ``fblms`` settings (the rest are the ANC
+chapter's analysis sizes)."""
+
+
+def denoiser_settings(section: dict) -> dict:
+    """The ``fblms`` settings of a profile's ``anc`` section (keys in :data:`DENOISER_SETTINGS`),
+    ready for ``denoise(audio, **denoiser_settings(profile["anc"]))``."""
+    return {key: section[key] for key in DENOISER_SETTINGS if key in section}
+
+
+def _as_clip_list(x) -> list[np.ndarray]:
+    """``(batch, 2, samples)`` array or a sequence of ``(2, samples)`` arrays → list of arrays."""
+    clips = [np.asarray(c) for c in x]
+    for c in clips:
+        if c.ndim != 2 or c.shape[0] < 2:
+            raise ValueError(f"each clip must be (channels >= 2, samples); got {c.shape}")
+    return clips
+
+
+def _split_output(machine, noise, oracle: bool, settings: dict) -> list[tuple]:
+    """Run FBLMS on ``machine + noise`` and split the output into its machine and noise parts.
+
+    Returns per clip ``(machine_near, noise_near, machine_out, noise_out)``, float64 arrays of
+    ``(samples,)``, where ``output = machine_out + noise_out`` exactly: ``machine_out =
+    machine_near - (filter * machine_far)`` and ``noise_out = noise_near - (filter * noise_far)``
+    with the filter sequence the canceller adapted on the mixture (``fblms(components=…)``).
+    With ``oracle=True`` the reference is the far noise alone, so ``machine_out = machine_near``.
+    Clips of equal length run as one batch.
+    """
+    machine, noise = _as_clip_list(machine), _as_clip_list(noise)
+    if len(machine) != len(noise) or any(
+        m.shape != n.shape for m, n in zip(machine, noise, strict=True)
+    ):
+        raise ValueError("machine and noise must hold the same number of clips of equal shapes")
+    result: list = [None] * len(machine)
+    lengths: dict[int, list[int]] = {}
+    for i, m in enumerate(machine):
+        lengths.setdefault(m.shape[-1], []).append(i)
+    for index in lengths.values():
+        m = np.stack([machine[i][:2] for i in index]).astype(np.float64)
+        n = np.stack([noise[i][:2] for i in index]).astype(np.float64)
+        far_machine = np.zeros_like(m[:, 1]) if oracle else m[:, 1]
+        _, (y_machine, y_noise) = fblms(
+            m[:, 0] + n[:, 0],
+            far_machine + n[:, 1],
+            components=np.stack([far_machine, n[:, 1]]),
+            **settings,
+        )
+        for j, i in enumerate(index):
+            result[i] = (
+                m[j, 0],
+                n[j, 0],
+                m[j, 0] - y_machine[j].numpy(),
+                n[j, 0] - y_noise[j].numpy(),
+            )
+    return result
+
+
+def _ratio_db(numerator, denominator) -> np.ndarray:
+    with np.errstate(divide="ignore"):
+        return 10 * np.log10(_energy(numerator) / _energy(denominator))
+
+
+MEASURES = (
+    "snr_before_db",
+    "snr_after_db",
+    "si_sdr_before_db",
+    "si_sdr_after_db",
+    "snr_gain_db",
+    "si_sdr_gain_db",
+    "noise_reduction_db",
+    "machine_change_db",
+    "machine_removed_db",
+)
+"""The columns of ``evaluate_denoising`` (and, per window, of ``convergence_curve``)."""
+
+
+def _measures(machine_near, noise_near, machine_out, noise_out) -> dict[str, np.ndarray]:
+    """The ``evaluate_denoising`` columns for one clip or window (arrays ``(..., samples)``)."""
+    before = machine_near + noise_near
+    after = machine_out + noise_out
+    m = {
+        "snr_before_db": snr_db(machine_near, noise_near),
+        "snr_after_db": snr_db(machine_near, after - machine_near),
+        "si_sdr_before_db": si_sdr_db(machine_near, before),
+        "si_sdr_after_db": si_sdr_db(machine_near, after),
+        "noise_reduction_db": _ratio_db(noise_near, noise_out),
+        "machine_change_db": _ratio_db(machine_out, machine_near),
+        "machine_removed_db": _ratio_db(machine_out - machine_near, machine_near),
+    }
+    m["snr_gain_db"] = m["snr_after_db"] - m["snr_before_db"]
+    m["si_sdr_gain_db"] = m["si_sdr_after_db"] - m["si_sdr_before_db"]
+    return {name: m[name] for name in MEASURES}
+
+
+def evaluate_denoising(machine, noise, oracle: bool = False, **settings) -> pd.DataFrame:
+    """Measure the canceller on clips whose clean machine sound and noise are known.
+
+    The near channel (primary) is ``machine[0] + noise[0]``, the far channel (reference)
+    ``machine[1] + noise[1]``, as in ``asd_utils.synth``; the output is ``fblms``'s, split
+    exactly into what became of the machine sound and of the noise (see ``_split_output``).
+
+    Args:
+        machine: clean machine sound at both microphones, ``(batch, 2, samples)`` or a sequence
+            of ``(2, samples)`` arrays (lengths may differ); row 0 near mic, row 1 far mic
+            (``synth.SynthClip.machine``).
+        noise: the noise at both microphones, shaped like ``machine`` (``SynthClip.noise``).
+        oracle: use the far noise alone as the reference, a far mic that hears no machine: the
+            canceller then cannot remove machine sound, which isolates the cost of leakage.
+        **settings: ``fblms`` settings (``filter_length``, ``step_size``, ``leakage``,
+            ``block_size``, …).
+
+    Returns:
+        One row per clip, in input order; all in dB, over the whole clip (adaptation included):
+
+        * ``snr_before_db`` / ``snr_after_db``: clean near machine sound over everything else
+          in the near channel / in the output (machine sound the canceller removed counts as
+          noise after);
+        * ``si_sdr_before_db`` / ``si_sdr_after_db``: SI-SDR (``si_sdr_db``) of the near channel
+          / of the output against the clean near machine sound;
+        * ``snr_gain_db``, ``si_sdr_gain_db``: after minus before;
+        * ``noise_reduction_db``: near noise power over the noise left in the output;
+        * ``machine_change_db``: power of the machine part of the output over the clean near
+          machine power (0: kept; negative: lost);
+        * ``machine_removed_db``: power of the machine sound the canceller subtracted (it heard
+          it at the far mic) over the clean near machine power (``-inf`` for the oracle).
+    """
+    parts = _split_output(machine, noise, oracle, settings)
+    rows = [{k: float(v) for k, v in _measures(*p).items()} for p in parts]
+    return pd.DataFrame(rows, columns=list(MEASURES))
+
+
+def convergence_curve(
+    machine, noise, window_seconds: float = 0.25, sample_rate: int = 16_000, **settings
+) -> pd.DataFrame:
+    """How the canceller's effect builds up within a clip: ``evaluate_denoising``'s measures in
+    consecutive windows.
+
+    Args:
+        machine, noise: as for ``evaluate_denoising`` (the real far mic is the reference).
+        window_seconds: window length; a last, shorter window is dropped.
+        sample_rate: of the clips, in Hz.
+        **settings: ``fblms`` settings.
+
+    Returns:
+        One row per clip and window: ``clip`` (index in the input), ``time_s`` (window centre,
+        seconds from the clip start), and the columns of ``evaluate_denoising`` per window.
+    """
+    win = max(1, round(window_seconds * sample_rate))
+    rows = []
+    for clip, parts in enumerate(_split_output(machine, noise, False, settings)):
+        n = parts[0].shape[-1] // win
+        if n == 0:
+            continue
+        windows = [p[: n * win].reshape(n, win) for p in parts]
+        measures = _measures(*windows)
+        for k in range(n):
+            rows.append(
+                {"clip": clip, "time_s": (k + 0.5) * win / sample_rate}
+                | {name: float(v[k]) for name, v in measures.items()}
+            )
+    return pd.DataFrame(rows, columns=["clip", "time_s", *MEASURES])

@@ -62,9 +62,12 @@ def resolve_paths(
 ) -> RunPaths:
     """Resolve the run's data and output roots (argument > environment > profile default)."""
     given = data_root or os.environ.get("DATA_ROOT") or None
-    data = _from_repo(given) if given else _from_repo(profile["data"]["synthetic_root"])
+    synthetic_root = _from_repo(profile["data"]["synthetic_root"])
+    data = _from_repo(given) if given else synthetic_root
     out = output_root or os.environ.get("OUTPUT_ROOT") or f"outputs/{profile['name']}"
-    return RunPaths(data_root=data, output_root=_from_repo(out), synthetic=not given)
+    # The pipeline hands the resolved root to each notebook: the same root is still synthetic.
+    synthetic = data.resolve() == synthetic_root.resolve()
+    return RunPaths(data_root=data, output_root=_from_repo(out), synthetic=synthetic)
 
 
 def prepare_data(profile: dict, paths: RunPaths, progress: bool = True) -> Path:

@@ -375,3 +375,30 @@ def write_wav(path: str | os.PathLike, audio: np.ndarray, sample_rate: int = 160
     with atomic_path(path) as tmp:
         sf.write(tmp, pcm.T, sample_rate, subtype="PCM_16", format="WAV")
     return Path(path)
+
+
+def attribute_classes(table: pd.DataFrame, by_domain: bool = False) -> tuple[np.ndarray, list[str]]:
+    """The classes the margin classifier learns: one per (machine_type, section, attributes).
+
+    Returns ``(class_ids, class_names)``: int64 ids of shape ``(len(table),)``, aligned with the
+    rows, and the sorted names, so ``class_names[class_ids[i]]`` names row i's class. A name is
+    ``"<machine_type>/<section>/<attributes>"``, or ``"<machine_type>/<section>"`` for clips
+    without attributes (then the whole section is one class); ``by_domain`` appends
+    ``"/<domain>"``. The XJU paper's "number of classes 80" is whatever this gives on its data
+    (xju-system.md): derived from the table, never typed in. Sorting makes the ids deterministic.
+    """
+    missing = [c for c in ("machine_type", "section", "attributes") if c not in table.columns]
+    if missing:
+        raise ValueError(f"the clip table lacks columns {missing}")
+    if table.empty:
+        raise ValueError("attribute_classes was given an empty table")
+    parts = [table["machine_type"].astype(str), table["section"].astype(str)]
+    attributes = table["attributes"].fillna("").astype(str)
+    names = parts[0] + "/" + parts[1] + np.where(attributes != "", "/" + attributes, "")
+    if by_domain:
+        if table["domain"].isna().any():
+            raise ValueError("by_domain needs a domain for every clip (anonymous eval test clips?)")
+        names = names + "/" + table["domain"].astype(str)
+    class_names = sorted(set(names))
+    class_ids = pd.Index(class_names).get_indexer(names).astype(np.int64)
+    return class_ids, class_names

@@ -130,3 +130,104 @@ def table2_bars(wide: pd.DataFrame) -> plt.Figure:
     ax.set(ylabel="%", ylim=(0, 100))
     ax.legend(fontsize=7, ncol=len(body.columns))
     return fig
+
+
+def spectrogram_panels(
+    signals: dict[str, np.ndarray], sample_rate: int, title: str, columns: int | None = None
+) -> plt.Figure:
+    """Spectrograms of several one-channel signals ``{name: (samples,)}`` on one colour scale
+    (the loudest panel's peak down to 80 dB below it), so panels compare by colour."""
+    n = len(signals)
+    cols = columns or (2 if n == 4 else min(n, 3))
+    rows = int(np.ceil(n / cols))
+    fig, axes = plt.subplots(
+        rows,
+        cols,
+        figsize=(4.2 * cols, 2.8 * rows),
+        squeeze=False,
+        sharex=True,
+        sharey=True,
+        constrained_layout=True,
+    )
+    spectra = {name: _db_spectrogram(np.asarray(x), sample_rate) for name, x in signals.items()}
+    vmax = max(s.max() for _, _, s in spectra.values())
+    for ax, (name, (f, t, s)) in zip(axes.flat, spectra.items(), strict=False):
+        mesh = ax.pcolormesh(t, f / 1000, s, shading="auto", vmin=vmax - 80, vmax=vmax)
+        ax.set_title(name, fontsize=10)
+    for ax in axes[:, 0]:
+        ax.set_ylabel("frequency (kHz)")
+    for ax in axes[-1, :]:
+        ax.set_xlabel("time (s)")
+    for ax in axes.flat[n:]:
+        ax.axis("off")
+    fig.colorbar(mesh, ax=axes.ravel().tolist(), label="power (dB)")
+    fig.suptitle(title)
+    return fig
+
+
+_ANC_LABELS = {
+    "noise_reduction_db": "noise reduction (dB)",
+    "si_sdr_gain_db": "SI-SDR gain (dB)",
+    "snr_gain_db": "SNR gain (dB)",
+    "machine_removed_db": "machine sound removed (dB re machine)",
+    "machine_change_db": "machine level change (dB)",
+}
+
+
+def anc_sweep(
+    table: pd.DataFrame,
+    x: str = "step_size",
+    line: str = "filter_length",
+    metrics: tuple[str, ...] = ("noise_reduction_db", "si_sdr_gain_db"),
+    chosen: dict | None = None,
+) -> plt.Figure:
+    """A settings sweep of the canceller: per metric one panel, the mean over all rows (clips)
+    of each (``line``, ``x``) pair, ``x`` on a log axis, one line per ``line`` value.
+
+    ``table``: one row per clip and setting, with columns ``x``, ``line`` and ``metrics`` (as
+    ``asd_utils.anc.evaluate_denoising`` plus the setting columns). ``chosen``: ``{x: value,
+    line: value}`` of a setting to mark with a star.
+    """
+    means = table.groupby([line, x])[list(metrics)].mean().reset_index()
+    fig, axes = plt.subplots(
+        1, len(metrics), figsize=(4.6 * len(metrics), 3.4), squeeze=False, constrained_layout=True
+    )
+    colours = plt.cm.viridis(np.linspace(0, 0.9, means[line].nunique()))
+    for ax, metric in zip(axes[0], metrics, strict=True):
+        for colour, (value, part) in zip(colours, means.groupby(line), strict=True):
+            ax.plot(part[x], part[metric], "o-", ms=3, color=colour, label=f"{value:g}")
+        if chosen is not None:
+            mark = means[(means[x] == chosen[x]) & (means[line] == chosen[line])]
+            ax.plot(mark[x], mark[metric], "*", ms=14, mfc="none", mec="tab:red", label="chosen")
+        ax.axhline(0, c="grey", lw=0.8, ls=":")
+        ax.set(xscale="log", xlabel=x.replace("_", " "), ylabel=_ANC_LABELS.get(metric, metric))
+        ticks = np.unique(means[x])
+        ax.set_xticks(ticks, [f"{t:g}" for t in ticks], minor=False)
+        ax.minorticks_off()
+    axes[0, -1].legend(title=line.replace("_", " "), fontsize=7, title_fontsize=8)
+    return fig
+
+
+def anc_convergence(
+    curve: pd.DataFrame,
+    group: str = "machine_type",
+    metrics: tuple[str, ...] = ("noise_reduction_db", "machine_removed_db"),
+) -> plt.Figure:
+    """The canceller's effect over time within a clip: per metric one panel, the mean over the
+    clips of each ``group`` per window (``curve``: ``asd_utils.anc.convergence_curve`` rows with
+    a ``group`` column added), against the window centre ``time_s``; a black line is the mean
+    over all clips (over the windows that every clip has)."""
+    fig, axes = plt.subplots(
+        1, len(metrics), figsize=(4.6 * len(metrics), 3.2), squeeze=False, constrained_layout=True
+    )
+    groups = sorted(curve[group].unique(), key=machine_sort_key)
+    for ax, metric in zip(axes[0], metrics, strict=True):
+        means = curve.groupby([group, "time_s"])[metric].mean()
+        for name in groups:
+            ax.plot(means[name].index, means[name].to_numpy(), lw=1, label=name)
+        common = curve.groupby("time_s").filter(lambda w: len(w) == curve["clip"].nunique())
+        overall = common.groupby("time_s")[metric].mean()
+        ax.plot(overall.index, overall.to_numpy(), c="k", lw=2.2, label="all clips")
+        ax.set(xlabel="time in clip (s)", ylabel=_ANC_LABELS.get(metric, metric))
+    axes[0, -1].legend(fontsize=7, ncol=2)
+    return fig

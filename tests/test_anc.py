@@ -1,6 +1,7 @@
 """Tests for asd_utils.anc on synthetic near/far mixtures with a known acoustic path."""
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -112,3 +113,111 @@ def test_si_sdr_db_known_case_and_scale_invariance():
     batch_ref, batch_est = np.stack([reference, reference]), np.stack([estimate, 0.01 * estimate])
     np.testing.assert_allclose(anc.si_sdr_db(batch_ref, batch_est), [20, 20], atol=1e-6)
     assert anc.si_sdr_db(reference, estimate + 0.1 * np.sin(2 * np.pi * 300 * t)) < 18
+
+
+# --- splitting the output and measuring the canceller on clips with known parts ---------------
+
+
+def _two_mic_clip(seconds=2.0, seed=0, leak_db=None):
+    """``(machine, noise)`` as ``synth.SynthClip`` holds them, ``(2, samples)`` each, from a
+    known-path mixture; with ``leak_db`` the far mic also hears the machine, delayed by 40
+    samples and ``leak_db`` below its near level."""
+    clean, noise, _, reference, _ = mixture(seconds=seconds, seed=seed)
+    far_machine = np.zeros_like(clean)
+    if leak_db is not None:
+        far_machine[40:] = clean[:-40] * 10 ** (leak_db / 20)
+    return np.stack([clean, far_machine]), np.stack([noise, reference])
+
+
+def test_fblms_components_split_the_output_exactly():
+    machine, noise = _two_mic_clip(seconds=1.3, leak_db=-6)  # not a multiple of the block
+    primary, reference = machine[0] + noise[0], machine[1] + noise[1]
+    out, (y_machine, y_noise) = anc.fblms(
+        primary, reference, block_size=300, components=np.stack([machine[1], noise[1]])
+    )
+    np.testing.assert_array_equal(out, anc.fblms(primary, reference, block_size=300))
+    np.testing.assert_allclose(
+        (machine[0] - y_machine.numpy()) + (noise[0] - y_noise.numpy()), out, rtol=0, atol=1e-9
+    )
+    batch = torch.tensor(np.stack([primary, primary]))
+    parts = torch.tensor(np.stack([np.stack([machine[1]] * 2), np.stack([noise[1]] * 2)]))
+    out2, w2, y2 = anc.fblms(
+        batch, parts.sum(0), block_size=300, return_filter=True, components=parts
+    )
+    assert y2.shape == (2, 2, primary.size) and w2.shape == (2, 512)
+    np.testing.assert_allclose(y2[:, 1], torch.stack([y_machine, y_noise]), atol=1e-9)
+    with pytest.raises(ValueError, match="components must have shape"):
+        anc.fblms(primary, reference, components=machine[1])
+
+
+def test_evaluate_denoising_without_leakage_matches_the_oracle():
+    clips = [_two_mic_clip(seed=seed) for seed in range(2)]
+    machine, noise = [c[0] for c in clips], [c[1] for c in clips]
+    result = anc.evaluate_denoising(machine, noise, step_size=0.2)
+    oracle = anc.evaluate_denoising(machine, noise, oracle=True, step_size=0.2)
+    assert list(result.columns) == list(anc.MEASURES) and len(result) == 2
+    pd.testing.assert_frame_equal(result, oracle)
+    assert (result["noise_reduction_db"] > 10).all()
+    assert (result["machine_removed_db"] == -np.inf).all()
+    assert np.allclose(result["machine_change_db"], 0)
+    np.testing.assert_allclose(
+        result["snr_before_db"], [float(anc.snr_db(m[0], n[0])) for m, n in clips], rtol=1e-12
+    )
+    assert (result["si_sdr_gain_db"] > 5).all() and (result["snr_gain_db"] > 5).all()
+
+
+def test_evaluate_denoising_measures_the_machine_sound_removed():
+    machine, noise = _two_mic_clip(leak_db=-10)
+    result = anc.evaluate_denoising([machine], [noise], step_size=0.2).iloc[0]
+    oracle = anc.evaluate_denoising([machine], [noise], oracle=True, step_size=0.2).iloc[0]
+    assert -30 < result["machine_removed_db"] < 0 and result["noise_reduction_db"] > 5
+    assert result["si_sdr_gain_db"] < oracle["si_sdr_gain_db"] - 2  # the cost of the leak
+    assert oracle["machine_change_db"] == 0 and oracle["machine_removed_db"] == -np.inf
+
+
+def test_evaluate_denoising_takes_clips_of_different_lengths_in_input_order():
+    long, short = _two_mic_clip(seconds=1.5, seed=1), _two_mic_clip(seconds=1.0, seed=2)
+    both = anc.evaluate_denoising([long[0], short[0]], [long[1], short[1]], filter_length=128)
+    alone = anc.evaluate_denoising([short[0]], [short[1]], filter_length=128)
+    pd.testing.assert_frame_equal(both.iloc[[1]].reset_index(drop=True), alone)
+    with pytest.raises(ValueError, match="same number of clips"):
+        anc.evaluate_denoising([long[0]], [short[1]])
+
+
+def test_convergence_curve_noise_reduction_grows_over_the_clip():
+    machine, noise = _two_mic_clip(seconds=2.1)
+    curve = anc.convergence_curve([machine], [noise], window_seconds=0.5, step_size=0.1)
+    assert list(curve.columns) == ["clip", "time_s", *anc.MEASURES]
+    np.testing.assert_allclose(curve["time_s"], [0.25, 0.75, 1.25, 1.75])  # last 0.1 s dropped
+    reduction = curve["noise_reduction_db"].to_numpy()
+    assert reduction[-1] > reduction[0] + 5
+
+
+def test_denoiser_settings_keep_only_filter_settings():
+    section = {"filter_length": 128, "step_size": 0.1, "leakage": 0.25, "block_size": 2048}
+    assert anc.denoiser_settings(section | {"clips_per_machine": 4}) == section
+
+
+def test_anc_plots_return_figures():
+    import matplotlib.pyplot as plt
+
+    from asd_utils import plots
+
+    machine, noise = _two_mic_clip(seconds=1.0)
+    sweep = pd.concat(
+        [
+            anc.evaluate_denoising([machine], [noise], filter_length=n, step_size=mu).assign(
+                filter_length=n, step_size=mu
+            )
+            for n in (64, 128)
+            for mu in (0.1, 0.2)
+        ]
+    )
+    curve = anc.convergence_curve([machine], [noise], 0.25).assign(machine_type="fan")
+    figures = [
+        plots.spectrogram_panels({"near": machine[0] + noise[0], "clean": machine[0]}, SR, "x"),
+        plots.anc_sweep(sweep, chosen={"filter_length": 128, "step_size": 0.1}),
+        plots.anc_convergence(curve),
+    ]
+    assert all(isinstance(f, plt.Figure) for f in figures)
+    plt.close("all")

@@ -39,6 +39,8 @@ def test_paths_argument_beats_environment_beats_profile(monkeypatch, tmp_path):
     monkeypatch.setenv("DATA_ROOT", str(tmp_path / "env"))
     from_env = config.resolve_paths(profile)
     assert not from_env.synthetic and from_env.data_root == tmp_path / "env"
+    handed_on = config.resolve_paths(profile, data_root=str(default.data_root))
+    assert handed_on.synthetic  # the pipeline passes the resolved synthetic root to notebooks
     given = config.resolve_paths(profile, data_root=str(tmp_path / "arg"), output_root="out")
     assert given.data_root == tmp_path / "arg"
     assert given.output_root == config.REPO_ROOT / "out"  # relative: from the repo, not the cwd

@@ -1,0 +1,83 @@
+"""Heads on top of a backbone: the SupCon projection head and the embedding model trained by
+:mod:`asd_utils.training`.
+
+A backbone (BEATs, EAT, or a test stand-in) exposes ``features(waveform (B, samples), lengths)
+-> (fbank (B, T, 128), frame_mask (B, T) bool)``, ``forward_features(fbank, frame_mask) ->
+(utterance (B, D), tokens (B, N, D))`` and ``embed_dim`` = D. :class:`EmbeddingModel` adds the
+projection head and puts SpecAugment between the two calls.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+
+class ProjectionHead(nn.Module):
+    """SupCon's projection head: (B, in_dim) → (B, out_dim), rows of unit L2 norm.
+
+    Linear → ReLU → Linear, then L2 normalisation, as the projection network of supervised
+    contrastive learning (Khosla et al., NeurIPS 2020, sec. 3.1: one hidden layer, output 128)
+    that OS-SCL puts behind its encoder (Huang, Fang & He, ICASSP 2025). ``hidden_dim`` defaults
+    to ``in_dim``. No BatchNorm (the OS-SCL code has one; it would make the contrastive loss
+    depend on the micro-batch split under gradient accumulation and DDP).
+    """
+
+    def __init__(self, in_dim: int, out_dim: int = 128, hidden_dim: int | None = None):
+        super().__init__()
+        hidden_dim = hidden_dim or in_dim
+        self.net = nn.Sequential(
+            nn.Linear(in_dim, hidden_dim), nn.ReLU(), nn.Linear(hidden_dim, out_dim)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.normalize(self.net(x), dim=-1)
+
+
+class EmbeddingModel(nn.Module):
+    """A backbone plus a projection head; what the OSSCL systems fine-tune.
+
+    ``forward(waveform (B, samples), lengths (B,) or None, augment)`` returns
+    ``{"embedding": (B, D) utterance embedding, "projection": (B, projection_dim) unit rows}``.
+    ``augment`` (a callable on the (B, T, 128) fbank, e.g. a partial of
+    :func:`asd_utils.features.spec_augment`) is applied between ``features`` and
+    ``forward_features`` when given, i.e. in training only. ``embed`` has the backbone's
+    signature and output, ``(utterance, tokens)``, so scoring treats a bare backbone and this
+    wrapper alike. The front-end runs outside autocast: under bf16 mixed precision the fbank
+    is still computed in float32 (a bf16 log-mel loses ~3 significant digits).
+    """
+
+    def __init__(
+        self, backbone: nn.Module, projection_dim: int = 128, hidden_dim: int | None = None
+    ):
+        super().__init__()
+        self.backbone = backbone
+        self.embed_dim = backbone.embed_dim
+        self.projection = ProjectionHead(self.embed_dim, projection_dim, hidden_dim)
+
+    def features(
+        self, waveform: torch.Tensor, lengths: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The backbone's front-end, in float32 even inside an autocast region."""
+        with torch.autocast(waveform.device.type, enabled=False):
+            return self.backbone.features(waveform.float(), lengths)
+
+    def embed(
+        self, waveform: torch.Tensor, lengths: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(utterance (B, D), tokens (B, N, D)), as ``backbone.embed``."""
+        return self.backbone.forward_features(*self.features(waveform, lengths))
+
+    def forward(
+        self,
+        waveform: torch.Tensor,
+        lengths: torch.Tensor | None = None,
+        augment: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ) -> dict[str, torch.Tensor]:
+        fbank, frame_mask = self.features(waveform, lengths)
+        if augment is not None:
+            fbank = augment(fbank)
+        utterance, _ = self.backbone.forward_features(fbank, frame_mask)
+        return {"embedding": utterance, "projection": self.projection(utterance)}

@@ -1,0 +1,210 @@
+"""Anomaly scores from embeddings: batched extraction (optionally cached) and KNN scoring.
+
+Every system scores the same way (XJU report, sec. 3.2): embed the normal training clips of a
+machine type and section, and score a clip by the cosine distance to its nearest training
+embeddings (Table 1: K = 1), against the source and the target training clips separately,
+keeping the smaller distance (Wilkinghoff's practice, xju-system.md), so that the 10 target
+clips are not drowned by the 990 source clips. Works for any model with an ``embed`` method.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+from tqdm import tqdm
+
+import asd_utils
+from asd_utils.files import atomic_path
+from asd_utils.training import load_waveform
+
+# --- embeddings ----------------------------------------------------------------------------------
+
+
+def _embed(model: nn.Module, waveform: torch.Tensor, lengths: torch.Tensor | None):
+    out = model.embed(waveform, lengths)
+    return out[0] if isinstance(out, tuple | list) else out
+
+
+def embedding_cache_key(
+    model: nn.Module, table: pd.DataFrame, channel: int, preprocess_key: str | None, autocast
+) -> str:
+    """SHA-256 over everything that changes the embeddings: every weight and buffer (names,
+    dtypes, shapes, bytes), the source files of the model's classes and of the front-end
+    modules, each clip's path, size and mtime, the channel or preprocessing key, and the
+    autocast dtype. The batch size and device are left out (they change float rounding only).
+    """
+    digest = hashlib.sha256()
+    settings = {"channel": channel, "preprocess": preprocess_key, "autocast": str(autocast)}
+    digest.update(json.dumps(settings, sort_keys=True).encode())
+    for name, tensor in model.state_dict().items():
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
+    sources = {inspect.getsourcefile(type(m)) for m in model.modules()}
+    package = Path(asd_utils.__file__).parent
+    sources |= {str(package / name) for name in ("features.py", "data.py", "training.py")}
+    for source in sorted(s for s in sources if s):
+        digest.update(Path(source).read_bytes())
+    for path in table["path"]:
+        stat = os.stat(path)
+        digest.update(f"{path}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+    return digest.hexdigest()
+
+
+@torch.no_grad()
+def extract_embeddings(
+    model: nn.Module,
+    table: pd.DataFrame,
+    batch_size: int = 16,
+    channel: int = 0,
+    preprocess: Callable | None = None,
+    autocast: torch.dtype | None = None,
+    progress: bool = True,
+    cache_dir: str | os.PathLike | None = None,
+    preprocess_key: str | None = None,
+) -> np.ndarray:
+    """Utterance embeddings of every clip of ``table``, (len(table), D) float32, row-aligned.
+
+    ``model.embed(waveform (B, samples), lengths)`` gives ``(utterance (B, D), tokens)`` (a
+    backbone, :class:`asd_utils.models.heads.EmbeddingModel`) or just (B, D). Pass the EMA
+    weights (``TrainResult.ema_model``, or :func:`asd_utils.training.load_weights`). Runs in
+    eval mode without gradients on the model's device (its mode is restored afterwards); whole
+    clips, channel ``channel`` or ``preprocess(audio)`` as :func:`asd_utils.training.
+    load_waveform`. Clips are batched in order of length; a batch of unequal clips is
+    zero-padded and passes ``lengths``. ``autocast``: e.g. ``torch.bfloat16`` on a GPU.
+    ``cache_dir``: reuse or write ``embeddings_<key>.npy`` under it, keyed by
+    :func:`embedding_cache_key`; with ``preprocess`` this needs a ``preprocess_key`` string that
+    names the preprocessing and all its settings (a callable cannot be hashed reliably).
+    """
+    if table.empty:
+        raise ValueError("extract_embeddings was given an empty table")
+    cache = None
+    if cache_dir is not None:
+        if preprocess is not None and not preprocess_key:
+            raise ValueError("caching embeddings of preprocessed audio needs a preprocess_key")
+        key = embedding_cache_key(model, table, channel, preprocess_key, autocast)
+        cache = Path(cache_dir) / f"embeddings_{key[:32]}.npy"
+        if cache.is_file():
+            return np.load(cache)
+    parameter = next(iter(model.parameters()), None)
+    device = parameter.device if parameter is not None else torch.device("cpu")
+    frames = table["frames"].to_numpy() if "frames" in table else np.zeros(len(table))
+    order = np.argsort(frames, kind="stable")
+    paths = table["path"].to_numpy()
+    was_training = model.training
+    model.eval()
+    embeddings = None
+    try:
+        for start in tqdm(
+            range(0, len(order), batch_size), desc="embedding", unit="batch", disable=not progress
+        ):
+            rows = order[start : start + batch_size]
+            clips = [torch.from_numpy(load_waveform(paths[i], channel, preprocess)) for i in rows]
+            sizes = torch.tensor([len(c) for c in clips])
+            waveform = nn.utils.rnn.pad_sequence(clips, batch_first=True).to(device)
+            lengths = None if (sizes == sizes[0]).all() else sizes.to(device)
+            with torch.autocast(device.type, dtype=autocast, enabled=autocast is not None):
+                batch = _embed(model, waveform, lengths).float().cpu().numpy()
+            if embeddings is None:
+                embeddings = np.empty((len(table), batch.shape[1]), np.float32)
+            embeddings[rows] = batch
+    finally:
+        model.train(was_training)
+    if cache is not None:
+        with atomic_path(cache) as tmp, open(tmp, "wb") as f:
+            np.save(f, embeddings)
+    return embeddings
+
+
+# --- KNN scores ----------------------------------------------------------------------------------
+
+
+def _normalise(x) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float64)
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def knn_scores(
+    train_embeddings: np.ndarray,
+    train_domain: np.ndarray | None,
+    test_embeddings: np.ndarray | None = None,
+    k: int = 1,
+) -> np.ndarray:
+    """KNN anomaly scores: mean cosine distance to the k nearest training embeddings, (N,).
+
+    Cosine distance = 1 − cos(a, b), in [0, 2]. The k nearest are taken within each domain of
+    ``train_domain`` (M,) separately (e.g. ``"source"`` and ``"target"``) and the smallest of
+    the per-domain scores is kept; ``train_domain=None``: one reference set. With k = 1 (Table 1)
+    the score is the distance to the nearest embedding; for k > 1 it is the MEAN distance of the
+    k nearest (smoother than the k-th alone), over fewer when a domain has fewer than k clips.
+    ``test_embeddings=None`` scores the training clips themselves, leave-one-out: each against
+    the others only, as honest training scores for the decision threshold and for normalising
+    scores across systems. (M, D) and (N, D) inputs; one (N, M) matrix product.
+    """
+    if k < 1:
+        raise ValueError(f"k must be >= 1, not {k}")
+    reference = _normalise(train_embeddings)
+    queries = reference if test_embeddings is None else _normalise(test_embeddings)
+    if queries.shape[1] != reference.shape[1]:
+        raise ValueError(f"embedding sizes differ: {queries.shape[1]} vs {reference.shape[1]}")
+    distance = 1.0 - queries @ reference.T  # (N, M)
+    if test_embeddings is None:
+        np.fill_diagonal(distance, np.inf)
+    domain = np.zeros(len(reference)) if train_domain is None else np.asarray(train_domain)
+    if len(domain) != len(reference):
+        raise ValueError(f"{len(domain)} domains for {len(reference)} training embeddings")
+    scores = np.full(len(queries), np.inf)
+    for value in np.unique(domain):
+        block = distance[:, domain == value]
+        kk = min(k, block.shape[1])
+        nearest = np.partition(block, kk - 1, axis=1)[:, :kk]
+        finite = np.isfinite(nearest)
+        count = finite.sum(1)
+        mean = np.where(finite, nearest, 0.0).sum(1) / np.maximum(count, 1)
+        scores = np.minimum(scores, np.where(count > 0, mean, np.inf))
+    if not np.isfinite(scores).all():
+        raise ValueError("a clip has no reference embedding (one training clip, leave-one-out?)")
+    return scores
+
+
+def score_system(
+    table: pd.DataFrame, embeddings: np.ndarray | None = None, k: int = 1
+) -> pd.DataFrame:
+    """KNN scores of every clip, per (machine_type, section), for any embedding model.
+
+    ``table``: clip table rows (train and test); ``embeddings`` (len(table), D) row-aligned, or
+    None to take them from an ``embedding`` column of arrays. Test clips are scored against all
+    training clips of their section (:func:`knn_scores`, source/target minimum), training clips
+    leave-one-out against the others. Returns the table's columns (without ``embedding``) plus
+    ``anomaly_score``, same rows and index: the shape :func:`asd_utils.metrics.write_submission`
+    and :func:`asd_utils.metrics.evaluate` take.
+    """
+    if embeddings is None:
+        embeddings = np.stack(table["embedding"].to_numpy())
+    embeddings = np.asarray(embeddings)
+    if len(embeddings) != len(table):
+        raise ValueError(f"{len(embeddings)} embeddings for {len(table)} clips")
+    scores = np.full(len(table), np.nan)
+    groups = table.reset_index(drop=True).groupby(["machine_type", "section"], sort=False)
+    for (machine_type, section), group in groups:
+        rows = group.index.to_numpy()
+        train = group["split"].to_numpy() == "train"
+        if train.sum() < 2:
+            raise ValueError(f"{machine_type} section {section}: needs at least 2 training clips")
+        domain = group["domain"].to_numpy()[train]
+        domain = None if pd.isna(domain).any() else domain.astype(str)
+        reference = embeddings[rows[train]]
+        scores[rows[train]] = knn_scores(reference, domain, k=k)
+        if (~train).any():
+            scores[rows[~train]] = knn_scores(reference, domain, embeddings[rows[~train]], k)
+    out = table.drop(columns=["embedding"], errors="ignore").copy()
+    out["anomaly_score"] = scores
+    return out

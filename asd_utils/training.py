@@ -1,0 +1,629 @@
+"""One training loop for every fine-tuned system (accelerate, AdamW, inverse-sqrt schedule, EMA,
+atomic checkpoints, exact resume).
+
+The defaults of :class:`TrainConfig` are the XJU paper's Table 1 (xju-system.md): 10,000
+optimizer steps, batch 16, gradient accumulation 8 (128 clips per step), AdamW at 1e-4, 960
+linear warm-up steps then inverse-sqrt decay, SpecAugment 80, weight EMA 0.9995. A system is a
+model, a loss and a data set handed to :func:`train`; the loop is the same for all of them.
+
+The same function runs in-process (a notebook) and under ``accelerate launch`` (one process per
+GPU, DDP): the CLI at the bottom builds the model, loss and data set in every process from a run
+file and calls :func:`train`::
+
+    accelerate launch --multi_gpu --num_processes 4 -m asd_utils.training run.yaml [--resume]
+
+``batch_size`` is the GLOBAL micro-batch (accelerate's ``split_batches``: each of W processes
+gets ``batch_size / W`` clips), so one step sees the same clips on 1 or W GPUs, the schedule
+counts optimizer steps, and a resumed run continues with the very same clips.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib
+import importlib.util
+import json
+import math
+import os
+import random
+import shutil
+import time
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import yaml
+from accelerate import Accelerator
+from accelerate.state import AcceleratorState, GradientState
+from accelerate.utils import DataLoaderConfiguration, set_seed
+from safetensors.torch import load_model, save_model
+from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.utils.data import DataLoader, Dataset, Sampler
+from tqdm import tqdm
+
+from asd_utils.data import DataError, read_audio
+from asd_utils.features import spec_augment
+from asd_utils.files import atomic_path, atomic_write_text, write_table
+
+CHECKPOINT_DIR = "checkpoints"
+LATEST = "latest"  # text file naming the newest complete checkpoint folder
+EMA_WEIGHTS, MODEL_WEIGHTS, LOSS_WEIGHTS = (
+    "ema.safetensors",
+    "model.safetensors",
+    "loss.safetensors",
+)
+TRAIN_STATE, TRAIN_LOG, TRAIN_CONFIG = "train_state.pt", "train_log.csv", "train_config.json"
+
+# --- audio for training ----------------------------------------------------------------------
+
+
+def load_waveform(
+    path: str | os.PathLike,
+    channel: int = 0,
+    preprocess: Callable[[np.ndarray], np.ndarray | torch.Tensor] | None = None,
+) -> np.ndarray:
+    """One clip as float32 (samples,): channel ``channel`` (2026: 0 near mic, 1 far mic), or
+    ``preprocess(audio (channels, samples))``, e.g. :func:`asd_utils.anc.denoise` (System 3)."""
+    audio = read_audio(path)
+    if preprocess is not None:
+        out = np.asarray(torch.as_tensor(preprocess(audio)).detach().cpu(), dtype=np.float32)
+        if out.ndim != 1:
+            raise ValueError(f"preprocess must return (samples,); got shape {out.shape}")
+        return out
+    if not 0 <= channel < audio.shape[0]:
+        raise DataError(f"{str(path)!r} has {audio.shape[0]} channel(s); channel {channel} asked")
+    return audio[channel]
+
+
+class ClipDataset(Dataset):
+    """Training clips as fixed-length waveforms with their targets (class ids).
+
+    ``dataset[(i, seed)]`` gives ``(waveform (length,) float32, target, n_valid)``: a random
+    ``length``-sample crop of clip i, its offset drawn from ``numpy.random.default_rng(seed)``
+    (the sampler hands out the seeds, so crops are reproducible and resumable), or the clip
+    zero-padded at the end when shorter (``n_valid`` = its true length, for the backbone's
+    frame mask). ``dataset[i]`` crops from the start. ``length=None``: the shortest clip, so
+    nothing is padded. ``preload`` reads every clip once into memory (7,000 dev clips of
+    10–12 s ≈ 0.5 GB float32), the fast path; otherwise clips are read per item.
+    """
+
+    def __init__(
+        self,
+        table: pd.DataFrame,
+        targets: Sequence[int] | np.ndarray | torch.Tensor,
+        length: int | None = None,
+        channel: int = 0,
+        preprocess: Callable | None = None,
+        preload: bool = True,
+        progress: bool = True,
+    ):
+        self.paths = list(table["path"])
+        self.targets = torch.as_tensor(np.asarray(targets), dtype=torch.long)
+        if len(self.targets) != len(self.paths):
+            raise ValueError(f"{len(self.targets)} targets for {len(self.paths)} clips")
+        self.channel, self.preprocess = channel, preprocess
+        self.waveforms = None
+        if preload:
+            self.waveforms = [
+                torch.from_numpy(load_waveform(p, channel, preprocess))
+                for p in tqdm(self.paths, desc="loading clips", unit="clip", disable=not progress)
+            ]
+            sizes = [len(w) for w in self.waveforms]
+        else:  # the table's WAV-header frame counts (preprocessing keeps the length)
+            sizes = list(table["frames"])
+        self.length = int(length or min(sizes))
+        self.sizes = sizes
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, key: int | tuple[int, Sequence[int]]):
+        index, seed = key if isinstance(key, tuple) else (key, None)
+        if self.waveforms is not None:
+            clip = self.waveforms[index]
+        else:
+            clip = torch.from_numpy(load_waveform(self.paths[index], self.channel, self.preprocess))
+        spare = len(clip) - self.length
+        if spare >= 0:
+            start = 0 if seed is None else int(np.random.default_rng(seed).integers(spare + 1))
+            return clip[start : start + self.length], self.targets[index], self.length
+        return nn.functional.pad(clip, (0, -spare)), self.targets[index], len(clip)
+
+
+class ResumableSampler(Sampler):
+    """An endless, seeded stream of ``(index, crop seed)`` keys for :class:`ClipDataset`.
+
+    Draw j is clip ``perm_e[j mod n]`` of epoch e = j // n, ``perm_e`` a permutation seeded by
+    (seed, e), with crop seed (seed, j). The stream is a pure function of (seed, j), so its
+    whole state is ``start``, the number of draws already consumed: a resumed run passes
+    ``start`` and sees exactly the clips and crops the uninterrupted run would have.
+    (torch's RandomSampler keeps a generator whose position is not saved by DataLoader.)
+    """
+
+    def __init__(self, n: int, seed: int, start: int = 0):
+        self.n, self.seed, self.start = n, seed, start
+
+    def __iter__(self) -> Iterator[tuple[int, tuple[int, int]]]:
+        draw = self.start
+        while True:
+            epoch, first = divmod(draw, self.n)
+            order = np.random.default_rng((self.seed, epoch)).permutation(self.n)
+            for index in order[first:]:
+                yield int(index), (self.seed, draw)
+                draw += 1
+
+
+# --- configuration, schedule, EMA ----------------------------------------------------------------
+
+
+@dataclass
+class TrainConfig:
+    """Training settings; defaults are the XJU paper's Table 1 unless marked.
+
+    ``steps`` counts optimizer steps (each ``grad_accumulation`` micro-batches of
+    ``batch_size`` clips, summed over processes); ``warmup_steps`` too. Not in Table 1:
+    ``weight_decay`` 0.01 (torch's AdamW default, which the OS-SCL code uses),
+    ``loss_lr_scale`` (the loss's own parameters, e.g. the ArcFace class centres, train at
+    ``learning_rate × loss_lr_scale`` without weight decay; 1.0 = the OS-SCL code's single
+    AdamW group), ``adam_eps``, ``max_grad_norm`` (None: no clipping, as upstream).
+    SpecAugment: one time and one frequency mask, widths below ``spec_augment_time`` /
+    ``spec_augment_freq`` (see :func:`asd_utils.features.spec_augment`); 0 disables it.
+    ``mixed_precision``: ``"no"`` or ``"bf16"``. ``checkpoint_every`` optimizer steps (0: none;
+    the final weights are always saved), the newest ``keep_checkpoints`` kept (0: all);
+    ``log_every``: how often the progress bar's loss/lr are refreshed.
+    """
+
+    steps: int = 10_000
+    batch_size: int = 16
+    grad_accumulation: int = 8
+    learning_rate: float = 1e-4
+    loss_lr_scale: float = 1.0
+    weight_decay: float = 0.01
+    adam_eps: float = 1e-8
+    warmup_steps: int = 960
+    max_grad_norm: float | None = None
+    ema_decay: float = 0.9995
+    spec_augment_time: int = 80
+    spec_augment_freq: int = 80
+    seed: int = 13711
+    mixed_precision: str = "no"
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 2
+    log_every: int = 10
+    num_workers: int = 0
+
+    # Settings that may change when a run is resumed; any other difference is an error.
+    RESUMABLE_CHANGES = (
+        "steps",
+        "checkpoint_every",
+        "keep_checkpoints",
+        "log_every",
+        "num_workers",
+    )
+
+    def __post_init__(self):
+        if self.mixed_precision not in ("no", "bf16"):
+            raise ValueError(f"mixed_precision must be 'no' or 'bf16', not {self.mixed_precision}")
+        positive = ("steps", "batch_size", "grad_accumulation", "warmup_steps", "log_every")
+        if any(getattr(self, name) < 1 for name in positive):
+            raise ValueError(f"{', '.join(positive)} must be >= 1 (got {self.to_dict()})")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"ema_decay must be in [0, 1), not {self.ema_decay}")
+
+    @classmethod
+    def from_dict(cls, values: dict) -> TrainConfig:
+        """From a profile section; unknown keys are an error (a typo must not pass silently)."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - names)
+        if unknown:
+            raise ValueError(f"unknown training settings {unknown}; known: {sorted(names)}")
+        return cls(**values)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def inverse_sqrt_lambda(warmup_steps: int) -> Callable[[int], float]:
+    """LR factor for ``LambdaLR``: ``min(k / warmup, sqrt(warmup / k))`` at optimizer step k.
+
+    k = 1, 2, … is the step the lr is used for (``LambdaLR`` passes k − 1, the number of steps
+    taken): linear warm-up to the base lr at k = warmup, then 1/√k decay (fairseq's
+    ``inverse_sqrt`` with warm-up from 0, as EAT's fairseq recipe).
+    """
+
+    def factor(steps_taken: int) -> float:
+        k = steps_taken + 1
+        return min(k / warmup_steps, math.sqrt(warmup_steps / k))
+
+    return factor
+
+
+def ema_model(model: nn.Module, decay: float) -> AveragedModel:
+    """Weight EMA ``ema ← decay · ema + (1 − decay) · weights``, applied per ``update_parameters``.
+
+    torch's AveragedModel with its EMA function, parameters and floating buffers alike (as the
+    OS-SCL code's WeightEMA). Its first update would COPY the weights (n_averaged = 0); setting
+    n_averaged to 1 makes it average from the start, i.e. the EMA starts at the initial weights,
+    as the OS-SCL code's.
+    """
+    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+    ema.n_averaged.fill_(1)
+    return ema.requires_grad_(False)
+
+
+# --- checkpoints ---------------------------------------------------------------------------------
+
+
+def _rng_state() -> dict:
+    """Every RNG a training step may draw from (dropout: torch CPU/CUDA), as plain tensors."""
+    # numpy's legacy global RNG is what third-party code draws from: save it, legacy API and all
+    kind, key, pos, has_gauss, gauss = np.random.get_state()  # noqa: NPY002
+    state = {
+        "python": random.getstate(),
+        "numpy": (kind, torch.from_numpy(key.copy()), pos, has_gauss, gauss),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    kind, key, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, key.numpy(), pos, has_gauss, gauss))  # noqa: NPY002
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+def latest_checkpoint(output_dir: str | os.PathLike) -> Path | None:
+    """The newest complete checkpoint folder of a run, or None."""
+    pointer = Path(output_dir) / CHECKPOINT_DIR / LATEST
+    if not pointer.is_file():
+        return None
+    folder = pointer.parent / pointer.read_text().strip()
+    if not (folder / TRAIN_STATE).is_file():
+        raise FileNotFoundError(f"{pointer} names {folder}, which holds no {TRAIN_STATE}")
+    return folder
+
+
+def load_weights(model: nn.Module, path: str | os.PathLike) -> nn.Module:
+    """Load saved weights into ``model`` (in place) and return it.
+
+    ``path``: a safetensors file, or a run's output folder (then its EMA weights, the ones used
+    for embeddings). ``safetensors.torch.load_model`` restores tensors that the model shares
+    (BEATs' relative position bias), which a plain state dict cannot hold in safetensors.
+    """
+    path = Path(path)
+    load_model(model, path / EMA_WEIGHTS if path.is_dir() else path)
+    return model
+
+
+def _save_model(model: nn.Module, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        save_model(model, str(tmp))
+
+
+# --- the loop ------------------------------------------------------------------------------------
+
+
+class _Objective(nn.Module):
+    """Model and loss in one module, so DDP also averages the loss's own parameters' gradients
+    (the class centres) and accelerate's autocast covers the forward."""
+
+    def __init__(self, model: nn.Module, loss_fn: nn.Module):
+        super().__init__()
+        self.model, self.loss_fn = model, loss_fn
+
+    def forward(self, waveform, lengths, target, augment=None) -> dict[str, torch.Tensor]:
+        return self.loss_fn(self.model(waveform, lengths, augment=augment), target)
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train` gives back. ``ema_model``: the EMA weights (eval mode; use these for
+    embeddings); ``model``: the raw trained weights; ``history``: one row per optimizer step
+    (``step, lr`` and the loss's parts, averaged over micro-batches and processes)."""
+
+    ema_model: nn.Module
+    model: nn.Module
+    history: pd.DataFrame
+    output_dir: Path
+    steps: int
+    seconds: float
+
+
+def _accelerator(config: TrainConfig) -> Accelerator:
+    # accelerate keeps process-wide singletons that refuse a second Accelerator with another
+    # mixed_precision or accumulation; an in-process caller (a notebook training several
+    # systems) is a single process, where resetting them is safe. A launcher (accelerate
+    # launch, torchrun) sets WORLD_SIZE: then the distributed state is left alone.
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        AcceleratorState._reset_state(reset_partial_state=True)
+        GradientState._reset_state()
+    return Accelerator(
+        mixed_precision=config.mixed_precision,
+        gradient_accumulation_steps=config.grad_accumulation,
+        # batch_size is global, and the scheduler steps once per optimizer step. (accelerate
+        # 1.x ignores the old `split_batches=` argument: it must come in a DataLoaderConfiguration.)
+        dataloader_config=DataLoaderConfiguration(split_batches=True),
+    )
+
+
+def _check_resumable(saved: dict, config: TrainConfig, folder: Path) -> None:
+    current = config.to_dict()
+    changed = {
+        k: (saved.get(k), v)
+        for k, v in current.items()
+        if k not in TrainConfig.RESUMABLE_CHANGES and saved.get(k) != v
+    }
+    if changed:
+        raise ValueError(
+            f"cannot resume from {folder}: settings changed (saved, now): {changed}; "
+            "start a new run (resume=False) or restore them"
+        )
+
+
+def _write_checkpoint(accelerator, folder: Path, parts: dict, state: dict, keep: int) -> None:
+    """Write one checkpoint folder, then point ``latest`` at it (so a crash mid-way leaves the
+    previous checkpoint in charge), then prune old ones. Every file is written atomically."""
+    if accelerator.is_main_process:
+        for name, module in parts.items():
+            _save_model(module, folder / name)
+        with atomic_path(folder / TRAIN_STATE) as tmp:
+            torch.save(state, tmp)
+    with atomic_path(folder / f"rng_{accelerator.process_index}.pt") as tmp:
+        torch.save(_rng_state(), tmp)
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        atomic_write_text(folder.parent / LATEST, folder.name)
+        old = sorted(p for p in folder.parent.glob("step_*") if p.is_dir())[:-keep]
+        for stale in old:
+            shutil.rmtree(stale, ignore_errors=True)
+
+
+def train(
+    model: nn.Module,
+    loss_fn: nn.Module,
+    dataset: Dataset,
+    config: TrainConfig,
+    output_dir: str | os.PathLike,
+    resume: bool = False,
+    progress: bool = True,
+) -> TrainResult:
+    """Fine-tune ``model`` with ``loss_fn`` on ``dataset``; save EMA and raw weights.
+
+    ``model(waveform (B, samples), lengths (B,), augment=callable|None)`` returns a dict (e.g.
+    :class:`asd_utils.models.heads.EmbeddingModel`); ``loss_fn(outputs, targets)`` returns a
+    dict with ``"loss"`` and any parts to log (e.g. :class:`asd_utils.losses.OSSCLLoss`).
+    ``dataset[(index, seed)]`` returns ``(waveform, target)`` or ``(waveform, target,
+    n_valid)`` (:class:`ClipDataset`). A data set, not a DataLoader: the loop owns the sampler
+    (:class:`ResumableSampler`), whose position is what makes a resumed run see the same clips.
+
+    Per micro-batch: SpecAugment on the fbank (generator seeded by seed, micro-batch and
+    process), forward, ``backward`` of loss / accumulation; every ``grad_accumulation``
+    micro-batches one AdamW step, one scheduler step, one EMA update, one log row. Writes to
+    ``output_dir``: ``train_config.json``; ``checkpoints/step_NNNNNNNN/`` every
+    ``checkpoint_every`` steps (model, EMA and loss weights as safetensors; optimizer,
+    scheduler, step, log and config in ``train_state.pt``; each process's RNG states in
+    ``rng_<rank>.pt``) with ``checkpoints/latest`` naming the newest; ``train_log.csv``
+    (rewritten atomically at each checkpoint and at the end); at the end ``ema.safetensors``
+    (the weights to embed with) and ``model.safetensors``. ``resume=True`` continues from the
+    newest checkpoint (from scratch if there is none) and ends with the same weights and log as
+    an uninterrupted run; ``resume=False`` deletes the run's old checkpoints.
+    """
+    started = time.perf_counter()
+    output_dir = Path(output_dir)
+    accelerator = _accelerator(config)
+    checkpoint = latest_checkpoint(output_dir) if resume else None
+    if accelerator.is_main_process:
+        if not resume:
+            shutil.rmtree(output_dir / CHECKPOINT_DIR, ignore_errors=True)
+        atomic_write_text(output_dir / TRAIN_CONFIG, json.dumps(config.to_dict(), indent=2))
+    accelerator.wait_for_everyone()
+    set_seed(config.seed, device_specific=True)  # dropout differs per process, as it should
+
+    state = {"step": 0, "history": []}
+    if checkpoint is not None:
+        state = torch.load(checkpoint / TRAIN_STATE, weights_only=True)
+        _check_resumable(state["config"], config, checkpoint)
+        load_model(model, checkpoint / MODEL_WEIGHTS)
+        load_model(loss_fn, checkpoint / LOSS_WEIGHTS)
+    step, history = state["step"], state["history"]
+
+    groups = [{"params": [p for p in model.parameters() if p.requires_grad]}]
+    loss_params = [p for p in loss_fn.parameters() if p.requires_grad]
+    if loss_params:  # the class centres: own lr, no decay (it would only shrink their norms)
+        groups.append(
+            {
+                "params": loss_params,
+                "lr": config.learning_rate * config.loss_lr_scale,
+                "weight_decay": 0.0,
+            }
+        )
+    optimizer = torch.optim.AdamW(
+        groups,
+        lr=config.learning_rate,
+        weight_decay=config.weight_decay,
+        eps=config.adam_eps,
+    )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, inverse_sqrt_lambda(config.warmup_steps)
+    )
+    sampler = ResumableSampler(
+        len(dataset), config.seed, start=step * config.grad_accumulation * config.batch_size
+    )
+    loader = DataLoader(
+        dataset,
+        batch_size=config.batch_size,
+        sampler=sampler,
+        num_workers=config.num_workers,
+        generator=torch.Generator().manual_seed(config.seed),  # keeps the global RNG untouched
+    )
+    objective, optimizer, loader, scheduler = accelerator.prepare(
+        _Objective(model, loss_fn), optimizer, loader, scheduler
+    )
+    inner = accelerator.unwrap_model(objective)
+    ema = ema_model(inner.model, config.ema_decay)
+    if checkpoint is not None:
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        load_model(ema.module, checkpoint / EMA_WEIGHTS)
+        rng_file = checkpoint / f"rng_{accelerator.process_index}.pt"
+        if rng_file.is_file():
+            _set_rng_state(torch.load(rng_file))
+        else:  # resumed on more processes than it was saved from
+            warnings.warn(f"{rng_file} missing: dropout will not repeat exactly", stacklevel=2)
+
+    def save(folder: Path) -> None:
+        training_state = {
+            "step": step,
+            "history": history,
+            "config": config.to_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+        }
+        weights = {MODEL_WEIGHTS: inner.model, EMA_WEIGHTS: ema.module, LOSS_WEIGHTS: loss_fn}
+        _write_checkpoint(accelerator, folder, weights, training_state, config.keep_checkpoints)
+        if accelerator.is_main_process:
+            write_table(pd.DataFrame(history), output_dir / TRAIN_LOG)
+
+    bar = tqdm(
+        total=config.steps,
+        initial=step,
+        desc="training",
+        unit="step",
+        disable=not (progress and accelerator.is_main_process),
+    )
+    objective.train()
+    batches = iter(loader)
+    micro = step * config.grad_accumulation
+    sums: dict[str, torch.Tensor] = {}
+    while step < config.steps:
+        waveform, target, *rest = next(batches)
+        lengths = rest[0] if rest else None
+        augment = None
+        if config.spec_augment_time or config.spec_augment_freq:
+            # A fresh generator per micro-batch, seeded by its position: nothing to checkpoint.
+            seed = (config.seed * 1_000_003 + micro) * 4099 + accelerator.process_index
+            augment = partial(
+                spec_augment,
+                time_mask=config.spec_augment_time,
+                freq_mask=config.spec_augment_freq,
+                generator=torch.Generator().manual_seed(seed),
+            )
+        lr = optimizer.param_groups[0]["lr"]
+        with accelerator.accumulate(objective):
+            parts = objective(waveform, lengths, target, augment=augment)
+            accelerator.backward(parts["loss"])
+            if config.max_grad_norm and accelerator.sync_gradients:
+                accelerator.clip_grad_norm_(objective.parameters(), config.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad()
+        micro += 1
+        for name, value in parts.items():
+            sums[name] = sums.get(name, 0.0) + value.detach().float()
+        if not accelerator.sync_gradients:
+            continue
+        step += 1
+        ema.update_parameters(inner.model)
+        means = accelerator.reduce(torch.stack(list(sums.values())), "mean")
+        means = (means / config.grad_accumulation).tolist()
+        history.append({"step": step, "lr": lr, **dict(zip(sums, means, strict=True))})
+        sums = {}
+        bar.update()
+        if step % config.log_every == 0 or step == config.steps:
+            bar.set_postfix(loss=f"{history[-1]['loss']:.4f}", lr=f"{lr:.3g}")
+        if config.checkpoint_every and step % config.checkpoint_every == 0:
+            save(output_dir / CHECKPOINT_DIR / f"step_{step:08d}")
+    bar.close()
+    del batches
+
+    if accelerator.is_main_process:
+        _save_model(ema.module, output_dir / EMA_WEIGHTS)
+        _save_model(inner.model, output_dir / MODEL_WEIGHTS)
+        write_table(pd.DataFrame(history), output_dir / TRAIN_LOG)
+    accelerator.wait_for_everyone()
+    ema_module = ema.module.eval()
+    accelerator.free_memory()
+    return TrainResult(
+        ema_model=ema_module,
+        model=inner.model,
+        history=pd.DataFrame(history),
+        output_dir=output_dir,
+        steps=step,
+        seconds=time.perf_counter() - started,
+    )
+
+
+# --- command line (what `accelerate launch` runs) ------------------------------------------------
+
+
+def _import(target: str) -> Callable:
+    """``"package.module:function"`` or ``"path/to/file.py:function"``."""
+    where, _, name = target.rpartition(":")
+    if not where or not name:
+        raise ValueError(f"builder must look like 'module:function', got {target!r}")
+    if where.endswith(".py"):
+        spec = importlib.util.spec_from_file_location(Path(where).stem, where)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    else:
+        module = importlib.import_module(where)
+    return getattr(module, name)
+
+
+def write_run_file(
+    path: str | os.PathLike,
+    builder: str,
+    builder_args: dict,
+    config: TrainConfig,
+    output_dir: str | os.PathLike,
+) -> Path:
+    """Write the YAML run file that ``python -m asd_utils.training`` (or ``accelerate launch
+    -m asd_utils.training``) reads: ``builder(**builder_args)`` must return ``(model, loss_fn,
+    dataset)`` and is called in every process; primitives only in ``builder_args``."""
+    spec = {
+        "builder": builder,
+        "builder_args": builder_args,
+        "train": config.to_dict(),
+        "output_dir": str(output_dir),
+    }
+    atomic_write_text(path, yaml.safe_dump(spec, sort_keys=False))
+    return Path(path)
+
+
+def main(argv: Sequence[str] | None = None) -> TrainResult:
+    parser = argparse.ArgumentParser(
+        prog="python -m asd_utils.training",
+        description="Train one system from a run file (see write_run_file); for several GPUs: "
+        "accelerate launch --multi_gpu --num_processes N -m asd_utils.training RUN.yaml",
+    )
+    parser.add_argument("run_file", type=Path)
+    parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    parser.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args(argv)
+    spec = yaml.safe_load(args.run_file.read_text())
+    model, loss_fn, dataset = _import(spec["builder"])(**spec.get("builder_args", {}))
+    return train(
+        model,
+        loss_fn,
+        dataset,
+        TrainConfig.from_dict(spec.get("train", {})),
+        spec["output_dir"],
+        resume=args.resume,
+        progress=not args.no_progress,
+    )
+
+
+if __name__ == "__main__":
+    main()

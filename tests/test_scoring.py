@@ -1,0 +1,184 @@
+"""KNN scoring against brute force, per-section scores, embedding extraction and its cache."""
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from torch import nn
+
+from asd_utils import data, metrics, scoring
+
+
+def brute_force(train, domain, queries, k, leave_one_out=False):
+    """Loops: per query, per domain, the mean cosine distance of the k nearest; the minimum."""
+    scores = []
+    for i, q in enumerate(queries):
+        best = np.inf
+        for d in sorted(set(domain)):
+            dist = sorted(
+                1 - q @ r / np.linalg.norm(q) / np.linalg.norm(r)
+                for j, (r, dj) in enumerate(zip(train, domain, strict=True))
+                if dj == d and not (leave_one_out and j == i)
+            )
+            if dist:
+                best = min(best, float(np.mean(dist[:k])))
+        scores.append(best)
+    return np.array(scores)
+
+
+@pytest.fixture
+def embeddings():
+    rng = np.random.default_rng(0)
+    train = rng.standard_normal((20, 5))
+    domain = np.array(["source"] * 16 + ["target"] * 4)
+    return train, domain, rng.standard_normal((7, 5))
+
+
+@pytest.mark.parametrize("k", [1, 3, 4])
+def test_knn_scores_against_brute_force(embeddings, k):
+    train, domain, test = embeddings
+    np.testing.assert_allclose(
+        scoring.knn_scores(train, domain, test, k), brute_force(train, domain, test, k), atol=1e-12
+    )
+    # leave-one-out: each training clip against the others (target: 3 others, fewer than k=4)
+    np.testing.assert_allclose(
+        scoring.knn_scores(train, domain, k=k),
+        brute_force(train, domain, train, k, leave_one_out=True),
+        atol=1e-12,
+    )
+    pooled = np.zeros(len(train))
+    np.testing.assert_allclose(
+        scoring.knn_scores(train, None, test, k), brute_force(train, pooled, test, k), atol=1e-12
+    )
+
+
+def test_domains_are_scored_separately(embeddings):
+    train, domain, test = embeddings
+    split, pooled = (
+        scoring.knn_scores(train, domain, test, 3),
+        scoring.knn_scores(train, None, test, 3),
+    )
+    assert not np.allclose(split, pooled)  # with k > 1 the per-domain minimum matters
+    np.testing.assert_allclose(  # with k = 1 it is the plain nearest neighbour
+        scoring.knn_scores(train, domain, test, 1), scoring.knn_scores(train, None, test, 1)
+    )
+    assert scoring.knn_scores(train, domain, train[:1], 1)[0] == pytest.approx(0, abs=1e-12)
+    assert scoring.knn_scores(train, domain, k=1)[0] > 1e-3  # leave-one-out excludes itself
+    with pytest.raises(ValueError, match="no reference"):
+        scoring.knn_scores(train[:1], None, k=1)
+
+
+def clip_table() -> pd.DataFrame:
+    rows = []
+    for machine_type in ("fan", "ToyCar"):
+        for split, n in (("train", 6), ("test", 4)):
+            for i in range(n):
+                rows.append(
+                    {
+                        "machine_type": machine_type,
+                        "section": "00",
+                        "domain": "target" if i % 3 == 0 else "source",
+                        "split": split,
+                        "label": "anomaly" if split == "test" and i % 2 else "normal",
+                        "file_name": f"section_00_{split}_{i:04d}.wav",
+                    }
+                )
+    return pd.DataFrame(rows).sample(frac=1, random_state=0).set_index(np.arange(100, 120))
+
+
+def test_score_system_per_section(tmp_path):
+    table = clip_table()
+    emb = np.random.default_rng(1).standard_normal((len(table), 6))
+    scores = scoring.score_system(table, emb, k=2)
+    assert list(scores.columns) == [*table.columns, "anomaly_score"]
+    assert (scores.index == table.index).all()
+    for (_, _), group in table.reset_index(drop=True).groupby(["machine_type", "section"]):
+        train = group.index[group["split"] == "train"].to_numpy()
+        test = group.index[group["split"] == "test"].to_numpy()
+        domain = group.loc[train, "domain"].to_numpy()
+        got = scores["anomaly_score"].to_numpy()
+        np.testing.assert_allclose(got[test], brute_force(emb[train], domain, emb[test], 2))
+        np.testing.assert_allclose(got[train], brute_force(emb[train], domain, emb[train], 2, True))
+    from_column = scoring.score_system(table.assign(embedding=list(emb)), k=2)
+    pd.testing.assert_frame_equal(from_column, scores)
+    written = metrics.write_submission(scores, tmp_path)
+    assert list(written["n_test"]) == [4, 4]
+    assert len(metrics.evaluate(scores[scores["split"] == "test"])) == 2
+
+
+class Framer(nn.Module):
+    """Stand-in backbone with dropout (eval mode must switch it off) and a frame mask."""
+
+    embed_dim = 4
+
+    def __init__(self):
+        super().__init__()
+        self.proj = nn.Linear(64, 4)
+        self.dropout = nn.Dropout(0.5)
+
+    def embed(self, waveform, lengths=None):
+        frames = waveform.unfold(-1, 64, 64)
+        mask = torch.ones(frames.shape[:2], dtype=torch.bool)
+        if lengths is not None:
+            mask = (torch.arange(frames.shape[1]) + 1) * 64 <= lengths[:, None]
+        tokens = self.dropout(self.proj(frames))
+        weight = mask[..., None].float()
+        return (tokens * weight).sum(1) / weight.sum(1), tokens
+
+
+@pytest.fixture
+def wav_table(tmp_path):
+    rng = np.random.default_rng(2)
+    for machine_type, samples in (("fan", 640), ("ToyCar", 960)):
+        for i in range(3):
+            name = f"section_00_source_train_normal_{i:04d}_a_{i}.wav"
+            audio = rng.uniform(-0.5, 0.5, (2, samples))
+            data.write_wav(tmp_path / "data" / machine_type / "train" / name, audio)
+    return data.index_dataset(tmp_path / "data")
+
+
+def test_extract_embeddings_aligned_batched_eval_mode(wav_table):
+    torch.manual_seed(0)
+    model = Framer().train()
+
+    def one_by_one(channel=0):
+        model.eval()
+        with torch.no_grad():
+            rows = [
+                model.embed(torch.from_numpy(data.read_audio(p)[channel])[None])[0][0]
+                for p in wav_table["path"]
+            ]
+        model.train()
+        return torch.stack(rows).numpy()
+
+    expected = one_by_one()
+    for batch_size in (2, 6):  # 6: one batch of 640- and 960-sample clips, padded + lengths
+        got = scoring.extract_embeddings(model, wav_table, batch_size=batch_size, progress=False)
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+    assert model.training  # mode restored
+    far = scoring.extract_embeddings(model, wav_table, channel=1, progress=False)
+    np.testing.assert_allclose(far, one_by_one(channel=1), rtol=1e-5, atol=1e-6)
+    assert not np.allclose(far, expected)
+
+
+def test_embedding_cache_is_keyed_by_the_weights(wav_table, tmp_path, monkeypatch):
+    torch.manual_seed(0)
+    model = Framer()
+    first = scoring.extract_embeddings(model, wav_table, cache_dir=tmp_path, progress=False)
+    assert len(list(tmp_path.glob("embeddings_*.npy"))) == 1
+
+    def no_audio(*_args, **_kwargs):
+        raise AssertionError("read audio although the cache holds these embeddings")
+
+    monkeypatch.setattr(scoring, "load_waveform", no_audio)
+    np.testing.assert_array_equal(
+        scoring.extract_embeddings(model, wav_table, cache_dir=tmp_path, progress=False), first
+    )
+    with torch.no_grad():
+        model.proj.bias.add_(1.0)
+    with pytest.raises(AssertionError, match="read audio"):  # new weights: a cache miss
+        scoring.extract_embeddings(model, wav_table, cache_dir=tmp_path, progress=False)
+    with pytest.raises(ValueError, match="preprocess_key"):
+        scoring.extract_embeddings(
+            model, wav_table, preprocess=lambda a: a[0], cache_dir=tmp_path, progress=False
+        )

@@ -1,0 +1,422 @@
+"""The training loop: classes, schedule, EMA, data order, accumulation, exact resume, CLI."""
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from torch import nn
+
+from asd_utils import data, training
+from asd_utils.losses import OSSCLLoss
+from asd_utils.models.heads import EmbeddingModel, ProjectionHead
+from asd_utils.training import ClipDataset, ResumableSampler, TrainConfig
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+HOP, WIDTH = 64, 128
+
+
+class TinyBackbone(nn.Module):
+    """Stand-in with the backbones' API: fixed framing "fbank", one linear layer, masked mean."""
+
+    embed_dim = 8
+
+    def __init__(self, dropout: float = 0.0):
+        super().__init__()
+        self.proj = nn.Linear(WIDTH, self.embed_dim)
+        self.dropout = nn.Dropout(dropout)
+
+    def features(self, waveform, lengths=None):
+        fbank = torch.log1p(100 * waveform.unfold(-1, WIDTH, HOP).square())  # (B, T, 128)
+        ends = torch.arange(fbank.shape[1], device=fbank.device) * HOP + WIDTH
+        if lengths is None:
+            return fbank, torch.ones(fbank.shape[:2], dtype=torch.bool, device=fbank.device)
+        return fbank, ends[None, :] <= lengths[:, None]
+
+    def forward_features(self, fbank, frame_mask=None):
+        tokens = torch.tanh(self.proj(self.dropout(fbank)))
+        weight = frame_mask.unsqueeze(-1).float()
+        return (tokens * weight).sum(1) / weight.sum(1).clamp_min(1), tokens
+
+
+def make_clips(root: Path, n_per_class: int = 4, samples: int = 1600) -> pd.DataFrame:
+    """A DCASE-named stereo tree with 3 attribute classes: near = a class tone + noise, far =
+    noise; some clips longer (random crops) or shorter (padding)."""
+    rng = np.random.default_rng(0)
+    t = np.arange(samples + 200) / 16000
+    for c, attrs in enumerate(["car_A1", "car_A2", "car_B1"]):
+        for i in range(n_per_class):
+            n = samples + (200 if i == 0 else -100 if i == 1 else 0)
+            noise = 0.05 * rng.standard_normal(n)
+            near = 0.3 * np.sin(2 * np.pi * (500 + 1500 * c) * t[:n]) + noise
+            name = f"section_00_source_train_normal_{c * 10 + i:04d}_{attrs}.wav"
+            data.write_wav(root / "ToyCar" / "train" / name, np.stack([near, noise]))
+    return data.index_dataset(root)
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory) -> pd.DataFrame:
+    return make_clips(tmp_path_factory.mktemp("tiny"))
+
+
+def build_tiny(root, dropout=0.1, kill_after=None, seed=0):
+    """(model, loss, dataset) for the tests and the CLI; kill_after: SIGKILL at that draw."""
+    table = data.index_dataset(root)
+    ids, names = data.attribute_classes(table)
+    torch.manual_seed(seed)
+    model = EmbeddingModel(TinyBackbone(dropout), projection_dim=4)
+    loss = OSSCLLoss(len(names), model.embed_dim, sub_centers=2, temperature=0.1)
+    dataset = ClipDataset(table, ids, length=1500, progress=False)
+    if kill_after is not None:
+        dataset = Killing(dataset, kill_after, lambda: os.kill(os.getpid(), signal.SIGKILL))
+    return model, loss, dataset
+
+
+class Killing(torch.utils.data.Dataset):
+    """Dies (calls ``die``) when asked for item number ``after``: a crash mid-training."""
+
+    def __init__(self, dataset, after, die):
+        self.dataset, self.after, self.die, self.served = dataset, after, die, 0
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, key):
+        self.served += 1
+        if self.served > self.after:
+            self.die()
+        return self.dataset[key]
+
+
+def small_config(**changes) -> TrainConfig:
+    values = dict(
+        steps=6,
+        batch_size=4,
+        grad_accumulation=2,
+        learning_rate=3e-2,
+        warmup_steps=2,
+        ema_decay=0.8,
+        spec_augment_time=3,
+        spec_augment_freq=20,
+        checkpoint_every=3,
+        seed=5,
+    )
+    return TrainConfig(**{**values, **changes})
+
+
+def state(module: nn.Module) -> dict:
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def assert_same(a: dict, b: dict):
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=key)
+
+
+# --- classes, schedule, EMA, sampler, dataset ---------------------------------------------------
+
+
+def test_attribute_classes_with_and_without_attributes():
+    table = pd.DataFrame(
+        {
+            "machine_type": ["ToyCar", "ToyCar", "fan", "ToyCar", "fan", "fan"],
+            "section": ["00"] * 6,
+            "domain": ["source", "target", "source", "source", "target", "source"],
+            "attributes": ["car_B1", "car_A1", "", "car_B1", "", ""],
+        }
+    )
+    ids, names = data.attribute_classes(table)
+    assert names == ["ToyCar/00/car_A1", "ToyCar/00/car_B1", "fan/00"]
+    assert ids.tolist() == [1, 0, 2, 1, 2, 2] and ids.dtype == np.int64
+    ids, names = data.attribute_classes(table, by_domain=True)
+    assert names == [
+        "ToyCar/00/car_A1/target",
+        "ToyCar/00/car_B1/source",
+        "fan/00/source",
+        "fan/00/target",
+    ]
+    assert ids.tolist() == [1, 0, 2, 1, 3, 2]
+    with pytest.raises(ValueError, match="domain"):
+        data.attribute_classes(table.assign(domain=None), by_domain=True)
+
+
+def test_inverse_sqrt_schedule():
+    optimizer = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1e-4)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, training.inverse_sqrt_lambda(960))
+    lrs = []
+    for _ in range(4000):
+        lrs.append(optimizer.param_groups[0]["lr"])  # the lr optimizer step k = len(lrs) uses
+        optimizer.step()
+        scheduler.step()
+    at = dict(enumerate(lrs, start=1))
+    assert at[1] == pytest.approx(1e-4 / 960)
+    assert at[480] == pytest.approx(0.5e-4)
+    assert at[960] == pytest.approx(1e-4)
+    assert at[3840] == pytest.approx(0.5e-4)  # sqrt(960 / 3840) = 1/2
+    assert np.all(np.diff(lrs[:960]) > 0) and np.all(np.diff(lrs[959:]) < 0)
+
+
+def test_ema_arithmetic():
+    model = nn.Linear(1, 1)
+    model.register_buffer("stat", torch.tensor([10.0]))
+    with torch.no_grad():
+        model.weight.fill_(1.0)
+    ema = training.ema_model(model, decay=0.9)
+    with torch.no_grad():
+        model.weight.fill_(3.0)
+        model.stat.fill_(20.0)
+    ema.update_parameters(model)
+    assert ema.module.weight.item() == pytest.approx(0.9 * 1 + 0.1 * 3)  # 1.2, not a copy
+    assert ema.module.stat.item() == pytest.approx(0.9 * 10 + 0.1 * 20)
+    with torch.no_grad():
+        model.weight.fill_(5.0)
+    ema.update_parameters(model)
+    assert ema.module.weight.item() == pytest.approx(0.9 * 1.2 + 0.1 * 5)  # 1.58
+    assert not any(p.requires_grad for p in ema.parameters())
+
+
+def test_sampler_is_a_pure_function_of_position():
+    def take(sampler, n):
+        stream = iter(sampler)
+        return [next(stream) for _ in range(n)]
+
+    full = take(ResumableSampler(5, seed=3), 17)
+    assert take(ResumableSampler(5, seed=3, start=7), 10) == full[7:]
+    for epoch in range(3):  # every epoch visits every clip once
+        assert sorted(i for i, _ in full[5 * epoch : 5 * epoch + 5]) == list(range(5))
+    assert [i for i, _ in full[:5]] != [i for i, _ in full[5:10]]
+    assert [s for _, s in full] == [(3, j) for j in range(17)]
+    assert take(ResumableSampler(5, seed=4), 5) != full[:5]
+
+
+def test_clip_dataset_crops_pads_and_picks_channels(clips):
+    ids, _ = data.attribute_classes(clips)
+    dataset = ClipDataset(clips, ids, length=1600, progress=False)
+    lazy = ClipDataset(clips, ids, length=1600, preload=False)
+    sizes = clips["frames"].tolist()
+    long, short = sizes.index(1800), sizes.index(1500)
+    windows = np.lib.stride_tricks.sliding_window_view(
+        data.read_audio(clips["path"][long])[0], 1600
+    )
+    offsets = set()
+    for j in range(20):
+        match = np.flatnonzero(np.all(windows == dataset[(long, (0, j))][0].numpy(), axis=1))
+        assert len(match) > 0  # each crop is a true window of the near channel
+        offsets.add(int(match[0]))
+    assert len(offsets) > 3  # at random offsets
+    wave, target, n_valid = dataset[(long, (0, 7))]
+    torch.testing.assert_close(wave, dataset[(long, (0, 7))][0])  # seeded
+    torch.testing.assert_close(wave, lazy[(long, (0, 7))][0])
+    assert target == ids[long] and n_valid == 1600 and wave.shape == (1600,)
+    wave, _, n_valid = dataset[(short, (0, 1))]
+    assert n_valid == 1500 and torch.all(wave[1500:] == 0) and torch.any(wave[:1500] != 0)
+    far = ClipDataset(clips, ids, channel=1, progress=False)
+    assert far.length == 1500  # default: the shortest clip
+    torch.testing.assert_close(far[long][0].numpy(), data.read_audio(clips["path"][long])[1][:1500])
+    summed = ClipDataset(clips, ids, preprocess=lambda a: a.sum(0), progress=False)
+    audio = data.read_audio(clips["path"][0])
+    torch.testing.assert_close(summed[0][0].numpy(), (audio[0] + audio[1])[:1500])
+
+
+def test_embedding_model_applies_augment_only_when_given():
+    torch.manual_seed(0)
+    model = EmbeddingModel(TinyBackbone(), projection_dim=4)
+    waveform = torch.randn(3, 1000)
+    plain = model(waveform)
+    assert plain["embedding"].shape == (3, 8) and plain["projection"].shape == (3, 4)
+    torch.testing.assert_close(plain["projection"].norm(dim=1), torch.ones(3))
+    torch.testing.assert_close(plain["embedding"], model.embed(waveform)[0])
+    masked = model(waveform, augment=lambda fbank: torch.zeros_like(fbank))
+    assert not torch.allclose(masked["embedding"], plain["embedding"])
+    head = ProjectionHead(8, 3, hidden_dim=5)
+    assert [m.out_features for m in head.modules() if isinstance(m, nn.Linear)] == [5, 3]
+
+
+# --- the loop ------------------------------------------------------------------------------------
+
+
+def test_one_step_changes_weights_and_lowers_the_loss(clips, tmp_path):
+    ids, names = data.attribute_classes(clips)
+    torch.manual_seed(0)
+    model = EmbeddingModel(TinyBackbone(), projection_dim=4)
+    loss_fn = OSSCLLoss(len(names), model.embed_dim, sub_centers=2, temperature=0.1)
+    dataset = FirstSamples(ClipDataset(clips, ids, length=1500, progress=False))
+    batch = torch.stack([dataset[(i, None)][0] for i in range(len(dataset))])
+    targets = torch.as_tensor(ids)
+
+    def loss_on_batch():
+        with torch.no_grad():
+            return loss_fn(model(batch), targets)["loss"].item()
+
+    before, weights = loss_on_batch(), state(model)
+    config = TrainConfig(
+        steps=1, batch_size=len(dataset), grad_accumulation=1, learning_rate=1e-2,
+        warmup_steps=1, spec_augment_time=0, spec_augment_freq=0, checkpoint_every=0,
+    )  # fmt: skip
+    result = training.train(model, loss_fn, dataset, config, tmp_path, progress=False)
+    assert any(not torch.equal(weights[k], v) for k, v in model.state_dict().items())
+    assert loss_on_batch() < before
+    assert result.steps == 1 and list(result.history["step"]) == [1]
+    assert result.history["lr"][0] == pytest.approx(1e-2)
+    assert {"loss", "arcface", "supcon"} <= set(result.history.columns)
+    saved = pd.read_csv(tmp_path / training.TRAIN_LOG)
+    assert saved["loss"][0] == pytest.approx(result.history["loss"][0])
+    reloaded = training.load_weights(EmbeddingModel(TinyBackbone(), projection_dim=4), tmp_path)
+    assert_same(state(reloaded), state(result.ema_model))
+
+
+class FirstSamples(torch.utils.data.Dataset):
+    """No random crops: one batch of every clip is then exactly ``batch`` above."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, key):
+        return self.dataset[key[0]]
+
+
+class MeanSquare(nn.Module):
+    """A per-clip loss (mean over the batch), so micro-batches may split it."""
+
+    def forward(self, outputs, targets):
+        loss = (outputs["embedding"] - targets[:, None].float() / 3).square().mean()
+        return {"loss": loss}
+
+
+def test_accumulation_equals_one_big_batch(clips, tmp_path):
+    ids, _ = data.attribute_classes(clips)
+    dataset = ClipDataset(clips, ids, length=1500, progress=False)
+
+    def run(batch_size, accumulation, name):
+        torch.manual_seed(0)
+        model = EmbeddingModel(TinyBackbone(), projection_dim=4)
+        # adam_eps ≫ |grad| makes AdamW's step ∝ the gradient itself (not its sign): the test
+        # sees any difference between the accumulated and the big-batch gradient.
+        config = small_config(
+            steps=2, batch_size=batch_size, grad_accumulation=accumulation, adam_eps=1e3,
+            learning_rate=1e2, spec_augment_time=0, spec_augment_freq=0, checkpoint_every=0,
+        )  # fmt: skip
+        training.train(model, MeanSquare(), dataset, config, tmp_path / name, progress=False)
+        return state(model)
+
+    big, accumulated = run(8, 1, "big"), run(4, 2, "accumulated")
+    for key in big:
+        torch.testing.assert_close(accumulated[key], big[key], rtol=1e-5, atol=1e-7)
+    start = run(4, 1, "half")  # what a wrong loop (only one micro-batch per step) would give
+    assert not torch.allclose(start["backbone.proj.weight"], big["backbone.proj.weight"])
+
+
+def test_kill_and_resume_gives_the_uninterrupted_run(clips, tmp_path):
+    root = Path(clips["path"][0]).parents[2]
+    config = small_config()
+    model, full_loss, dataset = build_tiny(root)
+    full = training.train(model, full_loss, dataset, config, tmp_path / "full", progress=False)
+
+    class Killed(Exception):
+        pass
+
+    def die():
+        raise Killed
+
+    # 8 clips per step: item 35 is asked for in step 4 or 5, after the step-3 checkpoint
+    model, loss_fn, dataset = build_tiny(root, kill_after=4 * 2 * 4 + 3)
+    dataset.die = die
+    with pytest.raises(Killed):
+        training.train(model, loss_fn, dataset, config, tmp_path / "cut", progress=False)
+    assert training.latest_checkpoint(tmp_path / "cut").name == "step_00000003"
+    assert len(pd.read_csv(tmp_path / "cut" / training.TRAIN_LOG)) == 3
+    torch.manual_seed(123)  # a new process: other RNG states, other initial weights (seed=2)
+    np.random.seed(123)  # noqa: NPY002 (the global state a checkpoint must restore)
+    model, loss_fn, dataset = build_tiny(root, seed=2)
+    resumed = training.train(
+        model, loss_fn, dataset, config, tmp_path / "cut", resume=True, progress=False
+    )
+    assert_same(state(resumed.ema_model), state(full.ema_model))
+    assert_same(state(resumed.model), state(full.model))
+    assert_same(state(loss_fn), state(full_loss))
+    pd.testing.assert_frame_equal(resumed.history, full.history)
+    pd.testing.assert_frame_equal(
+        pd.read_csv(tmp_path / "cut" / training.TRAIN_LOG),
+        pd.read_csv(tmp_path / "full" / training.TRAIN_LOG),
+    )
+    assert not torch.equal(full.model.backbone.proj.weight, full.ema_model.backbone.proj.weight)
+    with pytest.raises(ValueError, match="learning_rate"):
+        training.train(
+            *build_tiny(root), small_config(learning_rate=1.0), tmp_path / "cut", resume=True,
+            progress=False,
+        )  # fmt: skip
+
+
+def test_cli_survives_sigkill_and_resumes(clips, tmp_path):
+    root = Path(clips["path"][0]).parents[2]
+    config = small_config(steps=4, checkpoint_every=2)
+    model, loss_fn, dataset = build_tiny(root)
+    full = training.train(model, loss_fn, dataset, config, tmp_path / "full", progress=False)
+
+    builder = f"{Path(__file__).resolve()}:build_tiny"
+    run_file = training.write_run_file(
+        tmp_path / "run.yaml", builder, {"root": str(root), "kill_after": 27}, config,
+        tmp_path / "cli",
+    )  # fmt: skip
+    command = [sys.executable, "-m", "asd_utils.training", str(run_file), "--no-progress"]
+    killed = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert training.latest_checkpoint(tmp_path / "cli").name == "step_00000002"
+    training.write_run_file(run_file, builder, {"root": str(root)}, config, tmp_path / "cli")
+    done = subprocess.run([*command, "--resume"], cwd=tmp_path, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    reloaded = training.load_weights(EmbeddingModel(TinyBackbone(), 4), tmp_path / "cli")
+    assert_same(state(reloaded), state(full.ema_model))
+    pd.testing.assert_frame_equal(
+        pd.read_csv(tmp_path / "cli" / training.TRAIN_LOG), full.history, check_exact=True
+    )
+
+
+def test_config_validation():
+    with pytest.raises(ValueError, match="unknown"):
+        TrainConfig.from_dict({"stepz": 3})
+    with pytest.raises(ValueError, match="mixed_precision"):
+        TrainConfig(mixed_precision="fp16")
+    assert TrainConfig.from_dict({"steps": 3}).steps == 3
+    paper = TrainConfig()
+    assert (paper.steps, paper.batch_size, paper.grad_accumulation, paper.warmup_steps) == (
+        10_000, 16, 8, 960,
+    )  # fmt: skip
+    assert (paper.learning_rate, paper.ema_decay, paper.spec_augment_time) == (1e-4, 0.9995, 80)
+
+
+def test_two_processes_train_like_one(clips, tmp_path):
+    """DDP on 2 CPU processes (torchrun, gloo): each gets half of the global batch, SupCon is
+    gathered over both, gradients averaged: the single-process run, to float rounding."""
+    root = Path(clips["path"][0]).parents[2]
+    config = small_config(steps=3, checkpoint_every=0, spec_augment_time=0, spec_augment_freq=0)
+    model, loss_fn, dataset = build_tiny(root, dropout=0.0)
+    one = training.train(model, loss_fn, dataset, config, tmp_path / "one", progress=False)
+    builder = f"{Path(__file__).resolve()}:build_tiny"
+    run_file = training.write_run_file(
+        tmp_path / "run.yaml",
+        builder,
+        {"root": str(root), "dropout": 0.0},
+        config,
+        tmp_path / "two",
+    )
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
+               "2", "-m", "asd_utils.training", str(run_file), "--no-progress"]  # fmt: skip
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    two = pd.read_csv(tmp_path / "two" / training.TRAIN_LOG)
+    assert two["supcon"].gt(0).all()  # gathered: each process alone holds 2 clips, no pairs
+    pd.testing.assert_frame_equal(two, one.history, rtol=1e-5)
+    reloaded = training.load_weights(EmbeddingModel(TinyBackbone(), 4), tmp_path / "two")
+    for key, value in state(one.ema_model).items():
+        torch.testing.assert_close(reloaded.state_dict()[key], value, rtol=1e-5, atol=1e-6)
