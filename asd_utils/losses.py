@@ -17,6 +17,8 @@ from pytorch_metric_learning import losses
 from pytorch_metric_learning.utils import distributed
 from torch import nn
 
+from asd_utils.models.heads import DomainClassifier, grl_lambda, reverse_gradient
+
 
 class OSSCLLoss(nn.Module):
     """``arcface_weight · SubCenterArcFace(embedding) + supcon_weight · SupCon(projection)``.
@@ -85,3 +87,76 @@ class OSSCLLoss(nn.Module):
             supcon = self._supcon(outputs["projection"].float(), labels)
         loss = self.arcface_weight * arcface + self.supcon_weight * supcon
         return {"loss": loss, "arcface": arcface.detach(), "supcon": supcon.detach()}
+
+
+class GRLLoss(nn.Module):
+    """System 2's objective: a margin classifier on the embedding plus a domain classifier behind
+    a gradient reversal layer, ``margin + domain_weight · CE(domain_head(GRL_λ(embedding)))``.
+
+    Targets are integer ids of the classes of :func:`asd_utils.data.attribute_classes` with
+    ``by_domain=True``; ``class_to_label`` maps each to the margin classifier's class (the
+    attribute class, un-reversed) and ``class_to_domain`` to what the reversed head predicts
+    (default: the domain, 0 source / 1 target; any grouping can be given). ArcFace
+    (Deng et al., CVPR 2019; PML, margin in degrees) with ``sub_centers=1`` is the plain margin
+    classifier. λ ramps with training progress p as :func:`asd_utils.models.heads.grl_lambda`;
+    p counts this module's training-mode calls over ``total_calls`` (optimizer steps ×
+    accumulation) in a buffer, so it is checkpointed and resumes with the run. Returns
+    ``{"loss", "margin", "domain", "domain_accuracy", "grl_lambda"}``.
+    """
+
+    def __init__(
+        self,
+        class_to_label: torch.Tensor,
+        class_to_domain: torch.Tensor,
+        embedding_size: int,
+        total_calls: int,
+        margin: float = 0.2,
+        scale: float = 30.0,
+        sub_centers: int = 1,
+        lambda_max: float = 1.0,
+        domain_weight: float = 1.0,
+        hidden_dim: int = 256,
+    ):
+        super().__init__()
+        self.register_buffer("class_to_label", torch.as_tensor(class_to_label, dtype=torch.long))
+        self.register_buffer("class_to_domain", torch.as_tensor(class_to_domain, dtype=torch.long))
+        self.register_buffer("calls", torch.zeros((), dtype=torch.long))
+        self.margin = losses.SubCenterArcFaceLoss(
+            num_classes=int(self.class_to_label.max()) + 1,
+            embedding_size=embedding_size,
+            margin=math.degrees(margin),
+            scale=scale,
+            sub_centers=sub_centers,
+        )
+        self.domain_head = DomainClassifier(
+            embedding_size, int(self.class_to_domain.max()) + 1, hidden_dim
+        )
+        self.total_calls, self.lambda_max, self.domain_weight = (
+            total_calls,
+            lambda_max,
+            domain_weight,
+        )
+
+    def current_lambda(self) -> float:
+        return grl_lambda(self.calls.item() / max(self.total_calls, 1), self.lambda_max)
+
+    def forward(
+        self, outputs: dict[str, torch.Tensor], targets: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        lam = self.current_lambda()
+        if self.training:
+            self.calls += 1
+        labels, domains = self.class_to_label[targets], self.class_to_domain[targets]
+        with torch.autocast(targets.device.type, enabled=False):
+            embedding = outputs["embedding"].float()
+            margin = self.margin(embedding, labels)
+            logits = self.domain_head(reverse_gradient(embedding, lam))
+            domain = nn.functional.cross_entropy(logits, domains)
+        accuracy = (logits.argmax(1) == domains).float().mean()
+        return {
+            "loss": margin + self.domain_weight * domain,
+            "margin": margin.detach(),
+            "domain": domain.detach(),
+            "domain_accuracy": accuracy.detach(),
+            "grl_lambda": torch.tensor(lam, device=targets.device),
+        }

@@ -242,21 +242,24 @@ def read_submission(path) -> pd.DataFrame:
     return table
 
 
-def read_system_scores(directory) -> pd.DataFrame:
-    """Read every ``anomaly_score_*_section_*_test.csv`` of a system's output directory.
+def read_system_scores(directory, kind: str = "anomaly_score") -> pd.DataFrame:
+    """Read every ``<kind>_*_section_*_test.csv`` of a system's output directory.
 
-    Machine type and section come from the CSV name; domain and label from each wav name
+    ``kind``: ``"anomaly_score"`` (default) or ``"decision_result"``. Machine type and section
+    come from the CSV name; domain and label from each wav name
     (``section_00_source_test_anomaly_0001_...``); anonymous eval names
     (``section_00_0000.wav``) get None for both. Output columns: ``machine_type, section,
-    file_name, domain, label, anomaly_score``, in CSV-name then file-name order.
+    file_name, domain, label, <kind>``, in CSV-name then file-name order.
     """
     directory = Path(directory)
     frames = []
-    for path in sorted(directory.glob("anomaly_score_*_section_*_test.csv")):
-        match = _SCORE_CSV.match(path.name)
+    if kind not in ("anomaly_score", "decision_result"):
+        raise ValueError(f"kind must be anomaly_score or decision_result, not {kind!r}")
+    for path in sorted(directory.glob(f"{kind}_*_section_*_test.csv")):
+        match = _SCORE_CSV.match(path.name.replace(kind, "anomaly_score", 1))
         if match is None:
             continue
-        table = read_submission(path).rename(columns={"value": "anomaly_score"})
+        table = read_submission(path).rename(columns={"value": kind})
         parsed = table["file_name"].str.extract(_TEST_WAV)
         table["domain"] = parsed["domain"].astype(object).where(parsed["domain"].notna(), None)
         table["label"] = parsed["label"].astype(object).where(parsed["label"].notna(), None)
@@ -264,8 +267,8 @@ def read_system_scores(directory) -> pd.DataFrame:
         table["section"] = match["section"]
         frames.append(table)
     if not frames:
-        raise FileNotFoundError(f"no anomaly_score_*_section_*_test.csv in {directory}")
-    columns = ["machine_type", "section", "file_name", "domain", "label", "anomaly_score"]
+        raise FileNotFoundError(f"no {kind}_*_section_*_test.csv in {directory}")
+    columns = ["machine_type", "section", "file_name", "domain", "label", kind]
     return pd.concat(frames, ignore_index=True)[columns]
 
 

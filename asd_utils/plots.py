@@ -231,3 +231,77 @@ def anc_convergence(
         ax.set(xlabel="time in clip (s)", ylabel=_ANC_LABELS.get(metric, metric))
     axes[0, -1].legend(fontsize=7, ncol=2)
     return fig
+
+
+def embedding_map(
+    points: np.ndarray, colour: pd.Series, marker: pd.Series | None = None, title: str = ""
+) -> plt.Figure:
+    """A 2-D map of embeddings (``points`` (N, 2), e.g. PCA or t-SNE), coloured by one label
+    (e.g. attribute class) and marked by another (e.g. domain: ● source, ▲ target)."""
+    fig, ax = plt.subplots(figsize=(6.5, 5), constrained_layout=True)
+    colours = {c: plt.cm.tab20(i % 20) for i, c in enumerate(sorted(pd.unique(colour)))}
+    markers = dict(
+        zip(sorted(pd.unique(marker)) if marker is not None else [None], "o^sDvP", strict=False)
+    )
+    for (c, m), index in (
+        pd.DataFrame({"c": colour.to_numpy(), "m": None if marker is None else marker.to_numpy()})
+        .groupby(["c", "m"], dropna=False)
+        .groups.items()
+    ):
+        ax.scatter(
+            points[index, 0],
+            points[index, 1],
+            s=10,
+            color=colours[c],
+            marker=markers[m],
+            alpha=0.7,
+            linewidths=0,
+        )
+    handles = [plt.Line2D([], [], ls="", marker="o", color=colours[c], label=c) for c in colours]
+    if marker is not None:
+        handles += [
+            plt.Line2D([], [], ls="", marker=markers[m], color="k", label=m) for m in markers
+        ]
+    ax.legend(handles=handles, fontsize=6, ncol=2, loc="center left", bbox_to_anchor=(1, 0.5))
+    ax.set(title=title, xticks=[], yticks=[])
+    return fig
+
+
+def score_scales(tables: dict[str, pd.DataFrame], title: str) -> plt.Figure:
+    """Box plots of each system's test-clip ``anomaly_score`` per machine type (scale check)."""
+    machine_types = sorted(
+        {m for t in tables.values() for m in t["machine_type"]}, key=machine_sort_key
+    )
+    fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(machine_types)), 3.2), constrained_layout=True)
+    width = 0.8 / len(tables)
+    for i, (system, table) in enumerate(tables.items()):
+        data = [table.loc[table["machine_type"] == m, "anomaly_score"] for m in machine_types]
+        positions = np.arange(len(machine_types)) + i * width - 0.4 + width / 2
+        parts = ax.boxplot(
+            data, positions=positions, widths=width * 0.9, patch_artist=True, showfliers=False
+        )
+        for box in parts["boxes"]:
+            box.set_facecolor(plt.cm.tab10(i))
+        ax.plot([], [], color=plt.cm.tab10(i), lw=6, label=system)
+    ax.set_xticks(np.arange(len(machine_types)), machine_types, fontsize=8)
+    ax.set(ylabel="anomaly score", title=title)
+    ax.legend(fontsize=7)
+    return fig
+
+
+def training_history(
+    history: pd.DataFrame, columns: list[str], group: str = "system", smooth: int = 20
+) -> plt.Figure:
+    """Per-step training curves (one panel per column, one line per ``group``), smoothed with a
+    running mean over ``smooth`` steps."""
+    fig, axes = plt.subplots(
+        1, len(columns), figsize=(3.6 * len(columns), 3.0), squeeze=False, constrained_layout=True
+    )
+    for ax, column in zip(axes[0], columns, strict=True):
+        for name, part in history.groupby(group, sort=False):
+            if column in part and part[column].notna().any():
+                values = part[column].rolling(smooth, min_periods=1).mean()
+                ax.plot(part["step"], values, label=name)
+        ax.set(xlabel="optimizer step", title=column.replace("_", " "))
+    axes[0, 0].legend(fontsize=7)
+    return fig

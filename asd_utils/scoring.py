@@ -23,7 +23,7 @@ from torch import nn
 from tqdm import tqdm
 
 import asd_utils
-from asd_utils.files import atomic_path
+from asd_utils.files import atomic_path, write_table
 from asd_utils.training import load_waveform
 
 # --- embeddings ----------------------------------------------------------------------------------
@@ -208,3 +208,34 @@ def score_system(
     out = table.drop(columns=["embedding"], errors="ignore").copy()
     out["anomaly_score"] = scores
     return out
+
+
+# --- embeddings on disk (training notebooks write them, the scoring notebook reads them) --------
+
+EMBEDDINGS, CLIPS = "embeddings.npy", "clips.csv"
+
+
+def save_embeddings(directory: str | os.PathLike, table: pd.DataFrame, embeddings: np.ndarray):
+    """Write ``embeddings.npy`` (N, D) and the row-aligned clip table ``clips.csv``, atomically."""
+    directory = Path(directory)
+    if len(table) != len(embeddings):
+        raise ValueError(f"{len(embeddings)} embeddings for {len(table)} clips")
+    with atomic_path(directory / EMBEDDINGS) as tmp, open(tmp, "wb") as f:
+        np.save(f, np.asarray(embeddings, dtype=np.float32))
+    write_table(table.drop(columns=["embedding"], errors="ignore"), directory / CLIPS)
+
+
+def load_embeddings(directory: str | os.PathLike) -> tuple[pd.DataFrame, np.ndarray]:
+    """Read what :func:`save_embeddings` wrote: (clip table, embeddings)."""
+    directory = Path(directory)
+    table = pd.read_csv(
+        directory / CLIPS,
+        dtype={"section": str, "attributes": str},
+        keep_default_na=False,
+        na_values=[""],
+    )
+    table["attributes"] = table["attributes"].fillna("")
+    embeddings = np.load(directory / EMBEDDINGS)
+    if len(table) != len(embeddings):
+        raise ValueError(f"{directory}: {len(embeddings)} embeddings for {len(table)} clips")
+    return table, embeddings

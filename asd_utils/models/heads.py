@@ -9,6 +9,7 @@ projection head and puts SpecAugment between the two calls.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -81,3 +82,44 @@ class EmbeddingModel(nn.Module):
             fbank = augment(fbank)
         utterance, _ = self.backbone.forward_features(fbank, frame_mask)
         return {"embedding": utterance, "projection": self.projection(utterance)}
+
+
+# --- gradient reversal (System 2, BEATs-GRL) ---------------------------------------------------
+
+
+class _ReverseGradient(torch.autograd.Function):
+    """Identity forward; gradient × (−λ) backward (Ganin & Lempitsky, ICML 2015)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, lam: float) -> torch.Tensor:
+        ctx.lam = lam
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        return -ctx.lam * grad, None
+
+
+def reverse_gradient(x: torch.Tensor, lam: float) -> torch.Tensor:
+    """The gradient reversal layer: ``x`` unchanged forward, gradient multiplied by −``lam``."""
+    return _ReverseGradient.apply(x, float(lam))
+
+
+def grl_lambda(progress: float, lambda_max: float = 1.0, gamma: float = 10.0) -> float:
+    """Ganin & Lempitsky's ramp: λ = λ_max · (2 / (1 + exp(−γ·p)) − 1), p ∈ [0, 1] the training
+    progress; 0 at the start, ≈ λ_max after half the run (0.987 λ_max at p = 0.5)."""
+    p = min(max(float(progress), 0.0), 1.0)
+    return lambda_max * (2.0 / (1.0 + math.exp(-gamma * p)) - 1.0)
+
+
+class DomainClassifier(nn.Module):
+    """The adversary behind the GRL: (B, D) embedding → (B, n_domains) logits, a small MLP."""
+
+    def __init__(self, in_dim: int, n_domains: int = 2, hidden_dim: int = 256):
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Linear(in_dim, hidden_dim), nn.ReLU(), nn.Linear(hidden_dim, n_domains)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)

@@ -1,0 +1,206 @@
+"""The paper's fine-tuned systems, each a profile section plus a model (architecture.md).
+
+| system   | profile section | backbone | front-end                  | objective            |
+|----------|-----------------|----------|----------------------------|----------------------|
+| System 1 | ``osscl``       | EAT      | near channel               | OSSCL (:mod:`losses`)|
+| System 2 | ``beats_grl``   | BEATs    | near channel               | margin + GRL         |
+| System 3 | ``osscl``       | EAT      | ANC-denoised near (``anc``)| OSSCL                |
+
+:func:`build` turns (data root, profile, system) — primitives only — into ``(model, loss_fn,
+dataset)`` for :func:`asd_utils.training.train`; the same call is what ``accelerate launch -m
+asd_utils.training RUN.yaml`` makes in every process (:func:`write_run_file`).
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from asd_utils import anc, config, data, training
+from asd_utils.losses import GRLLoss, OSSCLLoss
+from asd_utils.models.beats import BEATs, BEATsConfig
+from asd_utils.models.eat import EAT, EATConfig
+from asd_utils.models.heads import EmbeddingModel
+
+SYSTEMS = {
+    "System 1": {"section": "osscl", "anc": False},
+    "System 2": {"section": "beats_grl", "anc": False},
+    "System 3": {"section": "osscl", "anc": True},
+}
+CHECKPOINT_ENV = {"eat": "EAT_CHECKPOINT", "beats": "BEATS_CHECKPOINT"}
+SAMPLE_RATE = 16000
+
+
+def settings(profile: dict, system: str) -> dict:
+    """The profile section of ``system`` (a copy), with the backbone checkpoint resolved:
+    ``$EAT_CHECKPOINT`` / ``$BEATS_CHECKPOINT`` over the profile's ``checkpoint``; "" = none."""
+    if system not in SYSTEMS:
+        raise KeyError(f"unknown system {system!r}; known: {sorted(SYSTEMS)}")
+    section = dict(profile[SYSTEMS[system]["section"]])
+    env = os.environ.get(CHECKPOINT_ENV[section["backbone"]], "")
+    section["checkpoint"] = env or section.get("checkpoint") or ""
+    return section
+
+
+def build_backbone(kind: str, size: str = "tiny", checkpoint: str = "") -> nn.Module:
+    """EAT or BEATs: from official weights when ``checkpoint`` names them, else a random-weight
+    ``size`` config ("tiny" or "base"). EAT keeps each clip's length (no 10.24 s pad/crop)."""
+    if kind == "eat":
+        if checkpoint:
+            return EAT.from_pretrained(checkpoint, target_length=None).train()
+        return EAT(getattr(EATConfig, size)(), target_length=None)
+    if kind == "beats":
+        if checkpoint:
+            return BEATs.from_checkpoint(checkpoint).train()
+        return BEATs(getattr(BEATsConfig, size)())
+    raise ValueError(f"unknown backbone {kind!r}; choose eat or beats")
+
+
+def knn_k(profile: dict, name: str) -> int:
+    """K of the KNN score for a system by its output name ("System 2 (lambda 0)" → System 2)."""
+    return int(settings(profile, name.split(" (")[0])["knn_k"])
+
+
+def train_config(profile: dict, system: str) -> training.TrainConfig:
+    """The system's training settings; the seed is the profile's unless the section sets one."""
+    return training.TrainConfig.from_dict(
+        {"seed": profile["seed"], **settings(profile, system)["train"]}
+    )
+
+
+def front_end(profile: dict, system: str) -> tuple[int, Callable | None, str | None]:
+    """How a system reads a clip: ``(channel, preprocess, preprocess_key)`` for
+    :class:`asd_utils.training.ClipDataset` and :func:`asd_utils.scoring.extract_embeddings`.
+    System 3 denoises with the ANC chapter's settings (the profile's ``anc`` section)."""
+    if not SYSTEMS[system]["anc"]:
+        return 0, None, None
+    options = anc.denoiser_settings(profile["anc"])
+    key = "anc:" + ",".join(f"{k}={v}" for k, v in sorted(options.items()))
+    return 0, functools.partial(_denoise, **options), key
+
+
+def _denoise(audio: np.ndarray, **options) -> np.ndarray:
+    """(channels, samples) → denoised near channel (samples,), float32."""
+    return anc.denoise(torch.from_numpy(audio), **options).numpy().astype(np.float32)
+
+
+def build(
+    data_root: str,
+    profile: str,
+    system: str,
+    progress: bool = True,
+    loss_overrides: dict | None = None,
+):
+    """``(model, loss_fn, dataset)`` of one system, trained on the training clips of ``data_root``.
+
+    Classes: :func:`asd_utils.data.attribute_classes` (machine type × section × attributes; for
+    System 2 also × domain, which the GRL loss maps back to attribute class and domain).
+    """
+    profile_ = config.load_profile(profile)
+    settings_ = settings(profile_, system)
+    table = data.index_dataset(data_root, split="train")
+    grl = SYSTEMS[system]["section"] == "beats_grl"
+    targets, names = data.attribute_classes(table, by_domain=grl)
+    backbone = build_backbone(settings_["backbone"], settings_["size"], settings_["checkpoint"])
+    model = EmbeddingModel(backbone, projection_dim=settings_.get("projection_dim", 128))
+    train = train_config(profile_, system)
+    loss_settings = {**settings_["loss"], **(loss_overrides or {})}
+    if grl:
+        attribute = [n.rsplit("/", 1)[0] for n in names]
+        labels = np.unique(attribute, return_inverse=True)[1]
+        domains = np.array([0 if n.endswith("/source") else 1 for n in names])
+        loss = GRLLoss(
+            labels,
+            domains,
+            model.embed_dim,
+            total_calls=train.steps * train.grad_accumulation,
+            **loss_settings,
+        )
+    else:
+        loss = OSSCLLoss(len(names), model.embed_dim, **loss_settings)
+    channel, preprocess, _ = front_end(profile_, system)
+    crop = settings_.get("crop_seconds")
+    dataset = training.ClipDataset(
+        table,
+        targets,
+        length=int(crop * SAMPLE_RATE) if crop else None,
+        channel=channel,
+        preprocess=preprocess,
+        progress=progress,
+    )
+    return model, loss, dataset
+
+
+def random_init_warning(settings_: dict, system: str) -> str | None:
+    """A plain sentence when a system starts from random weights (no checkpoint given)."""
+    if settings_["checkpoint"]:
+        return None
+    message = (
+        f"{system}: no {settings_['backbone'].upper()} checkpoint given "
+        f"(${CHECKPOINT_ENV[settings_['backbone']]} or the profile's 'checkpoint'), so the "
+        f"'{settings_['size']}' backbone starts from RANDOM weights, not the paper's "
+        "pre-trained ones"
+    )
+    warnings.warn(message, stacklevel=2)
+    return message
+
+
+def run_file(data_root: str | Path, profile: str, system: str, output_dir: str | Path) -> Path:
+    """Write ``output_dir/run.yaml`` for ``accelerate launch -m asd_utils.training``."""
+    train = train_config(config.load_profile(profile), system)
+    return training.write_run_file(
+        Path(output_dir) / "run.yaml",
+        "asd_utils.systems:build",
+        {"data_root": str(data_root), "profile": str(profile), "system": system},
+        train,
+        output_dir,
+    )
+
+
+def run_dir(output_root: str | Path, profile: dict, system: str, data_root: str | Path) -> Path:
+    """Where a system's training run lives: ``<output_root>/training/<system>-<key>``, the key a
+    hash of every setting that changes the weights (section, front-end, seed, data root), so a
+    changed profile trains anew and an unchanged one resumes (or finds the run finished)."""
+    payload = {
+        "settings": settings(profile, system),
+        "front_end": front_end(profile, system)[2],
+        "seed": profile["seed"],
+        "data_root": str(data_root),
+    }
+    key = hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
+    return Path(output_root) / "training" / f"{system.replace(' ', '_')}-{key[:10]}"
+
+
+def train_system(
+    data_root: str | Path,
+    profile_name: str,
+    system: str,
+    output_root: str | Path,
+    progress: bool = True,
+    overrides: dict | None = None,
+) -> training.TrainResult:
+    """Build and train one system (resuming its run folder if it exists); EMA weights inside.
+
+    ``overrides`` replace keys of the system's ``loss`` settings (e.g. ``{"lambda_max": 0.0}``
+    for the GRL ablation) and give the run its own folder.
+    """
+    profile = config.load_profile(profile_name)
+    model, loss, dataset = build(
+        str(data_root), profile_name, system, progress=progress, loss_overrides=overrides
+    )
+    folder = run_dir(output_root, profile, system, data_root)
+    if overrides:
+        tag = "-".join(f"{k}{v}" for k, v in sorted(overrides.items()))
+        folder = folder.with_name(f"{folder.name}-{tag}")
+    return training.train(
+        model, loss, dataset, train_config(profile, system), folder, resume=True, progress=progress
+    )
