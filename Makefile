@@ -34,6 +34,7 @@ bench: setup  ## speed benchmarks (not part of make test)
 	$(PY) -m pip install --quiet --disable-pip-version-check -r benchmarks/requirements.txt
 	$(PY) benchmarks/bench_fbank.py
 	$(PY) benchmarks/bench_anc.py
+	$(PY) benchmarks/bench_backbones.py
 
 clean:  ## results and the built book (keeps the venv and the synthetic data)
 	rm -rf _build outputs

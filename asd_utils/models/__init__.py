@@ -1,1 +1,1 @@
-"""Models: the autoencoder baseline (and, later, the BEATs and EAT backbones and their heads)."""
+"""Models: the autoencoder baseline, the BEATs and EAT backbones, and the heads on top of them."""
