@@ -110,23 +110,27 @@ def build(
     table = data.index_dataset(data_root, split="train")
     grl = SYSTEMS[system]["section"] == "beats_grl"
     targets, names = data.attribute_classes(table, by_domain=grl)
-    backbone = build_backbone(settings_["backbone"], settings_["size"], settings_["checkpoint"])
-    model = EmbeddingModel(backbone, projection_dim=settings_.get("projection_dim", 128))
     train = train_config(profile_, system)
     loss_settings = {**settings_["loss"], **(loss_overrides or {})}
-    if grl:
-        attribute = [n.rsplit("/", 1)[0] for n in names]
-        labels = np.unique(attribute, return_inverse=True)[1]
-        domains = np.array([0 if n.endswith("/source") else 1 for n in names])
-        loss = GRLLoss(
-            labels,
-            domains,
-            model.embed_dim,
-            total_calls=train.steps * train.grad_accumulation,
-            **loss_settings,
-        )
-    else:
-        loss = OSSCLLoss(len(names), model.embed_dim, **loss_settings)
+    # Random weights (backbone, heads, class centres) come from the run's seed, not from whatever
+    # the global RNG holds at call time: a system's score must not depend on what ran before.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(train.seed)
+        backbone = build_backbone(settings_["backbone"], settings_["size"], settings_["checkpoint"])
+        model = EmbeddingModel(backbone, projection_dim=settings_.get("projection_dim", 128))
+        if grl:
+            attribute = [n.rsplit("/", 1)[0] for n in names]
+            labels = np.unique(attribute, return_inverse=True)[1]
+            domains = np.array([0 if n.endswith("/source") else 1 for n in names])
+            loss = GRLLoss(
+                labels,
+                domains,
+                model.embed_dim,
+                total_calls=train.steps * train.grad_accumulation,
+                **loss_settings,
+            )
+        else:
+            loss = OSSCLLoss(len(names), model.embed_dim, **loss_settings)
     channel, preprocess, _ = front_end(profile_, system)
     crop = settings_.get("crop_seconds")
     dataset = training.ClipDataset(
