@@ -1,11 +1,18 @@
 """Shared test fixtures."""
 
+import os
 from pathlib import Path
 
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-FIXTURES_2023 = REPO_ROOT.parent / "shared" / "fixtures" / "dcase2023_dev_samples"
+# The real clips live in the workspace's shared/ folder beside the checkout (or $DCASE_FIXTURES).
+_CANDIDATES = [
+    os.environ.get("DCASE_FIXTURES", ""),
+    REPO_ROOT.parent / "shared" / "fixtures" / "dcase2023_dev_samples",
+    Path("/work/shared/fixtures/dcase2023_dev_samples"),
+]
+FIXTURES_2023 = next((Path(c) for c in _CANDIDATES if c and Path(c).is_dir()), Path(_CANDIDATES[1]))
 
 
 @pytest.fixture(scope="session")
