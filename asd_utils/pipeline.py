@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import shutil
 import subprocess
@@ -87,7 +88,7 @@ def run_record(profile: dict, paths: RunPaths, stages: dict[str, float]) -> dict
         "machine": {
             "platform": platform.platform(),
             "processor": platform.processor(),
-            "cpus": __import__("os").cpu_count(),
+            "cpus": os.cpu_count(),
         },
         "finished": datetime.now(UTC).isoformat(timespec="seconds"),
         "stage_seconds": stages,
