@@ -80,11 +80,19 @@ class OSSCLLoss(nn.Module):
         return value + (scaled - scaled.detach())  # value: the loss; gradient: W · its own
 
     def forward(
-        self, outputs: dict[str, torch.Tensor], labels: torch.Tensor
+        self,
+        outputs: dict[str, torch.Tensor],
+        labels: torch.Tensor,
+        mix: tuple[torch.Tensor, float] | None = None,
     ) -> dict[str, torch.Tensor]:
         with torch.autocast(labels.device.type, enabled=False):
-            arcface = self.arcface(outputs["embedding"].float(), labels)
-            supcon = self._supcon(outputs["projection"].float(), labels)
+            embedding, projection = outputs["embedding"].float(), outputs["projection"].float()
+            arcface = self.arcface(embedding, labels)
+            supcon = self._supcon(projection, labels)
+            if mix is not None:  # mixup: both partners' labels, weighed by λ and 1 − λ
+                partner, lam = mix
+                arcface = lam * arcface + (1 - lam) * self.arcface(embedding, partner)
+                supcon = lam * supcon + (1 - lam) * self._supcon(projection, partner)
         loss = self.arcface_weight * arcface + self.supcon_weight * supcon
         return {"loss": loss, "arcface": arcface.detach(), "supcon": supcon.detach()}
 

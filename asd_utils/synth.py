@@ -4,9 +4,11 @@ A stand-in for the real development set with the same layout, file names, ``attr
 and audio format (stereo 16 kHz 16-bit WAV, channel 0 the near microphone, channel 1 the far
 one), for the seven 2026 development machine types. Every machine type has its own physically
 motivated sound model whose attributes change the sound; anomalies are subtle and specific to the
-machine; environmental noise reaches both microphones but is much stronger at the far one, and
-reaches the near one later and through a room-like response (so that an adaptive noise canceller
-with the far channel as reference can remove it, as in the 2026 recordings).
+machine (a fault adds its own sound and shifts the operating signature the attributes describe,
+e.g. friction slows a motor); environmental noise reaches both microphones but is much stronger
+at the far one, and reaches the near one later and through a room-like response (so that an
+adaptive noise canceller with the far channel as reference can remove it, as in the 2026
+recordings).
 
 Everything is a pure function of (config, clip specification): a clip's clean machine signal and
 its noise can be rendered again at any time (:func:`load_components`), which the ANC chapter uses
@@ -86,7 +88,8 @@ class SynthConfig:
         return float(self.clip_seconds.get(machine_type, self.clip_seconds["default"]))
 
 
-GENERATOR_VERSION = 1  # bump whenever a sound model changes, so old datasets are regenerated
+GENERATOR_VERSION = 2  # bump whenever a sound model changes, so old datasets are regenerated
+# 2: faults also shift the operating signature (speed, load, timing), not only add a sound
 
 
 # --- attributes: what each machine type's file names carry, and its domain shift -------------
@@ -272,15 +275,22 @@ def _name_seed(*parts: str) -> int:
 
 
 # --- the machine sound models -----------------------------------------------------------------
-# Each takes (attributes, anomalous, n, sr, rng, severity) and returns the machine's sound at the
+# Each takes (attributes, fault, n, sr, rng, severity) and returns the machine's sound at the
 # near microphone, before noise. Speeds drift slightly and every clip has its own phases and
 # levels, so normal clips vary; anomalies are small changes of the physics, not added beeps.
+# ``fault`` is None for a normal clip, else the generator of everything random about the fault
+# (a separate stream, so a normal clip's sound does not depend on how faults are drawn). A fault
+# does two things, as in real machines: it adds its own sound (impacts, sidebands, a whistle, a
+# leak) AND it shifts the operating signature the attributes describe (friction slows a motor,
+# a cracked tooth or a sticking armature changes the load and the timing) by a few per cent, less
+# than the step between two attribute values.
 
 
-def _toy_car(attrs, anomalous, n, sr, rng, severity):
+def _toy_car(attrs, fault, n, sr, rng, severity):
     volts = float(attrs["spd"].rstrip("V"))
     car = np.random.default_rng(_name_seed("car", attrs["car"]))
-    f_motor = 7.5 * volts * _wander(n, sr, rng, 0.01)  # motor rotation, Hz
+    load = 1.0 if fault is None else 1 - severity * fault.uniform(0.015, 0.03)  # friction
+    f_motor = 7.5 * volts * load * _wander(n, sr, rng, 0.01)  # motor rotation, Hz
     envelope = car.uniform(0.2, 1.0, 14) / np.arange(1, 15) ** 0.6
     x = _harmonics(f_motor, envelope, n, sr, rng)
     f_gear = f_motor * car.choice([3.2, 3.7, 4.1])  # gear mesh
@@ -290,7 +300,7 @@ def _toy_car(attrs, anomalous, n, sr, rng, severity):
     x += 0.8 * _rms(x) / _rms(rolling) * rolling * (1 + 0.2 * np.sin(_phase(f_wheel, n, sr, rng)))
     if attrs.get("mic") == "2":  # the second mic position hears more high frequencies
         x = x + 0.5 * signal.lfilter([1, -0.9], [1], x)
-    if anomalous:
+    if fault is not None:
         kind = rng.integers(3)
         if kind == 0:  # bent shaft: amplitude modulation at the wheel rate
             x *= 1 + 0.25 * severity * np.sin(_phase(f_wheel * 2, n, sr, rng))
@@ -305,15 +315,21 @@ def _toy_car(attrs, anomalous, n, sr, rng, severity):
     return x
 
 
-def _bearing(attrs, anomalous, n, sr, rng, severity):
-    f_shaft = float(attrs["vel"]) * _wander(n, sr, rng, 0.005)
+def _bearing(attrs, fault, n, sr, rng, severity):
+    # A defect adds friction: the shaft slows and the rolling noise grows.
+    slow, rough = (
+        (1.0, 1.0)
+        if fault is None
+        else (1 - severity * fault.uniform(0.01, 0.02), 1 + severity * fault.uniform(0.15, 0.25))
+    )
+    f_shaft = float(attrs["vel"]) * slow * _wander(n, sr, rng, 0.005)
     loc = np.random.default_rng(_name_seed("loc", attrs["loc"]))
     x = _harmonics(f_shaft, [1.0, 0.5, 0.3, 0.2, 0.1], n, sr, rng)
     hiss = _band(_coloured_noise(n, rng, 0.5), 2500, 7000, sr)
     x += 0.6 * hiss * _rms(x) / _rms(hiss)
     roll = _band(_coloured_noise(n, rng, 1.0), 400, 1500, sr)
-    x += loc.uniform(0.3, 0.8) * roll * _rms(x) / _rms(roll)
-    if anomalous:
+    x += rough * loc.uniform(0.3, 0.8) * roll * _rms(x) / _rms(roll)
+    if fault is not None:
         # A localised defect: impulses at the outer- or inner-race defect frequency exciting a
         # structural resonance, with slip jitter (Randall & Antoni 2011).
         order = rng.choice([3.57, 5.43])
@@ -328,16 +344,22 @@ def _bearing(attrs, anomalous, n, sr, rng, severity):
     return x
 
 
-def _fan(attrs, anomalous, n, sr, rng, severity):
+def _fan(attrs, fault, n, sr, rng, severity):
     model = np.random.default_rng(_name_seed("fan", attrs["m-n"]))
     blades = int(model.integers(5, 10))
-    f_rot = model.uniform(18, 30) * _wander(n, sr, rng, 0.01)
+    # Imbalance or clogging loads the motor (it slows) and chokes the air flow.
+    slow, choke = (
+        (1.0, 1.0)
+        if fault is None
+        else (1 - severity * fault.uniform(0.015, 0.03), 1 - severity * fault.uniform(0.1, 0.2))
+    )
+    f_rot = model.uniform(18, 30) * slow * _wander(n, sr, rng, 0.01)
     bpf = blades * f_rot
     x = _harmonics(bpf, model.uniform(0.3, 1.0, 6) / np.arange(1, 7), n, sr, rng)
     air = _band(_coloured_noise(n, rng, 1.0), 150, 5000, sr)
     air *= 1 + 0.3 * np.sin(_phase(bpf, n, sr, rng))
-    x += model.uniform(1.0, 2.0) * air * _rms(x) / _rms(air)
-    if anomalous:
+    x += choke * model.uniform(1.0, 2.0) * air * _rms(x) / _rms(air)
+    if fault is not None:
         kind = rng.integers(2)
         if kind == 0:  # imbalance: a once-per-revolution component and modulation
             x *= 1 + 0.2 * severity * np.sin(_phase(f_rot, n, sr, rng))
@@ -348,8 +370,11 @@ def _fan(attrs, anomalous, n, sr, rng, severity):
     return x
 
 
-def _gearbox(attrs, anomalous, n, sr, rng, severity):
+def _gearbox(attrs, fault, n, sr, rng, severity):
     volts, load = float(attrs["volt"]), float(attrs["wt"])
+    if fault is not None:  # a damaged tooth meshes badly: more load, a slower shaft
+        load += severity * fault.uniform(10, 20)
+        volts *= 1 - severity * fault.uniform(0.015, 0.03)
     f_shaft = 14.0 * volts * _wander(n, sr, rng, 0.01)
     teeth = 23
     gmf = teeth * f_shaft
@@ -360,7 +385,7 @@ def _gearbox(attrs, anomalous, n, sr, rng, severity):
     x += 0.5 * _harmonics(f_shaft, [1.0, 0.4], n, sr, rng)
     body = _band(_coloured_noise(n, rng, 1.0), 100, 4000, sr)
     x += (0.5 + load / 400) * body * _rms(x) / _rms(body)
-    if anomalous:
+    if fault is not None:
         # A cracked/broken tooth: one impact per revolution of the shaft, ringing the housing.
         period = 1 / np.mean(f_shaft)
         times = np.arange(rng.uniform(0, period), n / sr, period)
@@ -369,8 +394,10 @@ def _gearbox(attrs, anomalous, n, sr, rng, severity):
     return x
 
 
-def _slider(attrs, anomalous, n, sr, rng, severity):
+def _slider(attrs, fault, n, sr, rng, severity):
     vel, acc = float(attrs["vel"]), float(attrs["ac"])
+    if fault is not None:  # rail damage or dry rails: friction slows the carriage
+        vel *= 1 - severity * fault.uniform(0.02, 0.04)
     stroke_s = 0.3 + 200.0 / vel + 0.02 / acc  # one traverse of the rail, s
     t = np.arange(n) / sr
     moving = (np.sin(np.pi * t / stroke_s + rng.uniform(0, np.pi)) ** 2) ** 0.25
@@ -381,7 +408,7 @@ def _slider(attrs, anomalous, n, sr, rng, severity):
     ends = np.arange(rng.uniform(0, stroke_s), n / sr, stroke_s)
     clicks = _resonant_impulses(ends, np.ones(ends.size), 1200.0, 0.004, n, sr)
     x += 0.8 * _rms(x) * clicks / _rms(clicks)
-    if anomalous:
+    if fault is not None:
         kind = rng.integers(2)
         if kind == 0:  # rail damage: a tick mid-stroke
             mids = ends + stroke_s * rng.uniform(0.3, 0.7)
@@ -396,8 +423,10 @@ def _slider(attrs, anomalous, n, sr, rng, severity):
 VALVE_PATTERNS = {"00": (0.5, 0.5), "01": (0.3, 0.7), "02": (0.8, 0.4), "03": (0.25, 0.25)}
 
 
-def _valve(attrs, anomalous, n, sr, rng, severity):
+def _valve(attrs, fault, n, sr, rng, severity):
     on_s, off_s = VALVE_PATTERNS[attrs["pat"]]
+    if fault is not None:  # a sticking armature: the valve opens late and closes early
+        on_s *= 1 - severity * fault.uniform(0.04, 0.08)
     jitter = rng.normal(0, 0.01, 64)
     opens = np.cumsum(np.tile([on_s + off_s], 64) + jitter) - rng.uniform(0, on_s + off_s)
     opens = opens[(opens > -on_s) & (opens < n / sr)]
@@ -411,7 +440,7 @@ def _valve(attrs, anomalous, n, sr, rng, severity):
     flow = _band(_coloured_noise(n, rng, 0.5), 500, 4000, sr) * is_open
     x = clicks / _rms(clicks) + 0.3 * flow / (_rms(flow) + 1e-9)
     x += 0.05 * _coloured_noise(n, rng, 1.5)  # the pump behind the valve
-    if anomalous:
+    if fault is not None:
         kind = rng.integers(2)
         if kind == 0:  # contamination: the armature bounces, a weak second click
             bounce = _resonant_impulses(
@@ -486,8 +515,9 @@ def render_clip(spec: ClipSpec, config: SynthConfig) -> SynthClip:
     sr = config.sample_rate
     n = int(round(config.seconds(spec.machine_type) * sr))
     rng = np.random.default_rng(spec.seed)
+    fault = np.random.default_rng([spec.seed, 1]) if spec.label == "anomaly" else None
     machine = SOUND_MODELS[spec.machine_type](
-        spec.attributes, spec.label == "anomaly", n, sr, rng, config.anomaly_severity
+        spec.attributes, fault, n, sr, rng, config.anomaly_severity
     )
     machine *= 10 ** (rng.uniform(-1.5, 1.5) / 20) * 0.05 / _rms(machine)  # level varies ±1.5 dB
     emulated = spec.machine_type.endswith("Emu")

@@ -175,6 +175,8 @@ class TrainConfig:
     AdamW group), ``adam_eps``, ``max_grad_norm`` (None: no clipping, as upstream).
     SpecAugment: one time and one frequency mask, widths below ``spec_augment_time`` /
     ``spec_augment_freq`` (see :func:`asd_utils.features.spec_augment`); 0 disables it.
+    ``mixup_alpha``: mixup of the waveforms (:func:`mixup`), λ ~ Beta(α, α); 0 (the default,
+    as Table 1, which lists SpecAugment only) disables it; the OS-SCL code uses 0.5.
     ``mixed_precision``: ``"no"`` or ``"bf16"``. ``checkpoint_every`` optimizer steps (0: none;
     the final weights are always saved), the newest ``keep_checkpoints`` kept (0: all);
     ``log_every``: how often the progress bar's loss/lr are refreshed.
@@ -192,6 +194,7 @@ class TrainConfig:
     ema_decay: float = 0.9995
     spec_augment_time: int = 80
     spec_augment_freq: int = 80
+    mixup_alpha: float = 0.0
     seed: int = 13711
     mixed_precision: str = "no"
     checkpoint_every: int = 500
@@ -214,6 +217,8 @@ class TrainConfig:
         positive = ("steps", "batch_size", "grad_accumulation", "warmup_steps", "log_every")
         if any(getattr(self, name) < 1 for name in positive):
             raise ValueError(f"{', '.join(positive)} must be >= 1 (got {self.to_dict()})")
+        if self.mixup_alpha < 0:
+            raise ValueError(f"mixup_alpha must be >= 0 (0: no mixup), not {self.mixup_alpha}")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"ema_decay must be in [0, 1), not {self.ema_decay}")
 
@@ -256,6 +261,29 @@ def ema_model(model: nn.Module, decay: float) -> AveragedModel:
     ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
     ema.n_averaged.fill_(1)
     return ema.requires_grad_(False)
+
+
+def mixup(
+    waveform: torch.Tensor,
+    lengths: torch.Tensor | None,
+    target: torch.Tensor,
+    alpha: float,
+    seed,
+) -> tuple[torch.Tensor, torch.Tensor | None, tuple[torch.Tensor, float]]:
+    """Mixup on waveforms (Zhang et al., ICLR 2018), as the OS-SCL code: one λ ~ Beta(α, α) per
+    micro-batch, each clip mixed with a random partner of the same micro-batch,
+    ``λ · x + (1 − λ) · x[perm]``. Returns the mixed waveforms, their valid lengths (the longer
+    of the two) and ``mix = (target[perm], λ)`` for the loss, which weighs its terms for
+    ``target`` by λ and for ``target[perm]`` by 1 − λ. ``seed``: a numpy seed (the loop passes
+    the micro-batch position, so nothing needs checkpointing).
+    """
+    rng = np.random.default_rng(seed)
+    lam = float(rng.beta(alpha, alpha))
+    perm = torch.from_numpy(rng.permutation(len(waveform))).to(waveform.device)
+    mixed = lam * waveform + (1 - lam) * waveform[perm]
+    if lengths is not None:
+        lengths = torch.maximum(lengths, lengths[perm])
+    return mixed, lengths, (target[perm], lam)
 
 
 # --- checkpoints ---------------------------------------------------------------------------------
@@ -323,8 +351,11 @@ class _Objective(nn.Module):
         super().__init__()
         self.model, self.loss_fn = model, loss_fn
 
-    def forward(self, waveform, lengths, target, augment=None) -> dict[str, torch.Tensor]:
-        return self.loss_fn(self.model(waveform, lengths, augment=augment), target)
+    def forward(self, waveform, lengths, target, augment=None, mix=None) -> dict[str, torch.Tensor]:
+        outputs = self.model(waveform, lengths, augment=augment)
+        if mix is None:
+            return self.loss_fn(outputs, target)
+        return self.loss_fn(outputs, target, mix=mix)
 
 
 @dataclass
@@ -520,9 +551,14 @@ def train(
                 freq_mask=config.spec_augment_freq,
                 generator=torch.Generator().manual_seed(seed),
             )
+        mix = None
+        if config.mixup_alpha > 0:
+            waveform, lengths, mix = mixup(
+                waveform, lengths, target, config.mixup_alpha, seed=(config.seed, micro, 7)
+            )
         lr = optimizer.param_groups[0]["lr"]
         with accelerator.accumulate(objective):
-            parts = objective(waveform, lengths, target, augment=augment)
+            parts = objective(waveform, lengths, target, augment=augment, mix=mix)
             accelerator.backward(parts["loss"])
             if config.max_grad_norm and accelerator.sync_gradients:
                 accelerator.clip_grad_norm_(objective.parameters(), config.max_grad_norm)

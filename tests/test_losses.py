@@ -114,3 +114,17 @@ def test_class_centres_are_trainable_parameters_of_the_loss():
     outputs = {"embedding": torch.randn(4, 6), "projection": torch.randn(4, 3)}
     loss(outputs, torch.tensor([0, 1, 0, 4]))["loss"].backward()
     assert loss.class_weights.grad is not None and loss.class_weights.grad.abs().sum() > 0
+
+
+def test_mixup_weighs_both_partners_labels():
+    torch.manual_seed(0)
+    loss = OSSCLLoss(num_classes=3, embedding_size=8, sub_centers=2)
+    outputs = {
+        "embedding": torch.randn(6, 8),
+        "projection": nn.functional.normalize(torch.randn(6, 4), dim=-1),
+    }
+    a, b = torch.tensor([0, 1, 2, 0, 1, 2]), torch.tensor([1, 1, 0, 2, 0, 2])
+    mixed = loss(outputs, a, mix=(b, 0.3))
+    expected = 0.3 * loss(outputs, a)["loss"] + 0.7 * loss(outputs, b)["loss"]
+    torch.testing.assert_close(mixed["loss"], expected)
+    torch.testing.assert_close(loss(outputs, a, mix=(b, 1.0))["loss"], loss(outputs, a)["loss"])

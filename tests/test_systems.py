@@ -2,6 +2,7 @@
 
 import math
 
+import pandas as pd
 import pytest
 import torch
 import yaml
@@ -141,3 +142,13 @@ def test_knn_k_follows_the_system_section(tiny_setup):
 def test_missing_checkpoint_is_a_clear_error(tmp_path):
     with pytest.raises(Exception, match="missing_eat"):
         systems.build_backbone("eat", "tiny", str(tmp_path / "missing_eat"))
+
+
+def test_target_clips_are_repeated_and_nothing_else_changes():
+    table = pd.DataFrame({"file_name": list("abcde"), "domain": ["source"] * 3 + ["target"] * 2})
+    assert systems.repeat_target_clips(table, 1) is table
+    repeated = systems.repeat_target_clips(table, 3)
+    assert list(repeated["file_name"]) == list("abcde") + list("de") * 2
+    assert repeated["domain"].value_counts().to_dict() == {"target": 6, "source": 3}
+    with pytest.raises(ValueError, match="target_repeats"):
+        systems.repeat_target_clips(table, 0)

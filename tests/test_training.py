@@ -386,6 +386,8 @@ def test_config_validation():
         TrainConfig.from_dict({"stepz": 3})
     with pytest.raises(ValueError, match="mixed_precision"):
         TrainConfig(mixed_precision="fp16")
+    with pytest.raises(ValueError, match="mixup_alpha"):
+        TrainConfig(mixup_alpha=-0.5)
     assert TrainConfig.from_dict({"steps": 3}).steps == 3
     paper = TrainConfig()
     assert (paper.steps, paper.batch_size, paper.grad_accumulation, paper.warmup_steps) == (
@@ -420,3 +422,18 @@ def test_two_processes_train_like_one(clips, tmp_path):
     reloaded = training.load_weights(EmbeddingModel(TinyBackbone(), 4), tmp_path / "two")
     for key, value in state(one.ema_model).items():
         torch.testing.assert_close(reloaded.state_dict()[key], value, rtol=1e-5, atol=1e-6)
+
+
+def test_mixup_mixes_each_clip_with_a_partner_of_the_batch():
+    waveform = torch.randn(6, 100)
+    lengths = torch.tensor([100, 80, 60, 100, 90, 70])
+    target = torch.arange(6)
+    mixed, mixed_lengths, (partner, lam) = training.mixup(waveform, lengths, target, 0.5, seed=3)
+    assert 0.0 < lam < 1.0
+    # the partner of clip i is the clip whose label it carries
+    torch.testing.assert_close(mixed, lam * waveform + (1 - lam) * waveform[partner])
+    assert torch.equal(mixed_lengths, torch.maximum(lengths, lengths[partner]))
+    assert sorted(partner.tolist()) == list(range(6)) and not torch.equal(partner, target)
+    again = training.mixup(waveform, lengths, target, 0.5, seed=3)
+    assert torch.equal(again[0], mixed) and again[2][1] == lam
+    assert training.mixup(waveform, lengths, target, 0.5, seed=4)[2][1] != lam
