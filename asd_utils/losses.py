@@ -108,7 +108,9 @@ class GRLLoss(nn.Module):
     (Deng et al., CVPR 2019; PML, margin in degrees) with ``sub_centers=1`` is the plain margin
     classifier. λ ramps with training progress p as :func:`asd_utils.models.heads.grl_lambda`;
     p counts this module's training-mode calls over ``total_calls`` (optimizer steps ×
-    accumulation) in a buffer, so it is checkpointed and resumes with the run. Returns
+    accumulation) in a buffer, so it is checkpointed and resumes with the run. Under mixup
+    (``mix = (partner targets, w)``) both terms weigh the two partners' targets by w and 1 − w,
+    as :class:`OSSCLLoss`. Returns
     ``{"loss", "margin", "domain", "domain_accuracy", "grl_lambda"}``.
     """
 
@@ -149,7 +151,10 @@ class GRLLoss(nn.Module):
         return grl_lambda(self.calls.item() / max(self.total_calls, 1), self.lambda_max)
 
     def forward(
-        self, outputs: dict[str, torch.Tensor], targets: torch.Tensor
+        self,
+        outputs: dict[str, torch.Tensor],
+        targets: torch.Tensor,
+        mix: tuple[torch.Tensor, float] | None = None,
     ) -> dict[str, torch.Tensor]:
         lam = self.current_lambda()
         if self.training:
@@ -160,6 +165,14 @@ class GRLLoss(nn.Module):
             margin = self.margin(embedding, labels)
             logits = self.domain_head(reverse_gradient(embedding, lam))
             domain = nn.functional.cross_entropy(logits, domains)
+            if mix is not None:  # mixup: both partners' targets, weighed by w and 1 − w
+                partner, weight = mix
+                margin = weight * margin + (1 - weight) * self.margin(
+                    embedding, self.class_to_label[partner]
+                )
+                domain = weight * domain + (1 - weight) * nn.functional.cross_entropy(
+                    logits, self.class_to_domain[partner]
+                )
         accuracy = (logits.argmax(1) == domains).float().mean()
         return {
             "loss": margin + self.domain_weight * domain,

@@ -152,3 +152,16 @@ def test_target_clips_are_repeated_and_nothing_else_changes():
     assert repeated["domain"].value_counts().to_dict() == {"target": 6, "source": 3}
     with pytest.raises(ValueError, match="target_repeats"):
         systems.repeat_target_clips(table, 0)
+
+
+def test_grl_loss_under_mixup_weighs_both_partners_and_counts_once():
+    torch.manual_seed(0)
+    head = GRLLoss(torch.tensor([0, 1, 1]), torch.tensor([0, 0, 1]), 8, total_calls=10)
+    outputs = {"embedding": torch.randn(4, 8)}
+    a, b = torch.tensor([0, 1, 2, 0]), torch.tensor([2, 0, 1, 1])
+    head.eval()
+    expected = 0.3 * head(outputs, a)["loss"] + 0.7 * head(outputs, b)["loss"]
+    head.train()
+    mixed = head(outputs, a, mix=(b, 0.3))
+    torch.testing.assert_close(mixed["loss"], expected)
+    assert head.calls.item() == 1
