@@ -7,7 +7,7 @@ PROFILE ?= quick
 KERNEL := asd-xju
 export DATA_ROOT OUTPUT_ROOT
 
-.PHONY: setup report test lab bench clean
+.PHONY: setup report test lab bench seeds clean
 
 $(VENV)/.installed: requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -35,6 +35,9 @@ bench: setup  ## speed benchmarks (not part of make test)
 	$(PY) benchmarks/bench_fbank.py
 	$(PY) benchmarks/bench_anc.py
 	$(PY) benchmarks/bench_backbones.py
+
+seeds: setup  ## System 1 and the AE baseline over several seeds (~3.5 min per seed under quick)
+	$(PY) benchmarks/bench_seeds.py --profile $(PROFILE)
 
 clean:  ## results and the built book (keeps the venv and the synthetic data)
 	rm -rf _build outputs

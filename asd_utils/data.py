@@ -8,6 +8,7 @@ This module knows nothing of features.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import struct
@@ -334,6 +335,19 @@ def read_clips(
         n = min(clip.shape[1], batch.shape[2])
         batch[i, :, :n] = clip[:, :n]
     return batch
+
+
+def clip_fingerprint(table: pd.DataFrame) -> str:
+    """SHA-256 of the clips of ``table`` as files: each path, size and modification time.
+
+    Part of every cache key that depends on the audio (training runs, embeddings): a dataset
+    made again in the same folder, or a clip replaced, gives a new key.
+    """
+    digest = hashlib.sha256()
+    for path in table["path"]:
+        stat = os.stat(path)
+        digest.update(f"{path}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+    return digest.hexdigest()
 
 
 def describe_channels(table: pd.DataFrame) -> str:

@@ -23,6 +23,7 @@ from torch import nn
 from tqdm import tqdm
 
 import asd_utils
+from asd_utils import data
 from asd_utils.files import atomic_path, write_table
 from asd_utils.training import load_waveform
 
@@ -53,9 +54,7 @@ def embedding_cache_key(
     sources |= {str(package / name) for name in ("features.py", "data.py", "training.py")}
     for source in sorted(s for s in sources if s):
         digest.update(Path(source).read_bytes())
-    for path in table["path"]:
-        stat = os.stat(path)
-        digest.update(f"{path}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+    digest.update(data.clip_fingerprint(table).encode())
     return digest.hexdigest()
 
 

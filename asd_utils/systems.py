@@ -194,13 +194,15 @@ def run_file(data_root: str | Path, profile: str, system: str, output_dir: str |
 
 def run_dir(output_root: str | Path, profile: dict, system: str, data_root: str | Path) -> Path:
     """Where a system's training run lives: ``<output_root>/training/<system>-<key>``, the key a
-    hash of every setting that changes the weights (section, front-end, seed, data root), so a
-    changed profile trains anew and an unchanged one resumes (or finds the run finished)."""
+    hash of everything that changes the weights (section, front-end, seed, data root and its
+    training clips as files, :func:`asd_utils.data.clip_fingerprint`), so a changed profile or
+    dataset trains anew and an unchanged one resumes (or finds the run finished)."""
     payload = {
         "settings": settings(profile, system),
         "front_end": front_end(profile, system)[2],
         "seed": profile["seed"],
         "data_root": str(data_root),
+        "clips": data.clip_fingerprint(data.index_dataset(data_root, split="train")),
     }
     key = hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
     return Path(output_root) / "training" / f"{system.replace(' ', '_')}-{key[:10]}"

@@ -94,9 +94,10 @@ def test_anomalies_change_the_sound_but_subtly(machine_type):
     # long-term log-mel spectrum changes, by a few dB on average, not by a different sound.
     model = synth.SOUND_MODELS[machine_type]
     attributes = synth.clip_plan(synth.SynthConfig(machine_types=(machine_type,)))[0].attributes
+    sound = synth.SynthConfig().fault_sound_level  # the dataset's own level
 
     def spectrum(fault, seed):
-        audio = model(attributes, fault, 32000, 16000, np.random.default_rng(seed), 1.0)
+        audio = model(attributes, fault, 32000, 16000, np.random.default_rng(seed), 1.0, sound)
         power = 10 ** (log_mel(torch.from_numpy(audio)) / 10)
         shape = 10 * torch.log10(power.mean(0) + 1e-6 * power.mean())  # floor: −60 dB
         return shape - shape.mean()  # the spectral shape, whatever the level
@@ -114,6 +115,17 @@ def test_existing_dataset_with_other_settings_is_refused(small_root):
         synth.generate_dataset(small_root, other, progress=False)
     manifest = json.loads((small_root / synth.MANIFEST).read_text())
     assert manifest["fingerprint"] == SMALL.fingerprint()
+
+
+def test_a_stale_dataset_is_made_again_when_asked(tmp_path):
+    # A profile's own synthetic root after its settings (or the generator) changed: replaced,
+    # with no clip of the old set left behind.
+    root = synth.generate_dataset(tmp_path, SMALL, progress=False)
+    other = synth.SynthConfig(**{**SMALL.to_dict(), "machine_types": ("fan",), "n_test": 2})
+    synth.generate_dataset(root, other, progress=False, replace=True)
+    assert json.loads((root / synth.MANIFEST).read_text())["fingerprint"] == other.fingerprint()
+    table = data.index_dataset(root)
+    assert set(table["machine_type"]) == {"fan"} and len(table) == 3 + 1 + 4 * 2
 
 
 def test_unknown_settings_and_machine_types_are_errors():

@@ -1,6 +1,7 @@
 """Systems 1–3 as profile sections plus models; the gradient reversal layer of System 2."""
 
 import math
+import os
 
 import pandas as pd
 import pytest
@@ -106,6 +107,14 @@ def test_run_folder_changes_with_any_weight_setting(tiny_setup):
     }
     assert systems.run_dir(tmp, changed, "System 1", paths.data_root) != first
     assert systems.run_dir(tmp, profile, "System 3", paths.data_root) != first
+    # The same folder holding other clips (a dataset made again, a clip replaced) trains anew.
+    clip = data.index_dataset(paths.data_root, split="train")["path"].iloc[0]
+    stat = os.stat(clip)
+    try:
+        os.utime(clip, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
+        assert systems.run_dir(tmp, profile, "System 1", paths.data_root) != first
+    finally:
+        os.utime(clip, ns=(stat.st_atime_ns, stat.st_mtime_ns))
 
 
 def test_beats_grl_trains_checkpoints_and_resumes(tiny_setup):
