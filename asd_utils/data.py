@@ -46,6 +46,7 @@ COLUMNS = [
 ]
 SPLITS = ("train", "test")
 PROGRESS_MIN = 500  # show a progress bar above this many files
+PROGRESS_DELAY = 2.0  # … and only once the loop has taken this many seconds (fast local disks)
 
 EXPECTED_LAYOUT = (
     "<data_root>/dev_data/raw/<machine_type>/{train,test}/*.wav, "
@@ -223,7 +224,13 @@ def index_dataset(
         raise DataError(f"no {split} clips in {str(data_root)!r}; expected {EXPECTED_LAYOUT}")
 
     rows = []
-    progress = tqdm(files, desc="indexing clips", unit="file", disable=len(files) <= PROGRESS_MIN)
+    progress = tqdm(
+        files,
+        desc="indexing clips",
+        unit="file",
+        disable=len(files) <= PROGRESS_MIN,
+        delay=PROGRESS_DELAY,
+    )
     for machine_type, folder_split, path in progress:
         fields = parse_file_name(path)
         if fields["split"] not in (None, folder_split):
