@@ -7,7 +7,7 @@ PROFILE ?= quick
 KERNEL := asd-xju
 export DATA_ROOT OUTPUT_ROOT
 
-.PHONY: setup report test lab bench seeds clean
+.PHONY: setup report test lab bench seeds submission clean
 
 $(VENV)/.installed: requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -38,6 +38,9 @@ bench: setup  ## speed benchmarks (not part of make test)
 
 seeds: setup  ## System 1 and the AE baseline over several seeds (~3.5 min per seed under quick)
 	$(PY) benchmarks/bench_seeds.py --profile $(PROFILE)
+
+submission: setup  ## the DCASE package of a finished run; LABEL=Doe_XJU SYSTEMS='"System 4" "System 1"'
+	$(PY) -m asd_utils.submission write --profile $(PROFILE) $(if $(LABEL),--label $(LABEL)) $(if $(SYSTEMS),--systems $(SYSTEMS))
 
 clean:  ## results and the built book (keeps the venv and the synthetic data)
 	rm -rf _build outputs

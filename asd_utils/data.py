@@ -30,6 +30,7 @@ except ImportError:  # progress bars are a nicety, never a requirement
 
 
 COLUMNS = [
+    "dataset",
     "machine_type",
     "section",
     "domain",
@@ -101,7 +102,11 @@ def parse_file_name(name: str | os.PathLike) -> dict:
 
 
 def parse_attributes(attributes: str) -> dict[str, str]:
-    """Turn ``"car_A2_spd_28V"`` into ``{"car": "A2", "spd": "28V"}``; values stay strings."""
+    """Turn ``"car_A2_spd_28V"`` into ``{"car": "A2", "spd": "28V"}``; values stay strings.
+
+    A key may repeat within one name (2026 ToyCarEmu: ``..._mic_2_mic_1``); its second value is
+    kept under ``"mic (2)"``, its third under ``"mic (3)"`` and so on. Classes use the raw string.
+    """
     if attributes in ("", "noAttribute"):
         return {}
     tokens = attributes.split("_")
@@ -110,14 +115,34 @@ def parse_attributes(attributes: str) -> dict[str, str]:
             f"attributes {attributes!r} have {len(tokens)} '_'-separated tokens; "
             "expected key_value pairs (an even number)"
         )
-    return dict(zip(tokens[::2], tokens[1::2], strict=True))
+    pairs: dict[str, str] = {}
+    for key, value in zip(tokens[::2], tokens[1::2], strict=True):
+        name, n = key, 1
+        while name in pairs:
+            n += 1
+            name = f"{key} ({n})"
+        pairs[name] = value
+    return pairs
+
+
+DATASETS = ("dev", "eval")
 
 
 def _raw_roots(data_root: Path) -> list[Path]:
     if not data_root.is_dir():
         raise DataError(f"data_root {str(data_root)!r} is not a folder; expected {EXPECTED_LAYOUT}")
-    raw = [data_root / part / "raw" for part in ("dev_data", "eval_data")]
+    raw = [data_root / f"{part}_data" / "raw" for part in DATASETS]
     return [root for root in raw if root.is_dir()] or [data_root]
+
+
+def dataset_of(folder: Path) -> str:
+    """``"eval"`` for a machine type folder under ``eval_data/raw``, else ``"dev"`` (a bare
+    ``<machine_type>/`` tree counts as development data)."""
+    return (
+        "eval"
+        if folder.parent.name == "raw" and folder.parent.parent.name == "eval_data"
+        else "dev"
+    )
 
 
 def _machine_type_dirs(data_root: Path) -> list[Path]:
@@ -186,7 +211,8 @@ def index_dataset(
 
     Accepts ``dev_data/raw/<machine_type>/{train,test}``, ``eval_data/raw/<machine_type>/...``
     (both are indexed when both exist) or a bare ``<machine_type>/{train,test}`` tree.
-    ``split`` comes from the folder (anonymous eval names carry none); ``channels``,
+    ``dataset`` is ``"dev"`` or ``"eval"`` (:func:`dataset_of`). ``split`` comes from the
+    folder (anonymous eval names carry none); ``channels``,
     ``sample_rate``, ``frames`` and ``duration`` (seconds) come from each WAV header. Rows are
     sorted by machine_type (case-insensitively), split and file_name. ``split`` ("train" or
     "test") and ``machine_types`` filter the table.
@@ -205,10 +231,10 @@ def index_dataset(
             )
         folders = [folder for folder in folders if folder.name in wanted]
 
-    files = []  # (machine_type, folder split, path)
+    files = []  # (dataset, machine_type, folder split, path)
     for folder in folders:
         found = [
-            (folder.name, folder_split, path)
+            (dataset_of(folder), folder.name, folder_split, path)
             for folder_split in SPLITS
             if (folder / folder_split).is_dir()
             for path in sorted((folder / folder_split).glob("*.wav"))
@@ -219,7 +245,7 @@ def index_dataset(
                 f"machine type folder {str(folder)!r} has no .wav files in train/ or test/; "
                 f"expected {EXPECTED_LAYOUT}"
             )
-        files += [entry for entry in found if split in (None, entry[1])]
+        files += [entry for entry in found if split in (None, entry[2])]
     if not files:
         raise DataError(f"no {split} clips in {str(data_root)!r}; expected {EXPECTED_LAYOUT}")
 
@@ -231,7 +257,7 @@ def index_dataset(
         disable=len(files) <= PROGRESS_MIN,
         delay=PROGRESS_DELAY,
     )
-    for machine_type, folder_split, path in progress:
+    for dataset, machine_type, folder_split, path in progress:
         fields = parse_file_name(path)
         if fields["split"] not in (None, folder_split):
             raise DataError(
@@ -242,6 +268,7 @@ def index_dataset(
         rows.append(
             {
                 **fields,
+                "dataset": dataset,
                 "machine_type": machine_type,
                 "split": folder_split,
                 "file_name": path.name,

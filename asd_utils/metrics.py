@@ -97,6 +97,43 @@ def machine_sort_key(machine_type: str) -> tuple[str, str]:
     return machine_type.lower(), machine_type
 
 
+def labelled(scores: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
+    """The test clips with ground truth, and the machine types without any.
+
+    ``scores``: rows with ``machine_type``, ``domain`` and ``label`` (a clip or score table; with
+    a ``split`` column only its test rows count, so training clips never enter metrics). A
+    machine type has ground truth when every one of
+    its rows has a label and a domain (dev names); evaluation-set test clips are anonymous
+    (``section_00_0000.wav``) and have neither. Returns ``(rows with ground truth, sorted
+    machine types without)``. A machine type with some labelled and some anonymous clips is an
+    error (its metrics would silently use part of the clips).
+    """
+    if "split" in scores.columns:
+        scores = scores[scores["split"] == "test"]
+    known = scores["label"].notna() & scores["domain"].notna()
+    by_type = known.groupby(scores["machine_type"]).agg(["all", "any"])
+    mixed = by_type.index[by_type["any"] & ~by_type["all"]].tolist()
+    if mixed:
+        raise ValueError(
+            f"machine types {mixed} mix labelled and anonymous test clips; expected all of one kind"
+        )
+    missing = sorted(by_type.index[~by_type["any"]], key=machine_sort_key)
+    return scores[known], missing
+
+
+def no_ground_truth_note(machine_types: Sequence[str]) -> str:
+    """A sentence naming the machine types scored without ground truth (or saying there are
+    none)."""
+    if not machine_types:
+        return "Every machine type's test clips have ground truth."
+    names = ", ".join(machine_types)
+    return (
+        f"No ground truth for {names} (anonymous evaluation-set test clips): "
+        f"{'it is' if len(machine_types) == 1 else 'they are'} scored and decided, "
+        "with no metrics."
+    )
+
+
 def evaluate(scores: pd.DataFrame) -> pd.DataFrame:
     """Per-(machine type, section) metrics of a whole system.
 
@@ -109,6 +146,12 @@ def evaluate(scores: pd.DataFrame) -> pd.DataFrame:
     missing = [c for c in required if c not in scores.columns]
     if missing:
         raise ValueError(f"scores lack columns {missing}")
+    unlabelled = scores.loc[scores["label"].isna() | scores["domain"].isna(), "machine_type"]
+    if len(unlabelled):
+        raise ValueError(
+            f"{unlabelled.iloc[0]}: test clips without ground truth (anonymous evaluation-set "
+            "names); evaluate only the rows metrics.labelled() keeps"
+        )
     rows = []
     for (machine_type, section), group in scores.groupby(["machine_type", "section"], sort=False):
         try:
@@ -151,6 +194,10 @@ def summarise(table: pd.DataFrame) -> dict[str, float]:
     values only, ``hmean_target`` over the auc_target values only (the evaluator's "harmonic
     mean (source/target)"), and ``hmean_pauc`` over the pauc values.
     """
+    if table.empty:  # no machine type with ground truth (an evaluation set alone)
+        return dict.fromkeys(
+            ("hmean", "amean", "hmean_source", "hmean_target", "hmean_pauc"), np.nan
+        )
     flat = table[list(METRICS)].to_numpy(dtype=float)
     return {
         "hmean": official_score(flat),
@@ -324,6 +371,22 @@ def decision_metrics(label, domain, decisions) -> pd.DataFrame:
         )
         rows[d] = {"precision": float(p), "recall": float(r), "f1": float(f)}
     return pd.DataFrame.from_dict(rows, orient="index").rename_axis("domain")
+
+
+def flagged_share(decisions: pd.DataFrame) -> pd.Series:
+    """The share of test clips a system flags as anomalous, per domain and overall.
+
+    ``decisions``: :func:`read_system_scores` with ``kind="decision_result"`` (columns
+    ``domain`` and ``decision_result``). Returns a Series indexed ``source``, ``target``,
+    ``unknown`` (anonymous evaluation clips; only if present) and ``all``, values in [0, 1]. The
+    test sets hold as many anomalies as normal clips, so a useful detector flags a share well
+    inside (0, 1); 0 or 1 means its threshold does not transfer to the test clips.
+    """
+    flagged = decisions["decision_result"].astype(float)
+    domain = decisions["domain"].fillna("unknown")
+    share = flagged.groupby(domain).mean()
+    order = [d for d in (*DOMAINS, "unknown") if d in share.index]
+    return pd.concat([share.reindex(order), pd.Series({"all": flagged.mean()})])
 
 
 # --- Table 2 -------------------------------------------------------------------------------------

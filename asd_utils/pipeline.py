@@ -23,6 +23,7 @@ from importlib import metadata
 from pathlib import Path
 
 from asd_utils.config import REPO_ROOT, RunPaths, load_profile, prepare_data, resolve_paths
+from asd_utils.data import DataError
 from asd_utils.files import atomic_write_text
 
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
@@ -67,7 +68,33 @@ def git_commit() -> str:
         return "unknown (not a git checkout)"
 
 
-def run_record(profile: dict, paths: RunPaths, stages: dict[str, float]) -> dict:
+def preflight(paths: RunPaths) -> dict:
+    """Index the data once before any notebook runs, so a bad tree fails in seconds, and decide
+    which systems can run on it (:func:`asd_utils.systems.unavailable`). Prints one line on the
+    data and one per skipped system; returns what the run record keeps of it."""
+    from asd_utils import data, metrics, systems
+
+    clips = data.index_dataset(paths.data_root)
+    skipped = systems.unavailable(clips)
+    _, no_truth = metrics.labelled(clips)
+    sets = {
+        name: sorted(part["machine_type"].unique(), key=metrics.machine_sort_key)
+        for name, part in clips.groupby("dataset")
+    }
+    print(
+        f"data: {data.describe_channels(clips)}; "
+        + "; ".join(f"{k}: {', '.join(v)}" for k, v in sets.items())
+    )
+    if no_truth:
+        print(metrics.no_ground_truth_note(no_truth))
+    if skipped:
+        print(systems.skip_notice(skipped))
+    return {"machine_types": sets, "no_ground_truth": no_truth, "systems_skipped": skipped}
+
+
+def run_record(
+    profile: dict, paths: RunPaths, stages: dict[str, float], data_summary: dict | None = None
+) -> dict:
     """What ran: profile (in full), seed, data, commit, package versions, machine, stage times."""
     versions = {}
     for package in PACKAGES:
@@ -81,6 +108,7 @@ def run_record(profile: dict, paths: RunPaths, stages: dict[str, float]) -> dict
         "settings": profile,
         "data_root": str(paths.data_root),
         "data": "synthetic (asd_utils.synth)" if paths.synthetic else "user-given DCASE tree",
+        **(data_summary or {}),
         "output_root": str(paths.output_root),
         "git_commit": git_commit(),
         "python": sys.version.split()[0],
@@ -182,19 +210,21 @@ def run(
     stages: dict[str, float] = {}
     start = time.perf_counter()
     prepare_data(profile, paths)
+    summary = preflight(paths)
     stages["prepare_data"] = round(time.perf_counter() - start, 1)
     stage = paths.output_root / "book_source"
     record_path = paths.output_root / "run_record.json"
-    atomic_write_text(record_path, json.dumps(run_record(profile, paths, stages), indent=2))
+    record = run_record(profile, paths, stages, summary)
+    atomic_write_text(record_path, json.dumps(record, indent=2))
     stages |= execute_notebooks(profile, paths, stage / "notebooks", kernel=kernel, only=only)
-    record = run_record(profile, paths, stages)
+    record = run_record(profile, paths, stages, summary)
     atomic_write_text(record_path, json.dumps(record, indent=2))
     if book:
         start = time.perf_counter()
         html = build_book(stage, Path(build_dir) if build_dir else REPO_ROOT)
         stages["book"] = round(time.perf_counter() - start, 1)
         print(f"book built in {stages['book']:.0f} s: {html / 'index.html'}")
-        record = run_record(profile, paths, stages)
+        record = run_record(profile, paths, stages, summary)
         atomic_write_text(record_path, json.dumps(record, indent=2))
     return record
 
@@ -225,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
             args.only,
             args.kernel,
         )
-    except (NotebookFailed, FileNotFoundError, FileExistsError, RuntimeError) as err:
+    except (NotebookFailed, FileNotFoundError, FileExistsError, RuntimeError, DataError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     return 0

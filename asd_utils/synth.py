@@ -2,7 +2,8 @@
 
 A stand-in for the real development set with the same layout, file names, ``attributes_00.csv``
 and audio format (stereo 16 kHz 16-bit WAV, channel 0 the near microphone, channel 1 the far
-one), for the seven 2026 development machine types. Every machine type has its own physically
+one), for the seven 2026 development machine types, with the attributes their real file names
+carry (six of the twelve 2026 machine types carry none). Every machine type has its own physically
 motivated sound model whose attributes change the sound; anomalies are subtle and specific to the
 machine (a fault adds its own sound and shifts the operating signature the attributes describe,
 e.g. friction slows a motor); environmental noise reaches both microphones but is much stronger
@@ -46,6 +47,11 @@ MANIFEST = "synth_config.json"
 class SynthConfig:
     """Sizes and acoustics of a synthetic dataset (one per profile; see ``profiles/*.yaml``).
 
+    ``machine_types`` go to ``dev_data`` (labelled test names); ``eval_machine_types`` to
+    ``eval_data``, whose test clips get anonymous names (``section_00_0000.wav``, in shuffled
+    order), as the real evaluation set; both use the sound models of the 2026 development types.
+    ``channels`` 2 writes stereo clips (ch0 near, ch1 far, the 2026 format), 1 the near channel
+    only (the mono format of 2020–2025).
     ``n_test`` clips are made for each of the four (domain, label) kinds, as the real 50/50/50/50.
     ``clip_seconds`` maps a machine type to its clip length (key ``default`` for the others; the
     real set has 12 s ToyCar/ToyCarEmu clips and 10 s for the rest). ``anomaly_severity`` scales
@@ -56,6 +62,8 @@ class SynthConfig:
     """
 
     machine_types: tuple[str, ...] = MACHINE_TYPES
+    eval_machine_types: tuple[str, ...] = ()
+    channels: int = 2
     n_train_source: int = 990
     n_train_target: int = 10
     n_test: int = 50
@@ -77,10 +85,20 @@ class SynthConfig:
         if unknown:
             raise ValueError(f"unknown synth settings {sorted(unknown)}; known: {sorted(known)}")
         values = dict(values)
-        for key in ("machine_types", "near_snr_db", "far_snr_db"):
+        for key in ("machine_types", "eval_machine_types", "near_snr_db", "far_snr_db"):
             if key in values:
                 values[key] = tuple(values[key])
-        return cls(**values)
+        config = cls(**values)
+        if config.channels not in (1, 2):
+            raise ValueError(
+                f"synth channels must be 1 (mono) or 2 (stereo), not {config.channels}"
+            )
+        both = set(config.machine_types) & set(config.eval_machine_types)
+        if both:
+            raise ValueError(
+                f"machine types {sorted(both)} are in both machine_types and eval_machine_types"
+            )
+        return config
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -94,15 +112,18 @@ class SynthConfig:
         return float(self.clip_seconds.get(machine_type, self.clip_seconds["default"]))
 
 
-GENERATOR_VERSION = 3  # bump whenever a sound model changes, so old datasets are regenerated
+GENERATOR_VERSION = 4  # bump whenever a sound model changes, so old datasets are regenerated
 # 2: faults also shift the operating signature (speed, load, timing), not only add a sound
 # 3: a fault's own sound has its own level, SynthConfig.fault_sound_level (default 0.25)
+# 4: file names carry the attributes of the real 2026 names (NAMED_ATTRIBUTES; six machine types
+#    none), fan's model attribute is its speed 'spd'; eval_data sets and mono clips on request
 
 
 # --- attributes: what each machine type's file names carry, and its domain shift -------------
 
-# For each machine type: attribute name → (source-domain values, target-domain values).
-# The target domain uses operating conditions never seen in the source domain, as in DCASE.
+# For each machine type: attribute name → (source-domain values, target-domain values), the
+# operating conditions the sound model uses. The target domain uses conditions never seen in the
+# source domain, as in DCASE. Which of them a file name shows is NAMED_ATTRIBUTES' business.
 ATTRIBUTES: dict[str, dict[str, tuple[tuple[str, ...], tuple[str, ...]]]] = {
     "ToyCar": {
         "car": (("A1", "B1", "C1"), ("D1",)),
@@ -113,13 +134,14 @@ ATTRIBUTES: dict[str, dict[str, tuple[tuple[str, ...], tuple[str, ...]]]] = {
         "car": (("A2", "B2", "C2"), ("E2",)),
         "spd": (("28V", "31V"), ("37V",)),
         "mic": (("1", "2"), ("2",)),
+        "mic2": (("1",), ("1",)),  # the real names repeat the key: ..._mic_2_mic_1
     },
     "bearingEmu": {
         "vel": (("6", "10", "14"), ("22",)),
         "loc": (("A", "B"), ("C",)),
     },
     "fan": {
-        "m-n": (("W", "X"), ("Y",)),
+        "spd": (("1", "2"), ("3",)),
     },
     "gearboxEmu": {
         "volt": (("1.0", "1.3"), ("1.8",)),
@@ -132,6 +154,25 @@ ATTRIBUTES: dict[str, dict[str, tuple[tuple[str, ...], tuple[str, ...]]]] = {
     "valveEmu": {
         "pat": (("00", "01"), ("03",)),
     },
+}
+
+# What the file names carry, as in the public listing of the real 2026 names
+# (dcase2026-task2.md): (key in the name, condition above, value renaming or None). Six machine
+# types (ToyCar, bearingEmu, sliderEmu, valveEmu here) name none (``..._0000_noAttribute.wav``):
+# their conditions still change the sound and still shift between domains, unnamed.
+NAMED_ATTRIBUTES: dict[str, list[tuple[str, str, dict | None]]] = {
+    "ToyCar": [],
+    "ToyCarEmu": [
+        ("car", "car", None),
+        ("spd", "spd", None),
+        ("mic", "mic", None),
+        ("mic", "mic2", None),
+    ],
+    "bearingEmu": [],
+    "fan": [("spd", "spd", None)],
+    "gearboxEmu": [("pro", "volt", {"1.0": "A", "1.3": "B", "1.8": "C"})],
+    "sliderEmu": [],
+    "valveEmu": [],
 }
 
 NOISE_TYPES = ("factory", "hum", "impacts", "babble")
@@ -148,31 +189,45 @@ class ClipSpec:
     index: int
     attributes: dict
     seed: int
+    dataset: str = "dev"
+    anonymous_index: int | None = None  # eval test clips: the number in section_00_<NNNN>.wav
 
     @property
     def attribute_string(self) -> str:
-        return "_".join(f"{k}_{v}" for k, v in self.attributes.items())
+        """The attributes the file name shows (:data:`NAMED_ATTRIBUTES`), ``"noAttribute"`` if
+        none, as in the real 2026 names."""
+        tokens = [
+            f"{key}_{(rename or {}).get(self.attributes[condition], self.attributes[condition])}"
+            for key, condition, rename in NAMED_ATTRIBUTES[self.machine_type]
+        ]
+        return "_".join(tokens) or "noAttribute"
 
     @property
     def file_name(self) -> str:
+        if self.anonymous_index is not None:
+            return f"section_00_{self.anonymous_index:04d}.wav"
         stem = f"section_00_{self.domain}_{self.split}_{self.label}_{self.index:04d}"
-        return f"{stem}_{self.attribute_string}.wav" if self.attributes else f"{stem}.wav"
+        return f"{stem}_{self.attribute_string}.wav"
 
 
 def clip_plan(config: SynthConfig) -> list[ClipSpec]:
     """Every clip of the dataset, in a fixed order; attributes and seeds drawn from ``config.seed``.
 
     Training clips are normal; test clips are ``n_test`` of each (domain, label) kind. Indices
-    restart per (domain, split, label), as in the real file names.
+    restart per (domain, split, label), as in the real file names. Test clips of
+    ``eval_machine_types`` get anonymous indices, a random permutation of 0 … 4·n_test − 1.
     """
-    unknown = set(config.machine_types) - set(ATTRIBUTES)
+    unknown = set(config.machine_types + config.eval_machine_types) - set(ATTRIBUTES)
     if unknown:
         raise ValueError(
             f"no sound model for machine types {sorted(unknown)}; known: {MACHINE_TYPES}"
         )
     plan = []
-    for m, machine_type in enumerate(config.machine_types):
+    datasets = ["dev"] * len(config.machine_types) + ["eval"] * len(config.eval_machine_types)
+    for m, machine_type in enumerate(config.machine_types + config.eval_machine_types):
+        dataset = datasets[m]
         rng = np.random.default_rng([config.seed, m])
+        anonymous = iter(np.random.default_rng([config.seed, m, 1]).permutation(4 * config.n_test))
         kinds = [
             ("source", "train", "normal", config.n_train_source),
             ("target", "train", "normal", config.n_train_target),
@@ -197,6 +252,8 @@ def clip_plan(config: SynthConfig) -> list[ClipSpec]:
                         index,
                         attributes,
                         int(rng.integers(2**31)),
+                        dataset,
+                        int(next(anonymous)) if dataset == "eval" and split == "test" else None,
                     )
                 )
     return plan
@@ -354,7 +411,7 @@ def _bearing(attrs, fault, n, sr, rng, severity, sound):
 
 
 def _fan(attrs, fault, n, sr, rng, severity, sound):
-    model = np.random.default_rng(_name_seed("fan", attrs["m-n"]))
+    model = np.random.default_rng(_name_seed("fan", attrs["spd"]))
     blades = int(model.integers(5, 10))
     # Imbalance or clogging loads the motor (it slows) and chokes the air flow.
     slow, choke = (
@@ -567,8 +624,8 @@ def render_clip(spec: ClipSpec, config: SynthConfig) -> SynthClip:
 # --- the dataset on disk ----------------------------------------------------------------------
 
 
-def _machine_dir(root: Path, machine_type: str) -> Path:
-    return root / "dev_data" / "raw" / machine_type
+def _machine_dir(root: Path, machine_type: str, dataset: str = "dev") -> Path:
+    return root / f"{dataset}_data" / "raw" / machine_type
 
 
 def generate_dataset(
@@ -577,11 +634,13 @@ def generate_dataset(
     """Write the dataset under ``root`` in the DCASE layout, unless it is already there.
 
     ``root/dev_data/raw/<machine_type>/{train,test}/*.wav`` and ``attributes_00.csv`` per machine
-    type, plus ``root/synth_config.json`` (the config and its fingerprint), written last, so a
-    crash leaves no manifest and the next call starts again. A root holding a dataset made with
-    another config (or an older generator version) is never silently reused: it is an error, or
-    with ``replace=True`` (a profile's own synthetic root, which only this function writes) its
-    ``dev_data`` tree is deleted and made again.
+    type (``eval_data/raw/...`` for ``eval_machine_types``, whose attribute file lists the
+    training clips only, as the test names are anonymous), plus ``root/synth_config.json`` (the
+    config and its fingerprint), written last, so a crash leaves no manifest and the next call
+    starts again. A root holding a dataset made with another config (or an older generator
+    version) is never silently reused: it is an error, or with ``replace=True`` (a profile's own
+    synthetic root, which only this function writes) its ``dev_data`` and ``eval_data`` trees
+    are deleted and made again.
     """
     root = Path(root)
     manifest = root / MANIFEST
@@ -598,25 +657,32 @@ def generate_dataset(
             raise FileExistsError(f"{why}; delete it or choose another data_root")
         print(f"{why}: making it again")
         manifest.unlink()
-        shutil.rmtree(root / "dev_data", ignore_errors=True)
+        for part in ("dev_data", "eval_data"):
+            shutil.rmtree(root / part, ignore_errors=True)
     start = time.perf_counter()
     plan = clip_plan(config)
     rows = []
     for spec in tqdm(plan, desc="synthesising clips", disable=not progress, mininterval=2):
         clip = render_clip(spec, config)
-        path = _machine_dir(root, spec.machine_type) / spec.split / spec.file_name
-        write_wav(path, clip.audio.astype(np.float32), config.sample_rate)
-        rows.append((spec.machine_type, spec.split, spec.file_name, spec.attributes))
-    for machine_type in config.machine_types:
-        lines = []
-        for mt, split, name, attrs in rows:
-            if mt == machine_type:
-                pairs = [token for key, value in attrs.items() for token in (key, value)]
-                lines.append(",".join([f"{machine_type}/{split}/{name}", *pairs]))
-        n_attr = len(ATTRIBUTES[machine_type])
+        folder = _machine_dir(root, spec.machine_type, spec.dataset)
+        audio = clip.audio[: config.channels].astype(np.float32)
+        write_wav(folder / spec.split / spec.file_name, audio, config.sample_rate)
+        rows.append(spec)
+    for machine_type in config.machine_types + config.eval_machine_types:
+        lines, dataset = [], None
+        for spec in rows:
+            if spec.machine_type == machine_type and spec.anonymous_index is None:
+                dataset = spec.dataset
+                tokens = (
+                    spec.attribute_string.split("_")
+                    if spec.attribute_string != "noAttribute"
+                    else []
+                )
+                lines.append(",".join([f"{machine_type}/{spec.split}/{spec.file_name}", *tokens]))
+        n_attr = len(NAMED_ATTRIBUTES[machine_type])
         header = ",".join(["file_name"] + [f"d{i}{s}" for i in range(1, n_attr + 1) for s in "pv"])
         atomic_write_text(
-            _machine_dir(root, machine_type) / "attributes_00.csv",
+            _machine_dir(root, machine_type, dataset) / "attributes_00.csv",
             "\n".join([header, *lines]) + "\n",
         )
     atomic_write_text(
@@ -659,12 +725,13 @@ def plan_table(config: SynthConfig) -> pd.DataFrame:
     return pd.DataFrame(
         [
             dict(
+                dataset=s.dataset,
                 machine_type=s.machine_type,
                 domain=s.domain,
                 split=s.split,
                 label=s.label,
                 index=s.index,
-                attributes=s.attribute_string,
+                attributes="" if s.attribute_string == "noAttribute" else s.attribute_string,
                 file_name=s.file_name,
             )
             for s in clip_plan(config)

@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from asd_utils import anc, config, data, training
+from asd_utils.files import atomic_write_text
 from asd_utils.losses import GRLLoss, OSSCLLoss
 from asd_utils.models.beats import BEATs, BEATsConfig
 from asd_utils.models.eat import EAT, EATConfig
@@ -37,6 +38,7 @@ SYSTEMS = {
     "System 2": {"section": "beats_grl", "anc": False},
     "System 3": {"section": "osscl", "anc": True},
 }
+INFO = "system.json"  # beside a system's official files: its name and parameter count
 CHECKPOINT_ENV = {"eat": "EAT_CHECKPOINT", "beats": "BEATS_CHECKPOINT"}
 SAMPLE_RATE = 16000
 
@@ -50,6 +52,55 @@ def settings(profile: dict, system: str) -> dict:
     env = os.environ.get(CHECKPOINT_ENV[section["backbone"]], "")
     section["checkpoint"] = env or section.get("checkpoint") or ""
     return section
+
+
+def unavailable(clips: pd.DataFrame) -> dict[str, str]:
+    """The fine-tuned systems that cannot run on these clips, each with the reason.
+
+    Decided from the clip table (:func:`asd_utils.data.index_dataset`, WAV headers only), so a
+    run knows before anything trains: a system with an ANC front-end needs the far channel,
+    which mono clips (the 2020–2025 editions) do not have.
+    """
+    reasons = {}
+    mono = clips[clips["channels"] < 2]
+    for system, spec in SYSTEMS.items():
+        if spec["anc"] and len(mono):
+            reasons[system] = (
+                f"its ANC front-end needs the far microphone (channel 1), but {len(mono):,} of "
+                f"{len(clips):,} clips are mono (e.g. {mono['path'].iloc[0]})"
+            )
+    return reasons
+
+
+def skip_notice(reasons: dict[str, str]) -> str:
+    """One line per system that does not run, for the console and the book ("" if none)."""
+    return " ".join(f"{system} is skipped: {why}." for system, why in reasons.items())
+
+
+def class_names(table: pd.DataFrame, profile: dict, system: str) -> tuple[np.ndarray, list[str]]:
+    """The classes a system learns from the training clips ``table``: ``(ids, names)``.
+
+    Machine type × section × attribute string (:func:`asd_utils.data.attribute_classes`), × domain
+    for System 2 (its domain head needs it) and for any system whose section sets
+    ``classes_by_domain``. Over the training clips of all twelve 2026 machine types (dev and
+    eval) that gives the paper's 80 classes (dcase2026-task2.md); machine types whose names carry
+    no attribute give one class (two with the domain).
+    """
+    section = settings(profile, system)
+    by_domain = SYSTEMS[system]["section"] == "beats_grl" or section["classes_by_domain"]
+    return data.attribute_classes(table, by_domain=by_domain)
+
+
+def parameter_count(model: nn.Module) -> int:
+    """Parameters of a model as it scores (the backbone and head that embed a clip)."""
+    return int(sum(p.numel() for p in model.parameters()))
+
+
+def write_info(directory: str | Path, system: str, parameters: int, **extra) -> Path:
+    """``<directory>/system.json``: the system's name, parameter count and ``extra`` (e.g.
+    ``members`` of an ensemble, ``classes``), read by :mod:`asd_utils.submission`."""
+    payload = {"system": system, "parameters": int(parameters), **extra}
+    return atomic_write_text(Path(directory) / INFO, json.dumps(payload, indent=2))
 
 
 def build_backbone(kind: str, size: str = "tiny", checkpoint: str = "") -> nn.Module:
@@ -122,8 +173,9 @@ def build(
 ):
     """``(model, loss_fn, dataset)`` of one system, trained on the training clips of ``data_root``.
 
-    Classes: :func:`asd_utils.data.attribute_classes` (machine type × section × attributes; for
-    System 2 also × domain, which the GRL loss maps back to attribute class and domain).
+    Classes: :func:`class_names` over the training clips of every machine type present, dev and
+    eval together (System 2's GRL loss maps its domain classes back to attribute class and
+    domain).
     """
     profile_ = config.load_profile(profile)
     settings_ = settings(profile_, system)
@@ -131,7 +183,7 @@ def build(
         data.index_dataset(data_root, split="train"), settings_.get("target_repeats", 1)
     )
     grl = SYSTEMS[system]["section"] == "beats_grl"
-    targets, names = data.attribute_classes(table, by_domain=grl)
+    targets, names = class_names(table, profile_, system)
     train = train_config(profile_, system)
     loss_settings = {**settings_["loss"], **(loss_overrides or {})}
     # Random weights (backbone, heads, class centres) come from the run's seed, not from whatever

@@ -204,6 +204,24 @@ def test_index_2026_tree(tree_2026):
     assert drone["domain"].isna().all() and drone["label"].isna().all()
     assert describe_channels(table) == "7 clips, all stereo (ch0 near, ch1 far), 16 kHz, 6.0–16.0 s"
     assert index_dataset(tree_2026, split="train")["split"].eq("train").sum() == 3
+    assert table.groupby("dataset")["machine_type"].unique().map(list).to_dict() == {
+        "dev": ["fan", "ToyCarEmu"],
+        "eval": ["ToyDrone"],
+    }
+
+
+def test_a_bare_tree_is_development_data(dcase2023_samples):
+    assert index_dataset(dcase2023_samples)["dataset"].eq("dev").all()
+
+
+def test_repeated_attribute_keys_are_kept():
+    # 2026 ToyCarEmu names repeat the key 'mic' (dcase2026-task2.md)
+    assert parse_attributes("car_D2_spd_5_mic_2_mic_1") == {
+        "car": "D2",
+        "spd": "5",
+        "mic": "2",
+        "mic (2)": "1",
+    }
 
 
 def test_describe_mixed():

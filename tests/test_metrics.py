@@ -279,3 +279,62 @@ def test_table2_summary_rows_match_summarise():
         summary = metrics.summarise(table)
         assert wide.loc[metrics.OFFICIAL_ROW, system] == pytest.approx(summary["hmean"] * 100)
         assert wide.loc[metrics.AMEAN_ROW, system] == pytest.approx(summary["amean"] * 100)
+
+
+# --- test clips without ground truth (the evaluation set) --------------------------------------
+
+
+def _mixed_scores() -> pd.DataFrame:
+    """Two labelled dev machine types' test clips, one anonymous eval type, and a training row."""
+    rows = [
+        ("fan", "test", d, lab, i)
+        for d in ("source", "target")
+        for lab in ("normal", "anomaly")
+        for i in range(2)
+    ]
+    rows += [("ToyDrone", "test", None, None, i) for i in range(4)]
+    rows += [("ToyDrone", "train", "source", "normal", 0)]
+    table = pd.DataFrame(rows, columns=["machine_type", "split", "domain", "label", "index"])
+    return table.assign(section="00", anomaly_score=np.linspace(0, 1, len(table)))
+
+
+def test_labelled_keeps_test_clips_with_ground_truth_and_names_the_rest():
+    scores = _mixed_scores()
+    known, missing = metrics.labelled(scores)
+    assert missing == ["ToyDrone"]
+    assert set(known["machine_type"]) == {"fan"} and known["split"].eq("test").all()
+    assert len(known) == 8
+    assert "ToyDrone" in metrics.no_ground_truth_note(missing)
+    assert "ground truth" in metrics.no_ground_truth_note([])
+
+
+def test_labelled_refuses_a_machine_type_with_some_labels_missing():
+    scores = _mixed_scores()
+    scores.loc[0, "label"] = None
+    with pytest.raises(ValueError, match=r"\['fan'\] mix labelled and anonymous"):
+        metrics.labelled(scores)
+
+
+def test_evaluate_names_a_machine_type_without_ground_truth():
+    scores = _mixed_scores()
+    with pytest.raises(ValueError, match="ToyDrone: test clips without ground truth"):
+        metrics.evaluate(scores[scores["split"] == "test"])
+    assert set(metrics.evaluate(metrics.labelled(scores)[0])["machine_type"]) == {"fan"}
+
+
+def test_summary_of_no_labelled_machine_type_is_nan_not_an_error():
+    empty = metrics.evaluate(
+        metrics.labelled(_mixed_scores().query("machine_type == 'ToyDrone'"))[0]
+    )
+    assert empty.empty and np.isnan(metrics.summarise(empty)["hmean"])
+
+
+def test_flagged_share_per_domain_with_anonymous_clips():
+    decisions = pd.DataFrame(
+        {
+            "domain": ["source", "source", "target", "target", None, None, None, None],
+            "decision_result": [1, 0, 1, 1, 0, 0, 0, 1],
+        }
+    )
+    share = metrics.flagged_share(decisions)
+    assert share.to_dict() == {"source": 0.5, "target": 1.0, "unknown": 0.25, "all": 0.5}

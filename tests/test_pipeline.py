@@ -1,4 +1,7 @@
-"""The whole pipeline on the smoke profile: notebooks, results files, record, and the book."""
+"""The whole pipeline on the smoke profile: notebooks, results files, record, the submission
+package and the book; on the synthetic default (stereo; dev with and without attributes, an eval
+machine type with anonymous test names) and on a mono tree of one machine type without
+attributes (the 2020-2025 format)."""
 
 import json
 import re
@@ -10,7 +13,7 @@ import pytest
 import yaml
 from sklearn.metrics import roc_auc_score
 
-from asd_utils import config, pipeline
+from asd_utils import config, data, metrics, pipeline, submission, synth
 
 
 @pytest.fixture(scope="module")
@@ -111,3 +114,66 @@ def test_a_failing_notebook_stops_the_run_naming_notebook_and_cell(tmp_path, mon
         pipeline.NotebookFailed, match=r"00_broken.ipynb failed in cell .*broken on purpose"
     ):
         pipeline.execute_notebooks({"name": "x"}, paths, tmp_path / "executed")
+
+
+def test_eval_machine_types_get_a_package_with_one_row_per_test_clip(smoke_run):
+    tmp, record = smoke_run
+    clips = data.index_dataset(tmp / "data")
+    eval_test = clips[(clips["dataset"] == "eval") & (clips["split"] == "test")]
+    assert record["no_ground_truth"] == ["gearboxEmu"] and len(eval_test) > 0
+    package = tmp / "out" / "submission" / "task2"
+    folders = sorted(p for p in package.iterdir() if p.is_dir())
+    assert [p.name for p in folders] == [f"Lastname_Institute_task2_{n}" for n in (1, 2, 3, 4)]
+    submission.check_package(package, eval_test)
+    for folder in folders:
+        for kind in ("anomaly_score", "decision_result"):
+            rows = pd.read_csv(folder / f"{kind}_gearboxEmu_section_00_test.csv", header=None)
+            assert rows[0].tolist() == sorted(eval_test["file_name"])
+    # metrics only where there is ground truth; the eval machine type is scored all the same
+    assert set(pd.read_csv(tmp / "out" / "metrics.csv")["machine_type"]) == {"ToyCar", "fan"}
+    page = (tmp / "build" / "_build" / "html" / "notebooks" / "70_results.html").read_text()
+    assert "No ground truth for gearboxEmu" in page
+
+
+def test_every_system_flags_some_but_not_all_test_clips(smoke_run):
+    tmp, _ = smoke_run
+    for folder in sorted((tmp / "out" / "systems").iterdir()):
+        decisions = metrics.read_system_scores(folder, kind="decision_result")
+        share = metrics.flagged_share(decisions)
+        assert 0 < share["all"] < 1, (folder.name, share.to_dict())
+
+
+@pytest.fixture(scope="module")
+def mono_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("mono")
+    tree = synth.SynthConfig(
+        machine_types=("ToyCar",),
+        channels=1,
+        n_train_source=10,
+        n_train_target=2,
+        n_test=3,
+        clip_seconds={"default": 1.5},
+    )
+    synth.generate_dataset(tmp / "mono", tree, progress=False)
+    record = pipeline.run(
+        "smoke",
+        data_root=str(tmp / "mono"),
+        output_root=str(tmp / "out"),
+        build_dir=str(tmp / "build"),
+    )
+    return tmp, record
+
+
+def test_mono_data_runs_every_chapter_without_system_3_and_says_so(mono_run):
+    tmp, record = mono_run
+    assert list(record["systems_skipped"]) == ["System 3"]
+    assert record["data"] == "user-given DCASE tree"
+    ran = set(pd.read_csv(tmp / "out" / "metrics.csv")["system"])
+    assert "System 3" not in ran and {"System 1", "System 2", "System 4"} <= ran
+    html = tmp / "build" / "_build" / "html" / "notebooks"
+    assert "System 3 is skipped" in (html / "70_results.html").read_text()
+    assert "no far channel" in (html / "00_data_exploration.html").read_text()
+    # the package holds the systems that ran; with no eval_data its folders hold the meta only
+    folders = sorted((tmp / "out" / "submission" / "task2").glob("*_task2_*"))
+    assert len(folders) == 3
+    assert all([p.suffix for p in f.iterdir()] == [".yaml"] for f in folders)

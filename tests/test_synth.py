@@ -37,21 +37,77 @@ def test_layout_names_and_format(small_root):
 
 
 def test_attributes_csv_matches_file_names(small_root):
-    csv = (small_root / "dev_data/raw/valveEmu/attributes_00.csv").read_text().splitlines()
+    csv = (small_root / "dev_data/raw/fan/attributes_00.csv").read_text().splitlines()
     assert csv[0] == "file_name,d1p,d1v"
     first = csv[1].split(",")
     name = first[0].split("/")[-1]
-    assert first[0].startswith("valveEmu/")
-    assert data.parse_attributes(data.parse_file_name(name)["attributes"]) == {"pat": first[2]}
+    assert first[0].startswith("fan/")
+    assert data.parse_attributes(data.parse_file_name(name)["attributes"]) == {"spd": first[2]}
     assert len(csv) - 1 == 8
+    # valveEmu names carry no attribute, as in the real 2026 data
+    valve = (small_root / "dev_data/raw/valveEmu/attributes_00.csv").read_text().splitlines()
+    assert valve[0] == "file_name" and valve[1].endswith("_noAttribute.wav")
 
 
-def test_target_domain_uses_unseen_conditions():
-    table = synth.plan_table(synth.SynthConfig(n_train_source=20, n_test=5))
-    for machine_type, part in table.groupby("machine_type"):
-        source = set(part.loc[part["domain"] == "source", "attributes"])
-        target = set(part.loc[part["domain"] == "target", "attributes"])
-        assert not source & target, machine_type
+# The public listing of the real 2026 names (dcase2026-task2.md): keys per machine type.
+LISTED_KEYS = {
+    "ToyCar": [],
+    "ToyCarEmu": ["car", "spd", "mic", "mic"],
+    "bearingEmu": [],
+    "fan": ["spd"],
+    "gearboxEmu": ["pro"],
+    "sliderEmu": [],
+    "valveEmu": [],
+}
+
+
+def test_file_names_carry_the_attributes_of_the_real_2026_names():
+    table = synth.plan_table(synth.SynthConfig(n_train_source=4, n_test=1))
+    for machine_type, keys in LISTED_KEYS.items():
+        for name in table.loc[table["machine_type"] == machine_type, "file_name"]:
+            attributes = data.parse_file_name(name)["attributes"]
+            assert attributes.split("_")[::2] == keys if keys else attributes == "", name
+            assert keys or name.endswith("_noAttribute.wav")
+
+
+def test_target_domain_uses_unseen_conditions_named_or_not():
+    plan = synth.clip_plan(synth.SynthConfig(n_train_source=20, n_test=5))
+    for machine_type in synth.MACHINE_TYPES:
+        specs = [s for s in plan if s.machine_type == machine_type]
+        conditions = {
+            d: {tuple(sorted(s.attributes.items())) for s in specs if s.domain == d}
+            for d in ("source", "target")
+        }
+        assert not conditions["source"] & conditions["target"], machine_type
+
+
+def test_eval_machine_types_get_anonymous_test_names_and_mono_on_request(tmp_path):
+    config = synth.SynthConfig(
+        machine_types=("ToyCar",),
+        eval_machine_types=("gearboxEmu",),
+        channels=1,
+        n_train_source=2,
+        n_train_target=1,
+        n_test=2,
+        clip_seconds={"default": 0.5},
+    )
+    root = synth.generate_dataset(tmp_path, config, progress=False)
+    table = data.index_dataset(root)
+    assert set(table["channels"]) == {1}
+    dev, eval_ = table[table["dataset"] == "dev"], table[table["dataset"] == "eval"]
+    assert set(dev["machine_type"]) == {"ToyCar"} and set(eval_["machine_type"]) == {"gearboxEmu"}
+    test = eval_[eval_["split"] == "test"]
+    assert sorted(test["file_name"]) == [f"section_00_{i:04d}.wav" for i in range(8)]
+    assert test["label"].isna().all() and test["domain"].isna().all()
+    assert eval_.loc[eval_["split"] == "train", "label"].eq("normal").all()
+    # the attribute file of an eval machine type lists its training clips only
+    csv = (root / "eval_data/raw/gearboxEmu/attributes_00.csv").read_text().splitlines()
+    assert len(csv) - 1 == 3 and all("/train/" in line for line in csv[1:])
+    # an anonymous clip is rendered again from its name: the components of the written clip
+    row = test.iloc[0]
+    parts = synth.load_components(root, row.machine_type, row.file_name)
+    audio = data.read_audio(row.path)
+    np.testing.assert_allclose(audio[0], parts.audio[0], atol=1 / 32768 + 1e-7)
 
 
 def test_deterministic_and_seed_sensitive():

@@ -174,3 +174,44 @@ def test_grl_loss_under_mixup_weighs_both_partners_and_counts_once():
     mixed = head(outputs, a, mix=(b, 0.3))
     torch.testing.assert_close(mixed["loss"], expected)
     assert head.calls.item() == 1
+
+
+def _clips(channels, machine_types=("ToyCar", "fan")) -> pd.DataFrame:
+    rows = []
+    for m in machine_types:
+        for domain, attributes in (("source", "spd_1"), ("source", "spd_2"), ("target", "spd_3")):
+            rows.append(
+                {
+                    "machine_type": m,
+                    "section": "00",
+                    "domain": domain,
+                    "attributes": "" if m == "ToyCar" else attributes,
+                    "channels": channels,
+                    "path": f"/data/{m}/{domain}_{attributes}.wav",
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def test_system_3_is_unavailable_on_mono_clips_and_says_why():
+    assert systems.unavailable(_clips(2)) == {}
+    reasons = systems.unavailable(_clips(1))
+    assert list(reasons) == ["System 3"]
+    assert (
+        "far microphone" in reasons["System 3"] and "6 of 6 clips are mono" in reasons["System 3"]
+    )
+    assert systems.skip_notice(reasons).startswith("System 3 is skipped: its ANC front-end")
+
+
+@pytest.mark.parametrize("by_domain, expected", [(False, 1 + 3), (True, 2 + 3)])
+def test_classes_come_from_the_names_and_the_profile(by_domain, expected):
+    profile = config.load_profile("smoke")
+    profile["osscl"]["classes_by_domain"] = by_domain
+    # ToyCar carries no attribute: one class (two with the domain); fan: one per attribute value
+    assert len(systems.class_names(_clips(2), profile, "System 1")[1]) == expected
+    # System 2's domain head always needs the domain in its classes
+    assert len(systems.class_names(_clips(2), profile, "System 2")[1]) == 2 + 3
+
+
+def test_the_paper_profile_counts_domain_classes():
+    assert config.load_profile("paper")["osscl"]["classes_by_domain"] is True
