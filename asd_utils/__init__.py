@@ -6,3 +6,10 @@ Modules, in the order a clip flows through them (each calls only the ones before
 """
 
 __version__ = "0.1.0"
+
+import warnings as _warnings
+
+# tqdm.auto (imported by libraries this package uses) warns in every notebook kernel that
+# ipywidgets is missing; the text progress bars it falls back to are what a headless papermill
+# run can show, so the warning is noise a user cannot act on.
+_warnings.filterwarnings("ignore", message="IProgress not found", module="tqdm")

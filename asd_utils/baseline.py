@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
+import numpy as np
 import pandas as pd
 import torch
 from tqdm import tqdm
@@ -88,7 +89,8 @@ def run_autoencoder(
     ``clips``: the clip table of ONE machine type (columns of :func:`asd_utils.data.index_dataset`),
     train and test rows. Returns a table with the clip columns plus ``mse`` and ``mahalanobis``
     (larger = more anomalous). The Mahalanobis covariances come from source and target training
-    clips separately, as the official baseline's "selective Mahalanobis".
+    clips separately, as the official baseline's "selective Mahalanobis"; a training clip's own
+    Mahalanobis score is out-of-fold (:func:`out_of_fold_mahalanobis`).
     """
     features = features or AEFeatureConfig()
     training = training or AETrainConfig()
@@ -109,8 +111,62 @@ def run_autoencoder(
         for d in ("source", "target")
     ]
     scores = clip_scores(model, vectors, owner, len(clips), *inv_covs)
+    train_clips = np.flatnonzero(is_train.numpy())
+    scores["mahalanobis"][train_clips] = out_of_fold_mahalanobis(
+        train_res, owner[train_mask].numpy(), train_clips, clips["domain"].to_numpy()
+    )
     table = clips.assign(**{name: scores[name] for name in SCORE_COLUMNS})
     return BaselineResult(table, pd.DataFrame(history), model, time.perf_counter() - start)
+
+
+def out_of_fold_mahalanobis(
+    residual: torch.Tensor,
+    owner: np.ndarray,
+    train_clips: np.ndarray,
+    domain: np.ndarray,
+    folds: int = 5,
+) -> np.ndarray:
+    """Selective Mahalanobis scores of the training clips, each from covariances it did not shape.
+
+    ``residual`` (n, dim): the training vectors' reconstruction residuals, ``owner`` (n,) the clip
+    (row of the clip table) of each; ``train_clips``: the training clips' rows, in the order of
+    the result; ``domain``: every row's domain. The clips of each domain are dealt into
+    ``folds`` folds in turn; a clip's score uses source and target covariances fitted on the
+    other folds' residuals. Returns (len(train_clips),) float64.
+
+    Why: fitted on all training clips, a covariance "knows" each clip it scores, so training
+    clips get smaller distances than unseen normal clips; a decision threshold taken from those
+    in-sample scores then flags most test clips (measured under the quick profile: 92 %). Test
+    clips are scored, as the official baseline does, with covariances of all training clips.
+    """
+    clip_domain = domain[train_clips]
+    fold = np.empty(len(train_clips), dtype=int)
+    for d in ("source", "target"):
+        members = np.flatnonzero(clip_domain == d)
+        fold[members] = np.arange(len(members)) % folds
+    position = {clip: i for i, clip in enumerate(train_clips)}
+    vector_fold = torch.from_numpy(fold[[position[c] for c in owner]])
+    vector_domain = clip_domain[[position[c] for c in owner]]
+    index = torch.from_numpy(np.array([position[c] for c in owner]))
+    counts = torch.bincount(index, minlength=len(train_clips)).clamp(min=1).unsqueeze(1)
+    mean = torch.zeros(len(train_clips), residual.shape[1], dtype=torch.float64)
+    mean.index_add_(0, index, residual.double())
+    mean /= counts
+    scores = np.full(len(train_clips), np.inf)
+    for f in range(folds):
+        held_out = fold == f
+        if not held_out.any():
+            continue
+        distances = []
+        for d in ("source", "target"):
+            fit = (vector_fold != f) & torch.from_numpy(vector_domain == d)
+            if not fit.any():  # a domain with a single fold's clips: use them all
+                fit = torch.from_numpy(vector_domain == d)
+            inv = fit_inverse_covariance(residual[fit])
+            u = mean[torch.from_numpy(held_out)]
+            distances.append(torch.einsum("nd,de,ne->n", u, inv, u).numpy())
+        scores[held_out] = np.minimum(*distances)
+    return scores
 
 
 def seed_everything(seed: int) -> None:

@@ -9,19 +9,49 @@ current directory.
 
 from __future__ import annotations
 
+import difflib
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
+import pydantic
 import yaml
+
+from asd_utils import profile_schema as schema
+from asd_utils.files import atomic_write_text
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PROFILE_DIR = REPO_ROOT / "profiles"
 
 
-def load_profile(profile: str | os.PathLike) -> dict:
-    """Read a profile by name (``profiles/<name>.yaml``) or by path; clear error if absent."""
-    path = Path(profile)
+class ProfileError(ValueError):
+    """A profile that does not match the schema: names the file, the key path and what was
+    expected."""
+
+
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader with YAML 1.2 floats: ``5e-4`` and ``1e3`` are numbers, not the
+    strings YAML 1.1 makes of an exponent without a dot."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(
+        r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+        |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+        |\.[0-9_]+(?:[eE][-+][0-9]+)?
+        |[-+]?\.(?:inf|Inf|INF)
+        |\.(?:nan|NaN|NAN))$""",
+        re.VERBOSE,
+    ),
+    list("-+0123456789."),
+)
+
+
+def profile_path(profile: str | os.PathLike) -> Path:
+    """The file of a profile given by name (``profiles/<name>.yaml``) or by path."""
+    path = Path(profile).expanduser()
     if path.suffix not in (".yaml", ".yml"):
         path = PROFILE_DIR / f"{profile}.yaml"
     if not path.is_file():
@@ -29,10 +59,73 @@ def load_profile(profile: str | os.PathLike) -> dict:
         raise FileNotFoundError(
             f"profile {str(profile)!r} not found ({path}); known profiles: {known}"
         )
-    values = yaml.safe_load(path.read_text())
-    if not isinstance(values, dict) or "name" not in values:
-        raise ValueError(f"{path} is not a profile (a YAML mapping with a 'name')")
-    return values
+    return path
+
+
+def _describe_error(error: dict) -> str:
+    """One pydantic error as ``key.path: what was expected`` (a close match for a typo)."""
+    location = ".".join(str(part) for part in error["loc"])
+    if error["type"] == "extra_forbidden":
+        parent = schema.Profile
+        for part in error["loc"][:-1]:
+            field = parent.model_fields.get(str(part))
+            parent = field.annotation if field is not None else None
+            if not (isinstance(parent, type) and issubclass(parent, schema.Section)):
+                parent = None
+                break
+        known = sorted(parent.model_fields) if parent is not None else []
+        close = difflib.get_close_matches(str(error["loc"][-1]), known, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        listed = f" (known keys: {', '.join(known)})" if known and not close else ""
+        return f"{location}: unknown key{hint}{listed}"
+    if error["type"] == "missing":
+        return f"{location}: missing (every profile sets it; see profiles/quick.yaml)"
+    got = error.get("input")
+    shown = "" if isinstance(got, dict) else f", got {got!r} ({type(got).__name__})"
+    return f"{location}: {error['msg'].lower()}{shown}"
+
+
+def validate_profile(values, source: str = "profile") -> dict:
+    """Check a profile's values against :class:`asd_utils.profile_schema.Profile`.
+
+    Returns the profile as a plain dict (optional keys left out keep the reading code's
+    default and are absent). Raises :class:`ProfileError` naming ``source``, every offending key
+    path and what was expected, before anything runs.
+    """
+    if not isinstance(values, dict):
+        raise ProfileError(f"{source}: a profile is a YAML mapping of sections, not {values!r}")
+    try:
+        profile = schema.Profile.model_validate(values)
+    except pydantic.ValidationError as err:
+        problems = {}  # one line per key path (a union type reports each of its members)
+        for error in err.errors():
+            problems.setdefault(tuple(error["loc"][:3]), _describe_error(error))
+        problems = list(problems.values())
+        if len(problems) > 6:  # e.g. a file that is not a profile at all
+            problems = [*problems[:6], f"and {len(problems) - 6} more"]
+        raise ProfileError(f"{source}: " + "; ".join(problems)) from None
+    return profile.model_dump(exclude_none=True)
+
+
+def load_profile(profile: str | os.PathLike) -> dict:
+    """Read and validate a profile by name (``profiles/<name>.yaml``) or by path.
+
+    Clear errors: a missing file lists the known profiles; a profile that does not match the
+    schema is a :class:`ProfileError` naming the file and the key (:func:`validate_profile`).
+    """
+    path = profile_path(profile)
+    try:
+        values = yaml.load(path.read_text(), Loader=_Loader)  # noqa: S506 (a SafeLoader)
+    except yaml.YAMLError as err:
+        raise ProfileError(f"{path}: not valid YAML ({err})") from None
+    return validate_profile(values, str(path))
+
+
+def freeze_profile(profile: dict, path: str | os.PathLike) -> Path:
+    """Write the validated ``profile`` to ``path`` (atomically) for the notebooks of one run:
+    each loads exactly this file, never a name looked up again."""
+    text = "# the profile this run ran with (asd_utils.pipeline); do not edit\n"
+    return atomic_write_text(path, text + yaml.safe_dump(profile, sort_keys=False))
 
 
 def _from_repo(path: str | os.PathLike) -> Path:

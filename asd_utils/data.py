@@ -9,17 +9,19 @@ This module knows nothing of features.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import struct
-from collections.abc import Iterable, Sequence
+import warnings
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import soundfile as sf
 
-from asd_utils.files import atomic_path
+from asd_utils.files import atomic_path, atomic_write_text
 
 try:
     from tqdm import tqdm
@@ -56,7 +58,7 @@ EXPECTED_LAYOUT = (
 )
 NAME_PATTERN = (
     "section_<NN>_<source|target>_<train|test>_<normal|anomaly>_<NNNN>[_<key>_<value>...].wav "
-    "or section_<NN>_<NNNN>.wav"
+    "or section_<NN>_<NNNN>.wav (.wav in any letter case)"
 )
 _NAME_RE = re.compile(
     r"""
@@ -66,7 +68,7 @@ _NAME_RE = re.compile(
         (?:_(?P<attributes>[^_\s](?:\S*[^_\s])?))?
       | (?P<anonymous_index>\d+)
     )
-    \.wav$
+    \.(?i:wav)$
     """,
     re.VERBOSE,
 )
@@ -74,6 +76,10 @@ _NAME_RE = re.compile(
 
 class DataError(ValueError):
     """Bad input data: a misnamed, missing, corrupt or unexpected file or folder."""
+
+
+class DataWarning(UserWarning):
+    """Suspicious but usable input data, e.g. a clip whose samples are all exactly 0."""
 
 
 def parse_file_name(name: str | os.PathLike) -> dict:
@@ -202,25 +208,300 @@ def _open_checked(path: Path) -> sf.SoundFile:
     return audio
 
 
+SAMPLE_RATE = 16000  # Hz, every DCASE edition
+# Shortest clip index_dataset accepts by default, in seconds: the floor of the front-ends that
+# read every clip. The autoencoder baseline needs five 1024-sample frames at hop 512 (0.192 s);
+# BEATs and EAT one 16-frame fbank patch (25 ms + 15 x 10 ms = 0.175 s). A clip shorter than a
+# system's training crop is zero-padded there, which works. Real DCASE clips are 6 s or longer.
+MIN_SECONDS = 0.2
+FLOAT_SUBTYPES = frozenset({"FLOAT", "DOUBLE"})  # the only WAV encodings that can hold NaN / inf
+SCAN_FIRST_FRAMES = 4096  # the first block of a sample check is small: most clips end it there
+SCAN_BLOCK_FRAMES = 65536  # frames per later block (512 KiB of float32 stereo)
+SAMPLE_CACHE_VERSION = "asd_utils.data sample checks 1"
+MAX_SILENT_WARNINGS = 10  # silent clips named one warning each; the rest are counted in one more
+
+
+def _wav_files(folder: Path) -> list[Path]:
+    """The ``.wav`` files of one folder (any letter case of the extension), sorted; hidden files
+    (``._*`` AppleDouble files, temporary files) are left out."""
+    return sorted(
+        path
+        for path in folder.iterdir()
+        if path.suffix.lower() == ".wav" and not path.name.startswith(".")
+    )
+
+
+def _clip_files(folders: Sequence[Path], split: str | None) -> list[tuple[str, str, str, Path]]:
+    """``(dataset, machine_type, split, path)`` of every clip in the machine type ``folders``,
+    filtered by ``split`` (None = both). A machine type without any ``.wav`` file, or with an
+    existing but empty ``train/`` or ``test/`` folder, is a DataError naming the folder."""
+    files = []
+    for folder in folders:
+        found = {
+            folder_split: _wav_files(folder / folder_split)
+            for folder_split in SPLITS
+            if (folder / folder_split).is_dir()
+        }
+        if not any(found.values()):
+            raise DataError(
+                f"machine type folder {str(folder)!r} has no .wav files in train/ or test/; "
+                f"expected {EXPECTED_LAYOUT}"
+            )
+        for folder_split, paths in found.items():
+            if not paths:
+                raise DataError(
+                    f"{folder_split}/ folder {str(folder / folder_split)!r} of machine type "
+                    f"{folder.name!r} has no .wav files; expected its {folder_split} clips "
+                    f"(add them, or remove the empty folder), as in {EXPECTED_LAYOUT}"
+                )
+        files += [
+            (dataset_of(folder), folder.name, folder_split, path)
+            for folder_split, paths in found.items()
+            if split in (None, folder_split)
+            for path in paths
+        ]
+    return files
+
+
+def _check_header(path: Path, channels: int, sample_rate: int, frames: int, expected: dict) -> None:
+    """Refuse a clip whose WAV header breaks ``expected`` (``sample_rate``: Hz or None for any;
+    ``min_seconds``): a DataError naming the file and what was expected."""
+    wanted_rate = expected["sample_rate"]
+    if wanted_rate is not None and sample_rate != wanted_rate:
+        raise DataError(
+            f"{str(path)!r} has sample rate {sample_rate} Hz, but {wanted_rate} Hz was expected "
+            "(pass sample_rate=None to index clips of any rate)"
+        )
+    if channels > 2:
+        raise DataError(
+            f"{str(path)!r} has {channels} channels; expected 1 (mono, editions before 2026) "
+            "or 2 (stereo, 2026: channel 0 near microphone, channel 1 far microphone)"
+        )
+    if frames < expected["min_seconds"] * sample_rate:
+        raise DataError(
+            f"{str(path)!r} lasts {frames / sample_rate:.3f} s ({frames} frames at "
+            f"{sample_rate} Hz); expected at least min_seconds = {expected['min_seconds']:g} s, "
+            "the shortest clip the front-ends accept (pass the profile's crop_seconds as "
+            "min_seconds, or 0 to accept any length)"
+        )
+
+
+def _header_row(
+    dataset: str, machine_type: str, folder_split: str, path: Path, expected: dict
+) -> dict:
+    """One clip-table row (:data:`COLUMNS`) from a clip's name, folder and WAV header; every
+    refusal (misnamed, misfiled, corrupt, wrong rate, > 2 channels, too short) a DataError."""
+    fields = parse_file_name(path)
+    if fields["split"] not in (None, folder_split):
+        raise DataError(
+            f"{str(path)!r} is named as a {fields['split']} clip but lies in {folder_split}/"
+        )
+    with _open_checked(path) as audio:
+        channels, sample_rate, frames = audio.channels, audio.samplerate, audio.frames
+    _check_header(path, channels, sample_rate, frames, expected)
+    return {
+        **fields,
+        "dataset": dataset,
+        "machine_type": machine_type,
+        "split": folder_split,
+        "file_name": path.name,
+        "path": str(path),
+        "channels": channels,
+        "sample_rate": sample_rate,
+        "duration": frames / sample_rate,
+        "frames": frames,
+    }
+
+
+def _sample_blocks(audio: sf.SoundFile) -> Iterator[np.ndarray]:
+    """The samples of an open clip as float32 blocks of shape ``(frames, channels)``, in order:
+    :data:`SCAN_FIRST_FRAMES` frames, then :data:`SCAN_BLOCK_FRAMES` at a time, so a long clip
+    is never held whole (nor as float64)."""
+    size = SCAN_FIRST_FRAMES
+    while len(block := audio.read(size, dtype="float32", always_2d=True)):
+        yield block
+        size = SCAN_BLOCK_FRAMES
+
+
+def scan_samples(path: str | os.PathLike) -> dict:
+    """What one read of a clip's samples finds: ``{"silent": bool, "nonfinite": None | {"frame":
+    int, "channel": int, "value": "nan" | "inf" | "-inf"}}`` (the first non-finite sample).
+
+    ``silent`` is True when every sample is exactly 0. Only float WAVs (:data:`FLOAT_SUBTYPES`)
+    can hold NaN or inf, so for integer PCM (every DCASE clip) the read stops at the first
+    non-zero sample; a float WAV is read to its end (or its first non-finite sample).
+    """
+    path = Path(path)
+    nonfinite, silent, start = None, True, 0
+    try:
+        with sf.SoundFile(path) as audio:
+            full_read = audio.subtype in FLOAT_SUBTYPES
+            for block in _sample_blocks(audio):
+                bad = ~np.isfinite(block)
+                if bad.any():
+                    frame, channel = np.argwhere(bad)[0]
+                    value = str(block[frame, channel]).lower()
+                    nonfinite = {"frame": start + int(frame), "channel": int(channel)}
+                    nonfinite["value"] = value
+                    silent = False
+                    break
+                silent = silent and not block.any()
+                if not (silent or full_read):
+                    break
+                start += len(block)
+    except (sf.SoundFileError, RuntimeError) as err:
+        raise DataError(f"cannot read the audio of {str(path)!r} ({err})") from err
+    return {"silent": silent, "nonfinite": nonfinite}
+
+
+def sample_cache_path(cache_dir: str | os.PathLike, data_root: str | os.PathLike) -> Path:
+    """The sample-check cache file of ``data_root`` in ``cache_dir``:
+    ``sample_checks_<first 16 hex digits of SHA-256 of the absolute data_root>.json``."""
+    root = str(Path(data_root).expanduser().absolute())
+    digest = hashlib.sha256(root.encode()).hexdigest()[:16]
+    return Path(cache_dir).expanduser().absolute() / f"sample_checks_{digest}.json"
+
+
+def _load_sample_cache(path: Path | None, data_root: Path) -> dict[str, dict]:
+    """Cached sample checks by clip path (``{"size", "mtime_ns", "silent", "nonfinite"}``), or
+    {} when there is no cache, or it is unreadable, of another version or of another root."""
+    if path is None or not path.is_file():
+        return {}
+    try:
+        stored = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    if (
+        not isinstance(stored, dict)
+        or stored.get("version") != SAMPLE_CACHE_VERSION
+        or stored.get("data_root") != str(data_root)
+        or not isinstance(stored.get("clips"), dict)
+    ):
+        return {}
+    return stored["clips"]
+
+
+def _sample_cache_file(cache_dir: str | os.PathLike | None, data_root: Path) -> Path | None:
+    """:func:`sample_cache_path`, or None without ``cache_dir``; a ValueError when it would lie
+    inside ``data_root`` (only ever read)."""
+    if cache_dir is None:
+        return None
+    path = sample_cache_path(cache_dir, data_root)
+    if path.resolve().is_relative_to(data_root.resolve()):
+        raise ValueError(
+            f"cache_dir {str(cache_dir)!r} lies inside data_root {str(data_root)!r}, which is "
+            "only read; put the cache elsewhere (e.g. under the output root)"
+        )
+    return path
+
+
+def _cached_result(entry: object, stat: os.stat_result) -> dict | None:
+    """A cache entry if it is well-formed and its file still has its size and mtime_ns, else
+    None (the file is read again)."""
+    keys = {"size", "mtime_ns", "silent", "nonfinite"}
+    if not isinstance(entry, dict) or not keys <= entry.keys():
+        return None
+    same_file = (entry["size"], entry["mtime_ns"]) == (stat.st_size, stat.st_mtime_ns)
+    return entry if same_file else None
+
+
+def _check_samples(table: pd.DataFrame, data_root: Path, cache_path: Path | None) -> None:
+    """Read the samples of every clip of ``table`` not in the cache file ``cache_path`` (None =
+    no cache; fingerprint: path, size, mtime_ns), update the cache, then refuse the first clip
+    with NaN / inf samples (a DataError) and warn (:class:`DataWarning`) about silent ones."""
+    cached = _load_sample_cache(cache_path, data_root)
+    results, missing = {}, []
+    for path in table["path"]:
+        stat = os.stat(path)
+        entry = _cached_result(cached.get(path), stat)
+        if entry is not None:
+            results[path] = entry
+        else:
+            missing.append((path, stat))
+    progress = tqdm(
+        missing,
+        desc="checking samples",
+        unit="file",
+        disable=len(missing) <= PROGRESS_MIN,
+        delay=PROGRESS_DELAY,
+    )
+    for path, stat in progress:
+        results[path] = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, **scan_samples(path)}
+    if cache_path is not None and missing:
+        stored = {"version": SAMPLE_CACHE_VERSION, "data_root": str(data_root)}
+        stored["clips"] = {**cached, **results}
+        atomic_write_text(cache_path, json.dumps(stored, separators=(",", ":")))
+    _judge_samples(table, results)
+
+
+def _judge_samples(table: pd.DataFrame, results: dict[str, dict]) -> None:
+    """Refuse the first clip (table order) whose samples hold NaN / inf, naming it, the first
+    bad sample and how many other clips have some; warn about each silent clip."""
+    bad = [(row, results[row.path]["nonfinite"]) for row in table.itertuples()]
+    bad = [(row, found) for row, found in bad if found]
+    if bad:
+        row, found = bad[0]
+        others = f"; {len(bad) - 1} more clip(s) have some too" if len(bad) > 1 else ""
+        raise DataError(
+            f"{row.path!r} holds NaN or infinite samples (first: {found['value']} at "
+            f"{found['frame'] / row.sample_rate:.4f} s, frame {found['frame']}, channel "
+            f"{found['channel']}); expected finite audio{others}"
+        )
+    silent = [path for path in table["path"] if results[path]["silent"]]
+    for path in silent[:MAX_SILENT_WARNINGS]:
+        warnings.warn(
+            f"{path!r} is silent (every sample is exactly 0): a dead microphone or a failed "
+            "export? It is indexed all the same",
+            DataWarning,
+            stacklevel=4,
+        )
+    if len(silent) > MAX_SILENT_WARNINGS:
+        warnings.warn(
+            f"{len(silent) - MAX_SILENT_WARNINGS} more silent clips (every sample exactly 0)",
+            DataWarning,
+            stacklevel=4,
+        )
+
+
 def index_dataset(
     data_root: str | os.PathLike,
     split: str | None = None,
     machine_types: Iterable[str] | None = None,
+    *,
+    sample_rate: int | None = SAMPLE_RATE,
+    min_seconds: float = MIN_SECONDS,
+    cache_dir: str | os.PathLike | None = None,
+    check_samples: bool = True,
 ) -> pd.DataFrame:
-    """One row per clip under ``data_root`` (columns :data:`COLUMNS`).
+    """One row per clip under ``data_root`` (columns :data:`COLUMNS`), every clip checked.
 
     Accepts ``dev_data/raw/<machine_type>/{train,test}``, ``eval_data/raw/<machine_type>/...``
-    (both are indexed when both exist) or a bare ``<machine_type>/{train,test}`` tree.
-    ``dataset`` is ``"dev"`` or ``"eval"`` (:func:`dataset_of`). ``split`` comes from the
-    folder (anonymous eval names carry none); ``channels``,
-    ``sample_rate``, ``frames`` and ``duration`` (seconds) come from each WAV header. Rows are
-    sorted by machine_type (case-insensitively), split and file_name. ``split`` ("train" or
-    "test") and ``machine_types`` filter the table.
+    (both are indexed when both exist) or a bare ``<machine_type>/{train,test}`` tree; clips are
+    the ``.wav`` files (any letter case of the extension). ``dataset`` is ``"dev"`` or
+    ``"eval"`` (:func:`dataset_of`). ``split`` comes from the folder (anonymous eval names carry
+    none); ``channels``, ``sample_rate``, ``frames`` and ``duration`` (seconds) come from each
+    WAV header. Rows are sorted by machine_type (case-insensitively), split and file_name.
+    ``split`` ("train" or "test") and ``machine_types`` filter the table.
+
+    Refused up front, each with a DataError naming the file or folder and what was expected: a
+    malformed name, a clip in the wrong split folder, a corrupt or truncated file, a sample rate
+    other than ``sample_rate`` Hz (None = any), more than 2 channels, a clip shorter than
+    ``min_seconds`` (default :data:`MIN_SECONDS`, the front-ends' floor), an existing but empty
+    ``train/`` or ``test/`` folder, a clip found twice, and (``check_samples``) NaN or infinite
+    samples. A silent clip (every sample exactly 0) is a :class:`DataWarning`.
+
+    The sample checks read each clip (:func:`scan_samples`) once: with ``cache_dir`` their
+    results are kept in :func:`sample_cache_path` (never inside ``data_root``, which is only
+    read), keyed by each file's path, size and mtime_ns, so indexing the same tree again reads
+    WAV headers only; without it every call reads the samples again.
     """
     if split not in (None, *SPLITS):
         raise ValueError(f"split must be None, 'train' or 'test', not {split!r}")
+    if min_seconds < 0:
+        raise ValueError(f"min_seconds must be >= 0, not {min_seconds!r}")
     data_root = Path(data_root).expanduser().absolute()
     folders = _machine_type_dirs(data_root)
+    cache_path = _sample_cache_file(cache_dir, data_root) if check_samples else None
     if machine_types is not None:
         wanted = [machine_types] if isinstance(machine_types, str) else list(machine_types)
         unknown = sorted(set(wanted) - {folder.name for folder in folders})
@@ -231,25 +512,11 @@ def index_dataset(
             )
         folders = [folder for folder in folders if folder.name in wanted]
 
-    files = []  # (dataset, machine_type, folder split, path)
-    for folder in folders:
-        found = [
-            (dataset_of(folder), folder.name, folder_split, path)
-            for folder_split in SPLITS
-            if (folder / folder_split).is_dir()
-            for path in sorted((folder / folder_split).glob("*.wav"))
-            if not path.name.startswith(".")  # skip ._* AppleDouble files and hidden temp files
-        ]
-        if not found:
-            raise DataError(
-                f"machine type folder {str(folder)!r} has no .wav files in train/ or test/; "
-                f"expected {EXPECTED_LAYOUT}"
-            )
-        files += [entry for entry in found if split in (None, entry[2])]
+    files = _clip_files(folders, split)
     if not files:
         raise DataError(f"no {split} clips in {str(data_root)!r}; expected {EXPECTED_LAYOUT}")
 
-    rows = []
+    expected = {"sample_rate": sample_rate, "min_seconds": min_seconds}
     progress = tqdm(
         files,
         desc="indexing clips",
@@ -257,28 +524,7 @@ def index_dataset(
         disable=len(files) <= PROGRESS_MIN,
         delay=PROGRESS_DELAY,
     )
-    for dataset, machine_type, folder_split, path in progress:
-        fields = parse_file_name(path)
-        if fields["split"] not in (None, folder_split):
-            raise DataError(
-                f"{str(path)!r} is named as a {fields['split']} clip but lies in {folder_split}/"
-            )
-        with _open_checked(path) as audio:
-            channels, sample_rate, frames = audio.channels, audio.samplerate, audio.frames
-        rows.append(
-            {
-                **fields,
-                "dataset": dataset,
-                "machine_type": machine_type,
-                "split": folder_split,
-                "file_name": path.name,
-                "path": str(path),
-                "channels": channels,
-                "sample_rate": sample_rate,
-                "duration": frames / sample_rate,
-                "frames": frames,
-            }
-        )
+    rows = [_header_row(*entry, expected) for entry in progress]
     table = pd.DataFrame(rows, columns=COLUMNS)
     table = table.sort_values(
         ["machine_type", "split", "file_name"],
@@ -286,6 +532,16 @@ def index_dataset(
         kind="stable",
         ignore_index=True,
     )
+    _refuse_duplicates(table, data_root)
+    if check_samples:
+        _check_samples(table, data_root, cache_path)
+    return table
+
+
+def _refuse_duplicates(table: pd.DataFrame, data_root: Path) -> None:
+    """A DataError for the first clip found twice: the same file name in one machine type and
+    split (dev and eval trees both under ``data_root``), or two names in one folder that differ
+    only in letter case (``x.wav`` and ``x.WAV``)."""
     duplicated = table.duplicated(["machine_type", "split", "file_name"])
     if duplicated.any():
         first = table.loc[duplicated.idxmax()]
@@ -293,7 +549,15 @@ def index_dataset(
             f"clip {first.file_name!r} of {first.machine_type} ({first.split}) appears twice "
             f"under {str(data_root)!r}; point data_root at dev_data/raw or eval_data/raw"
         )
-    return table
+    folder_and_name = table["path"].map(os.path.dirname) + "/" + table["file_name"].str.lower()
+    twice = folder_and_name.duplicated()
+    if twice.any():
+        key = folder_and_name[twice].iloc[0]
+        first, second = table.loc[folder_and_name == key, "path"].iloc[:2]
+        raise DataError(
+            f"{first!r} and {second!r} are one clip twice (their names differ only in letter "
+            "case); keep one of them"
+        )
 
 
 def read_audio(

@@ -22,7 +22,15 @@ from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 
-from asd_utils.config import REPO_ROOT, RunPaths, load_profile, prepare_data, resolve_paths
+from asd_utils.config import (
+    REPO_ROOT,
+    ProfileError,
+    RunPaths,
+    freeze_profile,
+    load_profile,
+    prepare_data,
+    resolve_paths,
+)
 from asd_utils.data import DataError
 from asd_utils.files import atomic_write_text
 
@@ -69,12 +77,15 @@ def git_commit() -> str:
 
 
 def preflight(paths: RunPaths) -> dict:
-    """Index the data once before any notebook runs, so a bad tree fails in seconds, and decide
-    which systems can run on it (:func:`asd_utils.systems.unavailable`). Prints one line on the
-    data and one per skipped system; returns what the run record keeps of it."""
+    """Index the data once before any notebook runs, so that a bad tree (a malformed name, a
+    corrupt or truncated WAV, a wrong sample rate, NaN samples, an empty folder …) fails in
+    seconds with the file named, and decide which systems can run on it
+    (:func:`asd_utils.systems.unavailable`). Sample checks are cached under
+    ``<output_root>/cache``. Prints one line on the data and one per skipped system; returns
+    what the run record keeps of it."""
     from asd_utils import data, metrics, systems
 
-    clips = data.index_dataset(paths.data_root)
+    clips = data.index_dataset(paths.data_root, cache_dir=paths.output_root / "cache")
     skipped = systems.unavailable(clips)
     _, no_truth = metrics.labelled(clips)
     sets = {
@@ -92,10 +103,36 @@ def preflight(paths: RunPaths) -> dict:
     return {"machine_types": sets, "no_ground_truth": no_truth, "systems_skipped": skipped}
 
 
+DERIVED = ("systems", "metrics.csv", "table2.csv", "submission", "book_source")
+"""What a run derives in its output folder and a new full run removes first (``training/``,
+the cached training runs and embeddings keyed by their inputs, stays)."""
+
+
+def clear_derived(output_root: Path) -> list[str]:
+    """Remove the results of an earlier run (:data:`DERIVED`) so that tables, the ensemble, the
+    package and the book show only what this run computes. Returns what was removed."""
+    removed = []
+    for name in DERIVED:
+        path = output_root / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+        else:
+            continue
+        removed.append(name)
+    return removed
+
+
 def run_record(
-    profile: dict, paths: RunPaths, stages: dict[str, float], data_summary: dict | None = None
+    profile: dict,
+    paths: RunPaths,
+    stages: dict[str, float],
+    data_summary: dict | None = None,
+    status: str = "running",
 ) -> dict:
-    """What ran: profile (in full), seed, data, commit, package versions, machine, stage times."""
+    """What ran: profile (in full), seed, data, commit, package versions, machine, stage times,
+    and ``status``: ``running``, ``finished`` or ``failed at <chapter>: <error>``."""
     versions = {}
     for package in PACKAGES:
         try:
@@ -118,9 +155,24 @@ def run_record(
             "processor": platform.processor(),
             "cpus": os.cpu_count(),
         },
-        "finished": datetime.now(UTC).isoformat(timespec="seconds"),
+        "status": status,
+        "written": datetime.now(UTC).isoformat(timespec="seconds"),
         "stage_seconds": stages,
     }
+
+
+def _kernel_manager():
+    """A kernel manager on local IPC sockets: papermill's kernels then start without
+    ipykernel's "running over TCP without encryption" warning, printed once per notebook."""
+    from jupyter_client import AsyncKernelManager
+    from traitlets import default
+
+    class IPCKernelManager(AsyncKernelManager):
+        @default("transport")
+        def _default_transport(self):
+            return "ipc"
+
+    return IPCKernelManager
 
 
 def execute_notebooks(
@@ -129,19 +181,27 @@ def execute_notebooks(
     executed_dir: Path,
     kernel: str = "python3",
     only: list[str] | None = None,
+    profile_file: Path | None = None,
+    seconds: dict[str, float] | None = None,
 ) -> dict[str, float]:
-    """Execute each notebook with papermill; stop at the first failure, naming notebook and cell."""
+    """Execute each notebook with papermill; stop at the first failure, naming notebook and cell.
+
+    Each notebook gets ``profile_file`` (the run's frozen profile, :func:`asd_utils.config.
+    freeze_profile`) as its ``profile`` parameter, or the profile's name without one. The time of
+    every notebook that finished goes into ``seconds`` (also returned) as it finishes, so a
+    failure keeps the times of the chapters before it.
+    """
     import papermill
     from papermill.exceptions import PapermillExecutionError
 
     executed_dir.mkdir(parents=True, exist_ok=True)
     sources = [nb for nb in notebooks() if not only or nb.stem[:2] in only or nb.stem in only]
     parameters = {
-        "profile": profile["name"],
+        "profile": str(profile_file) if profile_file else profile["name"],
         "data_root": str(paths.data_root),
         "output_root": str(paths.output_root),
     }
-    seconds = {}
+    seconds = {} if seconds is None else seconds
     for i, source in enumerate(sources, 1):
         target = executed_dir / source.name
         print(f"[{i}/{len(sources)}] {source.stem}: running …", flush=True)
@@ -155,12 +215,15 @@ def execute_notebooks(
                 cwd=str(REPO_ROOT),
                 progress_bar=False,
                 log_output=False,
+                kernel_manager_class=_kernel_manager(),
             )
         except PapermillExecutionError as err:
-            raise NotebookFailed(
+            error = NotebookFailed(
                 f"notebook {source.name} failed in cell {err.exec_count} "
                 f"({err.ename}: {err.evalue}); the executed copy with the traceback is {target}"
-            ) from None
+            )
+            error.chapter = source.stem
+            raise error from None
         seconds[source.stem] = round(time.perf_counter() - start, 1)
         print(
             f"[{i}/{len(sources)}] {source.stem}: done in {seconds[source.stem]:.0f} s", flush=True
@@ -194,6 +257,17 @@ def build_book(stage: Path, build_dir: Path) -> Path:
     return build_dir / "_build" / "html"
 
 
+def _earlier_stages(record_path: Path, profile: dict, paths: RunPaths) -> dict[str, float]:
+    """Stage times of the previous run into the same folder, for an ``--only`` run that adds to
+    it (same profile settings and data root); otherwise none."""
+    try:
+        earlier = json.loads(record_path.read_text())
+    except (OSError, ValueError):
+        return {}
+    same = earlier.get("settings") == profile and earlier.get("data_root") == str(paths.data_root)
+    return dict(earlier.get("stage_seconds", {})) if same else {}
+
+
 def run(
     profile_name: str,
     data_root: str | None = None,
@@ -203,30 +277,52 @@ def run(
     only: list[str] | None = None,
     kernel: str = "python3",
 ) -> dict:
-    """The whole job; returns the run record (also written to ``<output_root>/run_record.json``)."""
+    """The whole job; returns the run record (also written to ``<output_root>/run_record.json``).
+
+    The profile is validated first (:func:`asd_utils.config.load_profile`), then the data is
+    indexed (:func:`preflight`), both before anything trains. A full run starts by removing the
+    previous run's derived results (:func:`clear_derived`); an ``--only`` run adds to them. Every
+    notebook runs the frozen copy ``<output_root>/profile.yaml`` of the validated profile.
+    """
     profile = load_profile(profile_name)
     paths = resolve_paths(profile, data_root, output_root)
     print(f"profile {profile['name']} · data {paths.data_root} · outputs {paths.output_root}")
-    stages: dict[str, float] = {}
+    record_path = paths.output_root / "run_record.json"
+    stages = _earlier_stages(record_path, profile, paths) if only else {}
     start = time.perf_counter()
     prepare_data(profile, paths)
     summary = preflight(paths)
     stages["prepare_data"] = round(time.perf_counter() - start, 1)
+    if not only:
+        removed = clear_derived(paths.output_root)
+        if removed:
+            print(f"removed the previous run's {', '.join(removed)} from {paths.output_root}")
+    profile_file = freeze_profile(profile, paths.output_root / "profile.yaml")
     stage = paths.output_root / "book_source"
-    record_path = paths.output_root / "run_record.json"
-    record = run_record(profile, paths, stages, summary)
-    atomic_write_text(record_path, json.dumps(record, indent=2))
-    stages |= execute_notebooks(profile, paths, stage / "notebooks", kernel=kernel, only=only)
-    record = run_record(profile, paths, stages, summary)
-    atomic_write_text(record_path, json.dumps(record, indent=2))
-    if book:
-        start = time.perf_counter()
-        html = build_book(stage, Path(build_dir) if build_dir else REPO_ROOT)
-        stages["book"] = round(time.perf_counter() - start, 1)
-        print(f"book built in {stages['book']:.0f} s: {html / 'index.html'}")
-        record = run_record(profile, paths, stages, summary)
-        atomic_write_text(record_path, json.dumps(record, indent=2))
-    return record
+
+    def record(status: str) -> dict:
+        written = run_record(profile, paths, stages, summary, status)
+        atomic_write_text(record_path, json.dumps(written, indent=2))
+        return written
+
+    record("running")
+    current = "notebooks"
+    try:
+        execute_notebooks(
+            profile, paths, stage / "notebooks", kernel, only, profile_file, seconds=stages
+        )
+        if book:
+            current = "book"
+            start = time.perf_counter()
+            html = build_book(stage, Path(build_dir) if build_dir else REPO_ROOT)
+            stages["book"] = round(time.perf_counter() - start, 1)
+            print(f"book built in {stages['book']:.0f} s: {html / 'index.html'}")
+    except BaseException as err:
+        chapter = getattr(err, "chapter", current)
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        record(f"failed at {chapter}: {reason}")
+        raise
+    return record("finished")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -255,7 +351,14 @@ def main(argv: list[str] | None = None) -> int:
             args.only,
             args.kernel,
         )
-    except (NotebookFailed, FileNotFoundError, FileExistsError, RuntimeError, DataError) as err:
+    except (
+        NotebookFailed,
+        FileNotFoundError,
+        FileExistsError,
+        RuntimeError,
+        DataError,
+        ProfileError,
+    ) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     return 0

@@ -66,7 +66,7 @@ import yaml
 
 from asd_utils import config, data
 from asd_utils.files import atomic_write_text
-from asd_utils.metrics import METRICS, machine_sort_key
+from asd_utils.metrics import METRICS, describe_decision, machine_sort_key
 
 MAX_SYSTEMS = 4
 KINDS = ("anomaly_score", "decision_result")
@@ -124,10 +124,6 @@ NAMES = {
     "baseline-MSE": ("DCASE 2026 autoencoder baseline (MSE)", "AE-MSE"),
     "baseline-MAHALA": ("DCASE 2026 autoencoder baseline (selective Mahalanobis)", "AE-MAHALA"),
 }
-DECISION = (
-    "per machine type and section: threshold = 0.9 quantile of a gamma distribution fitted to the "
-    "training clips' anomaly scores"
-)
 FBANK = "log-mel filterbank (Kaldi fbank, 128 bins, 25 ms window, 10 ms hop)"
 BASELINE_FEATURES = "log-mel energies (128 bins, n_fft 1024, hop 512), 5 frames stacked (640-dim)"
 NEAR = "near microphone (channel 0) of the stereo clip"
@@ -470,7 +466,8 @@ def _describe(system: str, profile: dict, members: Sequence[str]) -> tuple[dict,
     """``(system.description fields, backbones with a checkpoint)`` of one system."""
     base = _base(system)
     fields = {field: None for field in DESCRIPTION_FIELDS}
-    fields.update(input_sampling_rate="16kHz", front_end=NEAR, decision_making=DECISION)
+    decision = describe_decision(**profile.get("decision", {}))
+    fields.update(input_sampling_rate="16kHz", front_end=NEAR, decision_making=decision)
     checkpoints: list[str] = []
     if base in ("System 1", "System 3"):
         fields.update(_osscl(profile))

@@ -62,8 +62,6 @@ class SynthConfig:
     """
 
     machine_types: tuple[str, ...] = MACHINE_TYPES
-    eval_machine_types: tuple[str, ...] = ()
-    channels: int = 2
     n_train_source: int = 990
     n_train_target: int = 10
     n_test: int = 50
@@ -76,6 +74,8 @@ class SynthConfig:
     anomaly_severity: float = 1.0
     fault_sound_level: float = 0.25
     seed: int = 2026
+    eval_machine_types: tuple[str, ...] = ()
+    channels: int = 2
 
     @classmethod
     def from_dict(cls, values: dict) -> SynthConfig:

@@ -124,9 +124,9 @@ def knn_k(profile: dict, name: str) -> int:
 
 def train_config(profile: dict, system: str) -> training.TrainConfig:
     """The system's training settings; the seed is the profile's unless the section sets one."""
-    return training.TrainConfig.from_dict(
-        {"seed": profile["seed"], **settings(profile, system)["train"]}
-    )
+    values = dict(settings(profile, system)["train"])
+    values.setdefault("seed", profile["seed"])
+    return training.TrainConfig.from_dict(values)
 
 
 def front_end(profile: dict, system: str) -> tuple[int, Callable | None, str | None]:

@@ -1,5 +1,5 @@
 """One training loop for every fine-tuned system (accelerate, AdamW, inverse-sqrt schedule, EMA,
-atomic checkpoints, exact resume).
+atomic and verified checkpoints, exact resume; a finished run is found, not trained again).
 
 The defaults of :class:`TrainConfig` are the XJU paper's Table 1 (xju-system.md): 10,000
 optimizer steps, batch 16, gradient accumulation 8 (128 clips per step), AdamW at 1e-4, 960
@@ -21,12 +21,14 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import importlib
 import importlib.util
 import json
 import math
 import os
 import random
+import re
 import shutil
 import time
 import warnings
@@ -42,7 +44,7 @@ import yaml
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState, GradientState
 from accelerate.utils import DataLoaderConfiguration, set_seed
-from safetensors.torch import load_model, save_model
+from safetensors.torch import load_file, load_model, save_model
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader, Dataset, Sampler
@@ -60,6 +62,18 @@ EMA_WEIGHTS, MODEL_WEIGHTS, LOSS_WEIGHTS = (
     "loss.safetensors",
 )
 TRAIN_STATE, TRAIN_LOG, TRAIN_CONFIG = "train_state.pt", "train_log.csv", "train_config.json"
+MANIFEST = "manifest.json"  # per checkpoint: each file's size and sha256, written before `latest`
+FINISHED = "finished.json"  # a completed run's record (steps, seconds, config, final files), last
+DAMAGED = ".damaged"  # suffix of a damaged checkpoint folder or file, set aside (never deleted)
+STEP_FOLDER = re.compile(r"step_\d{8}")  # checkpoint folder names; anything else is left alone
+STATE_KEYS = ("step", "history", "config", "optimizer", "scheduler")  # what TRAIN_STATE must hold
+Damage = list[tuple[Path, str]]  # damaged folders or files found, with what is wrong with each
+
+
+class CheckpointWarning(RuntimeWarning):
+    """A checkpoint or a finished run's file is damaged (truncated, corrupt, gone): it was set
+    aside and training went on from the newest complete checkpoint, or from scratch."""
+
 
 # --- audio for training ----------------------------------------------------------------------
 
@@ -313,14 +327,147 @@ def _set_rng_state(state: dict) -> None:
 
 
 def latest_checkpoint(output_dir: str | os.PathLike) -> Path | None:
-    """The newest complete checkpoint folder of a run, or None."""
+    """The checkpoint folder ``checkpoints/latest`` names, or None (none written yet, or that
+    folder is gone). Not verified: :func:`train` verifies it (:func:`checkpoint_damage`) before
+    resuming and falls back to an older one."""
     pointer = Path(output_dir) / CHECKPOINT_DIR / LATEST
     if not pointer.is_file():
         return None
-    folder = pointer.parent / pointer.read_text().strip()
-    if not (folder / TRAIN_STATE).is_file():
-        raise FileNotFoundError(f"{pointer} names {folder}, which holds no {TRAIN_STATE}")
-    return folder
+    folder = pointer.parent / pointer.read_text(errors="replace").strip()
+    return folder if STEP_FOLDER.fullmatch(folder.name) and folder.is_dir() else None
+
+
+def _file_record(path: Path) -> dict:
+    """Size (bytes) and sha256 of one file, as :data:`MANIFEST` and :data:`FINISHED` keep them."""
+    with open(path, "rb") as f:
+        digest = hashlib.file_digest(f, "sha256").hexdigest()
+    return {"bytes": path.stat().st_size, "sha256": digest}
+
+
+def _write_record(path: Path, folder: Path, names: Sequence[str], **fields) -> None:
+    """Write ``path`` (JSON, atomically): ``fields`` and the :func:`_file_record` of each of
+    ``names`` in ``folder``, so a later reader can tell a damaged copy from the file written."""
+    files = {name: _file_record(folder / name) for name in names}
+    atomic_write_text(path, json.dumps({**fields, "files": files}, indent=2))
+
+
+def _record_mismatch(folder: Path, files: dict) -> tuple[str, str] | None:
+    """The first of ``files`` (name → :func:`_file_record` when written) whose file in
+    ``folder`` is missing or differs, as ``(name, what is wrong)``; None when all match."""
+    for name, written in files.items():
+        path = folder / name
+        if not path.is_file():
+            return name, "missing"
+        size = path.stat().st_size
+        if size != written["bytes"]:
+            return name, f"{size} bytes, {written['bytes']} when written (truncated?)"
+        if _file_record(path)["sha256"] != written["sha256"]:
+            return name, "its sha256 differs from the one recorded when it was written"
+    return None
+
+
+def _error_text(err: BaseException) -> str:
+    """``Type: first line of the message`` (torch's errors carry long C++ traces)."""
+    lines = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {lines[0][:200] if lines else ''}".rstrip(": ")
+
+
+def checkpoint_damage(folder: str | os.PathLike) -> str | None:
+    """Why checkpoint ``folder`` cannot be resumed from (``"<file>: what is wrong"``), or None
+    when it is complete.
+
+    Complete: every file its :data:`MANIFEST` lists has the size and sha256 it was written with
+    (a checkpoint written before manifests existed skips this), and every file the resume reads
+    loads: the model, EMA and loss weights (safetensors, every tensor read), ``train_state.pt``
+    with :data:`STATE_KEYS` and each ``rng_<rank>.pt`` (``torch.load``). Any exception from
+    those readers (a file cut short, a disk that filled, a folder that is gone) is damage.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return "the folder is gone"
+    if (folder / MANIFEST).is_file():
+        try:
+            files = json.loads((folder / MANIFEST).read_text())["files"]
+        except Exception as err:
+            return f"{MANIFEST}: {_error_text(err)}"
+        mismatch = _record_mismatch(folder, files)
+        if mismatch is not None:
+            return ": ".join(mismatch)
+    rng_files = sorted({p.name for p in folder.glob("rng_*.pt")} | {"rng_0.pt"})
+    for name in (MODEL_WEIGHTS, EMA_WEIGHTS, LOSS_WEIGHTS, TRAIN_STATE, *rng_files):
+        try:
+            if name.endswith(".safetensors"):
+                load_file(folder / name)
+                continue
+            loaded = torch.load(folder / name, weights_only=True)
+            if name == TRAIN_STATE and (missing := [k for k in STATE_KEYS if k not in loaded]):
+                raise KeyError(f"no {missing}")
+        except Exception as err:
+            return f"{name}: {_error_text(err)}"
+    return None
+
+
+def _checkpoint_candidates(output_dir: Path) -> tuple[list[Path], Damage]:
+    """The checkpoint folders to try, newest first: the one ``checkpoints/latest`` names (even
+    if gone), then the older ``step_*`` ones; and ``latest`` itself when it names no folder.
+
+    Nothing without ``latest``: no checkpoint was ever completed (a folder without it is one cut
+    short while written, as is a folder newer than the one ``latest`` names)."""
+    pointer = output_dir / CHECKPOINT_DIR / LATEST
+    if not pointer.is_file():
+        return [], []
+    name = pointer.read_text(errors="replace").strip()
+    folders = [p for p in pointer.parent.iterdir() if p.is_dir() and STEP_FOLDER.fullmatch(p.name)]
+    if not STEP_FOLDER.fullmatch(name):
+        return sorted(folders, reverse=True), [(pointer, f"names {name[:40]!r}, no checkpoint")]
+    older = sorted((p for p in folders if p.name < name), reverse=True)
+    return [pointer.parent / name, *older], []
+
+
+def find_checkpoint(output_dir: str | os.PathLike) -> tuple[Path | None, Damage]:
+    """The newest complete checkpoint of a run (None: none left), and each damaged one tried
+    before it as ``(folder, what is wrong)`` (:func:`checkpoint_damage`). Only reads."""
+    candidates, damaged = _checkpoint_candidates(Path(output_dir))
+    for folder in candidates:
+        problem = checkpoint_damage(folder)
+        if problem is None:
+            return folder, damaged
+        damaged.append((folder, problem))
+    return None, damaged
+
+
+def _set_aside(path: Path) -> Path:
+    """Rename a damaged folder or file to ``<name>.damaged`` (``.damaged-2`` … when taken), so
+    it is never picked again and nothing is deleted; return the new path."""
+    target, n = path.with_name(path.name + DAMAGED), 1
+    while target.exists():
+        n += 1
+        target = path.with_name(f"{path.name}{DAMAGED}-{n}")
+    path.rename(target)
+    return target
+
+
+def _step_of(folder: Path) -> int:
+    return int(folder.name.removeprefix("step_"))
+
+
+def _handle_damage(damaged: Damage, output_dir: Path, checkpoint: Path | None) -> None:
+    """Set each damaged folder or file aside (:func:`_set_aside`), point ``checkpoints/latest``
+    at ``checkpoint`` (or remove it: none is left), and say so in ONE :class:`CheckpointWarning`
+    that names every damaged path, what was wrong and where training goes on from. Main process
+    only."""
+    found = []
+    for path, problem in damaged:
+        note = f", set aside as {_set_aside(path).name}" if path.exists() else ""
+        found.append(f"{path} ({problem}{note})")
+    pointer = output_dir / CHECKPOINT_DIR / LATEST
+    if checkpoint is not None:
+        atomic_write_text(pointer, checkpoint.name)
+        then = f"resuming from {checkpoint} (step {_step_of(checkpoint)})"
+    else:
+        pointer.unlink(missing_ok=True)
+        then = f"no complete checkpoint is left: training {output_dir} from scratch"
+    warnings.warn(f"damaged: {'; '.join(found)}; {then}", CheckpointWarning, stacklevel=3)
 
 
 def load_weights(model: nn.Module, path: str | os.PathLike) -> nn.Module:
@@ -362,7 +509,14 @@ class _Objective(nn.Module):
 class TrainResult:
     """What :func:`train` gives back. ``ema_model``: the EMA weights (eval mode; use these for
     embeddings); ``model``: the raw trained weights; ``history``: one row per optimizer step
-    (``step, lr`` and the loss's parts, averaged over micro-batches and processes)."""
+    (``step, lr`` and the loss's parts, averaged over micro-batches and processes).
+
+    ``steps``: optimizer steps the weights have had; ``seconds``: what training them took,
+    summed over the sessions of a resumed run (the original run's, when ``reused``).
+    ``start_step``: where this call began (0: from scratch; a checkpoint's step: resumed).
+    ``reused``: a finished run was found and loaded, nothing trained (``start_step == steps``).
+    ``summary``: one line saying which of these happened, for a notebook to print.
+    """
 
     ema_model: nn.Module
     model: nn.Module
@@ -370,6 +524,9 @@ class TrainResult:
     output_dir: Path
     steps: int
     seconds: float
+    start_step: int = 0
+    reused: bool = False
+    summary: str = ""
 
 
 def _accelerator(config: TrainConfig) -> Accelerator:
@@ -403,9 +560,74 @@ def _check_resumable(saved: dict, config: TrainConfig, folder: Path) -> None:
         )
 
 
+def _finished_run(output_dir: Path, config: TrainConfig) -> tuple[dict | None, Damage]:
+    """The :data:`FINISHED` record of a completed run of ``config`` whose final files are
+    intact, or None; and what was found damaged, as :func:`find_checkpoint` gives it.
+
+    None without a record, or when ``steps`` changed (allowed: training goes on from the newest
+    checkpoint). Other changed settings raise, as resuming does (:func:`_check_resumable`). A
+    final file that differs from its record (size, sha256) is damage: the run is then trained
+    again from its newest complete checkpoint rather than refused, because training is exactly
+    reproducible from a checkpoint (resume gives the uninterrupted run's weights, bit for bit):
+    the rebuilt file is the one that was lost, and the final checkpoint sits at the last step,
+    so it costs no training. An error would only make the user delete the file by hand and run
+    again, to the same end.
+    """
+    marker = output_dir / FINISHED
+    if not marker.is_file():
+        return None, []
+    try:
+        record = json.loads(marker.read_text())
+        saved, files = record["config"], record["files"]
+    except Exception as err:
+        return None, [(marker, _error_text(err))]
+    _check_resumable(saved, config, output_dir)
+    if record["steps"] != config.steps:
+        return None, []
+    mismatch = _record_mismatch(output_dir, files)
+    if mismatch is not None:
+        name, problem = mismatch
+        return None, [(output_dir / name, f"final file of the finished run: {problem}")]
+    return record, []
+
+
+def _reuse_finished(
+    model: nn.Module,
+    loss_fn: nn.Module,
+    config: TrainConfig,
+    output_dir: Path,
+    record: dict,
+    accelerator: Accelerator,
+) -> TrainResult:
+    """A finished run's result without training: its raw, loss and EMA weights loaded (on the
+    accelerator's device, as training leaves them), its ``train_log.csv`` and its seconds."""
+    load_model(model, output_dir / MODEL_WEIGHTS)
+    load_model(loss_fn, output_dir / LOSS_WEIGHTS)
+    model.to(accelerator.device)
+    loss_fn.to(accelerator.device)
+    ema = ema_model(model, config.ema_decay)
+    load_model(ema.module, output_dir / EMA_WEIGHTS)
+    steps, seconds = record["steps"], record["seconds"]
+    summary = f"found the finished run ({steps} steps, trained in {seconds:.0f} s) in {output_dir}"
+    if accelerator.is_main_process:
+        print(summary)
+    return TrainResult(
+        ema_model=ema.module.eval(),
+        model=model,
+        history=pd.read_csv(output_dir / TRAIN_LOG),
+        output_dir=output_dir,
+        steps=steps,
+        seconds=seconds,
+        start_step=steps,
+        reused=True,
+        summary=summary,
+    )
+
+
 def _write_checkpoint(accelerator, folder: Path, parts: dict, state: dict, keep: int) -> None:
-    """Write one checkpoint folder, then point ``latest`` at it (so a crash mid-way leaves the
-    previous checkpoint in charge), then prune old ones. Every file is written atomically."""
+    """Write one checkpoint folder and its :data:`MANIFEST`, then point ``latest`` at it (so a
+    crash mid-way leaves the previous checkpoint in charge), then prune old ones (``step_*``
+    folders only: a ``.damaged`` one is kept). Every file is written atomically."""
     if accelerator.is_main_process:
         for name, module in parts.items():
             _save_model(module, folder / name)
@@ -415,9 +637,11 @@ def _write_checkpoint(accelerator, folder: Path, parts: dict, state: dict, keep:
         torch.save(_rng_state(), tmp)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
+        rng_files = [f"rng_{rank}.pt" for rank in range(accelerator.num_processes)]
+        _write_record(folder / MANIFEST, folder, [*parts, TRAIN_STATE, *rng_files])
         atomic_write_text(folder.parent / LATEST, folder.name)
-        old = sorted(p for p in folder.parent.glob("step_*") if p.is_dir())[:-keep]
-        for stale in old:
+        kept = [p for p in folder.parent.iterdir() if p.is_dir() and STEP_FOLDER.fullmatch(p.name)]
+        for stale in sorted(kept)[:-keep]:
             shutil.rmtree(stale, ignore_errors=True)
 
 
@@ -443,21 +667,42 @@ def train(
     process), forward, ``backward`` of loss / accumulation; every ``grad_accumulation``
     micro-batches one AdamW step, one scheduler step, one EMA update, one log row. Writes to
     ``output_dir``: ``train_config.json``; ``checkpoints/step_NNNNNNNN/`` every
-    ``checkpoint_every`` steps (model, EMA and loss weights as safetensors; optimizer,
-    scheduler, step, log and config in ``train_state.pt``; each process's RNG states in
-    ``rng_<rank>.pt``) with ``checkpoints/latest`` naming the newest; ``train_log.csv``
-    (rewritten atomically at each checkpoint and at the end); at the end ``ema.safetensors``
-    (the weights to embed with) and ``model.safetensors``. ``resume=True`` continues from the
-    newest checkpoint (from scratch if there is none) and ends with the same weights and log as
-    an uninterrupted run; ``resume=False`` deletes the run's old checkpoints.
+    ``checkpoint_every`` steps and at the last step (model, EMA and loss weights as
+    safetensors; optimizer, scheduler, step, log, config and seconds so far in
+    ``train_state.pt``; each process's RNG states in ``rng_<rank>.pt``; every file's size and
+    sha256 in ``manifest.json``) with ``checkpoints/latest`` naming the newest;
+    ``train_log.csv`` (rewritten atomically at each checkpoint and at the end); at the end
+    ``ema.safetensors`` (the weights to embed with), ``model.safetensors``,
+    ``loss.safetensors`` and, last, ``finished.json`` (steps, seconds, config, each final
+    file's size and sha256): the run is complete.
+
+    ``resume=True`` on a finished run (same settings and steps) trains nothing: it loads the
+    final weights into ``model`` and ``loss_fn`` and returns the recorded log and seconds
+    (``reused``). Otherwise it continues from the newest checkpoint that verifies
+    (:func:`checkpoint_damage`; from scratch if none) and ends with the same weights and log as
+    an uninterrupted run. A damaged checkpoint or final file is renamed ``<name>.damaged`` and
+    named, with what was wrong and where training goes on from, in one
+    :class:`CheckpointWarning`. Changed settings other than
+    :attr:`TrainConfig.RESUMABLE_CHANGES` raise a ValueError. ``resume=False`` deletes the
+    run's old checkpoints and its ``finished.json``.
     """
     started = time.perf_counter()
     output_dir = Path(output_dir)
     accelerator = _accelerator(config)
-    checkpoint = latest_checkpoint(output_dir) if resume else None
+    checkpoint, damaged = None, []
+    if resume:
+        finished, damaged = _finished_run(output_dir, config)
+        if finished is not None:
+            return _reuse_finished(model, loss_fn, config, output_dir, finished, accelerator)
+        checkpoint, damaged_checkpoints = find_checkpoint(output_dir)
+        damaged += damaged_checkpoints
+    accelerator.wait_for_everyone()  # every process has read what it resumes from
     if accelerator.is_main_process:
         if not resume:
             shutil.rmtree(output_dir / CHECKPOINT_DIR, ignore_errors=True)
+        if damaged:
+            _handle_damage(damaged, output_dir, checkpoint)
+        (output_dir / FINISHED).unlink(missing_ok=True)  # no longer true once training starts
         atomic_write_text(output_dir / TRAIN_CONFIG, json.dumps(config.to_dict(), indent=2))
     accelerator.wait_for_everyone()
     set_seed(config.seed, device_specific=True)  # dropout differs per process, as it should
@@ -468,7 +713,10 @@ def train(
         _check_resumable(state["config"], config, checkpoint)
         load_model(model, checkpoint / MODEL_WEIGHTS)
         load_model(loss_fn, checkpoint / LOSS_WEIGHTS)
+        if accelerator.is_main_process:
+            print(f"resuming {output_dir} from step {state['step']} of {config.steps}")
     step, history = state["step"], state["history"]
+    start_step, seconds_before = step, state.get("seconds", 0.0)  # older checkpoints: no seconds
 
     groups = [{"params": [p for p in model.parameters() if p.requires_grad]}]
     loss_params = [p for p in loss_fn.parameters() if p.requires_grad]
@@ -521,6 +769,7 @@ def train(
             "config": config.to_dict(),
             "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(),
+            "seconds": seconds_before + time.perf_counter() - started,
         }
         weights = {MODEL_WEIGHTS: inner.model, EMA_WEIGHTS: ema.module, LOSS_WEIGHTS: loss_fn}
         _write_checkpoint(accelerator, folder, weights, training_state, config.keep_checkpoints)
@@ -579,25 +828,40 @@ def train(
         bar.update()
         if step % config.log_every == 0 or step == config.steps:
             bar.set_postfix(loss=f"{history[-1]['loss']:.4f}", lr=f"{lr:.3g}")
-        if config.checkpoint_every and step % config.checkpoint_every == 0:
+        # ... and at the last step: a finished run's newest checkpoint holds its final state
+        every = config.checkpoint_every
+        if every and (step % every == 0 or step == config.steps):
             save(output_dir / CHECKPOINT_DIR / f"step_{step:08d}")
     bar.close()
     del batches
 
+    final = {EMA_WEIGHTS: ema.module, MODEL_WEIGHTS: inner.model, LOSS_WEIGHTS: loss_fn}
     if accelerator.is_main_process:
-        _save_model(ema.module, output_dir / EMA_WEIGHTS)
-        _save_model(inner.model, output_dir / MODEL_WEIGHTS)
+        for name, module in final.items():
+            _save_model(module, output_dir / name)
         write_table(pd.DataFrame(history), output_dir / TRAIN_LOG)
+    seconds = seconds_before + time.perf_counter() - started
+    if accelerator.is_main_process:  # last: its presence says every final file is complete
+        _write_record(
+            output_dir / FINISHED, output_dir, [*final, TRAIN_LOG],
+            steps=step, seconds=seconds, config=config.to_dict(),
+        )  # fmt: skip
     accelerator.wait_for_everyone()
     ema_module = ema.module.eval()
     accelerator.free_memory()
+    if start_step:
+        summary = f"resumed from step {start_step}: {step} steps, trained in {seconds:.0f} s"
+    else:
+        summary = f"trained {step} steps in {seconds:.0f} s"
     return TrainResult(
         ema_model=ema_module,
         model=inner.model,
         history=pd.DataFrame(history),
         output_dir=output_dir,
         steps=step,
-        seconds=time.perf_counter() - started,
+        seconds=seconds,
+        start_step=start_step,
+        summary=f"{summary} in {output_dir}",
     )
 
 

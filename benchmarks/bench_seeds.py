@@ -41,7 +41,9 @@ def autoencoder_scores(clips: pd.DataFrame, profile: dict) -> dict[str, float]:
     test = scores[scores["split"] == "test"]
     return {
         system: 100
-        * metrics.summarise(metrics.evaluate(test.assign(anomaly_score=test[col])))["hmean"]
+        * metrics.summarise(
+            metrics.evaluate(metrics.labelled(test.assign(anomaly_score=test[col]))[0])
+        )["hmean"]
         for system, col in (("baseline-MSE", "mse"), ("baseline-MAHALA", "mahalanobis"))
     }
 
@@ -56,7 +58,9 @@ def system_score(clips, data_root, profile_path: Path, profile: dict, system: st
     )
     scores = scoring.score_system(clips, embeddings, k=systems.knn_k(profile, system))
     test = scores[scores["split"] == "test"]
-    return 100 * metrics.summarise(metrics.evaluate(test))["hmean"], result.seconds
+    return 100 * metrics.summarise(metrics.evaluate(metrics.labelled(test)[0]))[
+        "hmean"
+    ], result.seconds
 
 
 def main() -> None:

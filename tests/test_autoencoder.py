@@ -93,3 +93,27 @@ def test_run_autoencoder_gives_both_variants_and_repeats_exactly(tmp_path):
     pd.testing.assert_frame_equal(first.scores, second.scores)
     with pytest.raises(ValueError, match="one machine type"):
         baseline.run_autoencoder(pd.concat([clips, clips.assign(machine_type="x")]))
+
+
+def test_training_clips_get_out_of_fold_mahalanobis_scores():
+    # 10 clips of one domain and 5 of the other, 4 vectors each; residuals drawn at random
+    torch.manual_seed(0)
+    owner = np.repeat(np.arange(15), 4)
+    residual = torch.randn(60, 3)
+    domain = np.array(["source"] * 10 + ["target"] * 5)
+    from asd_utils.baseline import out_of_fold_mahalanobis
+
+    scores = out_of_fold_mahalanobis(residual, owner, np.arange(15), domain, folds=5)
+    # clip 0 is in fold 0 (source) and clip 10 in fold 0 (target): neither shaped the
+    # covariances its score uses
+    fold0 = torch.from_numpy(np.isin(owner, [0, 5, 10]))
+    inv_s = fit_inverse_covariance(residual[~fold0 & torch.from_numpy(owner < 10)])
+    inv_t = fit_inverse_covariance(residual[~fold0 & torch.from_numpy(owner >= 10)])
+    u = residual[owner == 0].double().mean(0)
+    expected = min(float(u @ inv_s @ u), float(u @ inv_t @ u))
+    assert scores[0] == pytest.approx(expected, rel=1e-9)
+    # in-sample scores (covariance fitted on all clips) are smaller on average
+    all_s = fit_inverse_covariance(residual[torch.from_numpy(owner < 10)])
+    means = torch.stack([residual[owner == c].double().mean(0) for c in range(10)])
+    in_sample = torch.einsum("nd,de,ne->n", means, all_s, means).numpy()
+    assert scores[:10].mean() > in_sample.mean()

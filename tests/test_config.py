@@ -51,3 +51,91 @@ def test_a_user_data_root_must_exist(tmp_path):
     paths = config.resolve_paths(profile, data_root=str(tmp_path / "missing"))
     with pytest.raises(FileNotFoundError, match="missing"):
         config.prepare_data(profile, paths)
+
+
+# --- the profile schema: a misspelt, mistyped or out-of-range key is refused up front ----------
+
+
+def _write_variant(tmp_path, change, text_change=None):
+    """The smoke profile with one change, written to a file; returns its path."""
+    import yaml
+
+    values = yaml.safe_load(config.profile_path("smoke").read_text())
+    change(values)
+    text = yaml.safe_dump(values, sort_keys=False)
+    if text_change:
+        text = text_change(text)
+    path = tmp_path / "variant.yaml"
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (
+            lambda p: p["osscl"].update(crop_second=p["osscl"].pop("crop_seconds")),
+            r"osscl\.crop_second: unknown key; did you mean 'crop_seconds'\?",
+        ),
+        (
+            lambda p: p["osscl"].update(target_repeat=p["osscl"].pop("target_repeats")),
+            r"osscl\.target_repeat: unknown key; did you mean 'target_repeats'\?",
+        ),
+        (
+            lambda p: p["beats_grl"].update(
+                ablation_lambda_zeros=p["beats_grl"].pop("ablation_lambda_zero")
+            ),
+            r"beats_grl\.ablation_lambda_zeros: unknown key; did you mean 'ablation_lambda_zero'",
+        ),
+        (
+            lambda p: p["anc"].update(filter_lenght=p["anc"].pop("filter_length")),
+            r"anc\.filter_lenght: unknown key; did you mean 'filter_length'\?",
+        ),
+        (
+            lambda p: p.update(beats_gr=p.pop("beats_grl")),
+            r"beats_grl: missing.*beats_gr: unknown key; did you mean 'beats_grl'\?",
+        ),
+        (
+            lambda p: p["osscl"]["train"].update(steps="6"),
+            r"osscl\.train\.steps: input should be a valid integer, got '6' \(str\)",
+        ),
+        (
+            lambda p: p["decision"].update(quantile=90),
+            r"decision\.quantile: input should be less than 1, got 90",
+        ),
+        (
+            lambda p: p["osscl"]["train"].update(steps=0),
+            r"osscl\.train\.steps: input should be greater than 0",
+        ),
+        (
+            lambda p: p["ensemble"].update(weights=[1.0]),
+            r"ensemble: value error, 1 weights for 2 members",
+        ),
+        (
+            lambda p: p["submission"].update(systems=["System 1"] * 5),
+            r"submission\.systems: list should have at most 4 items",
+        ),
+    ],
+)
+def test_a_bad_profile_is_refused_naming_file_and_key(tmp_path, change, message):
+    path = _write_variant(tmp_path, change)
+    with pytest.raises(config.ProfileError, match=message) as caught:
+        config.load_profile(path)
+    assert str(path) in str(caught.value)
+
+
+def test_yaml_1_1_exponent_floats_are_numbers(tmp_path):
+    # PyYAML reads 5e-4 (no dot) as a string; a profile means the number
+    path = _write_variant(
+        tmp_path,
+        lambda p: None,
+        lambda text: text.replace("learning_rate: 0.0005", "learning_rate: 5e-4"),
+    )
+    assert "learning_rate: 5e-4" in path.read_text()
+    assert config.load_profile(path)["osscl"]["train"]["learning_rate"] == 5e-4
+
+
+def test_a_frozen_profile_loads_back_identically(tmp_path):
+    profile = config.load_profile("smoke")
+    frozen = config.freeze_profile(profile, tmp_path / "profile.yaml")
+    assert config.load_profile(frozen) == profile

@@ -1,5 +1,7 @@
 """Tests for asd_utils.data: name parsing, indexing, reading and writing clips."""
 
+import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -7,9 +9,11 @@ import pandas as pd
 import pytest
 import soundfile as sf
 
+from asd_utils import data
 from asd_utils.data import (
     COLUMNS,
     DataError,
+    DataWarning,
     describe_channels,
     index_dataset,
     machine_types,
@@ -17,6 +21,8 @@ from asd_utils.data import (
     parse_file_name,
     read_audio,
     read_clips,
+    sample_cache_path,
+    scan_samples,
     write_wav,
 )
 
@@ -378,7 +384,250 @@ def test_misfiled_clip(tmp_path):
 def test_duplicate_clip_across_dev_and_eval(tmp_path):
     name = "section_00_source_train_normal_0000_m-n_X.wav"
     for part in ("dev_data", "eval_data"):
-        write_wav(tmp_path / part / "raw" / "fan" / "train" / name, tone(0.1))
+        write_wav(tmp_path / part / "raw" / "fan" / "train" / name, tone(1.2))
     with pytest.raises(DataError, match="appears twice") as err:
         index_dataset(tmp_path)
     assert name in str(err.value)
+
+
+# --- refusals at indexing: each names the file (or folder) and what was expected -------------
+
+GOOD_TRAIN = "section_00_source_train_normal_0000_m-n_X.wav"
+GOOD_TEST = "section_00_source_test_normal_0000_m-n_X.wav"
+BAD = "section_00_source_train_normal_0001_m-n_X.wav"
+
+
+def small_tree(root: Path) -> Path:
+    """``root/fan/{train,test}`` with one good 1.2 s stereo clip each; returns ``root/fan``."""
+    fan = root / "fan"
+    write_wav(fan / "train" / GOOD_TRAIN, tone(1.2, seed=1))
+    write_wav(fan / "test" / GOOD_TEST, tone(1.2, seed=2))
+    return fan
+
+
+def write_float(path: Path, audio: np.ndarray, sr: int = SR) -> Path:
+    """``audio`` (channels, samples) as a 32-bit float WAV, which can hold NaN and inf."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sf.write(path, audio.T, sr, subtype="FLOAT")
+    return path
+
+
+def refusal(root: Path, **kwargs) -> str:
+    """The message of the DataError ``index_dataset(root, **kwargs)`` raises."""
+    with pytest.raises(DataError) as err:
+        index_dataset(root, **kwargs)
+    return str(err.value)
+
+
+def test_index_refuses_another_sample_rate(tmp_path):
+    bad = write_wav(small_tree(tmp_path) / "train" / BAD, tone(1.2, sr=8000), 8000)
+    message = refusal(tmp_path)
+    assert str(bad) in message and "8000 Hz, but 16000 Hz was expected" in message
+    table = index_dataset(tmp_path, sample_rate=None)
+    assert sorted(table["sample_rate"]) == [8000, SR, SR]
+
+
+def test_index_refuses_three_channels(tmp_path):
+    bad = write_wav(small_tree(tmp_path) / "train" / BAD, np.vstack([tone(1.2)] * 2)[:3])
+    message = refusal(tmp_path)
+    assert str(bad) in message and "has 3 channels; expected 1 (mono" in message
+    assert "or 2 (stereo" in message
+
+
+@pytest.mark.parametrize(("value", "shown"), [(np.nan, "nan"), (np.inf, "inf"), (-np.inf, "-inf")])
+def test_index_refuses_nonfinite_samples(tmp_path, value, shown):
+    audio = tone(1.2)
+    audio[1, 8000] = value  # far channel, 0.5 s
+    bad = write_float(small_tree(tmp_path) / "train" / BAD, audio)
+    message = refusal(tmp_path)
+    assert str(bad) in message and "NaN or infinite samples" in message
+    assert f"first: {shown} at 0.5000 s, frame 8000, channel 1" in message
+    assert "more clip" not in message  # the only bad one
+
+
+def test_index_counts_the_other_nonfinite_clips(tmp_path):
+    fan = small_tree(tmp_path)
+    audio = tone(1.2)
+    audio[0, 0] = np.nan
+    write_float(fan / "train" / BAD, audio)
+    first = write_float(fan / "test" / "section_00_source_test_normal_0001_m-n_X.wav", audio)
+    message = refusal(tmp_path)  # the first in table order: test/ sorts before train/
+    assert str(first) in message and "1 more clip(s) have some too" in message
+
+
+def test_index_refuses_a_too_short_clip(tmp_path):
+    bad = write_wav(small_tree(tmp_path) / "train" / BAD, tone(0.1))
+    message = refusal(tmp_path)  # a 0.1 s clip: shorter than any front-end reads
+    assert str(bad) in message
+    expected = "lasts 0.100 s (1600 frames at 16000 Hz); expected at least min_seconds = 0.2 s"
+    assert expected in message
+    assert len(index_dataset(tmp_path, min_seconds=0.1)) == 3
+    assert "at least min_seconds = 2 s" in refusal(tmp_path, min_seconds=2.0)
+    with pytest.raises(ValueError, match="min_seconds"):
+        index_dataset(tmp_path, min_seconds=-1)
+
+
+@pytest.mark.parametrize("empty", ["train", "test"])
+def test_index_refuses_an_empty_split_folder(tmp_path, empty):
+    fan = small_tree(tmp_path)
+    for path in (fan / empty).iterdir():
+        path.unlink()
+    (fan / empty / "notes.txt").write_text("the clips are elsewhere")
+    message, folder = refusal(tmp_path), str(fan / empty)
+    assert f"{empty}/ folder {folder!r} of machine type 'fan' has no .wav files" in message
+    # even when only the other split is asked for: the tree itself is broken
+    other = "test" if empty == "train" else "train"
+    assert folder in refusal(tmp_path, split=other)
+
+
+def test_a_missing_split_folder_is_no_refusal(tmp_path):
+    fan = small_tree(tmp_path)
+    (fan / "test" / GOOD_TEST).unlink()
+    (fan / "test").rmdir()  # e.g. an evaluation set before its test clips are out
+    assert index_dataset(tmp_path)["split"].tolist() == ["train"]
+
+
+def test_a_silent_clip_is_a_warning_naming_it(tmp_path):
+    silent = write_wav(small_tree(tmp_path) / "train" / BAD, np.zeros((2, round(1.2 * SR))))
+    with pytest.warns(DataWarning, match="silent") as caught:
+        table = index_dataset(tmp_path)
+    assert len(caught) == 1 and str(silent) in str(caught[0].message)
+    assert caught[0].filename == __file__  # points at the caller's line
+    assert silent.name in table["file_name"].tolist() and len(table) == 3
+    assert issubclass(DataWarning, UserWarning)
+
+
+def test_nearly_silent_clips_are_not_silent(tmp_path):
+    fan = small_tree(tmp_path)
+    one = np.zeros((2, round(1.2 * SR)))
+    one[1, -1] = 1 / 32768  # one quantisation step, in the far channel's last sample
+    write_wav(fan / "train" / BAD, one)
+    write_float(fan / "test" / "section_00_source_test_normal_0001_m-n_X.wav", one * 1e-3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert len(index_dataset(tmp_path)) == 4
+
+
+def test_upper_case_extensions_are_indexed(tmp_path):
+    fan = small_tree(tmp_path)
+    upper = write_wav(fan / "train" / "section_00_source_train_normal_0001_m-n_X.WAV", tone(1.2))
+    mixed = write_wav(fan / "test" / "section_00_0007.Wav", tone(1.2))
+    table = index_dataset(tmp_path)
+    assert len(table) == 4
+    assert {upper.name, mixed.name} <= set(table["file_name"])  # the file's own name
+    row = table.set_index("file_name").loc[upper.name]
+    assert (row["index"], row["attributes"], row["path"]) == (1, "m-n_X", str(upper))
+    assert parse_file_name("section_00_0007.Wav")["index"] == 7
+    with pytest.raises(DataError, match="section_<NN>"):
+        parse_file_name("section_00_0007.wave")
+
+
+def test_one_clip_in_two_letter_cases_is_refused(tmp_path):
+    fan = small_tree(tmp_path)
+    write_wav(fan / "train" / GOOD_TRAIN.replace(".wav", ".WAV"), tone(1.2))
+    message = refusal(tmp_path)
+    assert "differ only in letter case" in message and str(fan / "train" / GOOD_TRAIN) in message
+
+
+# --- the sample checks: one read per file, cached outside the data root ---------------------
+
+
+@pytest.fixture
+def count_reads(monkeypatch) -> list[str]:
+    """Every file whose samples are read (the block reader's calls), in order."""
+    reads = []
+    real = data._sample_blocks
+
+    def counting(audio):
+        reads.append(audio.name)
+        return real(audio)
+
+    monkeypatch.setattr(data, "_sample_blocks", counting)
+    return reads
+
+
+def test_the_sample_cache_reads_each_file_once(tmp_path, count_reads):
+    root, cache = tmp_path / "data", tmp_path / "cache"
+    fan = small_tree(root)
+    first = index_dataset(root, cache_dir=cache)
+    assert sorted(count_reads) == sorted(first["path"]) and len(count_reads) == 2
+    assert [p.name for p in cache.iterdir()] == [sample_cache_path(cache, root).name]
+    assert sorted(p.name for p in root.rglob("*") if p.is_file()) == [GOOD_TEST, GOOD_TRAIN]
+
+    count_reads.clear()
+    pd.testing.assert_frame_equal(index_dataset(root, cache_dir=cache), first)
+    assert count_reads == []  # headers only
+
+    changed = fan / "train" / GOOD_TRAIN
+    stat = os.stat(changed)
+    os.utime(changed, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
+    index_dataset(root, cache_dir=cache)
+    assert count_reads == [str(changed)]
+
+    count_reads.clear()
+    index_dataset(root)  # no cache: read every time
+    index_dataset(root, check_samples=False)  # headers only
+    assert len(count_reads) == 2
+
+
+def test_a_cached_verdict_still_refuses_and_a_fixed_file_passes(tmp_path, count_reads):
+    root, cache = tmp_path / "data", tmp_path / "cache"
+    audio = tone(1.2)
+    audio[0, 100] = np.nan
+    bad = write_float(small_tree(root) / "train" / BAD, audio)
+    first = refusal(root, cache_dir=cache)
+    count_reads.clear()
+    assert refusal(root, cache_dir=cache) == first and count_reads == []
+    write_float(bad, np.nan_to_num(audio))  # fixed: a new size or mtime
+    os.utime(bad, ns=(os.stat(bad).st_atime_ns, os.stat(bad).st_mtime_ns + 1_000_000_000))
+    assert len(index_dataset(root, cache_dir=cache)) == 3 and count_reads == [str(bad)]
+
+
+def test_the_sample_cache_stays_out_of_the_data_root(tmp_path):
+    small_tree(tmp_path)
+    with pytest.raises(ValueError, match="inside data_root"):
+        index_dataset(tmp_path, cache_dir=tmp_path / "cache")
+    assert not (tmp_path / "cache").exists()
+
+
+def test_a_broken_cache_file_is_ignored_and_rewritten(tmp_path, count_reads):
+    root, cache = tmp_path / "data", tmp_path / "cache"
+    small_tree(root)
+    path = sample_cache_path(cache, root)
+    path.parent.mkdir()
+    path.write_text("{not json")
+    assert len(index_dataset(root, cache_dir=cache)) == 2 and len(count_reads) == 2
+    count_reads.clear()
+    index_dataset(root, cache_dir=cache)
+    assert count_reads == []
+    assert sample_cache_path(cache, root) != sample_cache_path(cache, tmp_path / "other")
+
+
+def test_scan_samples_reads_pcm_until_sound_and_float_to_the_end(
+    tmp_path, count_reads, monkeypatch
+):
+    blocks = []
+    real = data._sample_blocks
+
+    def recording(audio):
+        for block in real(audio):
+            blocks.append(len(block))
+            yield block
+
+    monkeypatch.setattr(data, "_sample_blocks", recording)
+    n = data.SCAN_FIRST_FRAMES + 2 * data.SCAN_BLOCK_FRAMES + 5
+    pcm = write_wav(tmp_path / "pcm.wav", tone(n / SR))
+    assert scan_samples(pcm) == {"silent": False, "nonfinite": None} and blocks == [4096]
+    blocks.clear()
+    audio = tone(n / SR)
+    audio[0, n - 1] = np.inf
+    assert scan_samples(write_float(tmp_path / "float.wav", audio))["nonfinite"] == {
+        "frame": n - 1,
+        "channel": 0,
+        "value": "inf",
+    }
+    assert sum(blocks) == n  # read to the end, a block at a time
+    assert max(blocks) == data.SCAN_BLOCK_FRAMES
+    blocks.clear()
+    silent = write_wav(tmp_path / "silent.wav", np.zeros((1, n)))
+    assert scan_samples(silent) == {"silent": True, "nonfinite": None} and sum(blocks) == n

@@ -338,3 +338,19 @@ def test_flagged_share_per_domain_with_anonymous_clips():
     )
     share = metrics.flagged_share(decisions)
     assert share.to_dict() == {"source": 0.5, "target": 1.0, "unknown": 0.25, "all": 0.5}
+
+
+def test_decision_threshold_rules():
+    rng = np.random.default_rng(0)
+    scores = rng.gamma(2.0, 1.0, 500)
+    assert metrics.decision_threshold(scores, 0.9, "empirical") == np.quantile(scores, 0.9)
+    assert metrics.decision_threshold(scores, 0.9, "gamma") == metrics.gamma_threshold(scores)
+    # a few far outliers cannot move the empirical quantile past the bulk of the scores
+    heavy = np.concatenate([scores, [1e3, 2e3, 5e3]])
+    assert metrics.decision_threshold(heavy, 0.9, "empirical") < scores.max()
+    with pytest.raises(ValueError, match="unknown decision rule 'median'"):
+        metrics.decision_threshold(scores, 0.9, "median")
+    with pytest.raises(ValueError, match=r"quantile must lie in \(0, 1\)"):
+        metrics.decision_threshold(scores, 90, "empirical")
+    assert "gamma" in metrics.describe_decision("gamma", 0.9)
+    assert "gamma" not in metrics.describe_decision("empirical", 0.9)

@@ -5,6 +5,7 @@ attributes (the 2020-2025 format)."""
 
 import json
 import re
+import shutil
 
 import nbformat
 import numpy as np
@@ -144,7 +145,7 @@ def test_every_system_flags_some_but_not_all_test_clips(smoke_run):
 
 
 @pytest.fixture(scope="module")
-def mono_run(tmp_path_factory):
+def mono_run(tmp_path_factory, smoke_run):
     tmp = tmp_path_factory.mktemp("mono")
     tree = synth.SynthConfig(
         machine_types=("ToyCar",),
@@ -155,6 +156,10 @@ def mono_run(tmp_path_factory):
         clip_seconds={"default": 1.5},
     )
     synth.generate_dataset(tmp / "mono", tree, progress=False)
+    # a second run into the folder of an earlier one, on other data: nothing of the first may
+    # be reported (the smoke run had fan, gearboxEmu and System 3)
+    smoke_tmp, _ = smoke_run
+    shutil.copytree(smoke_tmp / "out", tmp / "out")
     record = pipeline.run(
         "smoke",
         data_root=str(tmp / "mono"),
@@ -177,3 +182,51 @@ def test_mono_data_runs_every_chapter_without_system_3_and_says_so(mono_run):
     folders = sorted((tmp / "out" / "submission" / "task2").glob("*_task2_*"))
     assert len(folders) == 3
     assert all([p.suffix for p in f.iterdir()] == [".yaml"] for f in folders)
+
+
+def test_a_second_run_reports_only_what_it_computed(mono_run):
+    tmp, record = mono_run
+    out = tmp / "out"
+    assert set(pd.read_csv(out / "metrics.csv")["machine_type"]) == {"ToyCar"}
+    assert not (out / "systems" / "System 3").exists()
+    table2 = pd.read_csv(out / "table2.csv")
+    assert "System 3" not in table2.columns and "fan" not in set(table2["machine_type"])
+    saved = json.loads((out / "run_record.json").read_text())
+    assert saved["status"] == "finished" and saved["data_root"] == str(tmp / "mono")
+
+
+def test_every_notebook_ran_the_frozen_profile(smoke_run):
+    tmp, record = smoke_run
+    frozen = tmp / "out" / "profile.yaml"
+    assert config.load_profile(frozen) == record["settings"]
+    for path in (tmp / "out" / "book_source" / "notebooks").glob("*.ipynb"):
+        nb = nbformat.read(path, as_version=4)
+        injected = [c for c in nb.cells if "injected-parameters" in c.metadata.get("tags", [])]
+        assert f"profile = {str(frozen)!r}" in injected[0].source.replace('"', "'"), path.name
+
+
+def test_a_failed_run_says_where_and_keeps_the_stage_times(tmp_path, monkeypatch, smoke_run):
+    smoke_tmp, _ = smoke_run
+    good = nbformat.v4.new_notebook()
+    good.cells = [nbformat.v4.new_code_cell("profile = ''", metadata={"tags": ["parameters"]})]
+    bad = nbformat.v4.new_notebook()
+    bad.cells = [
+        nbformat.v4.new_code_cell("profile = ''", metadata={"tags": ["parameters"]}),
+        nbformat.v4.new_code_cell("raise ValueError('broken on purpose')"),
+    ]
+    (tmp_path / "notebooks").mkdir()
+    for name, nb in (("00_fine", good), ("10_broken", bad)):
+        nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3"}
+        nbformat.write(nb, tmp_path / "notebooks" / f"{name}.ipynb")
+    monkeypatch.setattr(pipeline, "NOTEBOOK_DIR", tmp_path / "notebooks")
+    with pytest.raises(pipeline.NotebookFailed):
+        pipeline.run(
+            str(smoke_tmp / "out" / "profile.yaml"),
+            data_root=str(smoke_tmp / "data"),
+            output_root=str(tmp_path / "out"),
+            book=False,
+        )
+    saved = json.loads((tmp_path / "out" / "run_record.json").read_text())
+    assert saved["status"].startswith("failed at 10_broken: notebook 10_broken.ipynb failed")
+    assert "broken on purpose" in saved["status"]
+    assert {"prepare_data", "00_fine"} <= set(saved["stage_seconds"])

@@ -40,7 +40,7 @@ PROFILE = {
 
 
 def _wav(path: Path, rng) -> None:
-    data.write_wav(path, np.zeros((2, 1600)) + 0.01 * rng.standard_normal((2, 1600)))
+    data.write_wav(path, np.zeros((2, 4000)) + 0.01 * rng.standard_normal((2, 4000)))
 
 
 @pytest.fixture(scope="module")
@@ -489,7 +489,9 @@ def test_cli_check(package, tree, good_folder, capsys):
 
 def test_cli_write(tree, tmp_path, capsys):
     profile = tmp_path / "profile.yaml"
-    profile.write_text(yaml.safe_dump(PROFILE))
+    full = config.load_profile("smoke")  # a whole profile: the CLI validates it
+    full["submission"] = {**full["submission"], "label": LABEL, "systems": SYSTEMS}
+    profile.write_text(yaml.safe_dump(full))
     destination = tmp_path / "out"
     argv = ["write", "--profile", str(profile), "--data-root", str(tree["data_root"])]
     argv += ["--output-root", str(tree["output_root"]), "--destination", str(destination)]

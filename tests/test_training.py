@@ -1,15 +1,21 @@
-"""The training loop: classes, schedule, EMA, data order, accumulation, exact resume, CLI."""
+"""The training loop: classes, schedule, EMA, data order, accumulation, exact resume, damaged
+checkpoints, finished runs, CLI."""
 
+import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
 from torch import nn
 
 from asd_utils import data, training
@@ -56,7 +62,7 @@ def make_clips(root: Path, n_per_class: int = 4, samples: int = 1600) -> pd.Data
             near = 0.3 * np.sin(2 * np.pi * (500 + 1500 * c) * t[:n]) + noise
             name = f"section_00_source_train_normal_{c * 10 + i:04d}_{attrs}.wav"
             data.write_wav(root / "ToyCar" / "train" / name, np.stack([near, noise]))
-    return data.index_dataset(root)
+    return data.index_dataset(root, min_seconds=0)  # 0.1 s clips, shorter than any front-end reads
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +72,7 @@ def clips(tmp_path_factory) -> pd.DataFrame:
 
 def build_tiny(root, dropout=0.1, kill_after=None, seed=0):
     """(model, loss, dataset) for the tests and the CLI; kill_after: SIGKILL at that draw."""
-    table = data.index_dataset(root)
+    table = data.index_dataset(root, min_seconds=0)
     ids, names = data.attribute_classes(table)
     torch.manual_seed(seed)
     model = EmbeddingModel(TinyBackbone(dropout), projection_dim=4)
@@ -354,6 +360,235 @@ def test_kill_and_resume_gives_the_uninterrupted_run(clips, tmp_path):
             *build_tiny(root), small_config(learning_rate=1.0), tmp_path / "cut", resume=True,
             progress=False,
         )  # fmt: skip
+
+
+# --- damaged checkpoints, finished runs -----------------------------------------------------------
+
+CUT_CONFIG = dict(steps=6, checkpoint_every=2)  # checkpoints at steps 2, 4 (and 6, never reached)
+
+
+@pytest.fixture(scope="module")
+def cut_run(clips, tmp_path_factory):
+    """An uninterrupted run and one stopped in step 5 (``checkpoints/step_00000002`` and
+    ``step_00000004`` on disk, ``latest`` naming step 4), of the same settings."""
+    root = Path(clips["path"][0]).parents[2]
+    tmp = tmp_path_factory.mktemp("cut_run")
+    config = small_config(**CUT_CONFIG)
+    model, loss_fn, dataset = build_tiny(root)
+    full = training.train(model, loss_fn, dataset, config, tmp / "full", progress=False)
+
+    class Killed(Exception):
+        pass
+
+    def die():
+        raise Killed
+
+    # 8 clips per step, one batch of 4 fetched ahead: item 44 is asked for in step 5
+    model, loss_fn, dataset = build_tiny(root, kill_after=5 * 2 * 4 + 3)
+    dataset.die = die
+    with pytest.raises(Killed):
+        training.train(model, loss_fn, dataset, config, tmp / "cut", progress=False)
+    assert sorted(p.name for p in (tmp / "cut" / training.CHECKPOINT_DIR).iterdir()) == [
+        "latest", "step_00000002", "step_00000004",
+    ]  # fmt: skip
+    return root, full, tmp / "cut"
+
+
+def copy_run(source: Path, tmp_path: Path) -> Path:
+    return Path(shutil.copytree(source, tmp_path / "run"))
+
+
+def truncate(path: Path) -> None:
+    """Cut a file in half, as a copy that died or a disk that filled leaves it."""
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def resume(root, folder: Path, seed: int = 0, **changes) -> tuple[training.TrainResult, list]:
+    """``train(resume=True)`` on ``folder`` from a new process's state; the result and the
+    CheckpointWarnings it gave."""
+    torch.manual_seed(123)
+    model, loss_fn, dataset = build_tiny(root, seed=seed)
+    config = small_config(**{**CUT_CONFIG, **changes})
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = training.train(
+            model, loss_fn, dataset, config, folder, resume=True, progress=False
+        )
+    return result, [w for w in caught if issubclass(w.category, training.CheckpointWarning)]
+
+
+def assert_same_run(result: training.TrainResult, full: training.TrainResult) -> None:
+    assert_same(state(result.ema_model), state(full.ema_model))
+    assert_same(state(result.model), state(full.model))
+    pd.testing.assert_frame_equal(result.history, full.history)
+    assert result.steps == full.steps
+
+
+@pytest.mark.parametrize(
+    ("damaged_file", "manifest"),
+    [("model.safetensors", True), ("train_state.pt", False)],
+    ids=["model-cut-in-half", "optimizer-state-cut-no-manifest"],
+)
+def test_a_damaged_newest_checkpoint_resumes_from_the_previous_one(
+    cut_run, tmp_path, damaged_file, manifest
+):
+    root, full, cut = cut_run
+    run = copy_run(cut, tmp_path)
+    newest, previous = (run / training.CHECKPOINT_DIR / f"step_0000000{k}" for k in (4, 2))
+    truncate(newest / damaged_file)
+    if not manifest:  # a checkpoint without sizes and digests: loading it finds the damage
+        for folder in (newest, previous):
+            (folder / training.MANIFEST).unlink()
+    with pytest.raises((RuntimeError, OSError, SafetensorError)):  # a resume used to die so
+        (torch.load if damaged_file.endswith(".pt") else load_file)(newest / damaged_file)
+    result, caught = resume(root, run, seed=2)
+    assert len(caught) == 1
+    message = str(caught[0].message)
+    assert str(newest) in message and str(previous) in message and damaged_file in message
+    assert "resuming from" in message and "step 2" in message
+    assert result.start_step == 2 and not result.reused
+    assert_same_run(result, full)
+    aside = run / training.CHECKPOINT_DIR / "step_00000004.damaged"
+    assert (aside / damaged_file).stat().st_size == (
+        cut / training.CHECKPOINT_DIR / "step_00000004" / damaged_file
+    ).stat().st_size // 2
+    assert training.latest_checkpoint(run).name == "step_00000006"
+
+
+def test_latest_naming_a_gone_folder_resumes_from_the_previous_one(cut_run, tmp_path):
+    root, full, cut = cut_run
+    run = copy_run(cut, tmp_path)
+    newest = run / training.CHECKPOINT_DIR / "step_00000004"
+    shutil.rmtree(newest)
+    assert training.latest_checkpoint(run) is None
+    result, caught = resume(root, run, seed=2)
+    assert len(caught) == 1
+    message = str(caught[0].message)
+    assert str(newest) in message and "gone" in message
+    assert str(run / training.CHECKPOINT_DIR / "step_00000002") in message
+    assert result.start_step == 2
+    assert_same_run(result, full)
+
+
+def test_a_garbled_latest_resumes_from_the_newest_complete_checkpoint(cut_run, tmp_path):
+    root, full, cut = cut_run
+    run = copy_run(cut, tmp_path)
+    pointer = run / training.CHECKPOINT_DIR / training.LATEST
+    pointer.write_bytes(b"\x00\x00\x00")  # a copy that died: zeros where the name was
+    result, caught = resume(root, run, seed=2)
+    assert len(caught) == 1
+    message = str(caught[0].message)
+    assert str(pointer) in message and "latest.damaged" in message
+    assert str(run / training.CHECKPOINT_DIR / "step_00000004") in message
+    assert result.start_step == 4
+    assert_same_run(result, full)
+
+
+def test_every_checkpoint_damaged_trains_from_scratch(cut_run, tmp_path):
+    root, full, cut = cut_run
+    run = copy_run(cut, tmp_path)
+    checkpoints = run / training.CHECKPOINT_DIR
+    truncate(checkpoints / "step_00000004" / training.EMA_WEIGHTS)
+    (checkpoints / "step_00000002" / training.MANIFEST).unlink()
+    truncate(checkpoints / "step_00000002" / "rng_0.pt")
+    result, caught = resume(root, run)  # seed 0: the full run's initial weights
+    assert len(caught) == 1
+    message = str(caught[0].message)
+    assert "from scratch" in message and "ema.safetensors" in message and "rng_0.pt" in message
+    assert str(checkpoints / "step_00000004") in message
+    assert str(checkpoints / "step_00000002") in message
+    assert result.start_step == 0
+    assert_same_run(result, full)
+    # nothing deleted: the damaged folders are set aside, and pruning keeps to step_* folders
+    names = sorted(p.name for p in checkpoints.iterdir())
+    assert names == [
+        "latest", "step_00000002.damaged", "step_00000004", "step_00000004.damaged",
+        "step_00000006",
+    ]  # fmt: skip
+
+
+class Counting(torch.utils.data.Dataset):
+    """Counts the clips asked for."""
+
+    def __init__(self, dataset):
+        self.dataset, self.served = dataset, 0
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, key):
+        self.served += 1
+        return self.dataset[key]
+
+
+def test_a_finished_run_is_found_not_trained_again(clips, tmp_path, monkeypatch, capsys):
+    root = Path(clips["path"][0]).parents[2]
+    config = small_config(steps=5, checkpoint_every=2)
+    model, first_loss, dataset = build_tiny(root)
+    first = training.train(model, first_loss, dataset, config, tmp_path, progress=False)
+    record = json.loads((tmp_path / training.FINISHED).read_text())
+    assert record["steps"] == 5 and record["seconds"] == first.seconds > 0
+    assert record["config"] == config.to_dict() and not first.reused and first.start_step == 0
+    assert training.latest_checkpoint(tmp_path).name == "step_00000005"  # the last step, too
+    capsys.readouterr()
+
+    def no_step(*args, **kwargs):
+        raise AssertionError("an optimizer step on a finished run")
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", no_step)
+
+    def rerun(train_config=config):
+        model, loss_fn, dataset = build_tiny(root, seed=2)  # other initial weights
+        dataset = Counting(dataset)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            result = training.train(
+                model, loss_fn, dataset, train_config, tmp_path, resume=True, progress=False
+            )
+        assert dataset.served == 0
+        damage = [w for w in caught if issubclass(w.category, training.CheckpointWarning)]
+        return result, loss_fn, damage
+
+    again, loss_fn, damage = rerun()
+    assert again.reused and not damage and again.start_step == again.steps == 5
+    assert again.seconds == first.seconds  # the original training's, not this call's
+    assert_same_run(again, first)
+    assert_same(state(loss_fn), state(first_loss))
+    assert not again.ema_model.training
+    printed = capsys.readouterr().out
+    assert (
+        f"found the finished run (5 steps, trained in {first.seconds:.0f} s) in {tmp_path}"
+        in printed
+    )
+    assert again.summary in printed
+
+    with pytest.raises(ValueError, match="learning_rate"):  # changed settings: still refused
+        rerun(small_config(steps=5, checkpoint_every=2, learning_rate=1.0))
+
+    # A damaged final file: written again from the last-step checkpoint, still no step taken.
+    truncate(tmp_path / training.EMA_WEIGHTS)
+    rebuilt, _, damage = rerun()
+    assert len(damage) == 1 and not rebuilt.reused and rebuilt.start_step == 5
+    message = str(damage[0].message)
+    assert str(tmp_path / training.EMA_WEIGHTS) in message
+    assert str(tmp_path / training.CHECKPOINT_DIR / "step_00000005") in message
+    assert_same_run(rebuilt, first)
+    assert (tmp_path / "ema.safetensors.damaged").is_file()
+    assert rerun()[0].reused
+
+
+def test_more_steps_continue_a_finished_run_from_its_last_step(clips, tmp_path):
+    root = Path(clips["path"][0]).parents[2]
+    config = small_config(steps=3, checkpoint_every=2)
+    training.train(*build_tiny(root), config, tmp_path / "run", progress=False)
+    model, loss_fn, dataset = build_tiny(root, seed=2)
+    longer = small_config(steps=4, checkpoint_every=2)
+    extended = training.train(
+        model, loss_fn, dataset, longer, tmp_path / "run", resume=True, progress=False
+    )
+    assert not extended.reused and extended.start_step == 3
+    full = training.train(*build_tiny(root), longer, tmp_path / "full", progress=False)
+    assert_same_run(extended, full)
 
 
 def test_cli_survives_sigkill_and_resumes(clips, tmp_path):

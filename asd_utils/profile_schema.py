@@ -1,0 +1,215 @@
+"""The typed schema of a profile (``profiles/*.yaml``): every section, key, type and range.
+
+:func:`asd_utils.config.load_profile` validates a profile against :class:`Profile` before
+anything runs, so a misspelt key (``crop_second``), a wrong type (``steps: "6"``) or an
+out-of-range value (``quantile: 90``) is one clear error naming the file and the key path,
+never a silent default or a traceback hours later. pydantic does the checking (strict types:
+no string is taken for a number); this module only states what a profile may hold.
+
+Defaults still live in the profiles: a key every shipped profile sets is required here. The
+optional keys (default ``None``) are the few that only some sections or profiles use; left out,
+the code that reads them keeps its own default (``synth.SynthConfig``, ``training.TrainConfig``,
+the loss classes), and :func:`asd_utils.config.load_profile` drops them from the profile it
+returns, so there is one source of each default.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+PositiveInt = Annotated[int, Field(gt=0)]
+NonNegativeInt = Annotated[int, Field(ge=0)]
+PositiveFloat = Annotated[float, Field(gt=0)]
+NonNegativeFloat = Annotated[float, Field(ge=0)]
+Fraction = Annotated[float, Field(ge=0, lt=1)]
+SYSTEM_NAMES = ("System 1", "System 2", "System 3", "System 4", "baseline-MSE", "baseline-MAHALA")
+
+
+class Section(BaseModel):
+    """A profile section: unknown keys are refused, no value is coerced from another type."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class Data(Section):
+    synthetic_root: str
+
+
+class Synth(Section):
+    """:class:`asd_utils.synth.SynthConfig` (sizes of the embedded synthetic dataset)."""
+
+    machine_types: list[str] = Field(min_length=1)
+    eval_machine_types: list[str] | None = None
+    channels: Literal[1, 2] | None = None
+    n_train_source: Annotated[int, Field(ge=2)]
+    n_train_target: PositiveInt
+    n_test: PositiveInt
+    clip_seconds: dict[str, PositiveFloat]
+    sample_rate: Literal[16000] | None = None
+    near_snr_db: Annotated[list[float], Field(min_length=2, max_length=2)] | None = None
+    far_snr_db: Annotated[list[float], Field(min_length=2, max_length=2)] | None = None
+    anomaly_severity: NonNegativeFloat | None = None
+    fault_sound_level: NonNegativeFloat | None = None
+    seed: int
+
+    @model_validator(mode="after")
+    def _default_length(self):
+        if "default" not in self.clip_seconds:
+            raise ValueError("clip_seconds needs a 'default' entry (seconds of every other type)")
+        return self
+
+
+class Baseline(Section):
+    """:class:`asd_utils.models.autoencoder.AETrainConfig` (the official AE recipe)."""
+
+    epochs: PositiveInt
+    batch_size: PositiveInt
+    learning_rate: PositiveFloat
+    validation_split: Fraction
+
+
+class Anc(Section):
+    """System 3's denoiser (:func:`asd_utils.anc.fblms`) and the ANC chapter's analysis sizes."""
+
+    filter_length: PositiveInt
+    step_size: PositiveFloat
+    leakage: NonNegativeFloat
+    block_size: PositiveInt
+    clips_per_machine: PositiveInt
+    sweep_filter_length: list[PositiveInt] = Field(min_length=1)
+    sweep_step_size: list[PositiveFloat] = Field(min_length=1)
+    sweep_block_size: list[PositiveInt] = Field(min_length=1)
+    sweep_leakage: list[NonNegativeFloat] = Field(min_length=1)
+    window_seconds: PositiveFloat
+
+
+class Train(Section):
+    """:class:`asd_utils.training.TrainConfig`: the keys every profile sets, then the optional."""
+
+    steps: PositiveInt
+    batch_size: PositiveInt
+    grad_accumulation: PositiveInt
+    learning_rate: PositiveFloat
+    warmup_steps: PositiveInt
+    ema_decay: Fraction
+    spec_augment_time: NonNegativeInt
+    spec_augment_freq: NonNegativeInt
+    mixed_precision: Literal["no", "bf16"]
+    checkpoint_every: NonNegativeInt
+    loss_lr_scale: PositiveFloat | None = None
+    weight_decay: NonNegativeFloat | None = None
+    adam_eps: PositiveFloat | None = None
+    max_grad_norm: PositiveFloat | None = None
+    mixup_alpha: NonNegativeFloat | None = None
+    seed: int | None = None  # None: the profile's seed
+    keep_checkpoints: NonNegativeInt | None = None
+    log_every: PositiveInt | None = None
+    num_workers: NonNegativeInt | None = None
+
+
+class OSSCLLoss(Section):
+    """:class:`asd_utils.losses.OSSCLLoss`."""
+
+    margin: NonNegativeFloat
+    scale: PositiveFloat
+    sub_centers: PositiveInt
+    temperature: PositiveFloat
+    arcface_weight: NonNegativeFloat | None = None
+    supcon_weight: NonNegativeFloat | None = None
+
+
+class GRLLoss(Section):
+    """:class:`asd_utils.losses.GRLLoss`."""
+
+    margin: NonNegativeFloat
+    scale: PositiveFloat
+    sub_centers: PositiveInt
+    lambda_max: NonNegativeFloat
+    domain_weight: NonNegativeFloat
+    hidden_dim: PositiveInt | None = None
+
+
+class FineTuned(Section):
+    """What the fine-tuned systems share (:mod:`asd_utils.systems`)."""
+
+    backbone: Literal["eat", "beats"]
+    size: Literal["tiny", "base"]
+    checkpoint: str
+    crop_seconds: PositiveFloat | None
+    target_repeats: PositiveInt | None = None
+    projection_dim: PositiveInt
+    train: Train
+    knn_k: PositiveInt
+    embed_batch_size: PositiveInt
+
+
+class OSSCL(FineTuned):
+    """Systems 1 and 3."""
+
+    backbone: Literal["eat"]
+    classes_by_domain: bool
+    target_repeats: PositiveInt
+    loss: OSSCLLoss
+
+
+class BEATsGRL(FineTuned):
+    """System 2."""
+
+    backbone: Literal["beats"]
+    loss: GRLLoss
+    ablation_lambda_zero: bool
+
+
+class Decision(Section):
+    """:func:`asd_utils.metrics.decision_threshold`."""
+
+    rule: Literal["gamma", "empirical"]
+    quantile: Annotated[float, Field(gt=0, lt=1)]
+
+
+class Ensemble(Section):
+    """System 4 (:func:`asd_utils.ensemble.combine`); weights fixed here, never tuned."""
+
+    members: list[Literal["System 1", "System 2", "System 3"]] = Field(min_length=1)
+    weights: list[float]
+    how: Literal["sum", "min", "max"]
+    normalisation: Literal["zscore", "robust"]
+
+    @model_validator(mode="after")
+    def _one_weight_per_member(self):
+        if len(self.weights) != len(self.members):
+            raise ValueError(
+                f"{len(self.weights)} weights for {len(self.members)} members; give one each"
+            )
+        return self
+
+
+class Description(Section):
+    name: str
+    abbreviation: str
+
+
+class Submission(Section):
+    """:mod:`asd_utils.submission`."""
+
+    label: Annotated[str, Field(pattern=r"^[A-Za-z][A-Za-z0-9-]*_[A-Za-z0-9-]+$")]
+    systems: list[Literal[SYSTEM_NAMES]] = Field(min_length=1, max_length=4)  # type: ignore[valid-type]
+    descriptions: dict[Literal[SYSTEM_NAMES], Description]  # type: ignore[valid-type]
+
+
+class Profile(Section):
+    """A whole profile."""
+
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+$")]
+    seed: int
+    data: Data
+    synth: Synth
+    baseline: Baseline
+    anc: Anc
+    osscl: OSSCL
+    beats_grl: BEATsGRL
+    decision: Decision
+    ensemble: Ensemble
+    submission: Submission
