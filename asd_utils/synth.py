@@ -24,8 +24,11 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import multiprocessing
+import os
 import shutil
 import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -628,8 +631,27 @@ def _machine_dir(root: Path, machine_type: str, dataset: str = "dev") -> Path:
     return root / f"{dataset}_data" / "raw" / machine_type
 
 
+def _write_clip(root: Path, config: SynthConfig, spec: ClipSpec) -> None:
+    """Render one clip and write it where its spec says (channels as the config asks)."""
+    clip = render_clip(spec, config)
+    folder = _machine_dir(root, spec.machine_type, spec.dataset)
+    audio = clip.audio[: config.channels].astype(np.float32)
+    write_wav(folder / spec.split / spec.file_name, audio, config.sample_rate)
+
+
+def _write_clips(root: Path, config: SynthConfig, specs: list[ClipSpec]) -> int:
+    """A worker's share of :func:`generate_dataset`; returns how many clips it wrote."""
+    for spec in specs:
+        _write_clip(root, config, spec)
+    return len(specs)
+
+
 def generate_dataset(
-    root: str | Path, config: SynthConfig, progress: bool = True, replace: bool = False
+    root: str | Path,
+    config: SynthConfig,
+    progress: bool = True,
+    replace: bool = False,
+    workers: int | None = None,
 ) -> Path:
     """Write the dataset under ``root`` in the DCASE layout, unless it is already there.
 
@@ -640,7 +662,8 @@ def generate_dataset(
     starts again. A root holding a dataset made with another config (or an older generator
     version) is never silently reused: it is an error, or with ``replace=True`` (a profile's own
     synthetic root, which only this function writes) its ``dev_data`` and ``eval_data`` trees
-    are deleted and made again.
+    are deleted and made again. ``workers`` processes render the clips (default: one per core
+    for more than 100 clips); the files do not depend on it.
     """
     root = Path(root)
     manifest = root / MANIFEST
@@ -661,13 +684,22 @@ def generate_dataset(
             shutil.rmtree(root / part, ignore_errors=True)
     start = time.perf_counter()
     plan = clip_plan(config)
-    rows = []
-    for spec in tqdm(plan, desc="synthesising clips", disable=not progress, mininterval=2):
-        clip = render_clip(spec, config)
-        folder = _machine_dir(root, spec.machine_type, spec.dataset)
-        audio = clip.audio[: config.channels].astype(np.float32)
-        write_wav(folder / spec.split / spec.file_name, audio, config.sample_rate)
-        rows.append(spec)
+    rows = plan
+    if workers is None:  # one process per core, but not for a handful of clips
+        workers = min(os.cpu_count() or 1, max(1, len(plan) // 50))
+    chunks = [plan[i::workers] for i in range(workers)]  # every clip is a pure function of its spec
+    bar = tqdm(total=len(plan), desc="synthesising clips", disable=not progress, mininterval=2)
+    if workers == 1:
+        for spec in plan:
+            _write_clip(root, config, spec)
+            bar.update()
+    else:  # spawn: a forked child would inherit the parent's torch/BLAS thread state
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(workers, mp_context=context) as pool:
+            jobs = [pool.submit(_write_clips, root, config, chunk) for chunk in chunks]
+            for job in as_completed(jobs):
+                bar.update(job.result())
+    bar.close()
     for machine_type in config.machine_types + config.eval_machine_types:
         lines, dataset = [], None
         for spec in rows:

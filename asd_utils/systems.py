@@ -249,8 +249,10 @@ def run_dir(output_root: str | Path, profile: dict, system: str, data_root: str 
     hash of everything that changes the weights (section, front-end, seed, data root and its
     training clips as files, :func:`asd_utils.data.clip_fingerprint`), so a changed profile or
     dataset trains anew and an unchanged one resumes (or finds the run finished)."""
+    not_weights = {"knn_k", "embed_batch_size", "ablation_lambda_zero"}  # scoring settings
+    section = {k: v for k, v in settings(profile, system).items() if k not in not_weights}
     payload = {
-        "settings": settings(profile, system),
+        "settings": section,
         "front_end": front_end(profile, system)[2],
         "seed": profile["seed"],
         "data_root": str(data_root),

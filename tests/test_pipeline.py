@@ -216,7 +216,11 @@ def test_a_failed_run_says_where_and_keeps_the_stage_times(tmp_path, monkeypatch
     ]
     (tmp_path / "notebooks").mkdir()
     for name, nb in (("00_fine", good), ("10_broken", bad)):
-        nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3"}
+        nb.metadata["kernelspec"] = {
+            "name": "python3",
+            "display_name": "Python 3",
+            "language": "python",
+        }
         nbformat.write(nb, tmp_path / "notebooks" / f"{name}.ipynb")
     monkeypatch.setattr(pipeline, "NOTEBOOK_DIR", tmp_path / "notebooks")
     with pytest.raises(pipeline.NotebookFailed):

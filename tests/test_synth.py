@@ -196,3 +196,20 @@ def test_plan_table_matches_file_name_convention():
     parsed = pd.DataFrame([data.parse_file_name(n) for n in table["file_name"]])
     assert (parsed["domain"] == table["domain"]).all()
     assert (parsed["attributes"] == table["attributes"]).all()
+
+
+def test_the_clips_do_not_depend_on_the_number_of_workers(tmp_path):
+    config = synth.SynthConfig(
+        machine_types=("fan",),
+        n_train_source=3,
+        n_train_target=1,
+        n_test=1,
+        clip_seconds={"default": 0.5},
+    )
+    trees = [
+        synth.generate_dataset(tmp_path / str(n), config, progress=False, workers=n) for n in (1, 2)
+    ]
+    files = [sorted(p.relative_to(t) for p in t.rglob("*.wav")) for t in trees]
+    assert files[0] == files[1] and len(files[0]) == 8
+    for name in files[0]:
+        assert (trees[0] / name).read_bytes() == (trees[1] / name).read_bytes()
