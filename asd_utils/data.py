@@ -221,6 +221,14 @@ SAMPLE_CACHE_VERSION = "asd_utils.data sample checks 1"
 MAX_SILENT_WARNINGS = 10  # silent clips named one warning each; the rest are counted in one more
 
 
+def _progress(items: Sequence, desc: str):
+    """A progress bar over many files, shown only when the loop is slow (a fast local disk
+    indexes thousands of clips in a second)."""
+    return tqdm(
+        items, desc=desc, unit="file", disable=len(items) <= PROGRESS_MIN, delay=PROGRESS_DELAY
+    )
+
+
 def _wav_files(folder: Path) -> list[Path]:
     """The ``.wav`` files of one folder (any letter case of the extension), sorted; hidden files
     (``._*`` AppleDouble files, temporary files) are left out."""
@@ -418,14 +426,7 @@ def _check_samples(table: pd.DataFrame, data_root: Path, cache_path: Path | None
             results[path] = entry
         else:
             missing.append((path, stat))
-    progress = tqdm(
-        missing,
-        desc="checking samples",
-        unit="file",
-        disable=len(missing) <= PROGRESS_MIN,
-        delay=PROGRESS_DELAY,
-    )
-    for path, stat in progress:
+    for path, stat in _progress(missing, "checking samples"):
         results[path] = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, **scan_samples(path)}
     if cache_path is not None and missing:
         stored = {"version": SAMPLE_CACHE_VERSION, "data_root": str(data_root)}
@@ -517,14 +518,7 @@ def index_dataset(
         raise DataError(f"no {split} clips in {str(data_root)!r}; expected {EXPECTED_LAYOUT}")
 
     expected = {"sample_rate": sample_rate, "min_seconds": min_seconds}
-    progress = tqdm(
-        files,
-        desc="indexing clips",
-        unit="file",
-        disable=len(files) <= PROGRESS_MIN,
-        delay=PROGRESS_DELAY,
-    )
-    rows = [_header_row(*entry, expected) for entry in progress]
+    rows = [_header_row(*entry, expected) for entry in _progress(files, "indexing clips")]
     table = pd.DataFrame(rows, columns=COLUMNS)
     table = table.sort_values(
         ["machine_type", "split", "file_name"],

@@ -60,8 +60,9 @@ class SynthConfig:
     real set has 12 s ToyCar/ToyCarEmu clips and 10 s for the rest). ``anomaly_severity`` scales
     everything a fault does; ``fault_sound_level`` scales, on top, the sound a fault adds (not its
     shift of the operating signature). Its default 0.25 puts the autoencoder baseline near its
-    level in the paper's Table 2 (measured under the quick profile: official score 60.0 %, against
-    56.7 % reported on the real set; at 1.0 it scored 66.5 %).
+    level in the paper's Table 2 (measured under the quick profile: official score 60.0 % with
+    generator v3 and 59.5 % with v4, against 56.7 % reported on the real set; at 1.0 it scored
+    66.5 %).
     """
 
     machine_types: tuple[str, ...] = MACHINE_TYPES

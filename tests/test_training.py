@@ -321,23 +321,30 @@ def test_accumulation_equals_one_big_batch(clips, tmp_path):
     assert not torch.allclose(start["backbone.proj.weight"], big["backbone.proj.weight"])
 
 
+class Killed(Exception):
+    """The process 'dies' here (a test stands in for a killed job)."""
+
+
+def interrupted_run(root, config, folder, kill_after: int) -> None:
+    """Train a tiny system into ``folder`` and kill it when item ``kill_after`` is fetched."""
+
+    def die():
+        raise Killed
+
+    model, loss_fn, dataset = build_tiny(root, kill_after=kill_after)
+    dataset.die = die
+    with pytest.raises(Killed):
+        training.train(model, loss_fn, dataset, config, folder, progress=False)
+
+
 def test_kill_and_resume_gives_the_uninterrupted_run(clips, tmp_path):
     root = Path(clips["path"][0]).parents[2]
     config = small_config()
     model, full_loss, dataset = build_tiny(root)
     full = training.train(model, full_loss, dataset, config, tmp_path / "full", progress=False)
 
-    class Killed(Exception):
-        pass
-
-    def die():
-        raise Killed
-
     # 8 clips per step: item 35 is asked for in step 4 or 5, after the step-3 checkpoint
-    model, loss_fn, dataset = build_tiny(root, kill_after=4 * 2 * 4 + 3)
-    dataset.die = die
-    with pytest.raises(Killed):
-        training.train(model, loss_fn, dataset, config, tmp_path / "cut", progress=False)
+    interrupted_run(root, config, tmp_path / "cut", kill_after=4 * 2 * 4 + 3)
     assert training.latest_checkpoint(tmp_path / "cut").name == "step_00000003"
     assert len(pd.read_csv(tmp_path / "cut" / training.TRAIN_LOG)) == 3
     torch.manual_seed(123)  # a new process: other RNG states, other initial weights (seed=2)
@@ -377,17 +384,8 @@ def cut_run(clips, tmp_path_factory):
     model, loss_fn, dataset = build_tiny(root)
     full = training.train(model, loss_fn, dataset, config, tmp / "full", progress=False)
 
-    class Killed(Exception):
-        pass
-
-    def die():
-        raise Killed
-
     # 8 clips per step, one batch of 4 fetched ahead: item 44 is asked for in step 5
-    model, loss_fn, dataset = build_tiny(root, kill_after=5 * 2 * 4 + 3)
-    dataset.die = die
-    with pytest.raises(Killed):
-        training.train(model, loss_fn, dataset, config, tmp / "cut", progress=False)
+    interrupted_run(root, config, tmp / "cut", kill_after=5 * 2 * 4 + 3)
     assert sorted(p.name for p in (tmp / "cut" / training.CHECKPOINT_DIR).iterdir()) == [
         "latest", "step_00000002", "step_00000004",
     ]  # fmt: skip
