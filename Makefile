@@ -36,7 +36,7 @@ bench: setup  ## speed benchmarks (not part of make test)
 	$(PY) benchmarks/bench_anc.py
 	$(PY) benchmarks/bench_backbones.py
 
-seeds: setup  ## System 1 and the AE baseline over several seeds (~3.5 min per seed under quick)
+seeds: setup  ## System 1 and the AE baseline over several seeds (4-6 min per seed under quick)
 	$(PY) benchmarks/bench_seeds.py --profile $(PROFILE)
 
 submission: setup  ## the DCASE package of a finished run; LABEL=Doe_XJU SYSTEMS='"System 4" "System 1"'

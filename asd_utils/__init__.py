@@ -2,7 +2,8 @@
 
 Modules, in the order a clip flows through them (each calls only the ones before it):
 ``data`` (index and read a DCASE tree), ``synth`` (make one), ``features``, ``anc``,
-``models``, ``training``, ``scoring``, ``metrics``, ``plots``; ``pipeline`` drives the notebooks.
+``models``, ``training``, ``scoring``, ``metrics``, ``submission``, ``plots``; ``pipeline`` drives
+the notebooks; ``config`` (with the schema in ``profile_schema``) reads and checks profiles.
 """
 
 __version__ = "0.1.0"
