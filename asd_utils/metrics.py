@@ -102,8 +102,8 @@ def labelled(scores: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
 
     ``scores``: rows with ``machine_type``, ``domain`` and ``label`` (a clip or score table; with
     a ``split`` column only its test rows count, so training clips never enter metrics). A
-    machine type has ground truth when every one of
-    its rows has a label and a domain (dev names); evaluation-set test clips are anonymous
+    machine type has ground truth when every one of its rows has a label and a domain (dev
+    names); evaluation-set test clips are anonymous
     (``section_00_0000.wav``) and have neither. Returns ``(rows with ground truth, sorted
     machine types without)``. A machine type with some labelled and some anonymous clips is an
     error (its metrics would silently use part of the clips).

@@ -115,15 +115,6 @@ _CSV_NAME = re.compile(
 _LABEL = re.compile(r"^[A-Za-z][A-Za-z0-9-]*_[A-Za-z0-9-]+$")
 _SYSTEM_FOLDER = re.compile(r"^(?P<label>.+)_task2_(?P<n>\d+)$")
 
-# Fixed facts of each method: what the profile cannot say. Keyed by the base system name.
-NAMES = {
-    "System 1": ("EAT fine-tuned with one-stage supervised contrastive learning", "EAT-OSSCL"),
-    "System 2": ("BEATs fine-tuned with a margin classifier and gradient reversal", "BEATs-GRL"),
-    "System 3": ("OSSCL on the ANC-denoised near channel", "ANC-OSSCL"),
-    "System 4": ("Ensemble of OSSCL and BEATs-GRL", "OSSCL+GRL"),
-    "baseline-MSE": ("DCASE 2026 autoencoder baseline (MSE)", "AE-MSE"),
-    "baseline-MAHALA": ("DCASE 2026 autoencoder baseline (selective Mahalanobis)", "AE-MAHALA"),
-}
 FBANK = "log-mel filterbank (Kaldi fbank, 128 bins, 25 ms window, 10 ms hop)"
 BASELINE_FEATURES = "log-mel energies (128 bins, n_fft 1024, hop 512), 5 frames stacked (640-dim)"
 NEAR = "near microphone (channel 0) of the stereo clip"
@@ -604,16 +595,21 @@ def build_meta(
     placeholders (:func:`placeholders` lists what is left).
     """
     system_info = system_info or {}
-    given = dict(((profile.get("submission") or {}).get("descriptions") or {}).get(system) or {})
+    descriptions = (profile.get("submission") or {}).get("descriptions") or {}
+    given = dict(descriptions.get(system) or {})
     unknown = sorted(set(given) - {"name", "abbreviation", *DESCRIPTION_FIELDS})
     if unknown:
         raise ValueError(
             f"profile submission.descriptions[{system!r}] has unknown keys {unknown}; allowed: "
             f"name, abbreviation, {', '.join(DESCRIPTION_FIELDS)}"
         )
-    name, abbreviation = NAMES.get(_base(system), (system, system[:MAX_ABBREVIATION]))
-    if _base(system) != system and _base(system) in NAMES:
+    # name and abbreviation: the profile's, of the system or else of its base system (an
+    # ablation "System 2 (lambda 0)" is named after System 2, with its suffix); else the name
+    base = dict(descriptions.get(_base(system)) or {})
+    name = base.get("name", system)
+    if _base(system) != system and "name" in base:
         name = f"{name} {system[len(_base(system)) :].strip()}"
+    abbreviation = base.get("abbreviation", system[:MAX_ABBREVIATION])
     description, checkpoints = _describe(system, profile, system_info.get("members") or ())
     description["development_data_usage"] = development_data
     description.update({k: v for k, v in given.items() if k in DESCRIPTION_FIELDS})
