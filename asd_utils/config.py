@@ -82,7 +82,8 @@ def _describe_error(error: dict) -> str:
         return f"{location}: missing (every profile sets it; see profiles/quick.yaml)"
     got = error.get("input")
     shown = "" if isinstance(got, dict) else f", got {got!r} ({type(got).__name__})"
-    return f"{location}: {error['msg'].lower()}{shown}"
+    message = error["msg"].removeprefix("Value error, ")
+    return f"{location}: {message[:1].lower()}{message[1:]}{shown}"
 
 
 def validate_profile(values, source: str = "profile") -> dict:

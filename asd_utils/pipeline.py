@@ -103,7 +103,7 @@ def preflight(paths: RunPaths) -> dict:
     return {"machine_types": sets, "no_ground_truth": no_truth, "systems_skipped": skipped}
 
 
-DERIVED = ("systems", "metrics.csv", "table2.csv", "submission", "book_source")
+DERIVED = ("systems", "metrics.csv", "table2.csv", "backends.csv", "submission", "book_source")
 """What a run derives in its output folder and a new full run removes first (``training/``,
 the cached training runs and embeddings keyed by their inputs, stays)."""
 

@@ -305,3 +305,54 @@ def training_history(
         ax.set(xlabel="optimizer step", title=column.replace("_", " "))
     axes[0, 0].legend(fontsize=7)
     return fig
+
+
+def backend_comparison(
+    official: pd.DataFrame, target: pd.DataFrame, floor: str | None = None
+) -> plt.Figure:
+    """Two panels (official score; harmonic mean of the target-domain AUCs), each with one group
+    of bars per row of the frames (a system or view) and one bar per column (a back end), in %.
+    ``floor``: the row drawn as dashed lines across both panels (one per back end), so every
+    other bar is read against it."""
+    fig, axes = plt.subplots(
+        1, 2, figsize=(max(8, 1.3 * len(official)), 3.4), sharey=True, constrained_layout=True
+    )
+    colours = plt.cm.tab10(np.arange(len(official.columns)))
+    for ax, frame, title in zip(
+        axes, (official, target), ("official score", "AUC (target), hmean"), strict=True
+    ):
+        rows = [r for r in frame.index if r != floor]
+        x = np.arange(len(rows))
+        width = 0.8 / len(frame.columns)
+        for i, backend in enumerate(frame.columns):
+            offset = x + i * width - 0.4 + width / 2
+            ax.bar(offset, frame.loc[rows, backend], width, color=colours[i], label=backend)
+            if floor is not None and floor in frame.index:
+                ax.hlines(
+                    frame.loc[floor, backend],
+                    -0.5,
+                    len(rows) - 0.5,
+                    colors=colours[i],
+                    ls="--",
+                    lw=1,
+                )
+        ax.set_xticks(x, rows, fontsize=8, rotation=20)
+        ax.axhline(50, c="grey", lw=0.8, ls=":")
+        ax.set(title=title, ylabel="%")
+    axes[0].legend(
+        fontsize=7, title="back end" + (f" (dashed: {floor})" if floor else ""), title_fontsize=7
+    )
+    return fig
+
+
+def sweep_lines(table: pd.DataFrame, x: str, title: str, mark=None) -> plt.Figure:
+    """Official score and target-domain hmean (columns ``hmean``, ``hmean_target``, in %)
+    against ``x``; ``mark``: the profile's value of ``x``, a dotted line."""
+    fig, ax = plt.subplots(figsize=(4.8, 3), constrained_layout=True)
+    ax.plot(table[x], table["hmean"], "o-", label="official score")
+    ax.plot(table[x], table["hmean_target"], "s--", label="AUC (target), hmean")
+    if mark is not None:
+        ax.axvline(mark, c="grey", ls=":")
+    ax.set(xlabel=x, ylabel="%", title=title)
+    ax.legend(fontsize=7)
+    return fig

@@ -24,7 +24,15 @@ NonNegativeInt = Annotated[int, Field(ge=0)]
 PositiveFloat = Annotated[float, Field(gt=0)]
 NonNegativeFloat = Annotated[float, Field(ge=0)]
 Fraction = Annotated[float, Field(ge=0, lt=1)]
-SYSTEM_NAMES = ("System 1", "System 2", "System 3", "System 4", "baseline-MSE", "baseline-MAHALA")
+SYSTEM_NAMES = (
+    "System 0",
+    "System 1",
+    "System 2",
+    "System 3",
+    "System 4",
+    "baseline-MSE",
+    "baseline-MAHALA",
+)
 
 
 class Section(BaseModel):
@@ -162,6 +170,42 @@ class BEATsGRL(FineTuned):
     ablation_lambda_zero: bool
 
 
+class Frozen(Section):
+    """System 0 (:mod:`asd_utils.training_free`): a frozen encoder on both channels."""
+
+    backbone: Literal["eat", "beats"]
+    size: Literal["tiny", "base"]
+    checkpoint: str
+    layer: int  # block number, 1 = first; -1 = last
+    pooling: Literal["time_mean", "mean", "max", "cls"]
+    view: Literal["near", "far", "residual", "concat", "anc"]
+    alpha: float
+    knn_k: PositiveInt
+    embed_batch_size: PositiveInt
+    mixed_precision: Literal["no", "bf16"]
+    sweep_layers: list[int]  # analysis only: stored beside ``layer``
+    sweep_alpha: list[float]  # analysis only
+
+    @model_validator(mode="after")
+    def _known_layers(self):
+        if 0 in (self.layer, *self.sweep_layers):
+            raise ValueError("layers are numbered from 1 (first block) or -1 (last); 0 is none")
+        if self.pooling == "cls" and self.backbone == "beats":
+            raise ValueError("pooling 'cls' needs EAT: BEATs has no CLS token")
+        return self
+
+
+class Backends(Section):
+    """The scoring back ends (:func:`asd_utils.scoring.backend_scores`)."""
+
+    default: Literal["knn", "kmeans", "smote", "local"]
+    kmeans_centroids: PositiveInt
+    smote_per_clip: NonNegativeInt
+    smote_neighbours: PositiveInt
+    local_k: PositiveInt
+    folds: Annotated[int, Field(ge=2)]
+
+
 class Decision(Section):
     """:func:`asd_utils.metrics.decision_threshold`."""
 
@@ -172,7 +216,7 @@ class Decision(Section):
 class Ensemble(Section):
     """System 4 (:func:`asd_utils.ensemble.combine`); weights fixed here, never tuned."""
 
-    members: list[Literal["System 1", "System 2", "System 3"]] = Field(min_length=1)
+    members: list[Literal["System 0", "System 1", "System 2", "System 3"]] = Field(min_length=1)
     weights: list[float]
     how: Literal["sum", "min", "max"]
     normalisation: Literal["zscore", "robust"]
@@ -210,6 +254,8 @@ class Profile(Section):
     anc: Anc
     osscl: OSSCL
     beats_grl: BEATsGRL
+    frozen: Frozen
+    backends: Backends
     decision: Decision
     ensemble: Ensemble
     submission: Submission

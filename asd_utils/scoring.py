@@ -1,4 +1,5 @@
-"""Anomaly scores from embeddings: batched extraction (optionally cached) and KNN scoring.
+"""Anomaly scores from embeddings: batched extraction (optionally cached), KNN scoring and the
+other scoring back ends (:data:`BACKENDS`).
 
 Every system scores the same way (XJU report, sec. 3.2): embed the normal training clips of a
 machine type and section, and score a clip by the cosine distance to its nearest training
@@ -40,18 +41,21 @@ def embedding_cache_key(
 ) -> str:
     """SHA-256 over everything that changes the embeddings: every weight and buffer (names,
     dtypes, shapes, bytes), the source files of the model's classes and of the front-end
-    modules, each clip's path, size and mtime, the channel or preprocessing key, and the
-    autocast dtype. The batch size and device are left out (they change float rounding only).
+    modules, each clip's path, size and mtime, the channel or preprocessing key, the model's
+    ``cache_settings()`` where it has them, and the autocast dtype. The batch size and device
+    are left out (they change float rounding only).
     """
     digest = hashlib.sha256()
     settings = {"channel": channel, "preprocess": preprocess_key, "autocast": str(autocast)}
+    if hasattr(model, "cache_settings"):  # e.g. the blocks and pooling of a FrozenEncoder
+        settings["model"] = model.cache_settings()
     digest.update(json.dumps(settings, sort_keys=True).encode())
     for name, tensor in model.state_dict().items():
         digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
         digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
     sources = {inspect.getsourcefile(type(m)) for m in model.modules()}
     package = Path(asd_utils.__file__).parent
-    sources |= {str(package / name) for name in ("features.py", "data.py", "training.py")}
+    sources |= {str(package / name) for name in ("features.py", "data.py", "training.py", "anc.py")}
     for source in sorted(s for s in sources if s):
         digest.update(Path(source).read_bytes())
     digest.update(data.clip_fingerprint(table).encode())
@@ -174,23 +178,189 @@ def knn_scores(
     return scores
 
 
+# --- scoring back ends ---------------------------------------------------------------------------
+#
+# What a score is, given the normal training embeddings of a section (the reference) and their
+# domains. Every back end scores each domain's reference set separately and keeps the smaller
+# score, as the paper's KNN does, so the ten target clips are never drowned by the source clips.
+# Written here rather than taken from a library: scikit-learn's neighbour and outlier classes
+# have no per-domain minimum, no cosine k-means, and no leave-one-out self-scores; the arithmetic
+# is a few matrix products. k-means itself is scikit-learn's.
+
+BACKENDS = {
+    "knn": "the paper's KNN: cosine distance to the nearest reference (K from the system)",
+    "kmeans": "KNN against k-means centroids of the source clips (the target clips as they are)",
+    "smote": "KNN after oversampling the target clips (SMOTE-style interpolation between them)",
+    "local": "KNN divided by the nearest reference's own neighbourhood distance (locally rescaled)",
+}
+BACKEND_DEFAULTS = {
+    "kmeans_centroids": 16,
+    "smote_per_clip": 9,
+    "smote_neighbours": 5,
+    "local_k": 5,
+    "folds": 5,
+}
+
+
+def _cosine_distance(queries: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    return 1.0 - _normalise(queries) @ _normalise(reference).T
+
+
+def _kmeans_centroids(points: np.ndarray, n_centroids: int, seed: int) -> np.ndarray:
+    """Unit-length centroids of unit-length ``points`` (k-means on the sphere's chords)."""
+    from sklearn.cluster import KMeans
+
+    points = _normalise(points)
+    n = min(n_centroids, len(points))
+    if n == len(points):
+        return points
+    fit = KMeans(n_clusters=n, n_init=1, random_state=seed).fit(points)
+    return _normalise(fit.cluster_centers_)
+
+
+def _smote(points: np.ndarray, per_clip: int, neighbours: int, rng) -> np.ndarray:
+    """``points`` plus ``per_clip`` synthetic points per point: ``x + u (x_j - x)``, x_j one of
+    x's ``neighbours`` nearest others (cosine), u ~ U(0, 1) (Chawla et al., JAIR 2002)."""
+    points = _normalise(points)
+    if len(points) < 2 or per_clip == 0:
+        return points
+    distance = _cosine_distance(points, points)
+    np.fill_diagonal(distance, np.inf)
+    kk = min(neighbours, len(points) - 1)
+    nearest = np.argsort(distance, axis=1)[:, :kk]  # (n, kk)
+    origin = np.repeat(np.arange(len(points)), per_clip)
+    partner = nearest[origin, rng.integers(0, kk, size=len(origin))]
+    u = rng.random((len(origin), 1))
+    synthetic = points[origin] + u * (points[partner] - points[origin])
+    return np.concatenate([points, synthetic])
+
+
+def _domain_sets(reference: np.ndarray, domain: np.ndarray | None) -> list[tuple[str, np.ndarray]]:
+    domain = np.zeros(len(reference), dtype=object) if domain is None else np.asarray(domain)
+    if len(domain) != len(reference):
+        raise ValueError(f"{len(domain)} domains for {len(reference)} training embeddings")
+    return [(str(d), reference[domain == d]) for d in pd.unique(domain)]
+
+
+def backend_scores(
+    reference: np.ndarray,
+    domain: np.ndarray | None,
+    queries: np.ndarray,
+    backend: str = "knn",
+    k: int = 1,
+    options: dict | None = None,
+    seed: int = 0,
+) -> np.ndarray:
+    """Scores of ``queries`` (N, D) against the normal ``reference`` (M, D) with one back end
+    (:data:`BACKENDS`), each domain of ``domain`` (M,) separately, the minimum kept; (N,).
+
+    - ``knn``: :func:`knn_scores` (mean cosine distance to the ``k`` nearest).
+    - ``kmeans``: the source references (domain ``"source"``, or all when no domains are given)
+      replaced by ``kmeans_centroids`` k-means centroids (Wilkinghoff's DCASE 2023 system uses
+      16), the other domains kept clip by clip; then KNN.
+    - ``smote``: the target references (domain ``"target"``) joined by ``smote_per_clip``
+      interpolations each toward one of their ``smote_neighbours`` nearest target neighbours;
+      then KNN. The few target clips cover the space between them.
+    - ``local``: the nearest reference r's cosine distance divided by r's own neighbourhood
+      distance (mean distance to its ``local_k`` nearest other references of its domain):
+      a domain whose clips lie far apart (the ten target clips) is measured in its own units.
+
+    ``options`` override :data:`BACKEND_DEFAULTS`; ``seed`` fixes k-means and the interpolations.
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown back end {backend!r}; choose one of {sorted(BACKENDS)}")
+    settings = {**BACKEND_DEFAULTS, **(options or {})}
+    if backend == "knn":
+        return knn_scores(reference, domain, queries, k)
+    rng = np.random.default_rng(seed)
+    sets = _domain_sets(reference, domain)
+    no_domains = domain is None or len(sets) == 1
+    scores = np.full(len(queries), np.inf)
+    for name, members in sets:
+        if backend == "kmeans" and (name == "source" or no_domains):
+            members = _kmeans_centroids(members, settings["kmeans_centroids"], seed)
+        if backend == "smote" and name == "target":
+            members = _smote(members, settings["smote_per_clip"], settings["smote_neighbours"], rng)
+        if backend == "local":
+            scores = np.minimum(scores, _local_scores(members, queries, settings["local_k"]))
+        else:
+            scores = np.minimum(scores, knn_scores(members, None, queries, k))
+    return scores
+
+
+def _local_scores(reference: np.ndarray, queries: np.ndarray, local_k: int) -> np.ndarray:
+    if len(reference) < 2:
+        return knn_scores(reference, None, queries, 1)
+    own = _cosine_distance(reference, reference)
+    np.fill_diagonal(own, np.inf)
+    kk = min(local_k, len(reference) - 1)
+    radius = np.partition(own, kk - 1, axis=1)[:, :kk].mean(1)  # (M,)
+    distance = _cosine_distance(queries, reference)  # (N, M)
+    nearest = distance.argmin(1)
+    return distance[np.arange(len(queries)), nearest] / np.maximum(radius[nearest], 1e-9)
+
+
+def training_scores(
+    reference: np.ndarray,
+    domain: np.ndarray | None,
+    backend: str = "knn",
+    k: int = 1,
+    options: dict | None = None,
+    seed: int = 0,
+) -> np.ndarray:
+    """Honest scores of the training clips themselves, (M,): for the paper's KNN leave-one-out
+    (each against the others, :func:`knn_scores`); for the other back ends out-of-fold: the
+    clips of each domain dealt into ``folds`` folds in turn, each fold scored by the back end
+    fitted on the other folds (a back end fitted on a clip scores it too well)."""
+    if backend == "knn":
+        return knn_scores(reference, domain, None, k)
+    settings = {**BACKEND_DEFAULTS, **(options or {})}
+    labels = np.zeros(len(reference), dtype=object) if domain is None else np.asarray(domain)
+    fold = np.empty(len(reference), dtype=int)
+    for value in pd.unique(labels):
+        members = np.flatnonzero(labels == value)
+        fold[members] = np.arange(len(members)) % settings["folds"]
+    scores = np.full(len(reference), np.nan)
+    for f in np.unique(fold):
+        held_out = fold == f
+        fit = ~held_out
+        scores[held_out] = backend_scores(
+            reference[fit],
+            None if domain is None else labels[fit],
+            reference[held_out],
+            backend,
+            k,
+            settings,
+            seed,
+        )
+    return scores
+
+
 def score_system(
-    table: pd.DataFrame, embeddings: np.ndarray | None = None, k: int = 1
+    table: pd.DataFrame,
+    embeddings: np.ndarray | None = None,
+    k: int = 1,
+    backend: str = "knn",
+    options: dict | None = None,
+    seed: int = 0,
 ) -> pd.DataFrame:
-    """KNN scores of every clip, per (machine_type, section), for any embedding model.
+    """Scores of every clip, per (machine_type, section), for any embedding model.
 
     ``table``: clip table rows (train and test); ``embeddings`` (len(table), D) row-aligned, or
     None to take them from an ``embedding`` column of arrays. Test clips are scored against all
-    training clips of their section (:func:`knn_scores`, source/target minimum), training clips
-    leave-one-out against the others. Returns the table's columns (without ``embedding``) plus
-    ``anomaly_score``, same rows and index: the shape :func:`asd_utils.metrics.write_submission`
-    and :func:`asd_utils.metrics.evaluate` take.
+    training clips of their section with the back end ``backend`` (:func:`backend_scores`; the
+    paper's KNN by default, source/target minimum), training clips by
+    :func:`training_scores` (leave-one-out or out-of-fold). Returns the table's columns
+    (without ``embedding``) plus ``anomaly_score``, same rows and index: the shape
+    :func:`asd_utils.metrics.write_submission` and :func:`asd_utils.metrics.evaluate` take.
     """
     if embeddings is None:
         embeddings = np.stack(table["embedding"].to_numpy())
     embeddings = np.asarray(embeddings)
     if len(embeddings) != len(table):
         raise ValueError(f"{len(embeddings)} embeddings for {len(table)} clips")
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown back end {backend!r}; choose one of {sorted(BACKENDS)}")
     scores = np.full(len(table), np.nan)
     groups = table.reset_index(drop=True).groupby(["machine_type", "section"], sort=False)
     for (machine_type, section), group in groups:
@@ -201,9 +371,11 @@ def score_system(
         domain = group["domain"].to_numpy()[train]
         domain = None if pd.isna(domain).any() else domain.astype(str)
         reference = embeddings[rows[train]]
-        scores[rows[train]] = knn_scores(reference, domain, k=k)
+        scores[rows[train]] = training_scores(reference, domain, backend, k, options, seed)
         if (~train).any():
-            scores[rows[~train]] = knn_scores(reference, domain, embeddings[rows[~train]], k)
+            scores[rows[~train]] = backend_scores(
+                reference, domain, embeddings[rows[~train]], backend, k, options, seed
+            )
     out = table.drop(columns=["embedding"], errors="ignore").copy()
     out["anomaly_score"] = scores
     return out

@@ -38,6 +38,7 @@ SYSTEMS = {
     "System 2": {"section": "beats_grl", "anc": False},
     "System 3": {"section": "osscl", "anc": True},
 }
+TRAINING_FREE = {"System 0": "frozen"}  # asd_utils.training_free: a frozen encoder, no training
 INFO = "system.json"  # beside a system's official files: its name and parameter count
 CHECKPOINT_ENV = {"eat": "EAT_CHECKPOINT", "beats": "BEATS_CHECKPOINT"}
 SAMPLE_RATE = 16000
@@ -46,9 +47,12 @@ SAMPLE_RATE = 16000
 def settings(profile: dict, system: str) -> dict:
     """The profile section of ``system`` (a copy), with the backbone checkpoint resolved:
     ``$EAT_CHECKPOINT`` / ``$BEATS_CHECKPOINT`` over the profile's ``checkpoint``; "" = none."""
-    if system not in SYSTEMS:
-        raise KeyError(f"unknown system {system!r}; known: {sorted(SYSTEMS)}")
-    section = dict(profile[SYSTEMS[system]["section"]])
+    if system in TRAINING_FREE:
+        section = dict(profile[TRAINING_FREE[system]])
+    elif system in SYSTEMS:
+        section = dict(profile[SYSTEMS[system]["section"]])
+    else:
+        raise KeyError(f"unknown system {system!r}; known: {sorted({**SYSTEMS, **TRAINING_FREE})}")
     env = os.environ.get(CHECKPOINT_ENV[section["backbone"]], "")
     section["checkpoint"] = env or section.get("checkpoint") or ""
     return section
@@ -120,6 +124,13 @@ def build_backbone(kind: str, size: str = "tiny", checkpoint: str = "") -> nn.Mo
 def knn_k(profile: dict, name: str) -> int:
     """K of the KNN score for a system by its output name ("System 2 (lambda 0)" → System 2)."""
     return int(settings(profile, name.split(" (")[0])["knn_k"])
+
+
+def backend(profile: dict) -> tuple[str, dict]:
+    """The profile's default scoring back end and the back ends' settings (``backends``), as
+    :func:`asd_utils.scoring.score_system` takes them: ``(name, options)``."""
+    section = dict(profile["backends"])
+    return section.pop("default"), section
 
 
 def train_config(profile: dict, system: str) -> training.TrainConfig:

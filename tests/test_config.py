@@ -109,7 +109,7 @@ def _write_variant(tmp_path, change, text_change=None):
         ),
         (
             lambda p: p["ensemble"].update(weights=[1.0]),
-            r"ensemble: value error, 1 weights for 2 members",
+            r"ensemble: 1 weights for 2 members",
         ),
         (
             lambda p: p["submission"].update(systems=["System 1"] * 5),

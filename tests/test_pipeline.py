@@ -144,6 +144,33 @@ def test_every_system_flags_some_but_not_all_test_clips(smoke_run):
         assert 0 < share["all"] < 1, (folder.name, share.to_dict())
 
 
+def test_system0_and_the_floor_run_beside_the_paper_and_every_backend(smoke_run):
+    tmp, _ = smoke_run
+    out = tmp / "out"
+    for name in ("System 0", "log-mel floor"):
+        info = json.loads((out / "systems" / name / "system.json").read_text())
+        assert info["backend"] == "knn" and (info["parameters"] > 0) == (name == "System 0")
+    grid = pd.read_csv(out / "backends.csv")
+    views = set(grid.loc[grid["system"] == "System 0", "embedding"])
+    assert views == {"near", "far", "residual", "concat", "anc"}
+    assert set(grid["backend"]) == {"knn", "kmeans", "smote", "local"}
+    assert {"System 1", "System 2", "System 3", "log-mel floor"} <= set(grid["system"])
+    assert grid["hmean"].between(0, 1).all()
+    # System 0's official files hold the default back end's scores of its default view
+    official = pd.read_csv(out / "metrics.csv")
+    row = grid[(grid["system"] == "System 0") & (grid["embedding"] == "residual")]
+    system0 = official[official["system"] == "System 0"]
+    assert metrics.summarise(system0)["hmean"] == pytest.approx(
+        row.loc[row["backend"] == "knn", "hmean"].item(), abs=1e-12
+    )
+    page = (tmp / "build" / "_build" / "html" / "notebooks" / "70_results.html").read_text()
+    assert "Beyond the paper" in page and "log-mel floor" in page
+    chapter = (
+        tmp / "build" / "_build" / "html" / "notebooks" / "55_training_free.html"
+    ).read_text()
+    assert "random weights" in chapter and "the floor scores" in chapter
+
+
 @pytest.fixture(scope="module")
 def mono_run(tmp_path_factory, smoke_run):
     tmp = tmp_path_factory.mktemp("mono")
@@ -178,6 +205,9 @@ def test_mono_data_runs_every_chapter_without_system_3_and_says_so(mono_run):
     html = tmp / "build" / "_build" / "html" / "notebooks"
     assert "System 3 is skipped" in (html / "70_results.html").read_text()
     assert "no far channel" in (html / "00_data_exploration.html").read_text()
+    assert "System 0 runs with the near view only" in (html / "55_training_free.html").read_text()
+    grid = pd.read_csv(tmp / "out" / "backends.csv")
+    assert set(grid.loc[grid["system"] == "System 0", "embedding"]) == {"near"}
     # the package holds the systems that ran; with no eval_data its folders hold the meta only
     folders = sorted((tmp / "out" / "submission" / "task2").glob("*_task2_*"))
     assert len(folders) == 3

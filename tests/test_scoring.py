@@ -182,3 +182,112 @@ def test_embedding_cache_is_keyed_by_the_weights(wav_table, tmp_path, monkeypatc
         scoring.extract_embeddings(
             model, wav_table, preprocess=lambda a: a[0], cache_dir=tmp_path, progress=False
         )
+
+
+# --- the back ends, on hand-made embeddings whose answer is known --------------------------------
+
+
+def on_circle(degrees):
+    """Unit vectors in the plane at these angles: cosine distance = 1 - cos(angle between)."""
+    radians = np.deg2rad(np.asarray(degrees, dtype=float))
+    return np.stack([np.cos(radians), np.sin(radians)], axis=1)
+
+
+def cosine_distance(degrees):
+    return 1 - np.cos(np.deg2rad(degrees))
+
+
+def test_unknown_backend_is_named():
+    with pytest.raises(ValueError, match="unknown back end 'knnn'.*kmeans"):
+        scoring.backend_scores(on_circle([0, 1]), None, on_circle([0]), "knnn")
+
+
+def test_knn_backend_is_the_paper_knn(embeddings):
+    train, domain, queries = embeddings
+    np.testing.assert_array_equal(
+        scoring.backend_scores(train, domain, queries, "knn", k=3),
+        scoring.knn_scores(train, domain, queries, k=3),
+    )
+
+
+def test_kmeans_scores_against_source_centroids_and_target_clips():
+    # two tight source clusters around 0 and 90 degrees; one target clip at 200 degrees
+    source = on_circle([-2, 0, 2, 88, 90, 92])
+    target = on_circle([200])
+    reference = np.concatenate([source, target])
+    domain = np.array(["source"] * 6 + ["target"])
+    queries = on_circle([0, 45, 200, 210])
+    got = scoring.backend_scores(
+        reference, domain, queries, "kmeans", options={"kmeans_centroids": 2}
+    )
+    # the centroids lie at 0 and 90 degrees: a query there scores ~0 (a source clip at 2 degrees
+    # would give the KNN 1 - cos 2); 45 degrees is 45 from both; the target clip is kept as is
+    np.testing.assert_allclose(got, cosine_distance([0, 45, 0, 10]), atol=1e-12)
+    knn = scoring.backend_scores(reference, domain, queries, "knn")
+    np.testing.assert_allclose(knn, cosine_distance([0, 43, 0, 10]), atol=1e-12)
+
+
+def test_smote_fills_the_space_between_target_clips():
+    source = on_circle([180, 181])
+    target = on_circle([0, 90])
+    reference = np.concatenate([source, target])
+    domain = np.array(["source", "source", "target", "target"])
+    midway = on_circle([45])
+    knn = scoring.backend_scores(reference, domain, midway, "knn")
+    np.testing.assert_allclose(knn, cosine_distance([45]))
+    smote = scoring.backend_scores(
+        reference, domain, midway, "smote", options={"smote_per_clip": 200}, seed=0
+    )
+    assert smote[0] < 1e-3 < knn[0]  # interpolations between 0 and 90 degrees pass through 45
+    # a query beyond the target clips is no closer than before: SMOTE stays between them
+    outside = on_circle([-30])
+    np.testing.assert_allclose(
+        scoring.backend_scores(reference, domain, outside, "smote", seed=0),
+        cosine_distance([30]),
+    )
+    again = scoring.backend_scores(
+        reference, domain, midway, "smote", options={"smote_per_clip": 200}, seed=0
+    )
+    np.testing.assert_array_equal(again, smote)  # seeded
+
+
+def test_local_rescales_by_the_neighbourhood_of_the_nearest_clip():
+    # a dense domain (clips 1 degree apart) and a sparse one (10 degrees apart)
+    dense = on_circle([0, 1, 2, 3])
+    sparse = on_circle([100, 110, 120, 130])
+    reference = np.concatenate([dense, sparse])
+    domain = np.array(["source"] * 4 + ["target"] * 4)
+    queries = on_circle([-5, 95])  # 5 degrees from the nearest clip of each domain
+    got = scoring.backend_scores(reference, domain, queries, "local", options={"local_k": 1})
+    # the nearest clips (0 and 100 degrees) have their own nearest neighbours 1 and 10 degrees away
+    expected = cosine_distance([5, 5]) / cosine_distance([1, 10])
+    np.testing.assert_allclose(got, expected, rtol=1e-9)
+    assert got[0] > 10 * got[1]  # 5 degrees is far for the dense domain, near for the sparse one
+    knn = scoring.backend_scores(reference, domain, queries, "knn")
+    np.testing.assert_allclose(knn[0], knn[1])  # the KNN cannot tell them apart
+
+
+def test_training_scores_of_fitted_backends_are_out_of_fold():
+    # every training clip duplicated: scored with itself in the reference, it would score 0
+    points = on_circle(np.arange(0, 100, 10))
+    reference = np.concatenate([points, points])
+    for backend in ("kmeans", "smote", "local"):
+        options = {"folds": 2, "kmeans_centroids": 40}  # as many centroids as clips: the clips
+        scores = scoring.training_scores(reference, None, backend, options=options)
+        assert scores.shape == (20,) and np.isfinite(scores).all()
+    # 2 folds dealt in turn: clip i and its copy i + 10 sit in the same fold, so no clip sees
+    # itself: every score is the distance to a 10-degree neighbour at least
+    kmeans = scoring.training_scores(
+        reference, None, "kmeans", options={"folds": 2, "kmeans_centroids": 40}
+    )
+    assert kmeans.min() > 0.5 * cosine_distance(10)
+
+
+@pytest.mark.parametrize("backend", sorted(scoring.BACKENDS))
+def test_score_system_takes_every_backend(backend):
+    table = clip_table()
+    emb = np.random.default_rng(1).standard_normal((len(table), 6))
+    scores = scoring.score_system(table, emb, backend=backend, seed=3)
+    assert np.isfinite(scores["anomaly_score"]).all()
+    again = scoring.score_system(table, emb, backend=backend, seed=3)
+    pd.testing.assert_frame_equal(scores, again)

@@ -1,0 +1,310 @@
+"""Scores without training: System 0 (a frozen encoder on both microphones) and the log-mel floor.
+
+**System 0** embeds every clip with a pre-trained EAT or BEATs as it is
+(:class:`asd_utils.models.frozen.FrozenEncoder`, the profile's ``frozen`` section), once per
+channel: the near microphone, the far microphone, and the ANC-denoised near channel (System 3's
+front-end, the profile's ``anc`` section). A clip is read once for all three; each channel's
+embeddings are cached under a key of everything that changes them. The **channel views**
+(:data:`VIEWS`) are computed from the cached embeddings, so comparing them costs no further
+pass of the encoder.
+
+The **log-mel floor** is no model at all: each clip's mean and standard deviation per mel band
+(the 128-band Kaldi fbank of the backbones, near channel), standardised per machine type with the
+statistics of its training clips, scored by the same back ends. A learned system that does not
+beat it has learned nothing a spectrum analyser does not show.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from asd_utils import anc, data, scoring, systems
+from asd_utils.features import kaldi_fbank
+from asd_utils.files import atomic_path
+from asd_utils.models.common import n_frames, prefix_mask
+from asd_utils.models.frozen import FrozenEncoder, block_numbers, transformer_blocks
+
+SYSTEM = "System 0"
+FLOOR = "log-mel floor"
+CHANNELS = ("near", "far", "anc")
+VIEWS = {
+    "near": "the near microphone",
+    "far": "the far microphone",
+    "residual": "near − α · far: what the near microphone has that the far one does not",
+    "concat": "[near, far]: both embeddings side by side",
+    "anc": "the ANC-denoised near channel (System 3's front-end)",
+}
+VIEW_CHANNELS = {
+    "near": ("near",),
+    "far": ("far",),
+    "residual": ("near", "far"),
+    "concat": ("near", "far"),
+    "anc": ("anc",),
+}
+
+
+def available_views(clips: pd.DataFrame) -> tuple[list[str], str]:
+    """The views these clips allow, and a sentence when some are missing ("" otherwise): mono
+    clips (the 2020–2025 editions) have no far microphone, so only the near view is left."""
+    mono = clips[clips["channels"] < 2]
+    if mono.empty:
+        return list(VIEWS), ""
+    note = (
+        f"{SYSTEM} runs with the near view only: {len(mono):,} of {len(clips):,} clips are mono "
+        f"(no far microphone, e.g. {mono['path'].iloc[0]}), so the far, residual, concatenated "
+        "and ANC views do not exist for this data"
+    )
+    return ["near"], note
+
+
+def channels_for(views: Sequence[str]) -> list[str]:
+    """The channels the views need, in :data:`CHANNELS` order."""
+    needed = {c for v in views for c in VIEW_CHANNELS[v]}
+    return [c for c in CHANNELS if c in needed]
+
+
+def view(
+    embeddings: dict[str, np.ndarray], name: str, alpha: float = 0.5, layer: int = -1
+) -> np.ndarray:
+    """One view (:data:`VIEWS`) of per-channel embeddings ``{channel: (N, layers, dim)}`` at
+    position ``layer`` of the stored layers: (N, dim), or (N, 2 · dim) for ``concat``."""
+    if name not in VIEWS:
+        raise ValueError(f"unknown view {name!r}; choose one of {list(VIEWS)}")
+    missing = [c for c in VIEW_CHANNELS[name] if c not in embeddings]
+    if missing:
+        raise ValueError(f"view {name!r} needs the {' and '.join(missing)} channel embeddings")
+    at = {c: np.asarray(e[:, layer], dtype=np.float32) for c, e in embeddings.items()}
+    if name == "residual":
+        return at["near"] - np.float32(alpha) * at["far"]
+    if name == "concat":
+        return np.concatenate([at["near"], at["far"]], axis=1)
+    return at[name]
+
+
+# --- the encoder ----------------------------------------------------------------------------------
+
+
+def stored_layers(section: dict) -> list[int]:
+    """The profile's ``layer`` and the analysis ``sweep_layers``, as the encoder stores them."""
+    return [section["layer"], *section.get("sweep_layers", [])]
+
+
+def build_encoder(profile: dict, seed: int | None = None) -> tuple[FrozenEncoder, dict]:
+    """System 0's encoder from the profile's ``frozen`` section, and the section (checkpoint
+    resolved as for Systems 1–2: ``$EAT_CHECKPOINT`` / ``$BEATS_CHECKPOINT`` first). Without a
+    checkpoint the backbone has random weights drawn from the profile's seed."""
+    section = systems.settings(profile, SYSTEM)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(profile["seed"] if seed is None else seed)
+        backbone = systems.build_backbone(
+            section["backbone"], section["size"], section["checkpoint"]
+        )
+    return FrozenEncoder(backbone, stored_layers(section), section["pooling"]), section
+
+
+def layer_position(encoder: FrozenEncoder, layer: int) -> int:
+    """Where block ``layer`` (profile numbering, −1 = last) sits among the stored blocks."""
+    number = block_numbers([layer], len(transformer_blocks(encoder.backbone)))[0]
+    if number not in encoder.blocks:
+        raise ValueError(f"block {layer} is not stored (stored: blocks {encoder.blocks})")
+    return encoder.blocks.index(number)
+
+
+# --- one pass over the clips -------------------------------------------------------------------
+
+
+def _batches(
+    table: pd.DataFrame, batch_size: int, progress: bool, desc: str
+) -> Iterator[tuple[np.ndarray, torch.Tensor, torch.Tensor]]:
+    """``(rows, audio (B, channels, samples) zero-padded, lengths (B,))`` in order of length,
+    every clip read once."""
+    frames = table["frames"].to_numpy() if "frames" in table else np.zeros(len(table))
+    order = np.argsort(frames, kind="stable")
+    paths = table["path"].to_numpy()
+    for start in tqdm(
+        range(0, len(order), batch_size), desc=desc, unit="batch", disable=not progress
+    ):
+        rows = order[start : start + batch_size]
+        clips = [torch.from_numpy(data.read_audio(paths[i])) for i in rows]
+        lengths = torch.tensor([c.shape[1] for c in clips])
+        width = max(c.shape[0] for c in clips)
+        audio = torch.zeros(len(clips), width, int(lengths.max()))
+        for j, clip in enumerate(clips):
+            audio[j, : clip.shape[0], : clip.shape[1]] = clip
+        yield rows, audio, lengths
+
+
+def _channel_key(encoder: nn.Module, table, channel: str, anc_settings: dict, autocast) -> str:
+    front = "anc:" + ",".join(f"{k}={v}" for k, v in sorted(anc_settings.items()))
+    preprocess = {"near": "near", "far": "far", "anc": front}[channel]
+    return scoring.embedding_cache_key(
+        encoder, table, CHANNELS.index(channel), preprocess, autocast
+    )
+
+
+def embed_channels(
+    encoder: FrozenEncoder,
+    table: pd.DataFrame,
+    channels: Sequence[str] = CHANNELS,
+    anc_settings: dict | None = None,
+    batch_size: int = 32,
+    cache_dir: str | os.PathLike | None = None,
+    autocast: torch.dtype | None = None,
+    progress: bool = True,
+) -> dict[str, np.ndarray]:
+    """Embeddings of every clip of ``table`` per channel: ``{channel: (N, layers, dim)}``.
+
+    ``channels`` from :data:`CHANNELS`; ``anc`` denoises the near channel with the far one
+    (:func:`asd_utils.anc.denoise`, ``anc_settings``), a whole batch at once (the canceller is
+    causal, so the zero padding after a short clip does not change it). Each channel is cached
+    as ``frozen_<key>.npy`` under ``cache_dir``, keyed by the weights, blocks, pooling, clips,
+    channel and front-end settings (:func:`asd_utils.scoring.embedding_cache_key`): a cached
+    channel is read, the others computed in one pass that reads each clip once.
+    """
+    if table.empty:
+        raise ValueError("embed_channels was given an empty table")
+    unknown = [c for c in channels if c not in CHANNELS]
+    if unknown:
+        raise ValueError(f"unknown channel(s) {unknown}; choose from {CHANNELS}")
+    anc_settings = dict(anc_settings or {})
+    out, paths = {}, {}
+    for channel in channels:
+        if cache_dir is not None:
+            key = _channel_key(encoder, table, channel, anc_settings, autocast)
+            paths[channel] = Path(cache_dir) / f"frozen_{key[:32]}.npy"
+            if paths[channel].is_file():
+                out[channel] = np.load(paths[channel])
+    todo = [c for c in channels if c not in out]
+    if not todo:
+        return {c: out[c] for c in channels}
+    parameter = next(iter(encoder.parameters()), None)
+    device = parameter.device if parameter is not None else torch.device("cpu")
+    result = {c: np.empty((len(table), len(encoder.blocks), encoder.dim), np.float32) for c in todo}
+    for rows, audio, lengths in _batches(
+        table, batch_size, progress, f"embedding {'+'.join(todo)}"
+    ):
+        valid = None if bool((lengths == lengths[0]).all()) else lengths.to(device)
+        inputs = {}
+        if "near" in todo:
+            inputs["near"] = audio[:, 0]
+        if "far" in todo:
+            if audio.shape[1] < 2:
+                raise data.DataError(f"{table['path'].iloc[rows[0]]} has no far channel (mono)")
+            inputs["far"] = audio[:, 1]
+        if "anc" in todo:
+            denoised = anc.denoise(audio[:, :2], **anc_settings).float()
+            inputs["anc"] = denoised.masked_fill(~prefix_mask(lengths, denoised.shape[1]), 0.0)
+        for channel, waveform in inputs.items():
+            with torch.autocast(device.type, dtype=autocast, enabled=autocast is not None):
+                result[channel][rows] = (
+                    encoder.embed(waveform.to(device), valid).float().cpu().numpy()
+                )
+    for channel in todo:
+        if channel in paths:
+            with atomic_path(paths[channel]) as tmp, open(tmp, "wb") as f:
+                np.save(f, result[channel])
+        out[channel] = result[channel]
+    return {c: out[c] for c in channels}
+
+
+def embed(
+    profile: dict,
+    table: pd.DataFrame,
+    cache_dir: str | os.PathLike | None = None,
+    progress: bool = True,
+) -> tuple[dict[str, np.ndarray], FrozenEncoder, dict]:
+    """System 0 for a run: the encoder of the profile, every channel the clips allow, on the GPU
+    when there is one (bf16 autocast with ``mixed_precision: bf16``). Returns ``(embeddings,
+    encoder, section)``; see :func:`embed_channels`."""
+    encoder, section = build_encoder(profile)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    encoder.to(device)
+    bf16 = section["mixed_precision"] == "bf16" and device.type == "cuda"
+    views, _ = available_views(table)
+    embeddings = embed_channels(
+        encoder,
+        table,
+        channels_for(views),
+        anc.denoiser_settings(profile["anc"]),
+        section["embed_batch_size"],
+        cache_dir,
+        torch.bfloat16 if bf16 else None,
+        progress,
+    )
+    return embeddings, encoder.cpu(), section
+
+
+# --- the log-mel floor ----------------------------------------------------------------------------
+
+N_MELS = 128
+
+
+def _source_key(table: pd.DataFrame) -> str:
+    digest = hashlib.sha256(data.clip_fingerprint(table).encode())
+    package = Path(__file__).parent
+    for name in ("features.py", "training_free.py", "data.py"):
+        digest.update((package / name).read_bytes())
+    return digest.hexdigest()
+
+
+def logmel_statistics(
+    table: pd.DataFrame,
+    cache_dir: str | os.PathLike | None = None,
+    batch_size: int = 64,
+    progress: bool = True,
+) -> np.ndarray:
+    """Each clip's mean and standard deviation per mel band over its frames, near channel:
+    (N, 2 · 128) float32 ([means, deviations]). The log-mel is the backbones' 128-band Kaldi
+    fbank (25 ms windows every 10 ms); only each clip's own frames count in a padded batch.
+    Cached as ``logmel_<key>.npy`` under ``cache_dir`` (clips and code as the key)."""
+    if table.empty:
+        raise ValueError("logmel_statistics was given an empty table")
+    path = None
+    if cache_dir is not None:
+        path = Path(cache_dir) / f"logmel_{_source_key(table)[:32]}.npy"
+        if path.is_file():
+            return np.load(path)
+    out = np.empty((len(table), 2 * N_MELS), np.float32)
+    for rows, audio, lengths in _batches(table, batch_size, progress, "log-mel statistics"):
+        fbank = kaldi_fbank(audio[:, 0], 16000, N_MELS, window_type="hanning")  # (B, T, 128)
+        mask = prefix_mask(n_frames(lengths), fbank.shape[1]).unsqueeze(-1).to(fbank.dtype)
+        count = mask.sum(1)
+        mean = (fbank * mask).sum(1) / count
+        std = ((((fbank - mean.unsqueeze(1)) * mask) ** 2).sum(1) / count).sqrt()
+        out[rows] = torch.cat([mean, std], dim=1).numpy()
+    if path is not None:
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:
+            np.save(f, out)
+    return out
+
+
+def standardise_per_machine(features: np.ndarray, table: pd.DataFrame) -> np.ndarray:
+    """Each feature z-scored per machine type with the mean and standard deviation of that
+    machine type's training clips (all sections): no test clip informs its own scale."""
+    features = np.asarray(features, dtype=np.float64)
+    out = np.empty_like(features)
+    machine = table["machine_type"].to_numpy()
+    train = table["split"].to_numpy() == "train"
+    for value in pd.unique(machine):
+        rows = machine == value
+        reference = features[rows & train]
+        if len(reference) < 2:
+            raise ValueError(f"{value}: needs at least 2 training clips to standardise")
+        out[rows] = (features[rows] - reference.mean(0)) / np.maximum(reference.std(0), 1e-6)
+    return out.astype(np.float32)
+
+
+def floor_embeddings(
+    table: pd.DataFrame, cache_dir: str | os.PathLike | None = None, progress: bool = True
+) -> np.ndarray:
+    """The log-mel floor's vectors: :func:`logmel_statistics`, :func:`standardise_per_machine`."""
+    return standardise_per_machine(logmel_statistics(table, cache_dir, progress=progress), table)
