@@ -35,6 +35,7 @@ bench: setup  ## speed benchmarks (not part of make test)
 	$(PY) benchmarks/bench_fbank.py
 	$(PY) benchmarks/bench_anc.py
 	$(PY) benchmarks/bench_backbones.py
+	$(PY) benchmarks/bench_frozen.py
 
 seeds: setup  ## System 1 and the AE baseline over several seeds (4-6 min per seed under quick)
 	$(PY) benchmarks/bench_seeds.py --profile $(PROFILE)
