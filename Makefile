@@ -7,7 +7,7 @@ PROFILE ?= quick
 KERNEL := asd-xju
 export DATA_ROOT OUTPUT_ROOT
 
-.PHONY: setup report test lab bench seeds submission clean
+.PHONY: setup report test lab train bench seeds noise-study submission clean
 
 $(VENV)/.installed: requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -27,6 +27,9 @@ test: setup  ## lint, format check, and the test suite (includes a smoke run of 
 	$(PY) -m ruff format --check .
 	$(PY) -m pytest
 
+train: setup  ## train one fine-tuned system into the run folder the notebooks find; SYSTEM="System 1"
+	$(PY) -m asd_utils.train --profile $(PROFILE) --system "$(SYSTEM)"
+
 lab: setup  ## JupyterLab on the notebooks, with the project's kernel
 	$(VENV)/bin/jupyter lab notebooks/
 
@@ -39,6 +42,9 @@ bench: setup  ## speed benchmarks (not part of make test)
 
 seeds: setup  ## System 1 and the AE baseline over several seeds (4-6 min per seed under quick)
 	$(PY) benchmarks/bench_seeds.py --profile $(PROFILE)
+
+noise-study: setup  ## System 5's SNR study: Systems 1, 3, 5 and 0 per near-mic SNR and seed (quick: ~20 min)
+	$(PY) -m asd_utils.noise_study --profile $(PROFILE)
 
 submission: setup  ## the DCASE package of a finished run; LABEL=Doe_XJU SYSTEMS='"System 4" "System 1"'
 	$(PY) -m asd_utils.submission write --profile $(PROFILE) $(if $(LABEL),--label $(LABEL)) $(if $(SYSTEMS),--systems $(SYSTEMS))

@@ -2,7 +2,8 @@
 
 Modules, in the order a clip flows through them (each calls only the ones before it):
 ``data`` (index and read a DCASE tree), ``synth`` (make one), ``features``, ``anc``,
-``models``, ``training``, ``scoring``, ``metrics``, ``submission``, ``plots``; ``pipeline`` drives
+``models``, ``training``, ``scoring``, ``training_free`` (System 0, the log-mel floor),
+``metrics``, ``submission``, ``plots``; ``pipeline`` drives
 the notebooks; ``config`` (with the schema in ``profile_schema``) reads and checks profiles.
 """
 

@@ -356,3 +356,27 @@ def sweep_lines(table: pd.DataFrame, x: str, title: str, mark=None) -> plt.Figur
     ax.set(xlabel=x, ylabel="%", title=title)
     ax.legend(fontsize=7)
     return fig
+
+
+def snr_bands(table: pd.DataFrame, systems: list[str]) -> plt.Figure:
+    """Detection against the near-microphone SNR: one panel per metric (official score, AUC
+    source, AUC target, pAUC; columns ``hmean``, ``hmean_source``, ``hmean_target``,
+    ``hmean_pauc`` in %), one line per system: the mean over seeds, the band ± one standard
+    deviation. ``table``: one row per (snr_db, seed, system)."""
+    panels = {
+        "hmean": "official score",
+        "hmean_source": "AUC (source)",
+        "hmean_target": "AUC (target)",
+        "hmean_pauc": "pAUC",
+    }
+    fig, axes = plt.subplots(1, 4, figsize=(15, 3.4), sharex=True, constrained_layout=True)
+    for ax, (column, title) in zip(axes, panels.items(), strict=True):
+        for system in systems:
+            part = table[table["system"] == system].groupby("snr_db")[column]
+            mean, std = part.mean(), part.std().fillna(0)
+            ax.plot(mean.index, mean, "o-", ms=3, label=system)
+            ax.fill_between(mean.index, mean - std, mean + std, alpha=0.2)
+        ax.axhline(50, c="grey", lw=0.8, ls=":")
+        ax.set(title=title, xlabel="near-microphone SNR (dB)", ylabel="%")
+    axes[0].legend(fontsize=7)
+    return fig

@@ -30,6 +30,7 @@ SYSTEM_NAMES = (
     "System 2",
     "System 3",
     "System 4",
+    "System 5",
     "baseline-MSE",
     "baseline-MAHALA",
 )
@@ -58,6 +59,8 @@ class Synth(Section):
     sample_rate: Literal[16000] | None = None
     near_snr_db: Annotated[list[float], Field(min_length=2, max_length=2)] | None = None
     far_snr_db: Annotated[list[float], Field(min_length=2, max_length=2)] | None = None
+    noise_path_ms: Annotated[list[PositiveFloat], Field(min_length=2, max_length=2)] | None = None
+    noise_path_taps: PositiveInt | None = None
     anomaly_severity: NonNegativeFloat | None = None
     fault_sound_level: NonNegativeFloat | None = None
     seed: int
@@ -162,6 +165,27 @@ class OSSCL(FineTuned):
     loss: OSSCLLoss
 
 
+class Fusion(FineTuned):
+    """System 5: cross-channel modules inside the encoder (:mod:`asd_utils.models.fusion`)."""
+
+    backbone: Literal["eat", "beats"]
+    classes_by_domain: bool
+    target_repeats: PositiveInt
+    loss: OSSCLLoss
+    blocks: list[int] = Field(min_length=1)  # after which blocks (1 = first, -1 = last)
+    width: PositiveInt
+    heads: PositiveInt
+    freeze_backbone: bool
+
+    @model_validator(mode="after")
+    def _known_blocks(self):
+        if 0 in self.blocks:
+            raise ValueError("blocks are numbered from 1 (first) or -1 (last); 0 is none")
+        if self.width % self.heads:
+            raise ValueError(f"width {self.width} is not a multiple of heads {self.heads}")
+        return self
+
+
 class BEATsGRL(FineTuned):
     """System 2."""
 
@@ -206,6 +230,24 @@ class Backends(Section):
     folds: Annotated[int, Field(ge=2)]
 
 
+class NoiseStudy(Section):
+    """System 5's noise study (:mod:`asd_utils.noise_study`): one small set per near SNR."""
+
+    machine_types: list[str] = Field(min_length=1)
+    near_snr_db: list[float] = Field(min_length=1)
+    far_snr_db: Annotated[list[float], Field(min_length=2, max_length=2)]
+    noise_path_ms: Annotated[list[PositiveFloat], Field(min_length=2, max_length=2)]
+    noise_path_taps: PositiveInt
+    n_train_source: Annotated[int, Field(ge=2)]
+    n_train_target: PositiveInt
+    n_test: PositiveInt
+    clip_seconds: PositiveFloat
+    data_seed: int
+    seeds: list[int] = Field(min_length=1)
+    steps: PositiveInt
+    ablations: bool
+
+
 class Decision(Section):
     """:func:`asd_utils.metrics.decision_threshold`."""
 
@@ -216,7 +258,9 @@ class Decision(Section):
 class Ensemble(Section):
     """System 4 (:func:`asd_utils.ensemble.combine`); weights fixed here, never tuned."""
 
-    members: list[Literal["System 0", "System 1", "System 2", "System 3"]] = Field(min_length=1)
+    members: list[Literal["System 0", "System 1", "System 2", "System 3", "System 5"]] = Field(
+        min_length=1
+    )
     weights: list[float]
     how: Literal["sum", "min", "max"]
     normalisation: Literal["zscore", "robust"]
@@ -254,8 +298,10 @@ class Profile(Section):
     anc: Anc
     osscl: OSSCL
     beats_grl: BEATsGRL
+    fusion: Fusion
     frozen: Frozen
     backends: Backends
+    noise_study: NoiseStudy
     decision: Decision
     ensemble: Ensemble
     submission: Submission

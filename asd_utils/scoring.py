@@ -37,7 +37,7 @@ def _embed(model: nn.Module, waveform: torch.Tensor, lengths: torch.Tensor | Non
 
 
 def embedding_cache_key(
-    model: nn.Module, table: pd.DataFrame, channel: int, preprocess_key: str | None, autocast
+    model: nn.Module, table: pd.DataFrame, channel: int | None, preprocess_key: str | None, autocast
 ) -> str:
     """SHA-256 over everything that changes the embeddings: every weight and buffer (names,
     dtypes, shapes, bytes), the source files of the model's classes and of the front-end
@@ -62,12 +62,19 @@ def embedding_cache_key(
     return digest.hexdigest()
 
 
+def pad_clips(clips: list[torch.Tensor]) -> torch.Tensor:
+    """Clips of ``(samples,)`` or ``(channels, samples)`` → one batch zero-padded at the end,
+    ``(B, samples)`` or ``(B, channels, samples)``."""
+    longest = max(c.shape[-1] for c in clips)
+    return torch.stack([nn.functional.pad(c, (0, longest - c.shape[-1])) for c in clips])
+
+
 @torch.no_grad()
 def extract_embeddings(
     model: nn.Module,
     table: pd.DataFrame,
     batch_size: int = 16,
-    channel: int = 0,
+    channel: int | None = 0,
     preprocess: Callable | None = None,
     autocast: torch.dtype | None = None,
     progress: bool = True,
@@ -80,10 +87,10 @@ def extract_embeddings(
     backbone, :class:`asd_utils.models.heads.EmbeddingModel`) or just (B, D). Pass the EMA
     weights (``TrainResult.ema_model``, or :func:`asd_utils.training.load_weights`). Runs in
     eval mode without gradients on the model's device (its mode is restored afterwards); whole
-    clips, channel ``channel`` or ``preprocess(audio)`` as :func:`asd_utils.training.
-    load_waveform`. Clips are batched in order of length; a batch of unequal clips is
-    zero-padded and passes ``lengths``. ``autocast``: e.g. ``torch.bfloat16`` on a GPU.
-    ``cache_dir``: reuse or write ``embeddings_<key>.npy`` under it, keyed by
+    clips, channel ``channel`` (None: both microphones) or ``preprocess(audio)`` as
+    :func:`asd_utils.training.load_waveform`. Clips are batched in order of length; a batch of
+    unequal clips is zero-padded and passes ``lengths``. ``autocast``: e.g. ``torch.bfloat16``
+    on a GPU. ``cache_dir``: reuse or write ``embeddings_<key>.npy`` under it, keyed by
     :func:`embedding_cache_key`; with ``preprocess`` this needs a ``preprocess_key`` string that
     names the preprocessing and all its settings (a callable cannot be hashed reliably).
     """
@@ -111,8 +118,8 @@ def extract_embeddings(
         ):
             rows = order[start : start + batch_size]
             clips = [torch.from_numpy(load_waveform(paths[i], channel, preprocess)) for i in rows]
-            sizes = torch.tensor([len(c) for c in clips])
-            waveform = nn.utils.rnn.pad_sequence(clips, batch_first=True).to(device)
+            sizes = torch.tensor([c.shape[-1] for c in clips])
+            waveform = pad_clips(clips).to(device)
             lengths = None if (sizes == sizes[0]).all() else sizes.to(device)
             with torch.autocast(device.type, dtype=autocast, enabled=autocast is not None):
                 batch = _embed(model, waveform, lengths).float().cpu().numpy()

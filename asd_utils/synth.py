@@ -54,7 +54,10 @@ class SynthConfig:
     ``eval_data``, whose test clips get anonymous names (``section_00_0000.wav``, in shuffled
     order), as the real evaluation set; both use the sound models of the 2026 development types.
     ``channels`` 2 writes stereo clips (ch0 near, ch1 far, the 2026 format), 1 the near channel
-    only (the mono format of 2020–2025).
+    only (the mono format of 2020–2025). ``noise_path_ms`` (decay time range) and
+    ``noise_path_taps`` (length) shape the path by which the noise, born near the far
+    microphone, reaches the near one: the default is short enough for System 3's canceller; the
+    noise study of System 5 makes it long and reverberant, beyond what a 128-tap FIR removes.
     ``n_test`` clips are made for each of the four (domain, label) kinds, as the real 50/50/50/50.
     ``clip_seconds`` maps a machine type to its clip length (key ``default`` for the others; the
     real set has 12 s ToyCar/ToyCarEmu clips and 10 s for the rest). ``anomaly_severity`` scales
@@ -80,6 +83,8 @@ class SynthConfig:
     seed: int = 2026
     eval_machine_types: tuple[str, ...] = ()
     channels: int = 2
+    noise_path_ms: tuple[float, float] = (8.0, 20.0)
+    noise_path_taps: int = 384
 
     @classmethod
     def from_dict(cls, values: dict) -> SynthConfig:
@@ -89,7 +94,13 @@ class SynthConfig:
         if unknown:
             raise ValueError(f"unknown synth settings {sorted(unknown)}; known: {sorted(known)}")
         values = dict(values)
-        for key in ("machine_types", "eval_machine_types", "near_snr_db", "far_snr_db"):
+        for key in (
+            "machine_types",
+            "eval_machine_types",
+            "near_snr_db",
+            "far_snr_db",
+            "noise_path_ms",
+        ):
             if key in values:
                 values[key] = tuple(values[key])
         config = cls(**values)
@@ -607,7 +618,9 @@ def render_clip(spec: ClipSpec, config: SynthConfig) -> SynthClip:
     # room-like path short enough for an adaptive canceller to model (Widrow et al. 1975).
     noise_type = str(rng.choice(NOISE_TYPES))
     noise_far = _environment_noise(noise_type, n, sr, rng)
-    to_near = _room_response(rng, sr, rng.uniform(1, 4), rng.uniform(8, 20), 384)
+    to_near = _room_response(
+        rng, sr, rng.uniform(1, 4), rng.uniform(*config.noise_path_ms), config.noise_path_taps
+    )
     noise_near = signal.oaconvolve(noise_far, to_near)[:n]
     near_snr = rng.uniform(*config.near_snr_db)
     noise_gain = _rms(machine) / _rms(noise_near) * 10 ** (-near_snr / 20)

@@ -1,10 +1,17 @@
-"""The paper's fine-tuned systems, each a profile section plus a model (architecture.md).
+"""The fine-tuned systems, each a profile section plus a model (architecture.md).
 
 | system   | profile section | backbone | front-end                  | objective            |
 |----------|-----------------|----------|----------------------------|----------------------|
 | System 1 | ``osscl``       | EAT      | near channel               | OSSCL (:mod:`losses`)|
 | System 2 | ``beats_grl``   | BEATs    | near channel               | margin + GRL         |
 | System 3 | ``osscl``       | EAT      | ANC-denoised near (``anc``)| OSSCL                |
+| System 5 | ``fusion``      | EAT/BEATs| near + far, fused inside   | OSSCL                |
+
+System 5 goes beyond the paper: cross-channel modules inside the encoder
+(:class:`asd_utils.models.fusion.FusionBackbone`) let the near channel attend to the far one.
+
+System 0 (``frozen``, :mod:`asd_utils.training_free`) trains nothing; :func:`settings` and
+:func:`knn_k` serve it too.
 
 :func:`build` turns (data root, profile, system) — primitives only — into ``(model, loss_fn,
 dataset)`` for :func:`asd_utils.training.train`; the same call is what ``accelerate launch -m
@@ -31,12 +38,14 @@ from asd_utils.files import atomic_write_text
 from asd_utils.losses import GRLLoss, OSSCLLoss
 from asd_utils.models.beats import BEATs, BEATsConfig
 from asd_utils.models.eat import EAT, EATConfig
+from asd_utils.models.fusion import FusionBackbone
 from asd_utils.models.heads import EmbeddingModel
 
 SYSTEMS = {
-    "System 1": {"section": "osscl", "anc": False},
-    "System 2": {"section": "beats_grl", "anc": False},
-    "System 3": {"section": "osscl", "anc": True},
+    "System 1": {"section": "osscl", "anc": False, "fusion": False},
+    "System 2": {"section": "beats_grl", "anc": False, "fusion": False},
+    "System 3": {"section": "osscl", "anc": True, "fusion": False},
+    "System 5": {"section": "fusion", "anc": False, "fusion": True},  # beyond the paper
 }
 TRAINING_FREE = {"System 0": "frozen"}  # asd_utils.training_free: a frozen encoder, no training
 INFO = "system.json"  # beside a system's official files: its name and parameter count
@@ -68,9 +77,10 @@ def unavailable(clips: pd.DataFrame) -> dict[str, str]:
     reasons = {}
     mono = clips[clips["channels"] < 2]
     for system, spec in SYSTEMS.items():
-        if spec["anc"] and len(mono):
+        if (spec["anc"] or spec["fusion"]) and len(mono):
+            needs = "its ANC front-end needs" if spec["anc"] else "its encoder fuses"
             reasons[system] = (
-                f"its ANC front-end needs the far microphone (channel 1), but {len(mono):,} of "
+                f"{needs} the far microphone (channel 1), but {len(mono):,} of "
                 f"{len(clips):,} clips are mono (e.g. {mono['path'].iloc[0]})"
             )
     return reasons
@@ -140,10 +150,13 @@ def train_config(profile: dict, system: str) -> training.TrainConfig:
     return training.TrainConfig.from_dict(values)
 
 
-def front_end(profile: dict, system: str) -> tuple[int, Callable | None, str | None]:
+def front_end(profile: dict, system: str) -> tuple[int | None, Callable | None, str | None]:
     """How a system reads a clip: ``(channel, preprocess, preprocess_key)`` for
     :class:`asd_utils.training.ClipDataset` and :func:`asd_utils.scoring.extract_embeddings`.
-    System 3 denoises with the ANC chapter's settings (the profile's ``anc`` section)."""
+    System 3 denoises with the ANC chapter's settings (the profile's ``anc`` section); System 5
+    reads both microphones (channel None)."""
+    if SYSTEMS[system]["fusion"]:
+        return None, None, "near+far"
     if not SYSTEMS[system]["anc"]:
         return 0, None, None
     options = anc.denoiser_settings(profile["anc"])
@@ -202,6 +215,14 @@ def build(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(train.seed)
         backbone = build_backbone(settings_["backbone"], settings_["size"], settings_["checkpoint"])
+        if SYSTEMS[system]["fusion"]:
+            backbone = FusionBackbone(
+                backbone,
+                settings_["blocks"],
+                settings_["width"],
+                settings_["heads"],
+                settings_["freeze_backbone"],
+            )
         model = EmbeddingModel(backbone, projection_dim=settings_.get("projection_dim", 128))
         if grl:
             attribute = [n.rsplit("/", 1)[0] for n in names]

@@ -80,12 +80,17 @@ class CheckpointWarning(RuntimeWarning):
 
 def load_waveform(
     path: str | os.PathLike,
-    channel: int = 0,
+    channel: int | None = 0,
     preprocess: Callable[[np.ndarray], np.ndarray | torch.Tensor] | None = None,
 ) -> np.ndarray:
     """One clip as float32 (samples,): channel ``channel`` (2026: 0 near mic, 1 far mic), or
-    ``preprocess(audio (channels, samples))``, e.g. :func:`asd_utils.anc.denoise` (System 3)."""
+    ``preprocess(audio (channels, samples))``, e.g. :func:`asd_utils.anc.denoise` (System 3).
+    ``channel=None``: both microphones, (2, samples) (System 5); a mono clip is an error."""
     audio = read_audio(path)
+    if channel is None and preprocess is None:
+        if audio.shape[0] < 2:
+            raise DataError(f"{str(path)!r} is mono; both microphones (near, far) are needed")
+        return audio[:2]
     if preprocess is not None:
         out = np.asarray(torch.as_tensor(preprocess(audio)).detach().cpu(), dtype=np.float32)
         if out.ndim != 1:
@@ -99,7 +104,8 @@ def load_waveform(
 class ClipDataset(Dataset):
     """Training clips as fixed-length waveforms with their targets (class ids).
 
-    ``dataset[(i, seed)]`` gives ``(waveform (length,) float32, target, n_valid)``: a random
+    ``dataset[(i, seed)]`` gives ``(waveform (length,) float32, target, n_valid)`` (with
+    ``channel=None`` a waveform of both microphones, (2, length)): a random
     ``length``-sample crop of clip i, its offset drawn from ``numpy.random.default_rng(seed)``
     (the sampler hands out the seeds, so crops are reproducible and resumable), or the clip
     zero-padded at the end when shorter (``n_valid`` = its true length, for the backbone's
@@ -113,7 +119,7 @@ class ClipDataset(Dataset):
         table: pd.DataFrame,
         targets: Sequence[int] | np.ndarray | torch.Tensor,
         length: int | None = None,
-        channel: int = 0,
+        channel: int | None = 0,
         preprocess: Callable | None = None,
         preload: bool = True,
         progress: bool = True,
@@ -129,7 +135,7 @@ class ClipDataset(Dataset):
                 torch.from_numpy(load_waveform(p, channel, preprocess))
                 for p in tqdm(self.paths, desc="loading clips", unit="clip", disable=not progress)
             ]
-            sizes = [len(w) for w in self.waveforms]
+            sizes = [w.shape[-1] for w in self.waveforms]
         else:  # the table's WAV-header frame counts (preprocessing keeps the length)
             sizes = list(table["frames"])
         self.length = int(length or min(sizes))
@@ -144,11 +150,11 @@ class ClipDataset(Dataset):
             clip = self.waveforms[index]
         else:
             clip = torch.from_numpy(load_waveform(self.paths[index], self.channel, self.preprocess))
-        spare = len(clip) - self.length
+        spare = clip.shape[-1] - self.length
         if spare >= 0:
             start = 0 if seed is None else int(np.random.default_rng(seed).integers(spare + 1))
-            return clip[start : start + self.length], self.targets[index], self.length
-        return nn.functional.pad(clip, (0, -spare)), self.targets[index], len(clip)
+            return clip[..., start : start + self.length], self.targets[index], self.length
+        return nn.functional.pad(clip, (0, -spare)), self.targets[index], clip.shape[-1]
 
 
 class ResumableSampler(Sampler):

@@ -74,10 +74,11 @@ def test_every_system_builds_from_primitives(tiny_setup, system):
     profile_path, profile, paths, _ = tiny_setup
     model, loss, dataset = systems.build(str(paths.data_root), profile_path, system, progress=False)
     waveform, target, _ = dataset[(0, 1)]
-    assert waveform.shape == (
-        int(profile[systems.SYSTEMS[system]["section"]]["crop_seconds"] * 16000),
-    )
-    out = loss(model(waveform[None].repeat(2, 1), augment=None), torch.stack([target, target]))
+    crop = int(profile[systems.SYSTEMS[system]["section"]]["crop_seconds"] * 16000)
+    channels = (2,) if systems.SYSTEMS[system]["fusion"] else ()  # System 5: near and far
+    assert waveform.shape == (*channels, crop)
+    batch = torch.stack([waveform, waveform])
+    out = loss(model(batch, augment=None), torch.stack([target, target]))
     assert torch.isfinite(out["loss"])
     n_classes = len(data.attribute_classes(data.index_dataset(paths.data_root, split="train"))[1])
     if system == "System 2":
@@ -193,14 +194,16 @@ def _clips(channels, machine_types=("ToyCar", "fan")) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def test_system_3_is_unavailable_on_mono_clips_and_says_why():
+def test_systems_3_and_5_are_unavailable_on_mono_clips_and_say_why():
     assert systems.unavailable(_clips(2)) == {}
     reasons = systems.unavailable(_clips(1))
-    assert list(reasons) == ["System 3"]
-    assert (
-        "far microphone" in reasons["System 3"] and "6 of 6 clips are mono" in reasons["System 3"]
-    )
+    assert list(reasons) == ["System 3", "System 5"]
+    for system in reasons:
+        assert "far microphone" in reasons[system] and "6 of 6 clips are mono" in reasons[system]
     assert systems.skip_notice(reasons).startswith("System 3 is skipped: its ANC front-end")
+    assert "System 5 is skipped: its encoder fuses the far microphone" in systems.skip_notice(
+        reasons
+    )
 
 
 @pytest.mark.parametrize("by_domain, expected", [(False, 1 + 3), (True, 2 + 3)])

@@ -386,8 +386,11 @@ class EAT(nn.Module):
         with autocast_off(waveform.device):
             samples = prefix_mask(lengths, waveform.shape[1])
             waveform = waveform.float().masked_fill(~samples, 0.0)
-            # float64 sums: the mean does not depend on how much padding follows the clip
-            mean = (waveform.double().sum(1, keepdim=True) / lengths[:, None]).float()
+            # each clip's own float32 mean, as upstream's `source - source.mean()` computes it
+            # (a float64 sum moved the fbank by up to 5e-5 on a tonal clip); per row, so the
+            # padding after a clip does not enter its sum
+            rows = zip(waveform, lengths.tolist(), strict=True)
+            mean = torch.stack([w[:n].mean() for w, n in rows])[:, None]
             waveform = (waveform - mean).masked_fill(~samples, 0.0)
             fbank = kaldi_fbank(
                 waveform, sample_rate=16000, num_mel_bins=128, window_type="hanning"

@@ -1,0 +1,165 @@
+"""The two-channel noise study: detection against the near microphone's SNR, over seeds.
+
+Where the far microphone can matter, the question can be answered: the same machine sounds at
+several near-microphone SNRs (the profile's ``noise_study`` section), the far microphone
+carrying the noise more strongly, the noise non-stationary (impacts, babble) and reaching the
+near microphone by a long reverberant path that System 3's 128-tap canceller cannot fully
+model. One small synthetic set per SNR (:mod:`asd_utils.synth`); on each, for every seed:
+System 1 (near channel only), System 3 (ANC), System 5 (fusion inside the encoder), trained by
+the common loop at the study's size, and System 0's residual view (no training), all scored by
+the profile's default back end. With ``ablations``, System 5 variants at the middle SNR (where
+the modules go, a frozen backbone): analysis.
+
+    python -m asd_utils.noise_study --profile quick [--output-root DIR]    (make noise-study)
+
+Rows go to ``<output_root>/noise_study.csv`` (written after every run, atomically), each with
+the :func:`study_key` of the settings; a rerun skips the rows of the same key already there, so
+an interrupted study resumes, and drops rows of other settings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import hashlib
+import json
+import time
+from pathlib import Path
+
+import pandas as pd
+
+from asd_utils import config, data, files, metrics, scoring, synth, systems
+from asd_utils import training_free as tf
+
+CSV = "noise_study.csv"
+TRAINED = ("System 1", "System 3", "System 5")
+ABLATIONS = {  # name → changes to the fusion section (analysis, at the middle SNR)
+    "System 5 (first block)": {"blocks": [1]},
+    "System 5 (first and last block)": {"blocks": [1, -1]},
+    "System 5 (frozen backbone)": {"freeze_backbone": True},
+}
+
+
+def dataset_config(study: dict, snr_db: float) -> synth.SynthConfig:
+    """The synthetic set at one near-microphone SNR."""
+    return synth.SynthConfig(
+        machine_types=tuple(study["machine_types"]),
+        n_train_source=study["n_train_source"],
+        n_train_target=study["n_train_target"],
+        n_test=study["n_test"],
+        clip_seconds={"default": study["clip_seconds"]},
+        near_snr_db=(snr_db, snr_db),
+        far_snr_db=tuple(study["far_snr_db"]),
+        noise_path_ms=tuple(study["noise_path_ms"]),
+        noise_path_taps=study["noise_path_taps"],
+        seed=study["data_seed"],
+    )
+
+
+def study_profile(profile: dict, seed: int, fusion_changes: dict | None = None) -> dict:
+    """The profile a study run trains with: its seed, the study's steps for the trained systems
+    (warm-up and checkpoints scaled along), and ``fusion_changes`` for an ablation."""
+    out = copy.deepcopy(profile)
+    out["seed"] = seed
+    steps = profile["noise_study"]["steps"]
+    for section in ("osscl", "fusion"):
+        train = out[section]["train"]
+        train["warmup_steps"] = max(1, min(train["warmup_steps"], steps // 10))
+        train["checkpoint_every"] = steps
+        train["steps"] = steps
+    out["fusion"].update(fusion_changes or {})
+    return out
+
+
+def read(path: str | Path) -> pd.DataFrame:
+    """``noise_study.csv`` as written (the key kept a string: "1e5…" is not a number)."""
+    return pd.read_csv(path, dtype={"study_key": str})
+
+
+def study_key(profile: dict) -> str:
+    """A hash of every setting that changes the study's numbers; rows of other keys are old."""
+    sections = ("noise_study", "osscl", "fusion", "frozen", "backends", "anc")
+    payload = json.dumps({s: profile[s] for s in sections}, sort_keys=True, default=str)
+    return hashlib.sha256(payload.encode()).hexdigest()[:12]
+
+
+def _summary(scores: pd.DataFrame) -> dict:
+    return metrics.summarise(metrics.evaluate(metrics.labelled(scores)[0]))
+
+
+def run(
+    profile_name: str,
+    output_root: str | Path | None = None,
+    progress: bool = True,
+) -> pd.DataFrame:
+    """Run (or resume) the study of the profile; returns every row of ``noise_study.csv``."""
+    profile = config.load_profile(profile_name)
+    study = profile["noise_study"]
+    paths = config.resolve_paths(profile, None, None if output_root is None else str(output_root))
+    folder = paths.output_root / "noise_study"
+    csv = paths.output_root / CSV
+    this_key = study_key(profile)
+    rows = read(csv).to_dict("records") if csv.exists() else []
+    rows = [r for r in rows if r.get("study_key") == this_key]  # settings changed: measured anew
+    done = {(r["snr_db"], r["seed"], r["system"]) for r in rows}
+    backend, options = systems.backend(profile)
+    middle = sorted(study["near_snr_db"])[len(study["near_snr_db"]) // 2]
+    for snr in study["near_snr_db"]:
+        root = folder / "data" / f"snr_{snr:+g}dB"
+        synth.generate_dataset(root, dataset_config(study, snr), progress=False, replace=True)
+        clips = data.index_dataset(root)
+        for seed in study["seeds"]:
+            runs = {s: None for s in (*TRAINED, tf.SYSTEM)}
+            if study["ablations"] and snr == middle:
+                runs.update(ABLATIONS)
+            for name, changes in runs.items():
+                if (snr, seed, name) in done:
+                    continue
+                start = time.perf_counter()
+                derived = study_profile(profile, seed, changes)
+                path = config.freeze_profile(derived, folder / "profiles" / f"{name}-{seed}.yaml")
+                extra = {}
+                if name == tf.SYSTEM:
+                    embeddings, encoder, section = tf.embed(
+                        derived, clips, folder / "cache", progress
+                    )
+                    vector = tf.view(embeddings, "residual", section["alpha"],
+                                     tf.layer_position(encoder, section["layer"]))  # fmt: skip
+                    k = section["knn_k"]
+                else:
+                    system = name.split(" (")[0]
+                    result = systems.train_system(
+                        root, str(path), system, folder / "runs", progress
+                    )
+                    channel, preprocess, key = systems.front_end(derived, system)
+                    vector = scoring.extract_embeddings(
+                        result.ema_model, clips, 16, channel, preprocess, progress=False,
+                        cache_dir=result.output_dir, preprocess_key=key,
+                    )  # fmt: skip
+                    k = systems.knn_k(derived, system)
+                    if system == "System 5":
+                        extra["gates"] = json.dumps(result.ema_model.backbone.gates())
+                scores = scoring.score_system(clips, vector, k, backend, options, seed)
+                rows.append({
+                    "study_key": this_key, "snr_db": snr, "seed": seed, "system": name,
+                    **_summary(scores),
+                    "seconds": round(time.perf_counter() - start, 1), **extra,
+                })  # fmt: skip
+                files.write_table(pd.DataFrame(rows), csv)
+                print(f"SNR {snr:+g} dB, seed {seed}, {name}: official score "
+                      f"{100 * rows[-1]['hmean']:.2f} % ({rows[-1]['seconds']:.0f} s)")  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--profile", required=True, help="smoke, quick, paper, or a YAML path")
+    parser.add_argument("--output-root", help="default: $OUTPUT_ROOT, else outputs/<profile>")
+    args = parser.parse_args()
+    start = time.perf_counter()
+    table = run(args.profile, args.output_root, progress=False)
+    print(f"{len(table)} rows in {time.perf_counter() - start:.0f} s")
+
+
+if __name__ == "__main__":
+    main()

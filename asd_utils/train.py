@@ -1,0 +1,77 @@
+r"""Train fine-tuned systems from the command line, into the run folders the notebooks find.
+
+    python -m asd_utils.train --profile paper --system "System 1" [--data-root D] [--output-root O]
+    accelerate launch --multi_gpu --num_processes 4 -m asd_utils.train --profile paper \
+        --system "System 1"
+    make train PROFILE=paper SYSTEM="System 1"
+
+Each system trains into ``<output_root>/training/<system>-<key>`` (:func:`asd_utils.systems.
+run_dir`, keyed by everything that changes its weights), resuming a stopped run from its last
+checkpoint; ``make report`` (or the chapter) afterwards finds the finished run and goes straight
+on to embedding and scoring. Under ``accelerate launch`` every process runs this same command;
+the batch size stays global. Before anything trains the data is indexed and checked, and a
+system that cannot run on it (System 3 or 5 on mono clips) is refused with the reason.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+from accelerate import PartialState
+
+from asd_utils import config, data, systems
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(
+        prog="python -m asd_utils.train",
+        description="Train fine-tuned systems into the run folders the notebooks find.",
+    )
+    parser.add_argument("--profile", required=True, help="smoke, quick, paper, or a YAML path")
+    parser.add_argument(
+        "--system",
+        nargs="+",
+        required=True,
+        choices=sorted(systems.SYSTEMS),
+        help="one or more of the fine-tuned systems",
+    )
+    parser.add_argument("--data-root", help="a DCASE tree (default: $DATA_ROOT, else synthetic)")
+    parser.add_argument("--output-root", help="default: $OUTPUT_ROOT, else outputs/<profile>")
+    parser.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args(argv)
+
+    profile = config.load_profile(args.profile)
+    paths = config.resolve_paths(profile, args.data_root, args.output_root)
+    state = PartialState()
+    main_process = state.is_main_process
+    with state.main_process_first():  # one process makes the synthetic data, the others wait
+        config.prepare_data(profile, paths, progress=main_process)
+    clips = data.index_dataset(paths.data_root, cache_dir=paths.output_root / "cache")
+    refused = {s: why for s, why in systems.unavailable(clips).items() if s in args.system}
+    if refused:
+        sys.exit(systems.skip_notice(refused))
+    if main_process:
+        print(f"profile {profile['name']} · data {paths.data_root} · outputs {paths.output_root}")
+        print(data.describe_channels(clips))
+    results = {}
+    for system in args.system:
+        start = time.perf_counter()
+        systems.random_init_warning(systems.settings(profile, system), system)
+        result = systems.train_system(
+            paths.data_root,
+            args.profile,
+            system,
+            paths.output_root,
+            progress=main_process and not args.no_progress,
+        )
+        results[system] = result
+        if main_process:
+            print(f"{system}: {result.summary} ({time.perf_counter() - start:.0f} s)")
+            print(f"  run folder: {result.output_dir}")
+    return results
+
+
+if __name__ == "__main__":
+    main()
