@@ -31,7 +31,7 @@ EPS = sys.float_info.epsilon
 DOMAINS = ("source", "target")
 METRICS = {"auc_source": "AUC-s", "auc_target": "AUC-t", "pauc": "pAUC"}
 OFFICIAL_ROW = ("official score", "hmean")
-AMEAN_ROW = ("arithmetic mean", "amean")
+AMEAN_ROW = ("arithmetic mean of AUC-s, AUC-t and pAUC", "amean")
 
 _SCORE_CSV = re.compile(
     r"^anomaly_score_(?P<machine_type>.+)_section_(?P<section>[^_]+)_test\.csv$"
@@ -190,14 +190,15 @@ def summarise(table: pd.DataFrame) -> dict[str, float]:
     """Summary of an ``evaluate()`` table, as the evaluator's "official score" block.
 
     Output keys: ``hmean`` (official score) and ``amean`` over the flat list of every
-    auc_source, auc_target and pauc value of all rows; ``hmean_source`` over the auc_source
-    values only, ``hmean_target`` over the auc_target values only (the evaluator's "harmonic
-    mean (source/target)"), and ``hmean_pauc`` over the pauc values.
+    auc_source, auc_target and pauc value of all rows (``amean``: the evaluator's paper table's
+    "TOTAL score" a-mean); ``hmean_source`` over the auc_source values only, ``hmean_target``
+    over the auc_target values only (the evaluator's "harmonic mean (source/target)"),
+    ``hmean_pauc`` over the pauc values, and ``amean_auc`` over the auc_source and auc_target
+    values, without the pAUCs: the column ``official_score.csv`` calls "arithmetic mean".
     """
+    keys = ("hmean", "amean", "hmean_source", "hmean_target", "hmean_pauc", "amean_auc")
     if table.empty:  # no machine type with ground truth (an evaluation set alone)
-        return dict.fromkeys(
-            ("hmean", "amean", "hmean_source", "hmean_target", "hmean_pauc"), np.nan
-        )
+        return dict.fromkeys(keys, np.nan)
     flat = table[list(METRICS)].to_numpy(dtype=float)
     return {
         "hmean": official_score(flat),
@@ -205,6 +206,7 @@ def summarise(table: pd.DataFrame) -> dict[str, float]:
         "hmean_source": official_score(table["auc_source"]),
         "hmean_target": official_score(table["auc_target"]),
         "hmean_pauc": official_score(table["pauc"]),
+        "amean_auc": arithmetic_mean(table[["auc_source", "auc_target"]].to_numpy(dtype=float)),
     }
 
 
@@ -442,7 +444,7 @@ def table2(tables: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
     """The paper's Table 2 layout from ``{system name: evaluate() output}``.
 
     Output: rows indexed by (machine_type, metric), metric in AUC-s / AUC-t / pAUC, then
-    ("official score", "hmean") and ("arithmetic mean", "amean"); one column per system in the
+    ("official score", "hmean") and :data:`AMEAN_ROW` ("amean"); one column per system in the
     given order; values in percent. Several sections of one machine type are averaged per
     machine type (as the evaluator's per-machine table); the summary rows come from
     :func:`summarise` over every section's values. A machine type a system lacks is NaN in its

@@ -2,8 +2,9 @@
 
     python -m asd_utils.pipeline --profile quick [--data-root DIR] [--output-root DIR]
 
-Executed notebooks go to ``<output_root>/book_source/notebooks/`` (the source notebooks are
-never touched); the book is staged in ``<output_root>/book_source/`` and built strictly
+Executed notebooks go to ``<output_root>/executed/`` (the source notebooks are never touched);
+the book is staged in ``<output_root>/book_source/`` (:mod:`asd_utils.book`: set-up cells
+hidden, machine paths scrubbed, the run's headline on the landing page) and built strictly
 (warnings are errors) into ``<build_dir>/_build/html``. ``<output_root>/run_record.json`` records
 the profile, seed, paths, git commit, package versions and the time each stage took.
 """
@@ -22,6 +23,7 @@ from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 
+from asd_utils import book
 from asd_utils.config import (
     REPO_ROOT,
     ProfileError,
@@ -35,7 +37,6 @@ from asd_utils.data import DataError
 from asd_utils.files import atomic_write_text
 
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
-BOOK_FILES = ("_config.yml", "_toc.yml", "book")
 PACKAGES = (
     "torch",
     "numpy",
@@ -103,7 +104,15 @@ def preflight(paths: RunPaths) -> dict:
     return {"machine_types": sets, "no_ground_truth": no_truth, "systems_skipped": skipped}
 
 
-DERIVED = ("systems", "metrics.csv", "table2.csv", "backends.csv", "submission", "book_source")
+DERIVED = (
+    "systems",
+    "metrics.csv",
+    "table2.csv",
+    "backends.csv",
+    "submission",
+    "executed",
+    "book_source",
+)
 """What a run derives in its output folder and a new full run removes first (``training/``,
 the cached training runs and embeddings keyed by their inputs, stays)."""
 
@@ -231,14 +240,13 @@ def execute_notebooks(
     return seconds
 
 
-def build_book(stage: Path, build_dir: Path) -> Path:
-    """Stage the book's sources beside the executed notebooks and build it strictly (``-W``)."""
-    for name in BOOK_FILES:
-        source, target = REPO_ROOT / name, stage / name
-        if source.is_dir():
-            shutil.copytree(source, target, dirs_exist_ok=True)
-        else:
-            shutil.copy2(source, target)
+def build_book(paths: RunPaths, profile: dict, build_dir: Path) -> Path:
+    """Stage the book (:func:`asd_utils.book.stage`) from the executed notebooks and build it
+    strictly (``-W``, warnings are errors) into ``<build_dir>/_build/html``."""
+    stage = paths.output_root / "book_source"
+    if stage.exists():
+        shutil.rmtree(stage)
+    book.stage(paths, profile, paths.output_root / "executed", stage)
     command = [
         str(Path(sys.executable).parent / "jupyter-book"),
         "build",
@@ -298,7 +306,6 @@ def run(
         if removed:
             print(f"removed the previous run's {', '.join(removed)} from {paths.output_root}")
     profile_file = freeze_profile(profile, paths.output_root / "profile.yaml")
-    stage = paths.output_root / "book_source"
 
     def record(status: str) -> dict:
         written = run_record(profile, paths, stages, summary, status)
@@ -309,12 +316,18 @@ def run(
     current = "notebooks"
     try:
         execute_notebooks(
-            profile, paths, stage / "notebooks", kernel, only, profile_file, seconds=stages
+            profile,
+            paths,
+            paths.output_root / "executed",
+            kernel,
+            only,
+            profile_file,
+            seconds=stages,
         )
         if book:
             current = "book"
             start = time.perf_counter()
-            html = build_book(stage, Path(build_dir) if build_dir else REPO_ROOT)
+            html = build_book(paths, profile, Path(build_dir) if build_dir else REPO_ROOT)
             stages["book"] = round(time.perf_counter() - start, 1)
             print(f"book built in {stages['book']:.0f} s: {html / 'index.html'}")
     except BaseException as err:

@@ -522,6 +522,9 @@ class TrainResult:
     ``start_step``: where this call began (0: from scratch; a checkpoint's step: resumed).
     ``reused``: a finished run was found and loaded, nothing trained (``start_step == steps``).
     ``summary``: one line saying which of these happened, for a notebook to print.
+    ``data_seconds`` / ``loop_seconds``: of this call's training loop (not saved, not summed
+    over sessions), the time spent waiting for the next batch and the whole loop; their ratio
+    says whether the data loader starves the device (``benchmarks/bench_gpu.py``).
     """
 
     ema_model: nn.Module
@@ -533,6 +536,8 @@ class TrainResult:
     start_step: int = 0
     reused: bool = False
     summary: str = ""
+    data_seconds: float = 0.0
+    loop_seconds: float = 0.0
 
 
 def _accelerator(config: TrainConfig) -> Accelerator:
@@ -793,8 +798,11 @@ def train(
     batches = iter(loader)
     micro = step * config.grad_accumulation
     sums: dict[str, torch.Tensor] = {}
+    loop_started, data_seconds = time.perf_counter(), 0.0
     while step < config.steps:
+        waiting = time.perf_counter()
         waveform, target, *rest = next(batches)
+        data_seconds += time.perf_counter() - waiting
         lengths = rest[0] if rest else None
         augment = None
         if config.spec_augment_time or config.spec_augment_freq:
@@ -840,6 +848,7 @@ def train(
             save(output_dir / CHECKPOINT_DIR / f"step_{step:08d}")
     bar.close()
     del batches
+    loop_seconds = time.perf_counter() - loop_started
 
     final = {EMA_WEIGHTS: ema.module, MODEL_WEIGHTS: inner.model, LOSS_WEIGHTS: loss_fn}
     if accelerator.is_main_process:
@@ -868,6 +877,8 @@ def train(
         seconds=seconds,
         start_step=start_step,
         summary=f"{summary} in {output_dir}",
+        data_seconds=data_seconds,
+        loop_seconds=loop_seconds,
     )
 
 

@@ -18,6 +18,7 @@ import time
 
 import numpy as np
 import torch
+from machine import load_recorded
 
 from asd_utils import anc
 
@@ -89,7 +90,7 @@ def noise_reduction_rows() -> list[tuple]:
     return rows
 
 
-def main() -> None:
+def run() -> None:
     torch.set_num_threads(1)
     print(
         f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs "
@@ -115,6 +116,11 @@ def main() -> None:
     for noise in ("white", "AR(1) 0.9"):
         gap = nr["FBLMS", noise] - nr["NLMS, matched", noise]
         print(f"FBLMS minus matched-step NLMS, {noise} noise: {gap:+.1f} dB (target ≥ -1 dB)")
+
+
+def main() -> None:
+    with load_recorded():
+        run()
 
 
 if __name__ == "__main__":

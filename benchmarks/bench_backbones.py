@@ -25,6 +25,7 @@ from functools import partial
 
 import torch
 from bench_fbank import best_seconds, cpu_model
+from machine import load_recorded
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
 from asd_utils.models.beats import BEATs, BEATsConfig
@@ -112,7 +113,7 @@ def timed(device: torch.device, autocast: bool, call: Callable[[], object]) -> C
     return run
 
 
-def main() -> None:
+def run() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--configs", nargs="+", default=["tiny", "base"], choices=["tiny", "base"])
     parser.add_argument("--seconds", type=float, default=10.0, help="clip length")
@@ -219,6 +220,11 @@ def main() -> None:
             print(
                 f"- {name}: {ours / 1e9:.3f} vs {counted / 1e9:.3f} GFLOP ({counted / ours:.3f}×)"
             )
+
+
+def main() -> None:
+    with load_recorded():
+        run()
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from machine import cpu_model, load_recorded  # noqa: F401 (cpu_model: used by the others)
 
 from asd_utils.features import kaldi_fbank
 
@@ -54,16 +55,6 @@ def load_torchaudio_fbank(path: Path | None) -> Callable | None:
     return module.fbank
 
 
-def cpu_model() -> str:
-    """The CPU's model name from /proc/cpuinfo (Linux), else "unknown model"."""
-    try:
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
-    except OSError:
-        return "unknown model"
-    names = [line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")]
-    return names[0] if names else "unknown model"
-
-
 def best_seconds(runs: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
     """Shortest wall time of each run over ``repeats`` rounds, runs interleaved, warmed up."""
     for run in runs.values():
@@ -77,7 +68,7 @@ def best_seconds(runs: dict[str, Callable[[], object]], repeats: int) -> dict[st
     return best
 
 
-def main() -> None:
+def run() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--torchaudio-kaldi", type=Path, help="path of torchaudio's kaldi.py")
     parser.add_argument("--seconds", type=float, default=10.0, help="clip length")
@@ -121,6 +112,11 @@ def main() -> None:
     print("| --- | ---: | ---: | ---: | ---: |")
     for name, threads, batch, rate in rows:
         print(f"| {name} | {threads} | {batch} | {rate:.0f} | {1000 / rate:.2f} |")
+
+
+def main() -> None:
+    with load_recorded():
+        run()
 
 
 if __name__ == "__main__":

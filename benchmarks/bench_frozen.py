@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from bench_fbank import cpu_model
+from machine import cpu_model, load_recorded
 
 from asd_utils import anc, config, data, systems, training_free
 from asd_utils.models.frozen import FrozenEncoder
@@ -38,17 +38,12 @@ def write_tree(root: Path, n: int) -> None:
         data.write_wav(root / "dev_data" / "raw" / "fan" / "train" / name, audio)
 
 
-def main() -> None:
+def run() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--backbone", choices=("eat", "beats"), default="eat")
     parser.add_argument("--clips", type=int, default=16)
     parser.add_argument("--batch", type=int, default=8)
     args = parser.parse_args()
-    waited = 0
-    while os.getloadavg()[0] > 0.5 and waited < 120:  # let the cores settle first
-        time.sleep(10)
-        waited += 10
-    load_before = os.getloadavg()
     torch.manual_seed(0)
     encoder = FrozenEncoder(systems.build_backbone(args.backbone, "base"), [-1], "time_mean")
     settings = anc.denoiser_settings(config.load_profile("paper")["anc"])
@@ -61,15 +56,11 @@ def main() -> None:
             encoder, table, training_free.CHANNELS, settings, args.batch, progress=False
         )
         seconds = time.perf_counter() - start
-    load_after = os.getloadavg()
     rate = args.clips * len(training_free.CHANNELS) / seconds
     print(
         f"machine: {cpu_model()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
         f"{torch.get_num_threads()} threads"
     )
-    print(f"load average (1 min) before {load_before[0]:.2f}, after {load_after[0]:.2f}")
-    if load_before[0] > 0.5:
-        print("WARNING: the machine was busy before the benchmark; the rate is conservative")
     print(
         f"System 0, frozen {args.backbone.upper()} base, 10 s stereo clips, batch {args.batch}: "
         f"{args.clips} clips x 3 channels in {seconds:.1f} s = {rate:.2f} embeddings/s"
@@ -77,6 +68,11 @@ def main() -> None:
     for channels, what in ((2, "near + far (residual view)"), (3, "near + far + ANC")):
         hours = DEV_CLIPS * channels / rate / 3600
         print(f"real dev set, {DEV_CLIPS:,} clips x {channels} channels ({what}): {hours:.1f} h")
+
+
+def main() -> None:
+    with load_recorded():
+        run()
 
 
 if __name__ == "__main__":

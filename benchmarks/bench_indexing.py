@@ -34,21 +34,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import soundfile as sf
+from machine import cpu_model, load_recorded
 
 from asd_utils import data, synth
 
 DEV_SET_CLIPS = 7000  # the real 2026 development set: 7 machine types × 1,000 clips
 DEV_SET_SECONDS = DEV_SET_CLIPS * 10.0  # … of 10 s (ToyCar/ToyCarEmu 12 s: a 3 % underestimate)
-
-
-def cpu_model() -> str:
-    """The CPU's model name from /proc/cpuinfo (Linux), else "unknown model"."""
-    try:
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
-    except OSError:
-        return "unknown model"
-    names = [line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")]
-    return names[0] if names else "unknown model"
 
 
 def make_tree(root: Path, args: argparse.Namespace) -> Path:
@@ -122,7 +113,7 @@ def report(label: str, table, best: dict[str, float]) -> None:
         )
 
 
-def main() -> None:
+def run() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-root", type=Path, help="an existing tree (default: synthesise)")
     parser.add_argument("--n-train-source", type=int, default=140)
@@ -153,6 +144,11 @@ def main() -> None:
                 warnings.simplefilter("ignore", data.DataWarning)
                 best = best_seconds(timed_modes(tree_root, tmp / f"caches{i}"), args.repeats)
             report(label, data.index_dataset(tree_root, check_samples=False), best)
+
+
+def main() -> None:
+    with load_recorded():
+        run()
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 import yaml
+from machine import load_recorded
 
 from asd_utils import baseline, config, data, files, metrics, scoring, systems
 from asd_utils.models.autoencoder import AETrainConfig
@@ -63,7 +64,7 @@ def system_score(clips, data_root, profile_path: Path, profile: dict, system: st
     ], result.seconds
 
 
-def main() -> None:
+def run() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--profile", default="quick")
     parser.add_argument("--seeds", type=int, nargs="+", default=[13711, 7, 99])
@@ -102,6 +103,11 @@ def main() -> None:
     columns = ["baseline-MSE", "baseline-MAHALA", args.system]
     print(table[columns].agg(["mean", "std", "min", "max"]).round(2).to_string())
     print(f"written to {output}")
+
+
+def main() -> None:
+    with load_recorded():
+        run()
 
 
 if __name__ == "__main__":

@@ -144,6 +144,8 @@ def test_summarise_and_official_score_floor():
     assert summary["amean"] == pytest.approx(np.mean([0.5, 0.8, 0.6, 0.0, 0.55, 0.7]))
     assert summary["hmean_source"] == pytest.approx(2 / (1 / 0.5 + 1 / 0.8))
     assert summary["hmean_pauc"] == pytest.approx(2 / (1 / 0.55 + 1 / 0.7))
+    # official_score.csv's "arithmetic mean": the AUCs only, no pAUC
+    assert summary["amean_auc"] == pytest.approx(np.mean([0.5, 0.8, 0.6, 0.0]))
     # a zero is floored at machine epsilon, as the evaluator does, so hmean is ~0 but defined
     assert 0 < summary["hmean"] < 1e-14
     assert 0 < summary["hmean_target"] < 1e-14

@@ -52,6 +52,32 @@ def test_book_has_a_page_per_notebook(smoke_run):
     assert (html / "index.html").exists()
 
 
+def test_the_book_shows_results_first_no_machine_path_and_no_network_script(smoke_run):
+    tmp, _ = smoke_run
+    html = tmp / "build" / "_build" / "html"
+    pages = sorted(html.glob("**/*.html"))
+    assert len(pages) > 10
+    machine_paths = [str(tmp), str(config.REPO_ROOT), "/tmp/", "/root/", "/home/", "/work/"]
+    for page in pages:
+        text = page.read_text()
+        found = [p for p in machine_paths if p in text]
+        assert not found, (page.name, found)
+        assert not re.search(r"<script[^>]*src=\"https?:", text), page.name
+        assert "profile = " not in text, page.name  # papermill's parameters cell is hidden
+    assert (html / "_static" / "mathjax" / "MathJax.js").is_file()
+    landing = (html / "book" / "intro.html").read_text()
+    assert 'src="../_static/mathjax/MathJax.js' in landing
+    # the landing page: the computed official scores of this run, as metrics.csv has them
+    table = pd.read_csv(tmp / "out" / "metrics.csv", dtype={"section": str})
+    for system in ("baseline-MSE", "System 1", "System 0"):
+        official = metrics.summarise(table[table["system"] == system])["hmean"]
+        assert f"{100 * official:.2f}" in landing, system
+    assert "This run" in landing and "smoke" in landing and "random tiny EAT" in landing
+    # kept in the executed notebooks, which are not the book
+    executed = nbformat.read(tmp / "out" / "executed" / "50_knn_scoring.ipynb", as_version=4)
+    assert any("injected-parameters" in c.metadata.get("tags", []) for c in executed.cells)
+
+
 def test_results_equal_a_recomputation_from_the_score_files(smoke_run):
     tmp, _ = smoke_run
     table = pd.read_csv(tmp / "out" / "metrics.csv", dtype={"section": str})
@@ -229,7 +255,7 @@ def test_every_notebook_ran_the_frozen_profile(smoke_run):
     tmp, record = smoke_run
     frozen = tmp / "out" / "profile.yaml"
     assert config.load_profile(frozen) == record["settings"]
-    for path in (tmp / "out" / "book_source" / "notebooks").glob("*.ipynb"):
+    for path in (tmp / "out" / "executed").glob("*.ipynb"):
         nb = nbformat.read(path, as_version=4)
         injected = [c for c in nb.cells if "injected-parameters" in c.metadata.get("tags", [])]
         assert f"profile = {str(frozen)!r}" in injected[0].source.replace('"', "'"), path.name

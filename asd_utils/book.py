@@ -1,0 +1,201 @@
+"""The book as a reader gets it: staged from the executed notebooks, built offline.
+
+:func:`stage` copies the book's sources and the executed notebooks into the staging folder
+that ``jupyter-book`` builds, and on the way
+
+- removes from the book what a reader does not need before the results (papermill's injected
+  parameters, the ``parameters`` cell and the set-up cells, tagged ``remove-cell``; the
+  executed notebooks themselves keep them);
+- replaces every absolute path of the machine that ran in the notebooks' outputs: the output
+  and data roots become ``<output root>`` / ``<data root>`` (or their paths relative to the
+  repository when they lie inside it), the repository ``<repository>``, any other absolute
+  path its last two parts;
+- writes the run's headline into the landing page (:func:`headline`): computed from the run's
+  own files, never typed;
+- copies MathJax (from the ``jupyter-server-mathjax`` package of ``requirements.txt``) where
+  Sphinx copies it into the built book's ``_static/``, so that formulas render with no network
+  (``_config.yml`` points Sphinx at it).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import sys
+from pathlib import Path
+
+import nbformat
+import pandas as pd
+
+from asd_utils import config, metrics, systems
+
+BOOK_FILES = ("_config.yml", "_toc.yml", "book")
+HEADLINE_MARKER = "<!-- run headline -->"
+HIDDEN_TAGS = {"injected-parameters", "parameters"}
+MATHJAX_DIR = "_mathjax/mathjax"  # not _static/: jupyter-book loads every .js file there
+PAPER_SYSTEMS = ["baseline-MSE", "baseline-MAHALA", "System 1", "System 2", "System 3", "System 4"]
+BEYOND = ["System 5", "System 0", "log-mel floor"]
+CHAPTERS = {  # where each system is trained or made
+    "baseline-MSE": "20_baseline_autoencoder",
+    "baseline-MAHALA": "20_baseline_autoencoder",
+    "System 1": "30_osscl_training",
+    "System 3": "30_osscl_training",
+    "System 5": "35_two_channel_fusion",
+    "System 2": "40_beats_grl_training",
+    "System 0": "55_training_free",
+    "log-mel floor": "55_training_free",
+    "System 4": "60_ensemble",
+}
+_ABSOLUTE = re.compile(r"(?<![\w:/.~<>\-])/(?:[^\s/'\"<>()\[\]]+/)+([^\s/'\"<>()\[\]]+)")
+
+
+def path_replacements(paths: config.RunPaths) -> list[tuple[str, str]]:
+    """(absolute path, what the book shows instead), the most specific first."""
+    pairs = []
+    for root, label in ((paths.output_root, "<output root>"), (paths.data_root, "<data root>")):
+        root = Path(root).resolve()
+        try:
+            pairs.append((str(root), str(root.relative_to(config.REPO_ROOT))))
+        except ValueError:
+            pairs.append((str(root), label))
+    pairs += [(str(config.REPO_ROOT), "<repository>"), (sys.prefix, "<python>")]
+    return sorted(pairs, key=lambda pair: -len(pair[0]))
+
+
+def scrub(text: str, replacements: list[tuple[str, str]]) -> str:
+    """``text`` with no absolute path of this machine left in it."""
+    for old, new in replacements:
+        text = text.replace(old, new)
+    return _ABSOLUTE.sub(lambda m: f"…/{m.group(0).rstrip('/').split('/')[-2]}/{m.group(1)}", text)
+
+
+def _scrub_output(output: dict, replacements) -> None:
+    if "text" in output:
+        output["text"] = scrub("".join(output["text"]), replacements)
+    for kind, value in output.get("data", {}).items():
+        if kind.startswith("text/") or kind == "application/json":
+            if isinstance(value, str | list):
+                output["data"][kind] = scrub("".join(value), replacements)
+
+
+def book_notebook(source: Path, target: Path, replacements) -> None:
+    """Write the book's copy of one executed notebook (cells hidden, paths scrubbed)."""
+    notebook = nbformat.read(source, as_version=4)
+    for cell in notebook.cells:
+        tags = cell.metadata.setdefault("tags", [])
+        if HIDDEN_TAGS & set(tags) and "remove-cell" not in tags:
+            tags.append("remove-cell")
+        for output in cell.get("outputs", []):
+            _scrub_output(output, replacements)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    nbformat.write(notebook, target)
+
+
+def _mathjax_source() -> Path:
+    import jupyter_server_mathjax
+
+    return Path(jupyter_server_mathjax.__file__).parent / "static"
+
+
+def headline(paths: config.RunPaths, profile: dict) -> str:
+    """The landing page's account of this run, from its files: what ran on what, the official
+    score and the source / target harmonic means of every system, the seed spread when
+    ``make seeds`` wrote one for this data, and where each system is made."""
+    out = paths.output_root
+    record = (
+        json.loads((out / "run_record.json").read_text())
+        if (out / "run_record.json").exists()
+        else {}
+    )
+    lines = ["## This run", ""]
+    weights = []
+    for system in ("System 1", "System 2", "System 0"):
+        section = systems.settings(profile, system)
+        backbone = {"eat": "EAT", "beats": "BEATs"}[section["backbone"]]
+        kind = "pre-trained" if section["checkpoint"] else f"random {section['size']}"
+        weights.append(f"{system} {kind} {backbone} weights")
+    data = record.get("data", "synthetic" if paths.synthetic else "user-given DCASE tree")
+    types = record.get("machine_types", {})
+    listed = (
+        "; ".join(f"{kind}: {', '.join(names)}" for kind, names in types.items())
+        if isinstance(types, dict)
+        else ""
+    )
+    lines.append(
+        f"Profile **{profile['name']}** (seed {profile['seed']}) on the **{data}** data"
+        + (f" ({listed})" if listed else "")
+        + f"; {'; '.join(weights)}."
+        + (
+            " The synthetic data is ours: its numbers check the machinery, they are not evidence "
+            "about real machines."
+            if paths.synthetic
+            else ""
+        )
+    )
+    lines.append("")
+    metrics_path = out / "metrics.csv"
+    if metrics_path.exists():
+        table = pd.read_csv(metrics_path, dtype={"section": str})
+        rows = []
+        for system in [*PAPER_SYSTEMS, *BEYOND]:
+            part = table[table["system"] == system]
+            if part.empty:
+                continue
+            summary = metrics.summarise(part)
+            chapter = CHAPTERS.get(system)
+            name = f"[{system}](../notebooks/{chapter}.ipynb)" if chapter else system
+            where = "paper" if system in PAPER_SYSTEMS else "beyond the paper"
+            rows.append(
+                f"| {name} | {where} | {100 * summary['hmean']:.2f} | "
+                f"{100 * summary['hmean_source']:.2f} | {100 * summary['hmean_target']:.2f} |"
+            )
+        if rows:
+            lines += [
+                "Official score (harmonic mean of AUC-s, AUC-t and pAUC over the machine types "
+                "with ground truth) and the harmonic means of the source and target AUCs, in %, "
+                "computed from the submission files this run wrote "
+                "([the results](../notebooks/70_results.ipynb)):",
+                "",
+                "| system | | official score | AUC source (hmean) | AUC target (hmean) |",
+                "| --- | --- | ---: | ---: | ---: |",
+                *rows,
+                "",
+            ]
+        else:
+            lines += ["No machine type of this run has ground truth: nothing to score.", ""]
+    spread_path = out / "bench_seeds.csv"
+    if spread_path.exists():
+        spread = pd.read_csv(spread_path)
+        spread = spread[spread["data_root"] == str(paths.data_root)]
+        columns = [
+            c for c in spread if c not in ("seed", "data_root") and not c.endswith("seconds")
+        ]
+        if len(spread) > 1 and columns:
+            parts = [f"{c} {spread[c].mean():.2f} ± {spread[c].std():.2f}" for c in columns]
+            lines += [
+                f"Over {len(spread)} seeds ({', '.join(str(s) for s in spread['seed'])}; "
+                f"`make seeds`), official score mean ± standard deviation: {'; '.join(parts)}.",
+                "",
+            ]
+    return "\n".join(lines)
+
+
+def stage(paths: config.RunPaths, profile: dict, executed_dir: Path, stage_dir: Path) -> Path:
+    """Fill ``stage_dir`` with what ``jupyter-book build`` reads (see the module docstring)."""
+    stage_dir.mkdir(parents=True, exist_ok=True)
+    for name in BOOK_FILES:
+        source, target = config.REPO_ROOT / name, stage_dir / name
+        if source.is_dir():
+            shutil.copytree(source, target, dirs_exist_ok=True)
+        else:
+            shutil.copy2(source, target)
+    replacements = path_replacements(paths)
+    for notebook in sorted(executed_dir.glob("*.ipynb")):
+        book_notebook(notebook, stage_dir / "notebooks" / notebook.name, replacements)
+    intro = stage_dir / "book" / "intro.md"
+    text = intro.read_text()
+    summary = scrub(headline(paths, profile), replacements)
+    intro.write_text(text.replace(HEADLINE_MARKER, summary) if HEADLINE_MARKER in text else text)
+    shutil.copytree(_mathjax_source(), stage_dir / MATHJAX_DIR, dirs_exist_ok=True)
+    return stage_dir

@@ -1,0 +1,173 @@
+"""Training and embedding speed of the fine-tuned systems at paper size, on one GPU.
+
+For each trained system (``--systems``; default Systems 1, 2, 3 and 5) with its ``paper``
+profile section (base backbones, batch 16 x accumulation 8, bf16 on CUDA), on a synthetic set
+with the real development set's clip lengths (12 s ToyCar, 10 s the others): ``--steps``
+optimizer steps through the project's own training loop, then
+
+- optimizer steps/s and clips/s, and the extrapolated wall time of the profile's full run;
+- peak GPU memory (``torch.cuda.max_memory_allocated``);
+- the share of the loop spent waiting for the next batch (a data loader that starves the GPU
+  shows here);
+- embedding throughput of the trained model (clips/s, whole clips, batch 16);
+- kill and resume: the same run stopped after half its steps and resumed must end with the
+  uninterrupted run's weights (the largest difference is printed: 0 on a CPU; on a GPU
+  non-deterministic kernels may leave float noise).
+
+``--size tiny`` with a few steps runs the same on a CPU in about a minute (a test does). The
+machine's load is recorded (``machine.load_recorded``). Results: a table on stdout and
+``bench_gpu.csv`` in ``--output``.
+
+    python benchmarks/bench_gpu.py                      # on a GPU machine (about 8 minutes)
+    python benchmarks/bench_gpu.py --size tiny --steps 2 --batch 2 --accumulation 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import tempfile
+import time
+from pathlib import Path
+
+import pandas as pd
+import torch
+import yaml
+from machine import load_recorded
+
+from asd_utils import config, data, scoring, synth, systems, training
+
+DEFAULT_SYSTEMS = ("System 1", "System 2", "System 3", "System 5")
+
+
+class Stop(Exception):
+    """Raised by :class:`StopAfter`: a run killed mid-training."""
+
+
+class StopAfter(torch.utils.data.Dataset):
+    def __init__(self, dataset, items: int):
+        self.dataset, self.items, self.served = dataset, items, 0
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, key):
+        self.served += 1
+        if self.served > self.items:
+            raise Stop
+        return self.dataset[key]
+
+
+def bench_profile(args, device: str) -> dict:
+    """The paper profile, at ``--size``, with ``--steps`` and the batch settings asked."""
+    profile = copy.deepcopy(config.load_profile("paper"))
+    for section in ("osscl", "beats_grl", "fusion"):
+        profile[section]["size"] = args.size
+        profile[section]["checkpoint"] = ""
+        train = profile[section]["train"]
+        train.update(
+            steps=args.steps,
+            warmup_steps=max(1, args.steps // 4),
+            checkpoint_every=max(1, args.steps // 2),
+            mixed_precision="bf16" if device == "cuda" else "no",
+        )
+        if args.batch:
+            train["batch_size"] = args.batch
+        if args.accumulation:
+            train["grad_accumulation"] = args.accumulation
+    return profile
+
+
+def run_system(system: str, profile_path: Path, profile: dict, root: Path, out: Path, device):
+    settings = systems.train_config(profile, system)
+    clips_per_step = settings.batch_size * settings.grad_accumulation
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    result = systems.train_system(root, str(profile_path), system, out / "full", progress=False)
+    peak = torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else float("nan")
+    steps_per_s = result.steps / result.loop_seconds
+    full_steps = config.load_profile("paper")[systems.SYSTEMS[system]["section"]]["train"]["steps"]
+
+    clips = data.index_dataset(root)
+    channel, preprocess, _ = systems.front_end(profile, system)
+    model = result.ema_model.to(device)
+    autocast = torch.bfloat16 if device == "cuda" else None
+    start = time.perf_counter()
+    scoring.extract_embeddings(model, clips, 16, channel, preprocess, autocast, progress=False)
+    embed_rate = len(clips) / (time.perf_counter() - start)
+
+    # kill after half the steps (past the checkpoint there), then resume in a new call
+    model, loss, dataset = systems.build(str(root), str(profile_path), system, progress=False)
+    folder = out / "cut" / system.replace(" ", "_")
+    half = result.steps // 2
+    try:
+        training.train(
+            model, loss, StopAfter(dataset, (half + 1) * clips_per_step), settings, folder,
+            progress=False,
+        )  # fmt: skip
+    except Stop:
+        pass
+    model, loss, dataset = systems.build(str(root), str(profile_path), system, progress=False)
+    resumed = training.train(model, loss, dataset, settings, folder, resume=True, progress=False)
+    full_state, resumed_state = result.ema_model.state_dict(), resumed.ema_model.state_dict()
+    difference = max(
+        float((full_state[k].float().cpu() - resumed_state[k].float().cpu()).abs().max())
+        for k in full_state
+    )
+    return {
+        "system": system,
+        "steps": result.steps,
+        "steps_per_s": steps_per_s,
+        "clips_per_s": steps_per_s * clips_per_step,
+        "data_wait_share": result.data_seconds / result.loop_seconds,
+        "peak_gib": peak,
+        f"hours_for_{full_steps}_steps": full_steps / steps_per_s / 3600,
+        "embed_clips_per_s": embed_rate,
+        "resumed_from": resumed.start_step,
+        "resume_max_abs_diff": difference,
+    }
+
+
+def run(args) -> pd.DataFrame:
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    name = torch.cuda.get_device_name() if device == "cuda" else "CPU"
+    print(f"device: {name}; torch {torch.__version__}; size {args.size}, {args.steps} steps")
+    with tempfile.TemporaryDirectory() as folder:
+        tmp = Path(folder)
+        lengths = {"default": 10.0, "ToyCar": 12.0}
+        tree = synth.SynthConfig(
+            machine_types=("ToyCar", "fan"), n_train_source=args.clips, n_train_target=2,
+            n_test=2, clip_seconds=lengths,
+        )  # fmt: skip
+        synth.generate_dataset(tmp / "data", tree, progress=False)
+        profile = bench_profile(args, device)
+        profile_path = tmp / "profile.yaml"
+        profile_path.write_text(yaml.safe_dump(profile))
+        rows = [
+            run_system(system, profile_path, profile, tmp / "data", tmp / "out", device)
+            for system in args.systems
+        ]
+    table = pd.DataFrame(rows).assign(device=name, size=args.size)
+    print(table.round(4).to_markdown(index=False))
+    if args.output:
+        args.output.mkdir(parents=True, exist_ok=True)
+        table.to_csv(args.output / "bench_gpu.csv", index=False)
+    return table
+
+
+def main(argv: list[str] | None = None) -> pd.DataFrame:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--systems", nargs="+", default=list(DEFAULT_SYSTEMS))
+    parser.add_argument("--size", choices=("base", "tiny"), default="base")
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--batch", type=int, help="clips per micro-batch (default: the profile's)")
+    parser.add_argument("--accumulation", type=int, help="micro-batches per step (the profile's)")
+    parser.add_argument("--clips", type=int, default=24, help="training clips per machine type")
+    parser.add_argument("--output", type=Path, help="folder for bench_gpu.csv")
+    args = parser.parse_args(argv)
+    with load_recorded():
+        return run(args)
+
+
+if __name__ == "__main__":
+    main()
