@@ -40,7 +40,7 @@ bench: setup  ## speed benchmarks (not part of make test)
 	$(PY) benchmarks/bench_backbones.py
 	$(PY) benchmarks/bench_frozen.py
 
-seeds: setup  ## System 1 and the AE baseline over several seeds (4-6 min per seed under quick)
+seeds: setup  ## System 1 and the AE baseline over several seeds (about 3.5 min per seed under quick)
 	$(PY) benchmarks/bench_seeds.py --profile $(PROFILE)
 
 noise-study: setup  ## System 5's SNR study: Systems 1, 3, 5 and 0 per near-mic SNR and seed (quick: ~20 min)

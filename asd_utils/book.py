@@ -47,6 +47,7 @@ CHAPTERS = {  # where each system is trained or made
     "log-mel floor": "55_training_free",
     "System 4": "60_ensemble",
 }
+_GLUE = re.compile(r"\{glue(?::\w+)?\}`[^`]*`")
 _ABSOLUTE = re.compile(r"(?<![\w:/.~<>\-])/(?:[^\s/'\"<>()\[\]]+/)+([^\s/'\"<>()\[\]]+)")
 
 
@@ -88,6 +89,24 @@ def book_notebook(source: Path, target: Path, replacements) -> None:
             tags.append("remove-cell")
         for output in cell.get("outputs", []):
             _scrub_output(output, replacements)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    nbformat.write(notebook, target)
+
+
+def not_run(source: Path, target: Path) -> None:
+    """The book's copy of a chapter that did not run for these results."""
+    notebook = nbformat.read(source, as_version=4)
+    note = nbformat.v4.new_markdown_cell(
+        "```{note}\nThis chapter did not run for the results in this book (a run of selected "
+        "chapters, `--only`): it shows its text and code, without outputs.\n```"
+    )
+    note.id = "not-run"
+    notebook.cells.insert(1, note)
+    for cell in notebook.cells:
+        if "parameters" in cell.metadata.get("tags", []):
+            cell.metadata["tags"].append("remove-cell")
+        if cell.cell_type == "markdown":  # what the chapter would have computed
+            cell.source = _GLUE.sub("*(not computed)*", cell.source)
     target.parent.mkdir(parents=True, exist_ok=True)
     nbformat.write(notebook, target)
 
@@ -191,8 +210,13 @@ def stage(paths: config.RunPaths, profile: dict, executed_dir: Path, stage_dir: 
         else:
             shutil.copy2(source, target)
     replacements = path_replacements(paths)
-    for notebook in sorted(executed_dir.glob("*.ipynb")):
-        book_notebook(notebook, stage_dir / "notebooks" / notebook.name, replacements)
+    executed = {p.name: p for p in executed_dir.glob("*.ipynb")}
+    for source in sorted((config.REPO_ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb")):
+        target = stage_dir / "notebooks" / source.name
+        if source.name in executed:
+            book_notebook(executed[source.name], target, replacements)
+        else:  # an --only run into a fresh folder: the chapter's text and code, no outputs
+            not_run(source, target)
     intro = stage_dir / "book" / "intro.md"
     text = intro.read_text()
     summary = scrub(headline(paths, profile), replacements)

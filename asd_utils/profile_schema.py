@@ -148,7 +148,7 @@ class FineTuned(Section):
     backbone: Literal["eat", "beats"]
     size: Literal["tiny", "base"]
     checkpoint: str
-    crop_seconds: PositiveFloat | None
+    crop_seconds: PositiveFloat | None = None  # None (null): whole clips
     target_repeats: PositiveInt | None = None
     projection_dim: PositiveInt
     train: Train

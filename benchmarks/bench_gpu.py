@@ -75,6 +75,8 @@ def bench_profile(args, device: str) -> dict:
             train["batch_size"] = args.batch
         if args.accumulation:
             train["grad_accumulation"] = args.accumulation
+    if args.size == "tiny":  # 2 blocks: System 5's modules after the last
+        profile["fusion"].update(blocks=[-1], width=64, heads=4)
     return profile
 
 
@@ -135,6 +137,8 @@ def run(args) -> pd.DataFrame:
     with tempfile.TemporaryDirectory() as folder:
         tmp = Path(folder)
         lengths = {"default": 10.0, "ToyCar": 12.0}
+        if args.clip_seconds:
+            lengths = {"default": args.clip_seconds}
         tree = synth.SynthConfig(
             machine_types=("ToyCar", "fan"), n_train_source=args.clips, n_train_target=2,
             n_test=2, clip_seconds=lengths,
@@ -163,6 +167,7 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     parser.add_argument("--batch", type=int, help="clips per micro-batch (default: the profile's)")
     parser.add_argument("--accumulation", type=int, help="micro-batches per step (the profile's)")
     parser.add_argument("--clips", type=int, default=24, help="training clips per machine type")
+    parser.add_argument("--clip-seconds", type=float, help="clip length (default: the real ones)")
     parser.add_argument("--output", type=Path, help="folder for bench_gpu.csv")
     args = parser.parse_args(argv)
     with load_recorded():

@@ -13,7 +13,8 @@ BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 def test_bench_gpu_runs_at_tiny_size_on_a_cpu(tmp_path):
     command = [
         sys.executable, str(BENCHMARKS / "bench_gpu.py"), "--size", "tiny", "--steps", "2",
-        "--batch", "2", "--accumulation", "2", "--clips", "4", "--systems", "System 1",
+        "--batch", "2", "--accumulation", "2", "--clips", "4", "--clip-seconds", "2",
+        "--systems", "System 1",
         "System 5", "--output", str(tmp_path),
     ]  # fmt: skip
     done = subprocess.run(command, capture_output=True, text=True, timeout=600)

@@ -139,3 +139,11 @@ def test_a_frozen_profile_loads_back_identically(tmp_path):
     profile = config.load_profile("smoke")
     frozen = config.freeze_profile(profile, tmp_path / "profile.yaml")
     assert config.load_profile(frozen) == profile
+
+
+@pytest.mark.parametrize("name", ["smoke", "quick", "paper"])
+def test_every_profile_survives_freezing(name, tmp_path):
+    # the notebooks load the frozen copy: a null the loader drops must still validate
+    profile = config.load_profile(name)
+    frozen = config.freeze_profile(profile, tmp_path / "profile.yaml")
+    assert config.load_profile(frozen) == profile

@@ -78,6 +78,21 @@ def test_the_book_shows_results_first_no_machine_path_and_no_network_script(smok
     assert any("injected-parameters" in c.metadata.get("tags", []) for c in executed.cells)
 
 
+def test_a_book_of_selected_chapters_shows_the_others_without_outputs(smoke_run, tmp_path):
+    tmp, _ = smoke_run
+    out = tmp_path / "out"
+    shutil.copytree(tmp / "out", out, ignore=shutil.ignore_patterns("book_source"))
+    for notebook in (out / "executed").glob("*.ipynb"):
+        if not notebook.name.startswith(("55_", "70_")):
+            notebook.unlink()  # as after `--only 55 70` into a fresh folder
+    profile = config.load_profile(out / "profile.yaml")
+    paths = config.resolve_paths(profile, None, str(out))
+    html = pipeline.build_book(paths, profile, tmp_path)
+    page = (html / "notebooks" / "30_osscl_training.html").read_text()
+    assert "did not run for the results in this book" in page and "(not computed)" in page
+    assert "did not run" not in (html / "notebooks" / "55_training_free.html").read_text()
+
+
 def test_results_equal_a_recomputation_from_the_score_files(smoke_run):
     tmp, _ = smoke_run
     table = pd.read_csv(tmp / "out" / "metrics.csv", dtype={"section": str})
