@@ -37,9 +37,11 @@ def test_trains_into_the_notebooks_run_folder_and_finds_it_finished(tree, capsys
 
 def test_refuses_a_system_the_data_cannot_feed_before_training(tmp_path, tree):
     _, path, _ = tree
+    rng = np.random.default_rng(0)
     for i in range(3):
         name = f"section_00_source_train_normal_{i:04d}_noAttribute.wav"
-        data.write_wav(tmp_path / "mono" / "fan" / "train" / name, np.zeros((1, 8000), np.float32))
+        audio = rng.uniform(-0.1, 0.1, (1, 8000)).astype(np.float32)
+        data.write_wav(tmp_path / "mono" / "fan" / "train" / name, audio)
     argv = ["--profile", str(path), "--system", "System 3", "--data-root", str(tmp_path / "mono"),
             "--output-root", str(tmp_path / "out")]  # fmt: skip
     with pytest.raises(SystemExit, match="System 3 is skipped: its ANC front-end needs the far"):
