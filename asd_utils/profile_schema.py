@@ -165,13 +165,10 @@ class OSSCL(FineTuned):
     loss: OSSCLLoss
 
 
-class Fusion(FineTuned):
-    """System 5: cross-channel modules inside the encoder (:mod:`asd_utils.models.fusion`)."""
+class Fusion(OSSCL):
+    """System 5: System 1's recipe plus cross-channel modules (:mod:`asd_utils.models.fusion`)."""
 
     backbone: Literal["eat", "beats"]
-    classes_by_domain: bool
-    target_repeats: PositiveInt
-    loss: OSSCLLoss
     blocks: list[int] = Field(min_length=1)  # after which blocks (1 = first, -1 = last)
     width: PositiveInt
     heads: PositiveInt
