@@ -184,10 +184,20 @@ class WeightNormConv1d(nn.Module):
         return self.weight_v * (self.weight_g / self.weight_v.norm(dim=(0, 1), keepdim=True))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(batch, channels, time) → (batch, channels, time + 1 − kernel % 2)."""
-        return F.conv1d(
-            x, self.weight(), self.bias, padding=self.kernel_size // 2, groups=self.groups
-        )
+        """(batch, channels, time) → (batch, channels, time + 1 − kernel % 2), computed in
+        float32 even under autocast or with bf16 weights, returned in ``x``'s dtype: torch
+        2.13's CPU bf16 grouped conv1d (oneDNN 3.12) returns garbage with 12 or fewer channels
+        per group and kernel 16 (the tiny BEATs: cosine 0.04 to float32); one convolution per
+        forward, cheap beside the transformer."""
+        with autocast_off(x.device):
+            out = F.conv1d(
+                x.float(),
+                self.weight().float(),
+                self.bias.float(),
+                padding=self.kernel_size // 2,
+                groups=self.groups,
+            )
+        return out.to(x.dtype)
 
 
 class SamePad(nn.Module):

@@ -156,7 +156,9 @@ def check_tokens(valid: torch.Tensor) -> None:
 
 
 def masked_mean(tokens: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
-    """Mean over valid tokens: (batch, tokens, dim), (batch, tokens) bool → (batch, dim)."""
+    """Mean over valid tokens: (batch, tokens, dim), (batch, tokens) bool → (batch, dim),
+    float32 (bf16 tokens under autocast are cast up first)."""
+    tokens = tokens.float()
     if valid is None:
         return tokens.mean(1)
     weights = valid.to(tokens.dtype).unsqueeze(-1)
