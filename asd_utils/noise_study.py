@@ -77,9 +77,14 @@ def read(path: str | Path) -> pd.DataFrame:
 
 
 def study_key(profile: dict) -> str:
-    """A hash of every setting that changes the study's numbers; rows of other keys are old."""
+    """A hash of every setting that changes the study's numbers, the precisions as resolved
+    on this machine (``auto``: bf16 or float32); rows of other keys are old."""
     sections = ("noise_study", "osscl", "fusion", "frozen", "backends", "anc")
-    payload = json.dumps({s: profile[s] for s in sections}, sort_keys=True, default=str)
+    values = {s: profile[s] for s in sections}
+    chosen = {s: systems.resolved_precision(profile, s).name for s in (*TRAINED, tf.SYSTEM)}
+    if any(p == "bf16" for p in chosen.values()):  # float32 runs keep their old key
+        values["precision"] = chosen
+    payload = json.dumps(values, sort_keys=True, default=str)
     return hashlib.sha256(payload.encode()).hexdigest()[:12]
 
 
@@ -133,7 +138,8 @@ def run(
                     )
                     channel, preprocess, key = systems.front_end(derived, system)
                     vector = scoring.extract_embeddings(
-                        result.ema_model, clips, 16, channel, preprocess, progress=False,
+                        result.ema_model, clips, 16, channel, preprocess,
+                        systems.resolved_precision(derived, system).autocast, progress=False,
                         cache_dir=result.output_dir, preprocess_key=key,
                     )  # fmt: skip
                     k = systems.knn_k(derived, system)

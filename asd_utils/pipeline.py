@@ -140,8 +140,12 @@ def run_record(
     data_summary: dict | None = None,
     status: str = "running",
 ) -> dict:
-    """What ran: profile (in full), seed, data, commit, package versions, machine, stage times,
-    and ``status``: ``running``, ``finished`` or ``failed at <chapter>: <error>``."""
+    """What ran: profile (in full), seed, data, commit, package versions, machine, each
+    system's precision as resolved here (:func:`asd_utils.systems.precisions`: ``auto`` →
+    bf16 or float32, and why), stage times, and ``status``: ``running``, ``finished`` or
+    ``failed at <chapter>: <error>``."""
+    from asd_utils import systems
+
     versions = {}
     for package in PACKAGES:
         try:
@@ -164,6 +168,7 @@ def run_record(
             "processor": platform.processor(),
             "cpus": os.cpu_count(),
         },
+        "precision": systems.precisions(profile),
         "status": status,
         "written": datetime.now(UTC).isoformat(timespec="seconds"),
         "stage_seconds": stages,

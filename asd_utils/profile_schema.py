@@ -107,7 +107,7 @@ class Train(Section):
     ema_decay: Fraction
     spec_augment_time: NonNegativeInt
     spec_augment_freq: NonNegativeInt
-    mixed_precision: Literal["no", "bf16"]
+    mixed_precision: Literal["no", "bf16", "auto"]  # asd_utils.precision
     checkpoint_every: NonNegativeInt
     loss_lr_scale: PositiveFloat | None = None
     weight_decay: NonNegativeFloat | None = None
@@ -203,7 +203,7 @@ class Frozen(Section):
     alpha: float
     knn_k: PositiveInt
     embed_batch_size: PositiveInt
-    mixed_precision: Literal["no", "bf16"]
+    mixed_precision: Literal["no", "bf16", "auto"]  # asd_utils.precision
     sweep_layers: list[int]  # analysis only: stored beside ``layer``
     sweep_alpha: list[float]  # analysis only
 

@@ -90,9 +90,11 @@ def extract_embeddings(
     clips, channel ``channel`` (None: both microphones) or ``preprocess(audio)`` as
     :func:`asd_utils.training.load_waveform`. Clips are batched in order of length; a batch of
     unequal clips is zero-padded and passes ``lengths``. ``autocast``: e.g. ``torch.bfloat16``
-    on a GPU. ``cache_dir``: reuse or write ``embeddings_<key>.npy`` under it, keyed by
-    :func:`embedding_cache_key`; with ``preprocess`` this needs a ``preprocess_key`` string that
-    names the preprocessing and all its settings (a callable cannot be hashed reliably).
+    (a system's :func:`asd_utils.systems.resolved_precision`), on a GPU or a CPU; the outputs
+    are float32 either way. ``cache_dir``: reuse or write ``embeddings_<key>.npy`` under it,
+    keyed by :func:`embedding_cache_key` (the autocast dtype included); with ``preprocess``
+    this needs a ``preprocess_key`` string that names the preprocessing and all its settings
+    (a callable cannot be hashed reliably).
     """
     if table.empty:
         raise ValueError("extract_embeddings was given an empty table")

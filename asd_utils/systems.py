@@ -33,7 +33,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from asd_utils import anc, config, data, training
+from asd_utils import anc, config, data, precision, training
 from asd_utils.files import atomic_write_text
 from asd_utils.losses import GRLLoss, OSSCLLoss
 from asd_utils.models.beats import BEATs, BEATsConfig
@@ -141,6 +141,27 @@ def backend(profile: dict) -> tuple[str, dict]:
     :func:`asd_utils.scoring.score_system` takes them: ``(name, options)``."""
     section = dict(profile["backends"])
     return section.pop("default"), section
+
+
+def mixed_precision(profile: dict, system: str) -> str:
+    """The section's ``mixed_precision`` setting (``train.mixed_precision`` of a fine-tuned
+    system, ``mixed_precision`` of System 0): ``no``, ``bf16`` or ``auto``."""
+    section = settings(profile, system)
+    return section["train"]["mixed_precision"] if "train" in section else section["mixed_precision"]
+
+
+def resolved_precision(profile: dict, system: str) -> precision.Precision:
+    """What the system computes in on this machine (:func:`asd_utils.precision.resolve` of
+    :func:`mixed_precision` on the GPU when there is one, else the CPU): training and
+    embedding alike; pass its ``autocast`` to :func:`asd_utils.scoring.extract_embeddings`."""
+    return precision.resolve(mixed_precision(profile, system))
+
+
+def precisions(profile: dict) -> dict[str, dict]:
+    """Every system's resolved precision, for ``run_record.json``: ``{system: {setting,
+    device, precision, reason, ...}}``."""
+    names = [*TRAINING_FREE, *SYSTEMS]
+    return {name: resolved_precision(profile, name).to_dict() for name in names}
 
 
 def train_config(profile: dict, system: str) -> training.TrainConfig:
@@ -280,9 +301,13 @@ def run_dir(output_root: str | Path, profile: dict, system: str, data_root: str 
     """Where a system's training run lives: ``<output_root>/training/<system>-<key>``, the key a
     hash of everything that changes the weights (section, front-end, seed, data root and its
     training clips as files, :func:`asd_utils.data.clip_fingerprint`), so a changed profile or
-    dataset trains anew and an unchanged one resumes (or finds the run finished)."""
+    dataset trains anew and an unchanged one resumes (or finds the run finished). The
+    precision enters as resolved (``auto`` → ``bf16`` or ``no``): a run trained in float32 is
+    never reused for bf16, nor the other way round."""
     not_weights = {"knn_k", "embed_batch_size", "ablation_lambda_zero"}  # scoring settings
     section = {k: v for k, v in settings(profile, system).items() if k not in not_weights}
+    chosen = resolved_precision(profile, system).mixed_precision
+    section["train"] = {**section["train"], "mixed_precision": chosen}
     payload = {
         "settings": section,
         "front_end": front_end(profile, system)[2],

@@ -50,6 +50,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm import tqdm
 
+from asd_utils import precision
 from asd_utils.data import DataError, read_audio
 from asd_utils.features import spec_augment
 from asd_utils.files import atomic_path, atomic_write_text, write_table
@@ -197,8 +198,10 @@ class TrainConfig:
     ``spec_augment_freq`` (see :func:`asd_utils.features.spec_augment`); 0 disables it.
     ``mixup_alpha``: mixup of the waveforms (:func:`mixup`), λ ~ Beta(α, α); 0 (the default,
     as Table 1, which lists SpecAugment only) disables it; the OS-SCL code uses 0.5.
-    ``mixed_precision``: ``"no"`` or ``"bf16"``. ``checkpoint_every`` optimizer steps (0: none;
-    the final weights are always saved), the newest ``keep_checkpoints`` kept (0: all);
+    ``mixed_precision``: ``"no"``, ``"bf16"`` or ``"auto"`` (:func:`asd_utils.precision.resolve`:
+    :func:`train` trains in what it resolves to on the device, and records the decision).
+    ``checkpoint_every`` optimizer steps (0: none; the final weights are always saved), the
+    newest ``keep_checkpoints`` kept (0: all);
     ``log_every``: how often the progress bar's loss/lr are refreshed.
     """
 
@@ -232,8 +235,10 @@ class TrainConfig:
     )
 
     def __post_init__(self):
-        if self.mixed_precision not in ("no", "bf16"):
-            raise ValueError(f"mixed_precision must be 'no' or 'bf16', not {self.mixed_precision}")
+        if self.mixed_precision not in precision.SETTINGS:
+            raise ValueError(
+                f"mixed_precision must be one of {precision.SETTINGS}, not {self.mixed_precision}"
+            )
         positive = ("steps", "batch_size", "grad_accumulation", "warmup_steps", "log_every")
         if any(getattr(self, name) < 1 for name in positive):
             raise ValueError(f"{', '.join(positive)} must be >= 1 (got {self.to_dict()})")
@@ -525,6 +530,8 @@ class TrainResult:
     ``data_seconds`` / ``loop_seconds``: of this call's training loop (not saved, not summed
     over sessions), the time spent waiting for the next batch and the whole loop; their ratio
     says whether the data loader starves the device (``benchmarks/bench_gpu.py``).
+    ``precision``: what ``mixed_precision`` resolved to (:func:`asd_utils.precision.resolve`),
+    also in ``finished.json``; embed with its ``autocast``.
     """
 
     ema_model: nn.Module
@@ -538,6 +545,7 @@ class TrainResult:
     summary: str = ""
     data_seconds: float = 0.0
     loop_seconds: float = 0.0
+    precision: precision.Precision | None = None
 
 
 def _accelerator(config: TrainConfig) -> Accelerator:
@@ -609,6 +617,7 @@ def _reuse_finished(
     output_dir: Path,
     record: dict,
     accelerator: Accelerator,
+    chosen: precision.Precision | None = None,
 ) -> TrainResult:
     """A finished run's result without training: its raw, loss and EMA weights loaded (on the
     accelerator's device, as training leaves them), its ``train_log.csv`` and its seconds."""
@@ -620,6 +629,7 @@ def _reuse_finished(
     load_model(ema.module, output_dir / EMA_WEIGHTS)
     steps, seconds = record["steps"], record["seconds"]
     summary = f"found the finished run ({steps} steps, trained in {seconds:.0f} s) in {output_dir}"
+    summary += f" ({chosen.name})" if chosen is not None else ""
     if accelerator.is_main_process:
         print(summary)
     return TrainResult(
@@ -632,6 +642,7 @@ def _reuse_finished(
         start_step=steps,
         reused=True,
         summary=summary,
+        precision=chosen,
     )
 
 
@@ -687,6 +698,12 @@ def train(
     ``loss.safetensors`` and, last, ``finished.json`` (steps, seconds, config, each final
     file's size and sha256): the run is complete.
 
+    ``config.mixed_precision`` is resolved first (:func:`asd_utils.precision.resolve`: ``auto``
+    becomes ``bf16`` or ``no`` on this device) and the run is trained, saved and compared for
+    resuming under what it resolved to: bf16 is accelerate's autocast around the forward, with
+    float32 weights (the optimizer's master copy), float32 fbank and losses, float32 outputs.
+    The decision and its reason go into ``finished.json`` (``precision``).
+
     ``resume=True`` on a finished run (same settings and steps) trains nothing: it loads the
     final weights into ``model`` and ``loss_fn`` and returns the recorded log and seconds
     (``reused``). Otherwise it continues from the newest checkpoint that verifies
@@ -699,12 +716,16 @@ def train(
     """
     started = time.perf_counter()
     output_dir = Path(output_dir)
+    chosen = precision.resolve(config.mixed_precision)
+    config = dataclasses.replace(config, mixed_precision=chosen.mixed_precision)
     accelerator = _accelerator(config)
     checkpoint, damaged = None, []
     if resume:
         finished, damaged = _finished_run(output_dir, config)
         if finished is not None:
-            return _reuse_finished(model, loss_fn, config, output_dir, finished, accelerator)
+            return _reuse_finished(
+                model, loss_fn, config, output_dir, finished, accelerator, chosen
+            )
         checkpoint, damaged_checkpoints = find_checkpoint(output_dir)
         damaged += damaged_checkpoints
     accelerator.wait_for_everyone()  # every process has read what it resumes from
@@ -859,15 +880,16 @@ def train(
     if accelerator.is_main_process:  # last: its presence says every final file is complete
         _write_record(
             output_dir / FINISHED, output_dir, [*final, TRAIN_LOG],
-            steps=step, seconds=seconds, config=config.to_dict(),
+            steps=step, seconds=seconds, config=config.to_dict(), precision=chosen.to_dict(),
         )  # fmt: skip
     accelerator.wait_for_everyone()
     ema_module = ema.module.eval()
     accelerator.free_memory()
     if start_step:
         summary = f"resumed from step {start_step}: {step} steps, trained in {seconds:.0f} s"
+        summary += f" ({chosen.name})"
     else:
-        summary = f"trained {step} steps in {seconds:.0f} s"
+        summary = f"trained {step} steps in {seconds:.0f} s ({chosen.name})"
     return TrainResult(
         ema_model=ema_module,
         model=inner.model,
@@ -879,6 +901,7 @@ def train(
         summary=f"{summary} in {output_dir}",
         data_seconds=data_seconds,
         loop_seconds=loop_seconds,
+        precision=chosen,
     )
 
 

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from asd_utils import anc, data, scoring, systems
+from asd_utils import anc, data, precision, scoring, systems
 from asd_utils.features import kaldi_fbank
 from asd_utils.files import atomic_path
 from asd_utils.models.common import n_frames, prefix_mask
@@ -223,12 +223,16 @@ def embed(
     progress: bool = True,
 ) -> tuple[dict[str, np.ndarray], FrozenEncoder, dict]:
     """System 0 for a run: the encoder of the profile, every channel the clips allow, on the GPU
-    when there is one (bf16 autocast with ``mixed_precision: bf16``). Returns ``(embeddings,
-    encoder, section)``; see :func:`embed_channels`."""
+    when there is one, in the precision ``mixed_precision`` resolves to there (bf16 autocast
+    on a GPU or a CPU, :func:`asd_utils.precision.resolve`; the fbank and the ANC stay
+    float32). Returns ``(embeddings, encoder, section)``, the section with ``precision`` (the
+    decision, as :meth:`asd_utils.precision.Precision.to_dict`) added; see
+    :func:`embed_channels`."""
     encoder, section = build_encoder(profile)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    chosen = systems.resolved_precision(profile, SYSTEM)
+    device = precision.default_device()
     encoder.to(device)
-    bf16 = section["mixed_precision"] == "bf16" and device.type == "cuda"
+    section["precision"] = chosen.to_dict()
     views, _ = available_views(table)
     embeddings = embed_channels(
         encoder,
@@ -237,7 +241,7 @@ def embed(
         anc.denoiser_settings(profile["anc"]),
         section["embed_batch_size"],
         cache_dir,
-        torch.bfloat16 if bf16 else None,
+        chosen.autocast,
         progress,
     )
     return embeddings, encoder.cpu(), section
