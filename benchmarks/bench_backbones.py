@@ -6,10 +6,16 @@ network), the network's FLOPs per clip counted from the config (every matmul of 
 projections, attention and MLP, the patch convolution, BEATs' position convolution; 2 FLOPs
 per multiply-add; norms, softmax and activations left out), cross-checked with torch's
 ``FlopCounterMode``, and the achieved GFLOP/s as a fraction of a measured peak: the best rate
-of a large ``torch.matmul`` on the same device in the same precision. On the CPU torch uses as
-many threads as there are CPUs; on CUDA (when present) the same runs again in float32 and with
-bfloat16 autocast. Each figure is the best of ``--repeats`` runs after a warm-up (base models:
-``--base-repeats``, kept short). EAT runs with ``target_length=1024`` (its 10 s recipe).
+of a large ``torch.matmul`` on the same device in the same precision (float32 or bfloat16).
+On the CPU torch uses as many threads as there are CPUs; on CUDA (when present) the same runs
+again. Each device runs three precisions side by side: float32; ``bf16 autocast`` (what
+``mixed_precision: bf16`` does, :mod:`asd_utils.precision`: fbank in float32, matrix products
+in bfloat16); and ``bf16 weights``, the network only, a copy of the model cast to bfloat16
+(inference only: what a frozen encoder could do). Each bf16 row gives the smallest cosine
+similarity of its utterance embeddings to float32's. The CPU's name and bf16 flags (``amx_bf16``,
+``avx512_bf16``) are printed with what ``mixed_precision: auto`` decides there. Each figure is
+the best of ``--repeats`` runs after a warm-up (base models: ``--base-repeats``, kept short),
+the precisions interleaved. EAT runs with ``target_length=1024`` (its 10 s recipe).
 
     python benchmarks/bench_backbones.py [--configs tiny base] [--repeats 5]
 """
@@ -17,6 +23,7 @@ bfloat16 autocast. Each figure is the best of ``--repeats`` runs after a warm-up
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 import platform
 import time
@@ -28,6 +35,7 @@ from bench_fbank import best_seconds, cpu_model
 from machine import load_recorded
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
+from asd_utils import precision as precision_
 from asd_utils.models.beats import BEATs, BEATsConfig
 from asd_utils.models.common import n_frames
 from asd_utils.models.eat import EAT, EATConfig
@@ -113,6 +121,20 @@ def timed(device: torch.device, autocast: bool, call: Callable[[], object]) -> C
     return run
 
 
+# name → (autocast, weights cast to bf16, the matmul peak it is measured against)
+PRECISIONS = {
+    "fp32": (False, False, "fp32"),
+    "bf16 autocast": (True, False, "bf16"),
+    "bf16 weights": (False, True, "bf16"),
+}
+PEAK_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+def min_cosine(reference: torch.Tensor, other: torch.Tensor) -> float:
+    """Smallest cosine similarity between matching rows (float64)."""
+    return float(torch.nn.functional.cosine_similarity(reference.double(), other.double()).min())
+
+
 def run() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--configs", nargs="+", default=["tiny", "base"], choices=["tiny", "base"])
@@ -130,17 +152,11 @@ def run() -> None:
     frames = n_frames(n_samples)
     rows, checks, all_peaks = [], [], {}
     for device in devices:
-        precisions = [("fp32", False)] + (
-            [("bf16 autocast", True)] if device.type == "cuda" else []
-        )
-        dtypes = {
-            name: torch.bfloat16 if autocast else torch.float32 for name, autocast in precisions
-        }
 
-        def measure_peaks(device=device, dtypes=dtypes) -> dict[str, float]:
+        def measure_peaks(device=device) -> dict[str, float]:
             return {
                 name: matmul_peak(device, dtype, args.matmul_size, 5)
-                for name, dtype in dtypes.items()
+                for name, dtype in PEAK_DTYPES.items()
             }
 
         peaks = measure_peaks()
@@ -159,27 +175,38 @@ def run() -> None:
                     counted = counted_flops(model, fbank[:1], mask[:1])
                     checks.append((f"{name} {size}", flops, counted))
                 repeats = args.base_repeats if size == "base" else args.repeats
-                for precision, autocast in precisions:
-                    runs = {
-                        "embed": timed(device, autocast, partial(model.embed, waveform)),
-                        "network": timed(
-                            device, autocast, partial(model.forward_features, fbank, mask)
-                        ),
-                    }
-                    best = best_seconds(runs, repeats)
+                cast = copy.deepcopy(model).to(torch.bfloat16)
+                runs, outputs = {}, {}
+                for precision, (autocast, weights, _) in PRECISIONS.items():
+                    net = cast if weights else model
+                    network = partial(net.forward_features, fbank, mask)
+                    with (
+                        torch.inference_mode(),
+                        torch.autocast(device.type, torch.bfloat16, enabled=autocast),
+                    ):
+                        outputs[precision] = network()[0].float()
+                    runs[(precision, "network")] = timed(device, autocast, network)
+                    if not weights:  # the fbank needs float32 weights' buffers
+                        embed = partial(model.embed, waveform)
+                        runs[(precision, "embed")] = timed(device, autocast, embed)
+                best = best_seconds(runs, repeats)
+                for precision, (_, _, peak) in PRECISIONS.items():
+                    embed_s = best.get((precision, "embed"), float("nan"))
                     rows.append(
                         (
                             f"{name} {size}",
                             device.type,
                             precision,
+                            peak,
                             sum(p.numel() for p in model.parameters()),
                             flops / 1e9,
-                            args.batch / best["embed"],
-                            args.batch / best["network"],
-                            flops * args.batch / best["network"] / 1e9,
+                            args.batch / embed_s,
+                            args.batch / best[(precision, "network")],
+                            flops * args.batch / best[(precision, "network")] / 1e9,
+                            min_cosine(outputs["fp32"], outputs[precision]),
                         )
                     )
-                del model
+                del model, cast
         # the peak again after the models, keeping the better: a busy moment lowers one of them
         again = measure_peaks()
         peaks = {k: max(v, again[k]) for k, v in peaks.items()}
@@ -194,6 +221,11 @@ def run() -> None:
         )
 
     gpu = f"; GPU: {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else "; no GPU"
+    auto = precision_.resolve("auto", "cpu")
+    print(
+        f"CPU bf16 flags: {', '.join(precision_.cpu_flags()) or 'none'}; "
+        f"mixed_precision auto on this CPU: {auto.name} ({auto.reason})"
+    )
     print(
         f"Machine: {platform.processor() or platform.machine()} ({cpu_model()}), "
         f"{os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}{gpu}, "
@@ -202,15 +234,24 @@ def run() -> None:
         f"({args.base_repeats} for base) after a warm-up; {time.strftime('%Y-%m-%d')}\n"
     )
     print(
-        "| model | device | precision | parameters | GFLOP/clip | embed clips/s "
-        "| network clips/s | network GFLOP/s | of matmul peak |"
+        "| model | device | precision | parameters | GFLOP/clip | embed clips/s | × fp32 (embed) "
+        "| network clips/s | × fp32 (network) | network GFLOP/s | of the matmul peak "
+        "| cosine to fp32 (min) |"
     )
-    print("| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
-    for name, device, precision, params, gflop, embed_rate, net_rate, achieved in rows:
-        fraction = achieved / all_peaks[device][precision]
+    print("| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    fp32_rates = {(r[0], r[1]): r[7] for r in rows if r[2] == "fp32"}
+    fp32_embed = {(r[0], r[1]): r[6] for r in rows if r[2] == "fp32"}
+    for name, device, precision, peak, params, gflop, embed_rate, net_rate, achieved, cos in rows:
+        fraction = achieved / all_peaks[device][peak]
+        embed_text, embed_ratio = "–", "–"
+        if embed_rate == embed_rate:  # NaN: not run
+            embed_text = f"{embed_rate:.2f}"
+            embed_ratio = f"{embed_rate / fp32_embed[(name, device)]:.2f}"
         print(
             f"| {name} | {device} | {precision} | {params / 1e6:.2f} M | {gflop:.2f} "
-            f"| {embed_rate:.2f} | {net_rate:.2f} | {achieved:.1f} | {fraction:.0%} |"
+            f"| {embed_text} | {embed_ratio} | {net_rate:.2f} "
+            f"| {net_rate / fp32_rates[(name, device)]:.2f} "
+            f"| {achieved:.1f} | {fraction:.0%} of {peak} | {cos:.5f} |"
         )
     print("\nFLOPs per clip, from the config vs torch's FlopCounterMode (one clip, CPU):")
     for name, ours, counted in checks:
