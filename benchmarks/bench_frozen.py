@@ -7,9 +7,11 @@ backbone (random weights: the arithmetic of the official ones), last block, band
 pooling. Reported: embeddings per second (one channel of one clip), the threads torch used, the
 machine's load average before and after (a shared machine is slower; the script warns), and the
 extrapolated time for the real 2026 dev set (7,000 training + 1,400 test clips) with two
-channels (near and far: the residual view) and with three (the ANC view too).
+channels (near and far: the residual view) and with three (the ANC view too). ``--precision``
+(``no``, ``bf16``, ``auto``: :mod:`asd_utils.precision`) as a profile's ``mixed_precision``.
 
     python benchmarks/bench_frozen.py [--backbone eat|beats] [--clips 16] [--batch 8]
+                                      [--precision no|bf16|auto]
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import numpy as np
 import torch
 from machine import cpu_model, load_recorded
 
-from asd_utils import anc, config, data, systems, training_free
+from asd_utils import anc, config, data, precision, systems, training_free
 from asd_utils.models.frozen import FrozenEncoder
 
 DEV_CLIPS = 7_000 + 1_400
@@ -43,23 +45,29 @@ def run() -> None:
     parser.add_argument("--backbone", choices=("eat", "beats"), default="eat")
     parser.add_argument("--clips", type=int, default=16)
     parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--precision", choices=precision.SETTINGS, default="auto")
     args = parser.parse_args()
+    chosen = precision.resolve(args.precision, "cpu")
     torch.manual_seed(0)
     encoder = FrozenEncoder(systems.build_backbone(args.backbone, "base"), [-1], "time_mean")
     settings = anc.denoiser_settings(config.load_profile("paper")["anc"])
     with tempfile.TemporaryDirectory() as folder:
         write_tree(Path(folder), args.clips)
         table = data.index_dataset(folder)
-        training_free.embed_channels(encoder, table.iloc[:2], ["near"], progress=False)  # warm-up
+        autocast = chosen.autocast
+        training_free.embed_channels(  # warm-up
+            encoder, table.iloc[:2], ["near"], autocast=autocast, progress=False
+        )
         start = time.perf_counter()
         training_free.embed_channels(
-            encoder, table, training_free.CHANNELS, settings, args.batch, progress=False
-        )
+            encoder, table, training_free.CHANNELS, settings, args.batch,
+            autocast=autocast, progress=False,
+        )  # fmt: skip
         seconds = time.perf_counter() - start
     rate = args.clips * len(training_free.CHANNELS) / seconds
     print(
         f"machine: {cpu_model()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
-        f"{torch.get_num_threads()} threads"
+        f"{torch.get_num_threads()} threads; precision {chosen.name} ({chosen.reason})"
     )
     print(
         f"System 0, frozen {args.backbone.upper()} base, 10 s stereo clips, batch {args.batch}: "

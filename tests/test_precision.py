@@ -1,16 +1,18 @@
 """``mixed_precision: bf16 | no | auto``: the decision (probe mocked), bf16 embeddings of the
 parity fixtures against float32, a bf16 training step on a CPU, and the caches keyed by it."""
 
+import copy
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+import yaml
 from test_backbone_parity import CLIPS, loaded
 from test_training import build_tiny, make_clips, small_config
 
-from asd_utils import data, precision, scoring, training
+from asd_utils import config, data, precision, scoring, systems, training
 from asd_utils.models.frozen import FrozenEncoder
 from asd_utils.scoring import pad_clips
 
@@ -174,3 +176,39 @@ def test_a_finished_fp32_run_is_not_reused_for_bf16(tmp_path):
     bf16 = small_config(steps=1, checkpoint_every=0, mixed_precision="bf16")
     with pytest.raises(ValueError, match="mixed_precision"):
         training.train(model, loss, dataset, bf16, tmp_path / "run", resume=True, progress=False)
+
+
+# --- profiles and the caches keyed by the resolved precision ------------------------------------
+
+
+def test_profiles_take_auto_and_refuse_other_precisions():
+    profile = config.load_profile("paper")
+    assert profile["frozen"]["mixed_precision"] == "auto"
+    assert profile["osscl"]["train"]["mixed_precision"] == "auto"
+    values = yaml.safe_load(config.profile_path("smoke").read_text())
+    values["frozen"]["mixed_precision"] = "fp16"
+    with pytest.raises(config.ProfileError, match="frozen.mixed_precision"):
+        config.validate_profile(values)
+
+
+def test_run_dirs_are_keyed_by_the_resolved_precision(tmp_path, monkeypatch):
+    clips = make_clips(tmp_path / "tree")
+    monkeypatch.setattr(systems.data, "index_dataset", lambda *args, **kwargs: clips)
+    profile = config.load_profile("smoke")
+
+    def with_setting(setting: str) -> dict:
+        changed = copy.deepcopy(profile)
+        changed["osscl"]["train"]["mixed_precision"] = setting
+        return changed
+
+    def folder(setting: str, speedup: float) -> Path:
+        probe, _ = probe_of(speedup)
+        monkeypatch.setattr(precision, "cached_probe", probe)
+        return systems.run_dir(tmp_path, with_setting(setting), "System 1", tmp_path / "tree")
+
+    monkeypatch.setattr(precision, "default_device", lambda: torch.device("cpu"))
+    assert folder("auto", 1.0) == folder("no", 1.0)  # auto resolved to float32: the same run
+    assert folder("auto", 4.0) == folder("bf16", 4.0)
+    assert folder("no", 4.0) != folder("bf16", 4.0)
+    record = systems.precisions(with_setting("auto"))
+    assert record["System 1"]["precision"] == "bf16" and record["System 2"]["precision"] == "fp32"
