@@ -16,6 +16,7 @@ beat it has learned nothing a spectrum analyser does not show.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import os
 from collections.abc import Iterator, Sequence
@@ -223,25 +224,32 @@ def embed(
     progress: bool = True,
 ) -> tuple[dict[str, np.ndarray], FrozenEncoder, dict]:
     """System 0 for a run: the encoder of the profile, every channel the clips allow, on the GPU
-    when there is one, in the precision ``mixed_precision`` resolves to there (bf16 autocast
-    on a GPU or a CPU, :func:`asd_utils.precision.resolve`; the fbank and the ANC stay
-    float32). Returns ``(embeddings, encoder, section)``, the section with ``precision`` (the
-    decision, as :meth:`asd_utils.precision.Precision.to_dict`) added; see
-    :func:`embed_channels`."""
+    when there is one, in the precision ``mixed_precision`` resolves to there
+    (:func:`asd_utils.precision.resolve`; the fbank, the ANC and the pooling stay float32).
+    bf16 is autocast on a GPU; on a CPU it is a copy of the encoder with bf16 weights (a frozen
+    encoder needs no float32 master weights, and on the Xeon's AMX it ran EAT base at 3.75x
+    float32 against autocast's 2.62x, cosine to float32 0.99993; ``bench_backbones.py``).
+    Returns ``(embeddings, encoder, section)``: the float32 encoder, the section with
+    ``precision`` (the decision, :meth:`asd_utils.precision.Precision.to_dict`, and ``how``)
+    added; see :func:`embed_channels` (the cache key holds the weights' dtype and the
+    autocast)."""
     encoder, section = build_encoder(profile)
     chosen = systems.resolved_precision(profile, SYSTEM)
     device = precision.default_device()
     encoder.to(device)
-    section["precision"] = chosen.to_dict()
+    runner, autocast, how = encoder, chosen.autocast, "bf16 autocast" if chosen.bf16 else "float32"
+    if chosen.bf16 and device.type == "cpu":
+        runner, autocast, how = copy.deepcopy(encoder).to(torch.bfloat16), None, "bf16 weights"
+    section["precision"] = {**chosen.to_dict(), "how": how}
     views, _ = available_views(table)
     embeddings = embed_channels(
-        encoder,
+        runner,
         table,
         channels_for(views),
         anc.denoiser_settings(profile["anc"]),
         section["embed_batch_size"],
         cache_dir,
-        chosen.autocast,
+        autocast,
         progress,
     )
     return embeddings, encoder.cpu(), section

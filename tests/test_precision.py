@@ -11,8 +11,9 @@ import torch
 import yaml
 from test_backbone_parity import CLIPS, loaded
 from test_training import build_tiny, make_clips, small_config
+from test_training_free import stereo_tree
 
-from asd_utils import config, data, precision, scoring, systems, training
+from asd_utils import config, data, precision, scoring, systems, training, training_free
 from asd_utils.models.frozen import FrozenEncoder
 from asd_utils.scoring import pad_clips
 
@@ -212,3 +213,22 @@ def test_run_dirs_are_keyed_by_the_resolved_precision(tmp_path, monkeypatch):
     assert folder("no", 4.0) != folder("bf16", 4.0)
     record = systems.precisions(with_setting("auto"))
     assert record["System 1"]["precision"] == "bf16" and record["System 2"]["precision"] == "fp32"
+
+
+def test_system0_in_bf16_on_a_cpu_casts_a_copy_and_keeps_the_answers(tmp_path, monkeypatch):
+    monkeypatch.setattr(precision, "default_device", lambda: torch.device("cpu"))
+    table = stereo_tree(tmp_path / "data")
+    profile = config.load_profile("smoke")
+    cache = tmp_path / "cache"
+    fp32, encoder, section = training_free.embed(profile, table, cache, progress=False)
+    assert section["precision"]["how"] == "float32"
+    profile["frozen"]["mixed_precision"] = "bf16"
+    bf16, encoder16, section16 = training_free.embed(profile, table, cache, progress=False)
+    assert section16["precision"]["how"] == "bf16 weights"
+    assert all(p.dtype == torch.float32 for p in encoder16.parameters())  # the copy was cast
+    assert len(list(cache.glob("frozen_*.npy"))) == 2 * len(fp32)  # each precision its own
+    for channel, values in fp32.items():
+        assert bf16[channel].dtype == np.float32
+        a = torch.from_numpy(values).flatten(1)
+        b = torch.from_numpy(bf16[channel]).flatten(1)
+        assert cosine(a, b).min() > 0.999, channel
