@@ -128,6 +128,9 @@ def test_run_record_says_what_ran(smoke_run):
     assert re.fullmatch(r"[0-9a-f]{40}(-dirty)?|unknown.*", saved["git_commit"])
     assert saved["packages"]["torch"].startswith("2.13")
     assert set(saved["stage_seconds"]) >= {p.stem for p in pipeline.notebooks()} | {"book"}
+    # smoke's mixed_precision is "no": every system float32, the decision and why recorded
+    assert {v["precision"] for v in saved["precision"].values()} == {"fp32"}
+    assert set(saved["precision"]) >= {"System 0", "System 1", "System 2", "System 5"}
 
 
 def test_results_chapter_shows_the_computed_official_score(smoke_run):
