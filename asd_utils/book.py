@@ -31,26 +31,13 @@ from pathlib import Path
 import nbformat
 import pandas as pd
 
-from asd_utils import config, metrics, systems
+from asd_utils import config, metrics, registry
 
 BOOK_FILES = ("_config.yml", "_toc.yml", "book")
 HEADLINE_MARKER = "<!-- run headline -->"
 HIDDEN_TAGS = {"injected-parameters", "parameters"}
 FOLD_LINES = 12  # a longer code cell shows its output with its source folded
 MATHJAX_DIR = "_mathjax/mathjax"  # not _static/: jupyter-book loads every .js file there
-PAPER_SYSTEMS = ["baseline-MSE", "baseline-MAHALA", "System 1", "System 2", "System 3", "System 4"]
-BEYOND = ["System 5", "System 0", "log-mel floor"]
-CHAPTERS = {  # where each system is trained or made
-    "baseline-MSE": "20_baseline_autoencoder",
-    "baseline-MAHALA": "20_baseline_autoencoder",
-    "System 1": "30_osscl_training",
-    "System 3": "30_osscl_training",
-    "System 5": "35_two_channel_fusion",
-    "System 2": "40_beats_grl_training",
-    "System 0": "55_training_free",
-    "log-mel floor": "55_training_free",
-    "System 4": "60_ensemble",
-}
 _GLUE = re.compile(r"\{glue(?::\w+)?\}`[^`]*`")
 _ABSOLUTE = re.compile(r"(?<![\w:/.~<>\-])/(?:[^\s/'\"<>()\[\]]+/)+([^\s/'\"<>()\[\]]+)")
 
@@ -151,8 +138,9 @@ def headline(paths: config.RunPaths, profile: dict) -> str:
     )
     lines = ["## This run", ""]
     weights = []
-    for system in ("System 1", "System 2", "System 0"):
-        section = systems.settings(profile, system)
+    backbones = [n for n, s in registry.REGISTRY.items() if s.kind in ("fine-tuned", "frozen")]
+    for system in [n for n in backbones if registry.REGISTRY[n].reads == registry.NEAR]:
+        section = registry.settings(profile, system)
         backbone = {"eat": "EAT", "beats": "BEATs"}[section["backbone"]]
         kind = "pre-trained" if section["checkpoint"] else f"random {section['size']}"
         weights.append(f"{system} {kind} {backbone} weights")
@@ -179,14 +167,14 @@ def headline(paths: config.RunPaths, profile: dict) -> str:
     if metrics_path.exists():
         table = pd.read_csv(metrics_path, dtype={"section": str})
         rows = []
-        for system in [*PAPER_SYSTEMS, *BEYOND]:
+        for system in [*registry.paper(), *registry.beyond()]:
             part = table[table["system"] == system]
             if part.empty:
                 continue
             summary = metrics.summarise(part)
-            chapter = CHAPTERS.get(system)
-            name = f"[{system}](../notebooks/{chapter}.ipynb)" if chapter else system
-            where = "paper" if system in PAPER_SYSTEMS else "beyond the paper"
+            entry = registry.REGISTRY[system]
+            name = f"[{system}](../notebooks/{entry.chapter}.ipynb)"
+            where = "paper" if entry.paper else "beyond the paper"
             rows.append(
                 f"| {name} | {where} | {100 * summary['hmean']:.2f} | "
                 f"{100 * summary['hmean_source']:.2f} | {100 * summary['hmean_target']:.2f} |"

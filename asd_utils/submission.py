@@ -64,7 +64,7 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from asd_utils import config, data
+from asd_utils import config, data, registry
 from asd_utils.files import atomic_write_text
 from asd_utils.metrics import METRICS, describe_decision, machine_sort_key
 
@@ -72,7 +72,8 @@ MAX_SYSTEMS = 4
 KINDS = ("anomaly_score", "decision_result")
 FILL_IN = "FILL IN"
 DEFAULT_LABEL = "Lastname_Institute"
-DEFAULT_SYSTEMS = ("System 1", "System 2", "System 3", "System 4")
+# the paper's four submitted systems (its baselines are not submitted)
+DEFAULT_SYSTEMS = tuple(n for n in registry.paper() if registry.get(n).kind != "autoencoder")
 MAX_ABBREVIATION = 10  # "Use a maximum of 10 characters" (the DCASE meta template)
 GROUND_TRUTH_DIRS = {
     "label": "ground_truth_data",
@@ -87,9 +88,7 @@ AUDIOSET = {
     "url": "https://research.google.com/audioset/",
     "total_audio_length": f"{FILL_IN}: hours of AudioSet audio the checkpoint was trained on",
 }
-# The backbone checkpoint environment variables (as asd_utils.systems.CHECKPOINT_ENV, which is
-# not imported here: it would pull in torch).
-CHECKPOINT_ENV = {"eat": "EAT_CHECKPOINT", "beats": "BEATS_CHECKPOINT"}
+CHECKPOINT_ENV = registry.CHECKPOINT_ENV
 BACKBONE_NAMES = {"eat": "EAT", "beats": "BEATs"}
 DESCRIPTION_FIELDS = (
     "input_sampling_rate",

@@ -23,7 +23,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-import os
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -33,7 +32,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from asd_utils import anc, config, data, training
+from asd_utils import anc, config, data, registry, training
 from asd_utils.files import atomic_write_text
 from asd_utils.losses import GRLLoss, OSSCLLoss
 from asd_utils.models.beats import BEATs, BEATsConfig
@@ -41,30 +40,28 @@ from asd_utils.models.eat import EAT, EATConfig
 from asd_utils.models.fusion import FusionBackbone
 from asd_utils.models.heads import EmbeddingModel
 
+# the fine-tuned systems of the registry (asd_utils.registry), as the training code reads them
 SYSTEMS = {
-    "System 1": {"section": "osscl", "anc": False, "fusion": False},
-    "System 2": {"section": "beats_grl", "anc": False, "fusion": False},
-    "System 3": {"section": "osscl", "anc": True, "fusion": False},
-    "System 5": {"section": "fusion", "anc": False, "fusion": True},  # beyond the paper
+    name: {
+        "section": registry.REGISTRY[name].section,
+        "anc": registry.REGISTRY[name].reads == registry.ANC,
+        "fusion": registry.REGISTRY[name].reads == registry.NEAR_FAR,
+    }
+    for name in registry.of_kind("fine-tuned")
 }
-TRAINING_FREE = {"System 0": "frozen"}  # asd_utils.training_free: a frozen encoder, no training
+# asd_utils.training_free: a frozen encoder, no training
+TRAINING_FREE = {name: registry.REGISTRY[name].section for name in registry.of_kind("frozen")}
 INFO = "system.json"  # beside a system's official files: its name and parameter count
-CHECKPOINT_ENV = {"eat": "EAT_CHECKPOINT", "beats": "BEATS_CHECKPOINT"}
+CHECKPOINT_ENV = registry.CHECKPOINT_ENV
 SAMPLE_RATE = 16000
 
 
 def settings(profile: dict, system: str) -> dict:
-    """The profile section of ``system`` (a copy), with the backbone checkpoint resolved:
-    ``$EAT_CHECKPOINT`` / ``$BEATS_CHECKPOINT`` over the profile's ``checkpoint``; "" = none."""
-    if system in TRAINING_FREE:
-        section = dict(profile[TRAINING_FREE[system]])
-    elif system in SYSTEMS:
-        section = dict(profile[SYSTEMS[system]["section"]])
-    else:
+    """The profile section of a fine-tuned or frozen ``system`` (a copy), with the backbone
+    checkpoint resolved (:func:`asd_utils.registry.settings`)."""
+    if system not in SYSTEMS and system not in TRAINING_FREE:
         raise KeyError(f"unknown system {system!r}; known: {sorted({**SYSTEMS, **TRAINING_FREE})}")
-    env = os.environ.get(CHECKPOINT_ENV[section["backbone"]], "")
-    section["checkpoint"] = env or section.get("checkpoint") or ""
-    return section
+    return registry.settings(profile, system)
 
 
 def unavailable(clips: pd.DataFrame) -> dict[str, str]:
