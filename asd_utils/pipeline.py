@@ -84,9 +84,10 @@ def preflight(paths: RunPaths) -> dict:
     (:func:`asd_utils.systems.unavailable`). Sample checks are cached under
     ``<output_root>/cache``. Prints one line on the data and one per skipped system; returns
     what the run record keeps of it."""
-    from asd_utils import data, metrics, systems
+    from asd_utils import data, metrics, stages, systems
 
     clips = data.index_dataset(paths.data_root, cache_dir=paths.output_root / "cache")
+    stages.write_manifest(paths.output_root, paths.data_root, clips)  # what every chapter reads
     skipped = systems.unavailable(clips)
     _, no_truth = metrics.labelled(clips)
     sets = {
@@ -224,6 +225,7 @@ def execute_notebooks(
                 cwd=str(REPO_ROOT),
                 progress_bar=False,
                 log_output=False,
+                stderr_file=sys.stderr,  # the stages' log lines, live on the console
                 kernel_manager_class=_kernel_manager(),
             )
         except PapermillExecutionError as err:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -87,11 +88,25 @@ def open_run(
         str(data_root) if data_root else None,
         str(output_root) if output_root else None,
     )
+    _console()
     config.prepare_data(settings, paths, progress=progress)
     frozen = paths.output_root / "profile.yaml"
     if Path(profile).resolve() != frozen.resolve():
         config.freeze_profile(settings, frozen)
     return Run(settings, paths, frozen)
+
+
+def _console() -> None:
+    """Say what the stages do on standard error when nobody configured logging (a notebook's
+    kernel: the report relays its standard error to the console live, the book leaves it out);
+    the ``asd`` command sets its own level (``-q``, ``-v``)."""
+    package = logging.getLogger("asd_utils")
+    if not package.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("    %(message)s"))
+        package.addHandler(handler)
+        package.setLevel(logging.INFO)
+        package.propagate = False
 
 
 # --- prepare -------------------------------------------------------------------------------------
@@ -104,13 +119,7 @@ def prepare(run: Run) -> pd.DataFrame:
     clip table."""
     start = time.perf_counter()
     clips = data.index_dataset(run.paths.data_root, cache_dir=run.paths.output_root / "cache")
-    write_table(clips, run.paths.output_root / MANIFEST)
-    about = {
-        "data_root": str(run.paths.data_root),
-        "clips": len(clips),
-        "fingerprint": data.clip_fingerprint(clips),
-    }
-    atomic_write_text(run.paths.output_root / "clips.json", json.dumps(about, indent=2))
+    write_manifest(run.paths.output_root, run.paths.data_root, clips)
     run._clips = clips
     log.info(
         "prepare: %s clips indexed and checked in %.1f s",
@@ -118,6 +127,20 @@ def prepare(run: Run) -> pd.DataFrame:
         time.perf_counter() - start,
     )
     return clips.copy()
+
+
+def write_manifest(output_root: str | Path, data_root: str | Path, clips: pd.DataFrame) -> Path:
+    """Write the clip manifest ``clips.csv`` of ``clips`` (indexed from ``data_root``) and its
+    ``clips.json`` (data root, count, fingerprint) into ``output_root``; atomically."""
+    output_root = Path(output_root)
+    write_table(clips, output_root / MANIFEST)
+    about = {
+        "data_root": str(data_root),
+        "clips": len(clips),
+        "fingerprint": data.clip_fingerprint(clips),
+    }
+    atomic_write_text(output_root / "clips.json", json.dumps(about, indent=2))
+    return output_root / MANIFEST
 
 
 def read_manifest(output_root: str | Path, data_root: str | Path) -> pd.DataFrame | None:
@@ -325,6 +348,7 @@ def train(
         run.paths.output_root,
         progress=progress,
         overrides=overrides,
+        clips=clips,
     )
     extra = {}
     if registry.get(system).reads == registry.NEAR_FAR:
@@ -514,7 +538,12 @@ def package(run: Run, systems: list[str] | None = None, label: str | None = None
         log.info("package: none of the submission systems ran; no package")
         return None
     folder = submission.write_package(
-        run.paths.output_root, run.paths.data_root, run.profile, systems=chosen, label=label
+        run.paths.output_root,
+        run.paths.data_root,
+        run.profile,
+        systems=chosen,
+        label=label,
+        clips=run.clips,
     )
     log.info("package: %s in %s", ", ".join(chosen), folder)
     return folder
@@ -646,7 +675,9 @@ def detect(
         raise ValueError(f"no training clips of {machine_type} section {section!r} in this run")
     if skipped(run).get(system):
         raise data.DataError(f"{system} did not run on this data: {skipped(run)[system]}")
-    folder = systems.run_dir(run.paths.output_root, run.profile, system, run.paths.data_root)
+    folder = systems.run_dir(
+        run.paths.output_root, run.profile, system, run.paths.data_root, run.clips
+    )
     if not (folder / training.FINISHED).is_file():
         raise FileNotFoundError(
             f"{system} has not finished training in {folder}: run `asd train --system "

@@ -780,6 +780,7 @@ def write_package(
     label: str | None = None,
     destination: str | os.PathLike | None = None,
     zip: bool = False,
+    clips: pd.DataFrame | None = None,
 ) -> Path:
     """Write the submission package of a finished run; return its folder.
 
@@ -788,7 +789,8 @@ def write_package(
     clips to check against); ``profile``: the run's profile (its ``submission`` section gives
     label, systems and descriptions). ``systems`` (at most 4) and ``label``
     (``<Lastname>_<Institute>``) override the profile. ``destination`` defaults to
-    ``<output_root>/submission``; ``zip`` adds ``<label>_task2.zip``. Layout in the module
+    ``<output_root>/submission``; ``zip`` adds ``<label>_task2.zip``. ``clips``: the run's clip
+    table (its manifest), else ``data_root`` is indexed. Layout in the module
     docstring. Everything is built in a temporary sibling folder and checked (:func:`check`,
     :func:`check_package`) before it replaces ``destination``: a failed write leaves an old
     package as it was.
@@ -802,7 +804,7 @@ def write_package(
         )
     chosen = choose_systems(output_root, profile, systems)
     destination = Path(destination) if destination else output_root / "submission"
-    clips = data.index_dataset(data_root)
+    clips = data.index_dataset(data_root) if clips is None else clips
     train_sets = set(clips.loc[clips["split"] == "train", "dataset"])
     clips = clips[clips["split"] == "test"]
     eval_clips = clips[clips["dataset"] == "eval"]

@@ -40,17 +40,6 @@ from asd_utils.models.eat import EAT, EATConfig
 from asd_utils.models.fusion import FusionBackbone
 from asd_utils.models.heads import EmbeddingModel
 
-# the fine-tuned systems of the registry (asd_utils.registry), as the training code reads them
-SYSTEMS = {
-    name: {
-        "section": registry.REGISTRY[name].section,
-        "anc": registry.REGISTRY[name].reads == registry.ANC,
-        "fusion": registry.REGISTRY[name].reads == registry.NEAR_FAR,
-    }
-    for name in registry.of_kind("fine-tuned")
-}
-# asd_utils.training_free: a frozen encoder, no training
-TRAINING_FREE = {name: registry.REGISTRY[name].section for name in registry.of_kind("frozen")}
 INFO = "system.json"  # beside a system's official files: its name and parameter count
 CHECKPOINT_ENV = registry.CHECKPOINT_ENV
 SAMPLE_RATE = 16000
@@ -59,8 +48,9 @@ SAMPLE_RATE = 16000
 def settings(profile: dict, system: str) -> dict:
     """The profile section of a fine-tuned or frozen ``system`` (a copy), with the backbone
     checkpoint resolved (:func:`asd_utils.registry.settings`)."""
-    if system not in SYSTEMS and system not in TRAINING_FREE:
-        raise KeyError(f"unknown system {system!r}; known: {sorted({**SYSTEMS, **TRAINING_FREE})}")
+    known = registry.of_kind("fine-tuned", "frozen")
+    if system not in known:
+        raise KeyError(f"unknown system {system!r}; known: {', '.join(known)}")
     return registry.settings(profile, system)
 
 
@@ -73,9 +63,12 @@ def unavailable(clips: pd.DataFrame) -> dict[str, str]:
     """
     reasons = {}
     mono = clips[clips["channels"] < 2]
-    for system, spec in SYSTEMS.items():
-        if (spec["anc"] or spec["fusion"]) and len(mono):
-            needs = "its ANC front-end needs" if spec["anc"] else "its encoder fuses"
+    for system in registry.of_kind("fine-tuned"):
+        entry = registry.REGISTRY[system]
+        if entry.needs_far and len(mono):
+            needs = (
+                "its ANC front-end needs" if entry.reads == registry.ANC else "its encoder fuses"
+            )
             reasons[system] = (
                 f"{needs} the far microphone (channel 1), but {len(mono):,} of "
                 f"{len(clips):,} clips are mono (e.g. {mono['path'].iloc[0]})"
@@ -98,7 +91,7 @@ def class_names(table: pd.DataFrame, profile: dict, system: str) -> tuple[np.nda
     no attribute give one class (two with the domain).
     """
     section = settings(profile, system)
-    by_domain = SYSTEMS[system]["section"] == "beats_grl" or section["classes_by_domain"]
+    by_domain = registry.get(system).section == "beats_grl" or section["classes_by_domain"]
     return data.attribute_classes(table, by_domain=by_domain)
 
 
@@ -152,9 +145,10 @@ def front_end(profile: dict, system: str) -> tuple[int | None, Callable | None, 
     :class:`asd_utils.training.ClipDataset` and :func:`asd_utils.scoring.extract_embeddings`.
     System 3 denoises with the ANC chapter's settings (the profile's ``anc`` section); System 5
     reads both microphones (channel None)."""
-    if SYSTEMS[system]["fusion"]:
+    reads = registry.get(system).reads
+    if reads == registry.NEAR_FAR:
         return None, None, "near+far"
-    if not SYSTEMS[system]["anc"]:
+    if reads != registry.ANC:
         return 0, None, None
     options = anc.denoiser_settings(profile["anc"])
     key = "anc:" + ",".join(f"{k}={v}" for k, v in sorted(options.items()))
@@ -185,14 +179,24 @@ def repeat_target_clips(table, repeats: int = 1):
     return pd.concat([table] + [target] * (repeats - 1), ignore_index=True)
 
 
+def _training_clips(data_root, clips: pd.DataFrame | None) -> pd.DataFrame:
+    """The training clips of ``clips`` (the run's manifest), or of ``data_root`` indexed now
+    (a process of ``accelerate launch`` that was handed primitives only)."""
+    if clips is None:
+        return data.index_dataset(data_root, split="train")
+    return clips[clips["split"] == "train"].reset_index(drop=True)
+
+
 def build(
     data_root: str,
     profile: str,
     system: str,
     progress: bool = True,
     loss_overrides: dict | None = None,
+    clips: pd.DataFrame | None = None,
 ):
-    """``(model, loss_fn, dataset)`` of one system, trained on the training clips of ``data_root``.
+    """``(model, loss_fn, dataset)`` of one system, trained on the training clips of ``data_root``
+    (those of ``clips``, the run's clip manifest, when given).
 
     Classes: :func:`class_names` over the training clips of every machine type present, dev and
     eval together (System 2's GRL loss maps its domain classes back to attribute class and
@@ -201,9 +205,9 @@ def build(
     profile_ = config.load_profile(profile)
     settings_ = settings(profile_, system)
     table = repeat_target_clips(
-        data.index_dataset(data_root, split="train"), settings_.get("target_repeats", 1)
+        _training_clips(data_root, clips), settings_.get("target_repeats", 1)
     )
-    grl = SYSTEMS[system]["section"] == "beats_grl"
+    grl = registry.get(system).section == "beats_grl"
     targets, names = class_names(table, profile_, system)
     train = train_config(profile_, system)
     loss_settings = {**settings_["loss"], **(loss_overrides or {})}
@@ -212,7 +216,7 @@ def build(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(train.seed)
         backbone = build_backbone(settings_["backbone"], settings_["size"], settings_["checkpoint"])
-        if SYSTEMS[system]["fusion"]:
+        if registry.get(system).reads == registry.NEAR_FAR:
             backbone = FusionBackbone(
                 backbone,
                 settings_["blocks"],
@@ -273,7 +277,13 @@ def run_file(data_root: str | Path, profile: str, system: str, output_dir: str |
     )
 
 
-def run_dir(output_root: str | Path, profile: dict, system: str, data_root: str | Path) -> Path:
+def run_dir(
+    output_root: str | Path,
+    profile: dict,
+    system: str,
+    data_root: str | Path,
+    clips: pd.DataFrame | None = None,
+) -> Path:
     """Where a system's training run lives: ``<output_root>/training/<system>-<key>``, the key a
     hash of everything that changes the weights (section, front-end, seed, data root and its
     training clips as files, :func:`asd_utils.data.clip_fingerprint`), so a changed profile or
@@ -285,7 +295,7 @@ def run_dir(output_root: str | Path, profile: dict, system: str, data_root: str 
         "front_end": front_end(profile, system)[2],
         "seed": profile["seed"],
         "data_root": str(data_root),
-        "clips": data.clip_fingerprint(data.index_dataset(data_root, split="train")),
+        "clips": data.clip_fingerprint(_training_clips(data_root, clips)),
     }
     key = hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
     return Path(output_root) / "training" / f"{system.replace(' ', '_')}-{key[:10]}"
@@ -298,17 +308,17 @@ def train_system(
     output_root: str | Path,
     progress: bool = True,
     overrides: dict | None = None,
+    clips: pd.DataFrame | None = None,
 ) -> training.TrainResult:
     """Build and train one system (resuming its run folder if it exists); EMA weights inside.
 
     ``overrides`` replace keys of the system's ``loss`` settings (e.g. ``{"lambda_max": 0.0}``
-    for the GRL ablation) and give the run its own folder.
+    for the GRL ablation) and give the run its own folder. ``clips``: the run's clip manifest
+    (:func:`asd_utils.stages.prepare`), so that nothing indexes the tree again.
     """
     profile = config.load_profile(profile_name)
-    model, loss, dataset = build(
-        str(data_root), profile_name, system, progress=progress, loss_overrides=overrides
-    )
-    folder = run_dir(output_root, profile, system, data_root)
+    model, loss, dataset = build(str(data_root), profile_name, system, progress, overrides, clips)
+    folder = run_dir(output_root, profile, system, data_root, clips)
     if overrides:
         tag = "-".join(f"{k}{v}" for k, v in sorted(overrides.items()))
         folder = folder.with_name(f"{folder.name}-{tag}")

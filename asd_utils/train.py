@@ -21,7 +21,7 @@ import time
 
 from accelerate import PartialState
 
-from asd_utils import config, data, systems
+from asd_utils import config, data, registry, systems
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> dict:
         "--system",
         nargs="+",
         required=True,
-        choices=sorted(systems.SYSTEMS),
+        choices=registry.of_kind("fine-tuned"),
         help="one or more of the fine-tuned systems",
     )
     parser.add_argument("--data-root", help="a DCASE tree (default: $DATA_ROOT, else synthetic)")
