@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 import soundfile as sf
 
+from asd_utils.cli import UserError
 from asd_utils.files import atomic_path, atomic_write_text
 
 try:
@@ -74,7 +75,7 @@ _NAME_RE = re.compile(
 )
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """Bad input data: a misnamed, missing, corrupt or unexpected file or folder."""
 
 
@@ -552,6 +553,36 @@ def _refuse_duplicates(table: pd.DataFrame, data_root: Path) -> None:
             f"{first!r} and {second!r} are one clip twice (their names differ only in letter "
             "case); keep one of them"
         )
+
+
+def check_machine_types(table: pd.DataFrame) -> None:
+    """Refuse a clip table (:func:`index_dataset`) that the stages cannot use, before any runs:
+    a DataError naming the machine type, its folder and what is missing.
+
+    Every system trains (or fits its normal model and decision threshold) on a machine type's
+    training clips and scores its test clips, so each machine type needs both ``train/`` and
+    ``test/`` clips, and training clips of both domains (the selective Mahalanobis score and
+    the per-domain back ends fit one model per domain; DCASE gives every section ~990 source
+    and 10 target training clips).
+    """
+    for machine_type, group in table.groupby("machine_type", sort=False):
+        folder = os.path.dirname(os.path.dirname(group["path"].iloc[0]))
+        for split in SPLITS:
+            if not (group["split"] == split).any():
+                raise DataError(
+                    f"machine type {machine_type!r} ({folder}) has no {split} clips; every "
+                    f"system needs its train and test clips: add {folder}/{split}/*.wav, or "
+                    "remove the machine type"
+                )
+        domains = group.loc[group["split"] == "train", "domain"].value_counts()
+        for domain in ("source", "target"):
+            if domains.get(domain, 0) == 0:
+                found = ", ".join(f"{n} {d}" for d, n in domains.items()) or "none named"
+                raise DataError(
+                    f"machine type {machine_type!r} ({folder}) has no {domain}-domain training "
+                    f"clips (found {found}); the scores are fitted per domain, so each machine "
+                    f"type needs section_<NN>_{domain}_train_normal_<NNNN>.wav clips in train/"
+                )
 
 
 def read_audio(
