@@ -278,8 +278,9 @@ def _check_header(path: Path, channels: int, sample_rate: int, frames: int, expe
     wanted_rate = expected["sample_rate"]
     if wanted_rate is not None and sample_rate != wanted_rate:
         raise DataError(
-            f"{str(path)!r} has sample rate {sample_rate} Hz, but {wanted_rate} Hz was expected "
-            "(pass sample_rate=None to index clips of any rate)"
+            f"{str(path)!r} has sample rate {sample_rate} Hz, but {wanted_rate} Hz was expected; "
+            f"resample the clip to {wanted_rate} Hz, the rate of every DCASE edition (from "
+            "Python, index_dataset(sample_rate=None) indexes clips of any rate)"
         )
     if channels > 2:
         raise DataError(
@@ -289,9 +290,9 @@ def _check_header(path: Path, channels: int, sample_rate: int, frames: int, expe
     if frames < expected["min_seconds"] * sample_rate:
         raise DataError(
             f"{str(path)!r} lasts {frames / sample_rate:.3f} s ({frames} frames at "
-            f"{sample_rate} Hz); expected at least min_seconds = {expected['min_seconds']:g} s, "
-            "the shortest clip the front-ends accept (pass the profile's crop_seconds as "
-            "min_seconds, or 0 to accept any length)"
+            f"{sample_rate} Hz); expected at least {expected['min_seconds']:g} s, the shortest "
+            "clip the front-ends accept: remove the clip or give it its whole recording (from "
+            "Python, index_dataset(min_seconds=...) sets this floor)"
         )
 
 

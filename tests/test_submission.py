@@ -353,10 +353,11 @@ def test_unknown_system(tree, tmp_path):
         )
 
 
-def test_bad_label(tree, tmp_path):
+@pytest.mark.parametrize("label", ["Doe XJU", "Doe_XJU\n"])
+def test_bad_label(tree, tmp_path, label):
     with pytest.raises(ValueError, match="Lastname>_<Institute"):
         submission.write_package(
-            tree["output_root"], tree["data_root"], PROFILE, label="Doe XJU", destination=tmp_path
+            tree["output_root"], tree["data_root"], PROFILE, label=label, destination=tmp_path
         )
 
 
