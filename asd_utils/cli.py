@@ -18,12 +18,12 @@ not redone. ``-q`` says only warnings, ``-v`` says more; an error is one line (`
 from __future__ import annotations
 
 import argparse
+import json
 import logging
-import os
 import sys
 import time
 
-from asd_utils import registry
+from asd_utils import errors, registry
 
 log = logging.getLogger("asd_utils")
 
@@ -42,7 +42,7 @@ def _common() -> argparse.ArgumentParser:
     talk = common.add_argument_group("how much it says")
     talk.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
     talk.add_argument("-v", "--verbose", action="store_true", help="say more")
-    talk.add_argument("--debug", action="store_true", help="a traceback with every error")
+    errors.add_debug_option(talk)
     return common
 
 
@@ -66,6 +66,7 @@ def parser() -> argparse.ArgumentParser:
     report.add_argument("--no-book", action="store_true", help="skip the book")
     report.add_argument("--build-dir", help="the book goes to <build-dir>/_build/html")
     report.add_argument("--kernel", default="python3", help="Jupyter kernel (default python3)")
+    command("status", "what the run in the output root is doing, or how it ended")
     command("prepare", "index and check every clip; write the clip manifest clips.csv")
     command("baseline", "the autoencoder baseline: train per machine type, score, write files")
     train = command("train", "train fine-tuned systems (resumable; under accelerate launch too)")
@@ -101,7 +102,7 @@ def _logging(args) -> None:
 
 
 def _dispatch(args) -> None:
-    from asd_utils import stages
+    from asd_utils import config, runs, stages
 
     if args.command == "report":
         from asd_utils import pipeline
@@ -125,10 +126,30 @@ def _dispatch(args) -> None:
                 argv += [flag, value]
         train.main(argv)
         return
+    if args.command == "status":
+        profile = config.load_profile(args.profile)
+        print(
+            runs.status(config.resolve_paths(profile, args.data_root, args.output_root).output_root)
+        )
+        return
     run = stages.open_run(args.profile, args.data_root, args.output_root, progress=not args.quiet)
+    if args.command == "detect":  # reads the run; writes only its --output
+        stages.detect(run, args.system, args.clips, args.output, args.machine_type, args.section)
+        return
+    runs.check_output_root(run.paths.output_root)
+    with runs.OutputLock(run.paths.output_root) as lock:  # one run per output root
+        if lock.taken_over is not None:
+            print(runs.takeover_note(lock.taken_over, run.paths.output_root), file=sys.stderr)
+        _stage(args, run)
+
+
+def _stage(args, run) -> None:
+    """One stage sub-command (or all of them, ``run``) on the locked output root."""
+    from asd_utils import stages
+
     progress = not args.quiet
     if args.command == "run":
-        stages.run_all(run, progress=progress)
+        _run_recorded(run, progress)
     elif args.command == "prepare":
         stages.prepare(run)
     elif args.command == "baseline":
@@ -146,35 +167,50 @@ def _dispatch(args) -> None:
         stages.evaluate(run)
     elif args.command == "package":
         stages.package(run, args.systems, args.label)
-    elif args.command == "detect":
-        stages.detect(run, args.system, args.clips, args.output, args.machine_type, args.section)
+
+
+def _run_recorded(run, progress: bool) -> None:
+    """``asd run``: every stage, with ``run_record.json`` as the report keeps it (status, the
+    stage running, each stage's seconds; failed or interrupted at a stage)."""
+    from asd_utils import pipeline, stages
+    from asd_utils.files import atomic_write_text
+
+    seconds: dict[str, float] = {}
+    now = {"stage": None}
+
+    def record(status: str) -> None:
+        written = pipeline.run_record(run.profile, run.paths, seconds, None, status, now["stage"])
+        atomic_write_text(run.paths.output_root / "run_record.json", json.dumps(written, indent=2))
+
+    def begin(name: str) -> None:
+        now["stage"] = name
+        record("running")
+
+    try:
+        stages.run_all(run, progress, seconds, on_stage=begin)
+    except KeyboardInterrupt:
+        record(f"interrupted at {now['stage']}")
+        raise errors.Interrupted(
+            f"interrupted in stage {now['stage']}; run the same command to resume"
+        ) from None
+    except Exception as err:
+        record(f"failed at {now['stage']}: {errors.one_line(err)}")
+        raise
+    record("finished")
+
+
+def _main(argv) -> None:
+    args = parser().parse_args(argv)
+    _logging(args)
+    start = time.perf_counter()
+    _dispatch(args)
+    log.info("asd %s: done in %.0f s", args.command, time.perf_counter() - start)
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
-    _logging(args)
-    debug = args.debug or os.environ.get("ASD_DEBUG") == "1"
-    start = time.perf_counter()
-    try:
-        _dispatch(args)
-    except KeyboardInterrupt:
-        print(
-            f"interrupted in `asd {args.command}`: run the same command to resume", file=sys.stderr
-        )
-        return 130
-    except Exception as err:  # one line per error; the traceback when asked for
-        if debug:
-            raise
-        from asd_utils.config import ProfileError
-        from asd_utils.data import DataError
-
-        known = (ProfileError, DataError, FileNotFoundError, FileExistsError, ValueError, KeyError)
-        what = "" if isinstance(err, known) else f"{type(err).__name__}: "
-        message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        print(f"error: {what}{message} (--debug for the traceback)", file=sys.stderr)
-        return 2
-    log.info("asd %s: done in %.0f s", args.command, time.perf_counter() - start)
-    return 0
+    """``asd``: returns the exit status (0; 2 for a user error, said in one line; 130 when
+    interrupted): :func:`asd_utils.errors.run_command`."""
+    return errors.run_command(_main, argv)
 
 
 if __name__ == "__main__":

@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from asd_utils import config, data, metrics, registry
+from asd_utils import config, data, errors, metrics, registry
 from asd_utils.files import atomic_write_text, write_table
 
 log = logging.getLogger(__name__)
@@ -333,7 +333,7 @@ def train(
     from asd_utils import systems
 
     if not registry.get(system).trainable:
-        raise ValueError(
+        raise errors.UserError(
             f"{system} is not trained by the common loop ({registry.get(system).kind})"
         )
     reason = skipped(run).get(system)
@@ -552,22 +552,35 @@ def package(run: Run, systems: list[str] | None = None, label: str | None = None
 # --- all of them ---------------------------------------------------------------------------------
 
 
-def run_all(run: Run, progress: bool = True) -> Evaluation:
+def run_all(
+    run: Run, progress: bool = True, seconds: dict | None = None, on_stage=None
+) -> Evaluation:
     """Every stage in order, no notebook: prepare, the baseline, every fine-tuned system the data
     can feed (train, embed; the ablations the profile asks for), score, System 0 and the floor,
     the ensemble, evaluate, package. What ``asd run`` does; the report's notebooks call the same
-    functions."""
-    prepare(run)
-    baseline(run, progress=progress)
+    functions. ``seconds`` receives each stage's time as it ends; ``on_stage(name)`` is called
+    as each begins."""
+    seconds = {} if seconds is None else seconds
+
+    def stage(name, function, *args, **kwargs):
+        if on_stage is not None:
+            on_stage(name)
+        start = time.perf_counter()
+        out = function(*args, **kwargs)
+        seconds[name] = round(seconds.get(name, 0.0) + time.perf_counter() - start, 1)
+        return out
+
+    stage("prepare", prepare, run)
+    stage("baseline", baseline, run, progress=progress)
     for system in trainable(run):
         for name, overrides in ablations(run, system).items():
-            result = train(run, system, overrides, name, progress=progress)
-            embed(run, system, result, name, progress=progress)
-    score(run)
-    frozen(run, progress=progress)
-    ensemble(run)
-    evaluation = evaluate(run)
-    package(run)
+            result = stage(f"train {name}", train, run, system, overrides, name, progress=progress)
+            stage(f"embed {name}", embed, run, system, result, name, progress=progress)
+    stage("score", score, run)
+    stage("frozen", frozen, run, progress=progress)
+    stage("ensemble", ensemble, run)
+    evaluation = stage("evaluate", evaluate, run)
+    stage("package", package, run)
     return evaluation
 
 
@@ -659,7 +672,7 @@ def detect(
 
     entry = registry.get(system)
     if not entry.trainable or system != entry.name:
-        raise ValueError(
+        raise errors.UserError(
             f"detect scores with a fine-tuned system ({', '.join(registry.of_kind('fine-tuned'))}),"
             f" not {system!r}"
         )
@@ -668,11 +681,13 @@ def detect(
     machine_type = machine_type or _only(train_clips["machine_type"], "machine type")
     part = train_clips[train_clips["machine_type"] == machine_type]
     if part.empty:
-        raise ValueError(f"no training clips of machine type {machine_type!r} in this run")
+        raise errors.UserError(f"no training clips of machine type {machine_type!r} in this run")
     section = section or _only(part["section"], f"section of {machine_type}")
     part = part[part["section"] == section]
     if part.empty:
-        raise ValueError(f"no training clips of {machine_type} section {section!r} in this run")
+        raise errors.UserError(
+            f"no training clips of {machine_type} section {section!r} in this run"
+        )
     if skipped(run).get(system):
         raise data.DataError(f"{system} did not run on this data: {skipped(run)[system]}")
     folder = systems.run_dir(
@@ -739,7 +754,7 @@ def _only(values: pd.Series, what: str) -> str:
     unique = sorted(set(values))
     if len(unique) != 1:
         option = "--machine-type" if what == "machine type" else "--section"
-        raise ValueError(
+        raise errors.UserError(
             f"this run has {len(unique)} of {what} ({', '.join(unique)}): choose one with {option}"
         )
     return unique[0]

@@ -23,8 +23,9 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import os
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import numpy as np
@@ -32,10 +33,11 @@ import pandas as pd
 import torch
 from torch import nn
 
-from asd_utils import anc, config, data, registry, training
+from asd_utils import anc, config, data, errors, registry, training
 from asd_utils.files import atomic_write_text
 from asd_utils.losses import GRLLoss, OSSCLLoss
 from asd_utils.models.beats import BEATs, BEATsConfig
+from asd_utils.models.common import CheckpointError
 from asd_utils.models.eat import EAT, EATConfig
 from asd_utils.models.fusion import FusionBackbone
 from asd_utils.models.heads import EmbeddingModel
@@ -79,6 +81,49 @@ def unavailable(clips: pd.DataFrame) -> dict[str, str]:
 def skip_notice(reasons: dict[str, str]) -> str:
     """One line per system that does not run, for the console and the book ("" if none)."""
     return " ".join(f"{system} is skipped: {why}." for system, why in reasons.items())
+
+
+def check_checkpoints(
+    profile: dict, skip: Iterable[str] = (), only: Iterable[str] | None = None
+) -> list[str]:
+    """Load, once each, the backbone checkpoints the profile's systems name (``$EAT_CHECKPOINT``
+    / ``$BEATS_CHECKPOINT`` over a section's ``checkpoint``), before any stage runs: every
+    system (fine-tuned and training-free) or those in ``only``, less those in ``skip`` (the
+    ones the data cannot feed). Returns the checkpoints checked.
+
+    Raises :class:`asd_utils.errors.RunError` naming the system, where the path came from, the path
+    and what was expected: a missing file or folder, or one of the wrong kind (not an EAT
+    Hugging Face folder, not a BEATs ``.pt`` …), so that a run on ``paper`` does not fail in
+    chapter 30 after hours of the baseline.
+    """
+    seen: dict[tuple[str, str], str] = {}
+    skip = set(skip)
+    backbones = registry.of_kind("fine-tuned", "frozen")
+    for system in backbones if only is None else list(only):
+        section = registry.get(system).section
+        if system in skip or section not in profile:
+            continue
+        values = settings(profile, system)
+        kind, path = values["backbone"], values["checkpoint"]
+        if not path or (kind, path) in seen:
+            continue
+        env = CHECKPOINT_ENV[kind]
+        origin = f"${env}" if os.environ.get(env) else f"the profile's {section}.checkpoint"
+        try:
+            build_backbone(kind, values["size"], path)
+        except (OSError, CheckpointError, ValueError, KeyError) as err:
+            expected = (
+                "an EAT Hugging Face folder (config.json, model.safetensors)"
+                if kind == "eat"
+                else "an official BEATs .pt file"
+            )
+            raise errors.RunError(
+                f"{system}: the {kind.upper() if kind == 'eat' else 'BEATs'} checkpoint "
+                f"{path} (from {origin}) cannot be used: {errors.one_line(err)}; "
+                f"expected {expected}"
+            ) from None
+        seen[(kind, path)] = system
+    return [path for _, path in seen]
 
 
 def class_names(table: pd.DataFrame, profile: dict, system: str) -> tuple[np.ndarray, list[str]]:

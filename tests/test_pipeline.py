@@ -148,7 +148,7 @@ def test_eval_machine_types_get_a_package_with_one_row_per_test_clip(smoke_run):
     tmp, record = smoke_run
     clips = data.index_dataset(tmp / "data")
     eval_test = clips[(clips["dataset"] == "eval") & (clips["split"] == "test")]
-    assert record["no_ground_truth"] == ["gearboxEmu"] and len(eval_test) > 0
+    assert list(record["no_ground_truth"]) == ["gearboxEmu"] and len(eval_test) > 0
     package = tmp / "out" / "submission" / "task2"
     folders = sorted(p for p in package.iterdir() if p.is_dir())
     assert [p.name for p in folders] == [f"Lastname_Institute_task2_{n}" for n in (1, 2, 3, 4)]
