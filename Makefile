@@ -7,7 +7,7 @@ PROFILE ?= quick
 KERNEL := asd-xju
 export DATA_ROOT OUTPUT_ROOT
 
-.PHONY: setup report test lab train bench seeds noise-study submission clean
+.PHONY: setup report run test lab train bench seeds noise-study submission clean
 
 $(VENV)/.installed: requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -20,7 +20,10 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 setup: $(VENV)/.installed
 
 report: setup  ## synthetic data (if needed), every notebook with papermill, then the book
-	$(PY) -m asd_utils.pipeline --profile $(PROFILE) --kernel $(KERNEL)
+	$(VENV)/bin/asd report --profile $(PROFILE) --kernel $(KERNEL)
+
+run: setup  ## every stage from the command line (asd run): the same files, no notebook, no book
+	$(VENV)/bin/asd run --profile $(PROFILE)
 
 test: setup  ## lint, format check, and the test suite (includes a smoke run of the pipeline)
 	$(PY) -m ruff check .
@@ -28,7 +31,7 @@ test: setup  ## lint, format check, and the test suite (includes a smoke run of 
 	$(PY) -m pytest
 
 train: setup  ## train one fine-tuned system into the run folder the notebooks find; SYSTEM="System 1"
-	$(PY) -m asd_utils.train --profile $(PROFILE) --system "$(SYSTEM)"
+	$(VENV)/bin/asd train --profile $(PROFILE) --system "$(SYSTEM)"
 
 lab: setup  ## JupyterLab on the notebooks, with the project's kernel
 	$(VENV)/bin/jupyter lab notebooks/
@@ -47,7 +50,7 @@ noise-study: setup  ## System 5's SNR study: Systems 1, 3, 5 and 0 per near-mic 
 	$(PY) -m asd_utils.noise_study --profile $(PROFILE)
 
 submission: setup  ## the DCASE package of a finished run; LABEL=Doe_XJU SYSTEMS='"System 4" "System 1"'
-	$(PY) -m asd_utils.submission write --profile $(PROFILE) $(if $(LABEL),--label $(LABEL)) $(if $(SYSTEMS),--systems $(SYSTEMS))
+	$(VENV)/bin/asd package --profile $(PROFILE) $(if $(LABEL),--label $(LABEL)) $(if $(SYSTEMS),--systems $(SYSTEMS))
 
 clean:  ## results and the built book (keeps the venv and the synthetic data)
 	rm -rf _build outputs

@@ -14,7 +14,7 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from asd_utils.data import read_clips
+from asd_utils.data import read_audio
 from asd_utils.features import log_mel, stack_frames
 from asd_utils.models.autoencoder import (
     AETrainConfig,
@@ -44,27 +44,35 @@ class AEFeatureConfig:
 def frame_vectors(
     paths: list[str], config: AEFeatureConfig, chunk: int = 32, progress: bool = True
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Read clips and turn them into stacked log-mel vectors.
+    """Read clips and turn them into stacked log-mel vectors, each clip at its own length.
 
     Returns ``vectors`` (n_vectors, n_frames · n_mels) float32 and ``clip_index`` (n_vectors,),
-    the position in ``paths`` of each vector's clip. Clips are read ``chunk`` at a time (each
-    chunk must share one length, as the clips of one machine type do).
+    the position in ``paths`` of each vector's clip. A clip of ``s`` samples gives
+    ``1 + s // hop_length − n_frames + 1`` vectors, as the official baseline's per-file features,
+    so the clips of one machine type may differ in length (the 2026 set has 6, 10 and 16 s
+    types, and test clips longer than training clips). Clips are read ``chunk`` at a time; the
+    clips of a chunk that share a length go through the log-mel in one batch.
     """
     vectors, owners = [], []
     for start in tqdm(
         range(0, len(paths), chunk), desc="log-mel", disable=not progress, leave=False
     ):
-        audio = read_clips(paths[start : start + chunk], channels=1)  # (b, 1, samples): ch0
-        mel = log_mel(
-            torch.from_numpy(audio[:, 0]),
-            n_fft=config.n_fft,
-            hop_length=config.hop_length,
-            n_mels=config.n_mels,
-            power=config.power,
-        )
-        stacked = stack_frames(mel, config.n_frames)  # (b, vectors, dim)
-        vectors.append(stacked.flatten(0, 1))
-        owners.append(torch.arange(start, start + len(stacked)).repeat_interleave(stacked.shape[1]))
+        clips = [read_audio(path, channels=1)[0] for path in paths[start : start + chunk]]
+        stacked: list[torch.Tensor | None] = [None] * len(clips)  # ch0 of each: (samples,)
+        for length in sorted({len(clip) for clip in clips}):
+            same = [i for i, clip in enumerate(clips) if len(clip) == length]
+            mel = log_mel(
+                torch.from_numpy(np.stack([clips[i] for i in same])),
+                n_fft=config.n_fft,
+                hop_length=config.hop_length,
+                n_mels=config.n_mels,
+                power=config.power,
+            )
+            for i, clip_vectors in zip(same, stack_frames(mel, config.n_frames), strict=True):
+                stacked[i] = clip_vectors  # (vectors, dim)
+        for i, clip_vectors in enumerate(stacked):
+            vectors.append(clip_vectors)
+            owners.append(torch.full((len(clip_vectors),), start + i, dtype=torch.long))
     return torch.cat(vectors), torch.cat(owners)
 
 

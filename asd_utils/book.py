@@ -5,15 +5,18 @@ that ``jupyter-book`` builds, and on the way
 
 - removes from the book what a reader does not need before the results (papermill's injected
   parameters, the ``parameters`` cell and the set-up cells, tagged ``remove-cell``; the
-  executed notebooks themselves keep them);
+  executed notebooks themselves keep them), and folds the source of a code cell longer than
+  :data:`FOLD_LINES` lines under a "Show code cell source" toggle (``hide-input``), so that a
+  reader reaches its result without scrolling past the machinery;
 - replaces every absolute path of the machine that ran in the notebooks' outputs: the output
   and data roots become ``<output root>`` / ``<data root>`` (or their paths relative to the
   repository when they lie inside it), the repository ``<repository>``, any other absolute
   path its last two parts;
 - writes the run's headline into the landing page (:func:`headline`): computed from the run's
   own files, never typed;
-- copies MathJax (from the ``jupyter-server-mathjax`` package of ``requirements.txt``) where
-  Sphinx copies it into the built book's ``_static/``, so that formulas render with no network
+- copies MathJax 3 (the files of the ``sphinx-mathjax-offline`` package of
+  ``requirements.txt``: the CommonHTML bundle, its fonts and TeX extensions) where Sphinx copies
+  it into the built book's ``_static/``, so that formulas render with no network
   (``_config.yml`` points Sphinx at it).
 """
 
@@ -28,25 +31,13 @@ from pathlib import Path
 import nbformat
 import pandas as pd
 
-from asd_utils import config, metrics, systems
+from asd_utils import config, metrics, registry
 
 BOOK_FILES = ("_config.yml", "_toc.yml", "book")
 HEADLINE_MARKER = "<!-- run headline -->"
 HIDDEN_TAGS = {"injected-parameters", "parameters"}
+FOLD_LINES = 12  # a longer code cell shows its output with its source folded
 MATHJAX_DIR = "_mathjax/mathjax"  # not _static/: jupyter-book loads every .js file there
-PAPER_SYSTEMS = ["baseline-MSE", "baseline-MAHALA", "System 1", "System 2", "System 3", "System 4"]
-BEYOND = ["System 5", "System 0", "log-mel floor"]
-CHAPTERS = {  # where each system is trained or made
-    "baseline-MSE": "20_baseline_autoencoder",
-    "baseline-MAHALA": "20_baseline_autoencoder",
-    "System 1": "30_osscl_training",
-    "System 3": "30_osscl_training",
-    "System 5": "35_two_channel_fusion",
-    "System 2": "40_beats_grl_training",
-    "System 0": "55_training_free",
-    "log-mel floor": "55_training_free",
-    "System 4": "60_ensemble",
-}
 _GLUE = re.compile(r"\{glue(?::\w+)?\}`[^`]*`")
 _ABSOLUTE = re.compile(r"(?<![\w:/.~<>\-])/(?:[^\s/'\"<>()\[\]]+/)+([^\s/'\"<>()\[\]]+)")
 
@@ -87,6 +78,9 @@ def book_notebook(source: Path, target: Path, replacements) -> None:
         tags = cell.metadata.setdefault("tags", [])
         if HIDDEN_TAGS & set(tags) and "remove-cell" not in tags:
             tags.append("remove-cell")
+        long = cell.cell_type == "code" and len(cell.source.splitlines()) > FOLD_LINES
+        if long and not {"remove-cell", "remove-input", "hide-input"} & set(tags):
+            tags.append("hide-input")
         for output in cell.get("outputs", []):
             _scrub_output(output, replacements)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -111,10 +105,25 @@ def not_run(source: Path, target: Path) -> None:
     nbformat.write(notebook, target)
 
 
-def _mathjax_source() -> Path:
-    import jupyter_server_mathjax
+# MathJax 3's bundles the book does not load (the SVG and MathML builds, the speech engine)
+MATHJAX_UNUSED = (
+    "tex-svg*",
+    "tex-mml-*",
+    "mml-*",
+    "tex-chtml-full*",
+    "node-main.js",
+    "sre",
+    "svg*",
+)
 
-    return Path(jupyter_server_mathjax.__file__).parent / "static"
+
+def _mathjax_source() -> Path:
+    """MathJax 3's ``es5`` files, as the ``sphinx-mathjax-offline`` wheel ships them (its
+    folder name has hyphens, so it is found through its distribution, not imported)."""
+    from importlib import metadata
+
+    root = metadata.distribution("sphinx-mathjax-offline").locate_file("")
+    return Path(root) / "sphinx-mathjax-offline" / "static" / "mathjax"
 
 
 def headline(paths: config.RunPaths, profile: dict) -> str:
@@ -129,8 +138,9 @@ def headline(paths: config.RunPaths, profile: dict) -> str:
     )
     lines = ["## This run", ""]
     weights = []
-    for system in ("System 1", "System 2", "System 0"):
-        section = systems.settings(profile, system)
+    backbones = [n for n, s in registry.REGISTRY.items() if s.kind in ("fine-tuned", "frozen")]
+    for system in [n for n in backbones if registry.REGISTRY[n].reads == registry.NEAR]:
+        section = registry.settings(profile, system)
         backbone = {"eat": "EAT", "beats": "BEATs"}[section["backbone"]]
         kind = "pre-trained" if section["checkpoint"] else f"random {section['size']}"
         weights.append(f"{system} {kind} {backbone} weights")
@@ -157,14 +167,14 @@ def headline(paths: config.RunPaths, profile: dict) -> str:
     if metrics_path.exists():
         table = pd.read_csv(metrics_path, dtype={"section": str})
         rows = []
-        for system in [*PAPER_SYSTEMS, *BEYOND]:
+        for system in [*registry.paper(), *registry.beyond()]:
             part = table[table["system"] == system]
             if part.empty:
                 continue
             summary = metrics.summarise(part)
-            chapter = CHAPTERS.get(system)
-            name = f"[{system}](../notebooks/{chapter}.ipynb)" if chapter else system
-            where = "paper" if system in PAPER_SYSTEMS else "beyond the paper"
+            entry = registry.REGISTRY[system]
+            name = f"[{system}](../notebooks/{entry.chapter}.ipynb)"
+            where = "paper" if entry.paper else "beyond the paper"
             rows.append(
                 f"| {name} | {where} | {100 * summary['hmean']:.2f} | "
                 f"{100 * summary['hmean_source']:.2f} | {100 * summary['hmean_target']:.2f} |"
@@ -221,5 +231,10 @@ def stage(paths: config.RunPaths, profile: dict, executed_dir: Path, stage_dir: 
     text = intro.read_text()
     summary = scrub(headline(paths, profile), replacements)
     intro.write_text(text.replace(HEADLINE_MARKER, summary) if HEADLINE_MARKER in text else text)
-    shutil.copytree(_mathjax_source(), stage_dir / MATHJAX_DIR, dirs_exist_ok=True)
+    shutil.copytree(
+        _mathjax_source(),
+        stage_dir / MATHJAX_DIR,
+        ignore=shutil.ignore_patterns(*MATHJAX_UNUSED),
+        dirs_exist_ok=True,
+    )
     return stage_dir

@@ -3,8 +3,9 @@
 A profile is a YAML file in ``profiles/`` (``smoke``, ``quick``, ``paper``) or any YAML path.
 Paths resolve in this order: an explicit argument, then the environment (``DATA_ROOT``,
 ``OUTPUT_ROOT``), then the profile (synthetic data under the repository's ``data/``, results
-under ``outputs/<profile>``). Relative paths are taken from the repository root, never from the
-current directory.
+under ``outputs/<profile>``). A relative path the user gives (argument or environment) is taken
+from the current directory, as any command-line tool takes it; the profile's own relative
+defaults are taken from the repository root. Every resolved path is absolute.
 """
 
 from __future__ import annotations
@@ -19,13 +20,14 @@ import pydantic
 import yaml
 
 from asd_utils import profile_schema as schema
+from asd_utils.errors import UserError
 from asd_utils.files import atomic_write_text
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PROFILE_DIR = REPO_ROOT / "profiles"
 
 
-class ProfileError(ValueError):
+class ProfileError(UserError, ValueError):
     """A profile that does not match the schema: names the file, the key path and what was
     expected."""
 
@@ -134,6 +136,12 @@ def _from_repo(path: str | os.PathLike) -> Path:
     return path if path.is_absolute() else REPO_ROOT / path
 
 
+def _from_user(path: str | os.PathLike) -> Path:
+    """A path the user typed (argument or environment variable): relative to the current
+    directory, made absolute (the notebooks run elsewhere)."""
+    return Path(path).expanduser().absolute()
+
+
 @dataclass(frozen=True)
 class RunPaths:
     """Where a run reads data and writes results.
@@ -154,14 +162,17 @@ class RunPaths:
 def resolve_paths(
     profile: dict, data_root: str | None = None, output_root: str | None = None
 ) -> RunPaths:
-    """Resolve the run's data and output roots (argument > environment > profile default)."""
+    """Resolve the run's data and output roots (argument > environment > profile default);
+    a given relative path is taken from the current directory, a profile default from the
+    repository root."""
     given = data_root or os.environ.get("DATA_ROOT") or None
     synthetic_root = _from_repo(profile["data"]["synthetic_root"])
-    data = _from_repo(given) if given else synthetic_root
-    out = output_root or os.environ.get("OUTPUT_ROOT") or f"outputs/{profile['name']}"
+    data = _from_user(given) if given else synthetic_root
+    out = output_root or os.environ.get("OUTPUT_ROOT") or None
+    out = _from_user(out) if out else _from_repo(f"outputs/{profile['name']}")
     # The pipeline hands the resolved root to each notebook: the same root is still synthetic.
     synthetic = data.resolve() == synthetic_root.resolve()
-    return RunPaths(data_root=data, output_root=_from_repo(out), synthetic=synthetic)
+    return RunPaths(data_root=data, output_root=out, synthetic=synthetic)
 
 
 def prepare_data(profile: dict, paths: RunPaths, progress: bool = True) -> Path:

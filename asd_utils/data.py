@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 import soundfile as sf
 
+from asd_utils.errors import UserError
 from asd_utils.files import atomic_path, atomic_write_text
 
 try:
@@ -74,7 +75,7 @@ _NAME_RE = re.compile(
 )
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """Bad input data: a misnamed, missing, corrupt or unexpected file or folder."""
 
 
@@ -277,8 +278,9 @@ def _check_header(path: Path, channels: int, sample_rate: int, frames: int, expe
     wanted_rate = expected["sample_rate"]
     if wanted_rate is not None and sample_rate != wanted_rate:
         raise DataError(
-            f"{str(path)!r} has sample rate {sample_rate} Hz, but {wanted_rate} Hz was expected "
-            "(pass sample_rate=None to index clips of any rate)"
+            f"{str(path)!r} has sample rate {sample_rate} Hz, but {wanted_rate} Hz was expected; "
+            f"resample the clip to {wanted_rate} Hz, the rate of every DCASE edition (from "
+            "Python, index_dataset(sample_rate=None) indexes clips of any rate)"
         )
     if channels > 2:
         raise DataError(
@@ -288,9 +290,9 @@ def _check_header(path: Path, channels: int, sample_rate: int, frames: int, expe
     if frames < expected["min_seconds"] * sample_rate:
         raise DataError(
             f"{str(path)!r} lasts {frames / sample_rate:.3f} s ({frames} frames at "
-            f"{sample_rate} Hz); expected at least min_seconds = {expected['min_seconds']:g} s, "
-            "the shortest clip the front-ends accept (pass the profile's crop_seconds as "
-            "min_seconds, or 0 to accept any length)"
+            f"{sample_rate} Hz); expected at least {expected['min_seconds']:g} s, the shortest "
+            "clip the front-ends accept: remove the clip or give it its whole recording (from "
+            "Python, index_dataset(min_seconds=...) sets this floor)"
         )
 
 
@@ -552,6 +554,36 @@ def _refuse_duplicates(table: pd.DataFrame, data_root: Path) -> None:
             f"{first!r} and {second!r} are one clip twice (their names differ only in letter "
             "case); keep one of them"
         )
+
+
+def check_machine_types(table: pd.DataFrame) -> None:
+    """Refuse a clip table (:func:`index_dataset`) that the stages cannot use, before any runs:
+    a DataError naming the machine type, its folder and what is missing.
+
+    Every system trains (or fits its normal model and decision threshold) on a machine type's
+    training clips and scores its test clips, so each machine type needs both ``train/`` and
+    ``test/`` clips, and training clips of both domains (the selective Mahalanobis score and
+    the per-domain back ends fit one model per domain; DCASE gives every section ~990 source
+    and 10 target training clips).
+    """
+    for machine_type, group in table.groupby("machine_type", sort=False):
+        folder = os.path.dirname(os.path.dirname(group["path"].iloc[0]))
+        for split in SPLITS:
+            if not (group["split"] == split).any():
+                raise DataError(
+                    f"machine type {machine_type!r} ({folder}) has no {split} clips; every "
+                    f"system needs its train and test clips: add {folder}/{split}/*.wav, or "
+                    "remove the machine type"
+                )
+        domains = group.loc[group["split"] == "train", "domain"].value_counts()
+        for domain in ("source", "target"):
+            if domains.get(domain, 0) == 0:
+                found = ", ".join(f"{n} {d}" for d, n in domains.items()) or "none named"
+                raise DataError(
+                    f"machine type {machine_type!r} ({folder}) has no {domain}-domain training "
+                    f"clips (found {found}); the scores are fitted per domain, so each machine "
+                    f"type needs section_<NN>_{domain}_train_normal_<NNNN>.wav clips in train/"
+                )
 
 
 def read_audio(

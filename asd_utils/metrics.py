@@ -97,16 +97,44 @@ def machine_sort_key(machine_type: str) -> tuple[str, str]:
     return machine_type.lower(), machine_type
 
 
-def labelled(scores: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
-    """The test clips with ground truth, and the machine types without any.
+ANONYMOUS = "anonymous evaluation-set test clips"
+"""Why a machine type has no metrics when its test clips carry no labels (:func:`labelled`)."""
+
+
+def _incomplete_ground_truth(test: pd.DataFrame) -> str | None:
+    """Why the labelled test clips of one machine type give no metrics (no anomalous clips, or
+    no normal clips of a domain, in some section), or None when every section has all three."""
+    sections = test.groupby("section", sort=True) if "section" in test.columns else [(None, test)]
+    for section, group in sections:
+        where = f" of section {section}" if section is not None else ""
+        labels = group["label"].astype(str).replace({"1": "anomaly", "0": "normal"})
+        if not (labels == "anomaly").any():
+            return (
+                f"its labelled test clips{where} hold no anomalous clip, so AUC and pAUC are "
+                "undefined"
+            )
+        for d in DOMAINS:
+            if not ((labels == "normal") & (group["domain"] == d)).any():
+                return (
+                    f"its labelled test clips{where} hold no {d}-domain normal clip, so "
+                    f"AUC ({d}) is undefined"
+                )
+    return None
+
+
+def labelled(scores: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, str]]:
+    """The test clips that give metrics, and the machine types without any, each with why.
 
     ``scores``: rows with ``machine_type``, ``domain`` and ``label`` (a clip or score table; with
     a ``split`` column only its test rows count, so training clips never enter metrics). A
     machine type has ground truth when every one of its rows has a label and a domain (dev
-    names); evaluation-set test clips are anonymous
-    (``section_00_0000.wav``) and have neither. Returns ``(rows with ground truth, sorted
-    machine types without)``. A machine type with some labelled and some anonymous clips is an
-    error (its metrics would silently use part of the clips).
+    names); evaluation-set test clips are anonymous (``section_00_0000.wav``) and have neither
+    (reason :data:`ANONYMOUS`). A labelled machine type whose test clips (in some section) hold
+    no anomalous clip, or no normal clip of a domain, has no metrics either (AUC and pAUC are
+    undefined): it is scored and decided like an evaluation machine type, and the reason says
+    what is missing. Returns ``(rows that give metrics, {machine type: reason})``, the machine
+    types sorted as the paper's tables. A machine type with some labelled and some anonymous
+    clips is an error (its metrics would silently use part of the clips).
     """
     if "split" in scores.columns:
         scores = scores[scores["split"] == "test"]
@@ -117,21 +145,37 @@ def labelled(scores: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
         raise ValueError(
             f"machine types {mixed} mix labelled and anonymous test clips; expected all of one kind"
         )
-    missing = sorted(by_type.index[~by_type["any"]], key=machine_sort_key)
-    return scores[known], missing
+    missing = {machine_type: ANONYMOUS for machine_type in by_type.index[~by_type["any"]]}
+    for machine_type, group in scores[known].groupby("machine_type"):
+        reason = _incomplete_ground_truth(group)
+        if reason:
+            missing[machine_type] = reason
+    keep = known & ~scores["machine_type"].isin(list(missing))
+    return scores[keep], {m: missing[m] for m in sorted(missing, key=machine_sort_key)}
 
 
-def no_ground_truth_note(machine_types: Sequence[str]) -> str:
-    """A sentence naming the machine types scored without ground truth (or saying there are
-    none)."""
+def no_ground_truth_note(machine_types: Sequence[str] | Mapping[str, str]) -> str:
+    """A sentence naming the machine types scored without metrics (or saying there are none):
+    ``machine_types`` as :func:`labelled` returns them (a list means :data:`ANONYMOUS`)."""
     if not machine_types:
         return "Every machine type's test clips have ground truth."
-    names = ", ".join(machine_types)
-    return (
-        f"No ground truth for {names} (anonymous evaluation-set test clips): "
-        f"{'it is' if len(machine_types) == 1 else 'they are'} scored and decided, "
-        "with no metrics."
-    )
+    if not isinstance(machine_types, Mapping):
+        machine_types = dict.fromkeys(machine_types, ANONYMOUS)
+    anonymous = [m for m, why in machine_types.items() if why == ANONYMOUS]
+    sentences = []
+    if anonymous:
+        names = ", ".join(anonymous)
+        sentences.append(
+            f"No ground truth for {names} ({ANONYMOUS}): "
+            f"{'it is' if len(anonymous) == 1 else 'they are'} scored and decided, "
+            "with no metrics."
+        )
+    sentences += [
+        f"No metrics for {m} ({why}): it is scored and decided all the same."
+        for m, why in machine_types.items()
+        if why != ANONYMOUS
+    ]
+    return " ".join(sentences)
 
 
 def evaluate(scores: pd.DataFrame) -> pd.DataFrame:

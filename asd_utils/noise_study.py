@@ -28,7 +28,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from asd_utils import config, data, files, metrics, scoring, synth, systems
+from asd_utils import config, data, files, metrics, registry, scoring, stages, synth
 from asd_utils import training_free as tf
 
 CSV = "noise_study.csv"
@@ -107,7 +107,7 @@ def run(
     rows = read(csv).to_dict("records") if csv.exists() else []
     rows = [r for r in rows if r.get("study_key") == this_key]  # settings changed: measured anew
     done = {(r["snr_db"], r["seed"], r["system"]) for r in rows}
-    backend, options = systems.backend(profile)
+    backend, options = stages.backend_settings(profile)
     middle = sorted(study["near_snr_db"])[len(study["near_snr_db"]) // 2]
     for snr in study["near_snr_db"]:
         root = folder / "data" / f"snr_{snr:+g}dB"
@@ -131,19 +131,14 @@ def run(
                     vector = tf.view(embeddings, "residual", section["alpha"],
                                      tf.layer_position(encoder, section["layer"]))  # fmt: skip
                     k = section["knn_k"]
-                else:
+                else:  # the stages the report runs: train, embed (asd_utils.stages)
                     system = name.split(" (")[0]
-                    result = systems.train_system(
-                        root, str(path), system, folder / "runs", progress
-                    )
-                    channel, preprocess, key = systems.front_end(derived, system)
-                    vector = scoring.extract_embeddings(
-                        result.ema_model, clips, 16, channel, preprocess,
-                        systems.resolved_precision(derived, system).autocast, progress=False,
-                        cache_dir=result.output_dir, preprocess_key=key,
-                    )  # fmt: skip
-                    k = systems.knn_k(derived, system)
-                    if system == "System 5":
+                    run_paths = config.RunPaths(root, folder / "runs", synthetic=False)
+                    study_run = stages.Run(derived, run_paths, path, clips)
+                    result = stages.train(study_run, system, name=name, progress=progress)
+                    vector = stages.embed(study_run, system, result, name)
+                    k = stages.knn_k(derived, system)
+                    if registry.get(system).reads == registry.NEAR_FAR:
                         extra["gates"] = json.dumps(result.ema_model.backbone.gates())
                 scores = scoring.score_system(clips, vector, k, backend, options, seed)
                 rows.append({

@@ -18,22 +18,21 @@ import platform
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 
-from asd_utils import book
+from asd_utils import book, errors, runs
 from asd_utils.config import (
     REPO_ROOT,
-    ProfileError,
     RunPaths,
     freeze_profile,
     load_profile,
     prepare_data,
     resolve_paths,
 )
-from asd_utils.data import DataError
 from asd_utils.files import atomic_write_text
 
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
@@ -50,7 +49,7 @@ PACKAGES = (
 )
 
 
-class NotebookFailed(RuntimeError):
+class NotebookFailed(errors.RunError, RuntimeError):
     """A notebook raised: names the notebook, the cell and the error."""
 
 
@@ -77,17 +76,31 @@ def git_commit() -> str:
         return "unknown (not a git checkout)"
 
 
-def preflight(paths: RunPaths) -> dict:
-    """Index the data once before any notebook runs, so that a bad tree (a malformed name, a
-    corrupt or truncated WAV, a wrong sample rate, NaN samples, an empty folder …) fails in
-    seconds with the file named, and decide which systems can run on it
-    (:func:`asd_utils.systems.unavailable`). Sample checks are cached under
-    ``<output_root>/cache``. Prints one line on the data and one per skipped system; returns
-    what the run record keeps of it."""
-    from asd_utils import data, metrics, systems
+def preflight(paths: RunPaths, profile: dict | None = None) -> dict:
+    """Check at the door, before any notebook runs, everything the profile's stages will need,
+    so that a run fails in seconds, naming the file or machine type and what was expected:
+
+    - the data, indexed once (:func:`asd_utils.data.index_dataset`: a malformed name, a corrupt
+      or truncated WAV, a wrong sample rate, NaN samples, an empty folder …), sample checks
+      cached under ``<output_root>/cache``;
+    - every machine type with train and test clips and training clips of both domains
+      (:func:`asd_utils.data.check_machine_types`);
+    - the backbone checkpoints the ``profile`` names, loaded once each
+      (:func:`asd_utils.systems.check_checkpoints`).
+
+    Decides which systems can run on the data (:func:`asd_utils.systems.unavailable`) and which
+    machine types get no metrics (anonymous test clips, or labelled ones without anomalies or
+    normals: :func:`asd_utils.metrics.labelled`). Prints one line on the data and one per
+    skipped system or machine type without metrics; returns what the run record keeps of it.
+    """
+    from asd_utils import data, metrics, stages, systems
 
     clips = data.index_dataset(paths.data_root, cache_dir=paths.output_root / "cache")
+    stages.write_manifest(paths.output_root, paths.data_root, clips)  # what every chapter reads
+    data.check_machine_types(clips)
     skipped = systems.unavailable(clips)
+    if profile is not None:
+        systems.check_checkpoints(profile, skip=set(skipped))
     _, no_truth = metrics.labelled(clips)
     sets = {
         name: sorted(part["machine_type"].unique(), key=metrics.machine_sort_key)
@@ -139,11 +152,14 @@ def run_record(
     stages: dict[str, float],
     data_summary: dict | None = None,
     status: str = "running",
+    chapter: str | None = None,
 ) -> dict:
-    """What ran: profile (in full), seed, data, commit, package versions, machine, each
-    system's precision as resolved here (:func:`asd_utils.systems.precisions`: ``auto`` →
-    bf16 or float32, and why), stage times, and ``status``: ``running``, ``finished`` or
-    ``failed at <chapter>: <error>``."""
+    """What ran: profile (in full), seed, data, commit, package versions, machine, stage times,
+    each system's precision as resolved here (:func:`asd_utils.systems.precisions`: ``auto`` →
+    bf16 or float32, and why), ``status`` (``running``, ``finished``, ``failed at <chapter>:
+    <error>`` or ``interrupted at <chapter>``), the ``chapter`` running or last run, and the
+    ``pid`` and ``host`` of the run (with the output root's lock, :mod:`asd_utils.runs`, they
+    tell a dead run from a live one)."""
     from asd_utils import systems
 
     versions = {}
@@ -170,14 +186,22 @@ def run_record(
         },
         "precision": systems.precisions(profile),
         "status": status,
+        "chapter": chapter,
+        "pid": os.getpid(),
+        "host": platform.node(),
         "written": datetime.now(UTC).isoformat(timespec="seconds"),
         "stage_seconds": stages,
     }
 
 
-def _kernel_manager():
-    """A kernel manager on local IPC sockets: papermill's kernels then start without
-    ipykernel's "running over TCP without encryption" warning, printed once per notebook."""
+def _kernel_manager(connection_dir: Path):
+    """A kernel manager on local IPC sockets in ``connection_dir`` (the run's own folder):
+    papermill's kernels then start without ipykernel's "running over TCP without encryption"
+    warning, and two runs from one checkout never share a socket. jupyter_client's default puts
+    the sockets in the current directory as ``kernel-ipc-<N>``, N the first free number, so two
+    kernels that start at once can take the same N (``Invalid Signature``)."""
+    import uuid
+
     from jupyter_client import AsyncKernelManager
     from traitlets import default
 
@@ -186,7 +210,37 @@ def _kernel_manager():
         def _default_transport(self):
             return "ipc"
 
+        @default("connection_file")
+        def _default_connection_file(self):
+            return str(connection_dir / f"kernel-{uuid.uuid4().hex[:8]}.json")
+
+        @default("ip")
+        def _default_ip(self):  # the sockets: <connection file without .json>-ipc-<N>
+            return str(Path(self.connection_file).with_suffix("")) + "-ipc"
+
+        async def shutdown_kernel(self, now: bool = False, restart: bool = False) -> None:
+            # after Ctrl-C or SIGTERM, stop the kernel at once: a graceful shutdown of a kernel
+            # in the middle of a cell prints ipykernel's "Socket operation on non-socket"
+            now = now or errors.stop_requested()
+            await AsyncKernelManager.shutdown_kernel(self, now=now, restart=restart)
+
     return IPCKernelManager
+
+
+KERNEL_DIR_PREFIX = "asd-kernels-"
+"""The run's kernel connection files and sockets live in a fresh ``$TMPDIR/asd-kernels-<pid>-*``
+folder (short: a socket path has at most ~100 characters), removed when the notebooks end; one
+left by a run killed outright is removed by the next run (:func:`kernel_dir`)."""
+
+
+def kernel_dir() -> Path:
+    """A fresh private folder for this run's kernel connection files and sockets, after
+    removing those of runs (of any checkout) whose process is gone."""
+    for old in Path(tempfile.gettempdir()).glob(f"{KERNEL_DIR_PREFIX}*-*"):
+        pid = old.name.removeprefix(KERNEL_DIR_PREFIX).split("-")[0]
+        if pid.isdigit() and not runs.holder_alive({"pid": int(pid), "host": platform.node()}):
+            shutil.rmtree(old, ignore_errors=True)
+    return Path(tempfile.mkdtemp(prefix=f"{KERNEL_DIR_PREFIX}{os.getpid()}-"))
 
 
 def execute_notebooks(
@@ -197,13 +251,17 @@ def execute_notebooks(
     only: list[str] | None = None,
     profile_file: Path | None = None,
     seconds: dict[str, float] | None = None,
+    on_start=None,
 ) -> dict[str, float]:
     """Execute each notebook with papermill; stop at the first failure, naming notebook and cell.
 
     Each notebook gets ``profile_file`` (the run's frozen profile, :func:`asd_utils.config.
     freeze_profile`) as its ``profile`` parameter, or the profile's name without one. The time of
     every notebook that finished goes into ``seconds`` (also returned) as it finishes, so a
-    failure keeps the times of the chapters before it.
+    failure keeps the times of the chapters before it. ``on_start(chapter)`` is called as each
+    notebook starts. A failure or an interruption carries the chapter (``err.chapter``). The
+    kernels' connection files and sockets live in a private temporary folder
+    (:data:`KERNEL_DIR_PREFIX`), removed at the end, so nothing is left in the repository.
     """
     import papermill
     from papermill.exceptions import PapermillExecutionError
@@ -216,32 +274,47 @@ def execute_notebooks(
         "output_root": str(paths.output_root),
     }
     seconds = {} if seconds is None else seconds
-    for i, source in enumerate(sources, 1):
-        target = executed_dir / source.name
-        print(f"[{i}/{len(sources)}] {source.stem}: running …", flush=True)
-        start = time.perf_counter()
-        try:
-            papermill.execute_notebook(
-                str(source),
-                str(target),
-                parameters=parameters,
-                kernel_name=kernel,
-                cwd=str(REPO_ROOT),
-                progress_bar=False,
-                log_output=False,
-                kernel_manager_class=_kernel_manager(),
+    connection_dir = kernel_dir()
+    try:
+        for i, source in enumerate(sources, 1):
+            target = executed_dir / source.name
+            print(f"[{i}/{len(sources)}] {source.stem}: running …", flush=True)
+            if on_start is not None:
+                on_start(source.stem)
+            start = time.perf_counter()
+            try:
+                papermill.execute_notebook(
+                    str(source),
+                    str(target),
+                    parameters=parameters,
+                    kernel_name=kernel,
+                    cwd=str(REPO_ROOT),
+                    progress_bar=False,
+                    log_output=False,
+                    stderr_file=sys.stderr,  # the stages' log lines, live on the console
+                    kernel_manager_class=_kernel_manager(connection_dir),
+                )
+            except PapermillExecutionError as err:
+                if err.ename == "KeyboardInterrupt":  # the kernel itself was interrupted
+                    error = KeyboardInterrupt()
+                else:
+                    error = NotebookFailed(
+                        f"notebook {source.name} failed in cell {err.exec_count} "
+                        f"({err.ename}: {err.evalue}); the executed copy with the traceback is "
+                        f"{target}"
+                    )
+                error.chapter = source.stem
+                raise error from None
+            except KeyboardInterrupt as err:
+                err.chapter = source.stem
+                raise
+            seconds[source.stem] = round(time.perf_counter() - start, 1)
+            print(
+                f"[{i}/{len(sources)}] {source.stem}: done in {seconds[source.stem]:.0f} s",
+                flush=True,
             )
-        except PapermillExecutionError as err:
-            error = NotebookFailed(
-                f"notebook {source.name} failed in cell {err.exec_count} "
-                f"({err.ename}: {err.evalue}); the executed copy with the traceback is {target}"
-            )
-            error.chapter = source.stem
-            raise error from None
-        seconds[source.stem] = round(time.perf_counter() - start, 1)
-        print(
-            f"[{i}/{len(sources)}] {source.stem}: done in {seconds[source.stem]:.0f} s", flush=True
-        )
+    finally:
+        shutil.rmtree(connection_dir, ignore_errors=True)
     return seconds
 
 
@@ -292,33 +365,50 @@ def run(
 ) -> dict:
     """The whole job; returns the run record (also written to ``<output_root>/run_record.json``).
 
-    The profile is validated first (:func:`asd_utils.config.load_profile`), then the data is
-    indexed (:func:`preflight`), both before anything trains. A full run starts by removing the
-    previous run's derived results (:func:`clear_derived`); an ``--only`` run adds to them. Every
-    notebook runs the frozen copy ``<output_root>/profile.yaml`` of the validated profile.
+    The profile is validated first (:func:`asd_utils.config.load_profile`), then the output
+    root is checked and locked (:class:`asd_utils.runs.OutputLock`: a second run into it is
+    refused, naming this one), then the data is indexed and checked (:func:`preflight`), all
+    before anything trains. A full run starts by removing the previous run's derived results
+    (:func:`clear_derived`); an ``--only`` run adds to them. Every notebook runs the frozen copy
+    ``<output_root>/profile.yaml`` of the validated profile. Ctrl-C or SIGTERM records
+    ``interrupted at <chapter>`` and raises :class:`asd_utils.errors.Interrupted` saying so.
     """
     profile = load_profile(profile_name)
     paths = resolve_paths(profile, data_root, output_root)
+    runs.check_output_root(paths.output_root)
+    with runs.OutputLock(paths.output_root) as lock, errors.interrupt_on_signals():
+        if lock.taken_over is not None:
+            print(runs.takeover_note(lock.taken_over, paths.output_root))
+        return _run_locked(profile, paths, build_dir, book, only, kernel)
+
+
+def _run_locked(profile, paths, build_dir, book, only, kernel) -> dict:
+    """:func:`run` once the output root is locked."""
     print(f"profile {profile['name']} · data {paths.data_root} · outputs {paths.output_root}")
-    record_path = paths.output_root / "run_record.json"
+    record_path = paths.output_root / runs.RECORD_NAME
     stages = _earlier_stages(record_path, profile, paths) if only else {}
     start = time.perf_counter()
     prepare_data(profile, paths)
-    summary = preflight(paths)
+    summary = preflight(paths, profile)
     stages["prepare_data"] = round(time.perf_counter() - start, 1)
     if not only:
         removed = clear_derived(paths.output_root)
         if removed:
             print(f"removed the previous run's {', '.join(removed)} from {paths.output_root}")
     profile_file = freeze_profile(profile, paths.output_root / "profile.yaml")
+    current = "notebooks"
 
     def record(status: str) -> dict:
-        written = run_record(profile, paths, stages, summary, status)
+        written = run_record(profile, paths, stages, summary, status, current)
         atomic_write_text(record_path, json.dumps(written, indent=2))
         return written
 
+    def started(chapter: str) -> None:
+        nonlocal current
+        current = chapter
+        record("running")
+
     record("running")
-    current = "notebooks"
     try:
         execute_notebooks(
             profile,
@@ -328,22 +418,32 @@ def run(
             only,
             profile_file,
             seconds=stages,
+            on_start=started,
         )
         if book:
             current = "book"
+            record("running")
             start = time.perf_counter()
             html = build_book(paths, profile, Path(build_dir) if build_dir else REPO_ROOT)
             stages["book"] = round(time.perf_counter() - start, 1)
             print(f"book built in {stages['book']:.0f} s: {html / 'index.html'}")
+    except KeyboardInterrupt as err:
+        current = getattr(err, "chapter", current)
+        record(f"interrupted at {current}")
+        where = f"chapter {current}" if current not in ("notebooks", "book") else current
+        raise errors.Interrupted(
+            f"interrupted in {where}; run the same command to resume"
+        ) from None
     except BaseException as err:
-        chapter = getattr(err, "chapter", current)
-        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
-        record(f"failed at {chapter}: {reason}")
+        current = getattr(err, "chapter", current)
+        record(f"failed at {current}: {errors.one_line(err)}")
         raise
     return record("finished")
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The command line: runs :func:`run` (or, with ``--status``, says what the run in the
+    output root is doing); a user error is one line and exit status 2 (:mod:`asd_utils.errors`)."""
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -358,8 +458,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", nargs="*", help="notebook numbers or names to run (default: all)")
     parser.add_argument("--no-book", action="store_true", help="run the notebooks, skip the book")
     parser.add_argument("--kernel", default="python3", help="Jupyter kernel name (default python3)")
-    args = parser.parse_args(argv)
-    try:
+    parser.add_argument(
+        "--status",
+        action="store_true",
+        help="say what the run in the output root is doing (or how it ended), then stop",
+    )
+    errors.add_debug_option(parser)
+
+    def command(argv):
+        args = parser.parse_args(argv)
+        if args.status:
+            profile = load_profile(args.profile)
+            print(runs.status(resolve_paths(profile, args.data_root, args.output_root).output_root))
+            return
         run(
             args.profile,
             args.data_root,
@@ -369,17 +480,8 @@ def main(argv: list[str] | None = None) -> int:
             args.only,
             args.kernel,
         )
-    except (
-        NotebookFailed,
-        FileNotFoundError,
-        FileExistsError,
-        RuntimeError,
-        DataError,
-        ProfileError,
-    ) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    return 0
+
+    return errors.run_command(command, argv)
 
 
 if __name__ == "__main__":

@@ -109,7 +109,7 @@ def score_distributions(scores: pd.DataFrame, system: str) -> plt.Figure:
         for (domain, label), (color, ls) in styles.items():
             s = m[(m["domain"] == domain) & (m["label"] == label)]["anomaly_score"]
             ax.hist(s, bins=bins, histtype="step", color=color, ls=ls, label=f"{domain} {label}")
-        ax.set(title=machine_type, xlabel="anomaly score")
+        ax.set(title=machine_type, xlabel="anomaly score", ylabel="test clips")
     for ax in axes.flat[len(machine_types) :]:
         ax.axis("off")
     axes.flat[0].legend(fontsize=7)
@@ -127,7 +127,7 @@ def table2_bars(wide: pd.DataFrame) -> plt.Figure:
         ax.bar(x + i * width - 0.4 + width / 2, body[system], width, label=system)
     ax.set_xticks(x, [f"{m}\n{k}" for m, k in body.index], fontsize=7)
     ax.axhline(50, c="grey", lw=0.8, ls=":")
-    ax.set(ylabel="%", ylim=(0, 100))
+    ax.set(ylabel="AUC or pAUC (%)", ylim=(0, 100))
     ax.legend(fontsize=7, ncol=len(body.columns))
     return fig
 
@@ -234,10 +234,15 @@ def anc_convergence(
 
 
 def embedding_map(
-    points: np.ndarray, colour: pd.Series, marker: pd.Series | None = None, title: str = ""
+    points: np.ndarray,
+    colour: pd.Series,
+    marker: pd.Series | None = None,
+    title: str = "",
+    axes_names: tuple[str, str] = ("first principal component", "second principal component"),
 ) -> plt.Figure:
-    """A 2-D map of embeddings (``points`` (N, 2), e.g. PCA or t-SNE), coloured by one label
-    (e.g. attribute class) and marked by another (e.g. domain: ● source, ▲ target)."""
+    """A 2-D map of embeddings (``points`` (N, 2), e.g. PCA or t-SNE, whose axes
+    ``axes_names`` name), coloured by one label (e.g. attribute class) and marked by another
+    (e.g. domain: ● source, ▲ target)."""
     fig, ax = plt.subplots(figsize=(6.5, 5), constrained_layout=True)
     colours = {c: plt.cm.tab20(i % 20) for i, c in enumerate(sorted(pd.unique(colour)))}
     markers = dict(
@@ -263,7 +268,7 @@ def embedding_map(
             plt.Line2D([], [], ls="", marker=markers[m], color="k", label=m) for m in markers
         ]
     ax.legend(handles=handles, fontsize=6, ncol=2, loc="center left", bbox_to_anchor=(1, 0.5))
-    ax.set(title=title, xticks=[], yticks=[])
+    ax.set(title=title, xticks=[], yticks=[], xlabel=axes_names[0], ylabel=axes_names[1])
     return fig
 
 
@@ -302,7 +307,8 @@ def training_history(
             if column in part and part[column].notna().any():
                 values = part[column].rolling(smooth, min_periods=1).mean()
                 ax.plot(part["step"], values, label=name)
-        ax.set(xlabel="optimizer step", title=column.replace("_", " "))
+        name = column.replace("_", " ")
+        ax.set(xlabel="optimizer step", ylabel=name, title=name)
     axes[0, 0].legend(fontsize=7)
     return fig
 

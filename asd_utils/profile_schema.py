@@ -19,21 +19,14 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from asd_utils import registry
+
 PositiveInt = Annotated[int, Field(gt=0)]
 NonNegativeInt = Annotated[int, Field(ge=0)]
 PositiveFloat = Annotated[float, Field(gt=0)]
 NonNegativeFloat = Annotated[float, Field(ge=0)]
 Fraction = Annotated[float, Field(ge=0, lt=1)]
-SYSTEM_NAMES = (
-    "System 0",
-    "System 1",
-    "System 2",
-    "System 3",
-    "System 4",
-    "System 5",
-    "baseline-MSE",
-    "baseline-MAHALA",
-)
+SYSTEM_NAMES = registry.SUBMITTABLE  # what a profile may list (ensemble members, submission)
 
 
 class Section(BaseModel):

@@ -64,7 +64,8 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from asd_utils import config, data
+from asd_utils import config, data, errors, registry
+from asd_utils.errors import UserError
 from asd_utils.files import atomic_write_text
 from asd_utils.metrics import METRICS, describe_decision, machine_sort_key
 
@@ -72,7 +73,8 @@ MAX_SYSTEMS = 4
 KINDS = ("anomaly_score", "decision_result")
 FILL_IN = "FILL IN"
 DEFAULT_LABEL = "Lastname_Institute"
-DEFAULT_SYSTEMS = ("System 1", "System 2", "System 3", "System 4")
+# the paper's four submitted systems (its baselines are not submitted)
+DEFAULT_SYSTEMS = tuple(n for n in registry.paper() if registry.get(n).kind != "autoencoder")
 MAX_ABBREVIATION = 10  # "Use a maximum of 10 characters" (the DCASE meta template)
 GROUND_TRUTH_DIRS = {
     "label": "ground_truth_data",
@@ -87,9 +89,7 @@ AUDIOSET = {
     "url": "https://research.google.com/audioset/",
     "total_audio_length": f"{FILL_IN}: hours of AudioSet audio the checkpoint was trained on",
 }
-# The backbone checkpoint environment variables (as asd_utils.systems.CHECKPOINT_ENV, which is
-# not imported here: it would pull in torch).
-CHECKPOINT_ENV = {"eat": "EAT_CHECKPOINT", "beats": "BEATS_CHECKPOINT"}
+CHECKPOINT_ENV = registry.CHECKPOINT_ENV
 BACKBONE_NAMES = {"eat": "EAT", "beats": "BEATs"}
 DESCRIPTION_FIELDS = (
     "input_sampling_rate",
@@ -109,11 +109,11 @@ DESCRIPTION_FIELDS = (
 )
 
 _CSV_NAME = re.compile(
-    r"^(?P<kind>anomaly_score|decision_result)_(?P<machine_type>.+)_section_(?P<section>\d+)"
-    r"_test\.csv$"
-)
-_LABEL = re.compile(r"^[A-Za-z][A-Za-z0-9-]*_[A-Za-z0-9-]+$")
-_SYSTEM_FOLDER = re.compile(r"^(?P<label>.+)_task2_(?P<n>\d+)$")
+    r"(?P<kind>anomaly_score|decision_result)_(?P<machine_type>.+)_section_(?P<section>\d+)"
+    r"_test\.csv"
+)  # matched whole (fullmatch)
+_LABEL = re.compile(r"[A-Za-z][A-Za-z0-9-]*_[A-Za-z0-9-]+")  # matched whole (fullmatch)
+_SYSTEM_FOLDER = re.compile(r"(?P<label>.+)_task2_(?P<n>\d+)")  # matched whole (fullmatch)
 
 FBANK = "log-mel filterbank (Kaldi fbank, 128 bins, 25 ms window, 10 ms hop)"
 BASELINE_FEATURES = "log-mel energies (128 bins, n_fft 1024, hop 512), 5 frames stacked (640-dim)"
@@ -130,7 +130,7 @@ PER_MEMBER = (
 )
 
 
-class SubmissionError(ValueError):
+class SubmissionError(UserError, ValueError):
     """A submission folder or package that the official evaluator or the organisers would
     reject or misread: the message names the file and the first offending row."""
 
@@ -210,7 +210,7 @@ def check(directory: str | os.PathLike, test_clips: pd.DataFrame) -> None:
         raise SubmissionError(f"{directory} is not a folder")
     expected = _expected(test_clips)
     for path in sorted(directory.glob("*.csv")):
-        match = _CSV_NAME.match(path.name)
+        match = _CSV_NAME.fullmatch(path.name)
         if match is None:
             raise SubmissionError(
                 f"{path}: not an official file name "
@@ -289,7 +289,7 @@ def system_folders(package_dir: str | os.PathLike) -> list[Path]:
         raise SubmissionError(f"{package_dir} is not a folder")
     folders = sorted(p for p in package_dir.iterdir() if p.is_dir())
     for folder in folders:
-        if not _SYSTEM_FOLDER.match(folder.name):
+        if not _SYSTEM_FOLDER.fullmatch(folder.name):
             raise SubmissionError(f"{folder}: not a system folder <Lastname>_<Institute>_task2_<n>")
     return folders
 
@@ -304,11 +304,11 @@ def check_package(package_dir: str | os.PathLike, test_clips: pd.DataFrame) -> N
         raise SubmissionError(
             f"{package_dir}: {len(folders)} system folders; a package holds 1 to {MAX_SYSTEMS}"
         )
-    labels = {_SYSTEM_FOLDER.match(folder.name)["label"] for folder in folders}
+    labels = {_SYSTEM_FOLDER.fullmatch(folder.name)["label"] for folder in folders}
     if len(labels) > 1:
         raise SubmissionError(f"{package_dir}: system folders of several labels {sorted(labels)}")
     for folder in folders:
-        n = int(_SYSTEM_FOLDER.match(folder.name)["n"])
+        n = int(_SYSTEM_FOLDER.fullmatch(folder.name)["n"])
         if not 1 <= n <= MAX_SYSTEMS:
             raise SubmissionError(f"{folder}: submission index {n} is not 1 to {MAX_SYSTEMS}")
         meta_path = folder / f"{folder.name}.meta.yaml"
@@ -599,7 +599,7 @@ def build_meta(
     given = dict(descriptions.get(system) or {})
     unknown = sorted(set(given) - {"name", "abbreviation", *DESCRIPTION_FIELDS})
     if unknown:
-        raise ValueError(
+        raise SubmissionError(
             f"profile submission.descriptions[{system!r}] has unknown keys {unknown}; allowed: "
             f"name, abbreviation, {', '.join(DESCRIPTION_FIELDS)}"
         )
@@ -668,7 +668,7 @@ def _read_json(path: Path) -> dict:
     try:
         value = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as err:
-        raise ValueError(f"{path}: not valid JSON ({err})") from None
+        raise SubmissionError(f"{path}: not valid JSON ({err})") from None
     return value if isinstance(value, dict) else {}
 
 
@@ -679,7 +679,7 @@ def _read_metrics(output_root: Path) -> pd.DataFrame | None:
     table = pd.read_csv(path, dtype={"section": str, "machine_type": str, "system": str})
     missing = [c for c in ("machine_type", "system", *METRICS) if c not in table.columns]
     if missing:
-        raise ValueError(f"{path} lacks columns {missing}")
+        raise SubmissionError(f"{path} lacks columns {missing}")
     return table
 
 
@@ -697,18 +697,20 @@ def choose_systems(
     if not chosen:
         chosen = [s for s in DEFAULT_SYSTEMS if s in ran]
     if not chosen:
-        raise ValueError(f"no systems to submit in {systems_dir}; systems that ran: {ran}")
+        raise SubmissionError(f"no systems to submit in {systems_dir}; systems that ran: {ran}")
     if len(chosen) > MAX_SYSTEMS:
-        raise ValueError(
+        raise SubmissionError(
             f"{len(chosen)} systems given ({', '.join(chosen)}); a submission holds at most "
             f"{MAX_SYSTEMS}"
         )
     repeated = sorted({s for s in chosen if chosen.count(s) > 1})
     if repeated:
-        raise ValueError(f"systems given twice: {repeated}")
+        raise SubmissionError(f"systems given twice: {repeated}")
     unknown = [s for s in chosen if s not in ran]
     if unknown:
-        raise ValueError(f"systems {unknown} did not run in {systems_dir}; systems that ran: {ran}")
+        raise SubmissionError(
+            f"systems {unknown} did not run in {systems_dir}; systems that ran: {ran}"
+        )
     return chosen
 
 
@@ -781,6 +783,7 @@ def write_package(
     label: str | None = None,
     destination: str | os.PathLike | None = None,
     zip: bool = False,
+    clips: pd.DataFrame | None = None,
 ) -> Path:
     """Write the submission package of a finished run; return its folder.
 
@@ -789,7 +792,8 @@ def write_package(
     clips to check against); ``profile``: the run's profile (its ``submission`` section gives
     label, systems and descriptions). ``systems`` (at most 4) and ``label``
     (``<Lastname>_<Institute>``) override the profile. ``destination`` defaults to
-    ``<output_root>/submission``; ``zip`` adds ``<label>_task2.zip``. Layout in the module
+    ``<output_root>/submission``; ``zip`` adds ``<label>_task2.zip``. ``clips``: the run's clip
+    table (its manifest), else ``data_root`` is indexed. Layout in the module
     docstring. Everything is built in a temporary sibling folder and checked (:func:`check`,
     :func:`check_package`) before it replaces ``destination``: a failed write leaves an old
     package as it was.
@@ -797,13 +801,13 @@ def write_package(
     output_root = Path(output_root)
     settings = profile.get("submission") or {}
     label = label or settings.get("label") or DEFAULT_LABEL
-    if not _LABEL.match(label):
-        raise ValueError(
+    if not _LABEL.fullmatch(label):
+        raise SubmissionError(
             f"label {label!r} is not <Lastname>_<Institute> (letters, digits and '-', one '_')"
         )
     chosen = choose_systems(output_root, profile, systems)
     destination = Path(destination) if destination else output_root / "submission"
-    clips = data.index_dataset(data_root)
+    clips = data.index_dataset(data_root) if clips is None else clips
     train_sets = set(clips.loc[clips["split"] == "train", "dataset"])
     clips = clips[clips["split"] == "test"]
     eval_clips = clips[clips["dataset"] == "eval"]
@@ -868,7 +872,7 @@ def _test_clips(data_root: Path, which: str | None) -> tuple[pd.DataFrame, str]:
 def _check_command(directory: Path, data_root: Path, which: str | None) -> str:
     test_clips, which = _test_clips(data_root, which)
     subfolders = [p for p in directory.iterdir() if p.is_dir()] if directory.is_dir() else []
-    if any(_SYSTEM_FOLDER.match(p.name) for p in subfolders):
+    if any(_SYSTEM_FOLDER.fullmatch(p.name) for p in subfolders):
         if which == "eval":
             check_package(directory, test_clips)
         else:
@@ -913,8 +917,10 @@ def main(argv: list[str] | None = None) -> int:
         dest="which",
         help="the test clips to check against (default: eval if the data has any)",
     )
-    args = parser.parse_args(argv)
-    try:
+    errors.add_debug_option(parser)
+
+    def command(argv):
+        args = parser.parse_args(argv)
         if args.command == "write":
             profile = config.load_profile(args.profile)
             paths = config.resolve_paths(profile, args.data_root, args.output_root)
@@ -933,12 +939,10 @@ def main(argv: list[str] | None = None) -> int:
                 data_root = config.resolve_paths(config.load_profile(args.profile), data_root)
                 data_root = data_root.data_root
             if not data_root:
-                raise ValueError("give --data-root (or $DATA_ROOT, or --profile)")
+                raise errors.UserError("give --data-root (or $DATA_ROOT, or --profile)")
             print(_check_command(Path(args.directory), Path(data_root), args.which))
-    except (ValueError, OSError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    return 0
+
+    return errors.run_command(command, argv)
 
 
 if __name__ == "__main__":

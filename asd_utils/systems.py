@@ -25,7 +25,7 @@ import hashlib
 import json
 import os
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import numpy as np
@@ -33,38 +33,27 @@ import pandas as pd
 import torch
 from torch import nn
 
-from asd_utils import anc, config, data, precision, training
+from asd_utils import anc, config, data, errors, precision, registry, training
 from asd_utils.files import atomic_write_text
 from asd_utils.losses import GRLLoss, OSSCLLoss
 from asd_utils.models.beats import BEATs, BEATsConfig
+from asd_utils.models.common import CheckpointError
 from asd_utils.models.eat import EAT, EATConfig
 from asd_utils.models.fusion import FusionBackbone
 from asd_utils.models.heads import EmbeddingModel
 
-SYSTEMS = {
-    "System 1": {"section": "osscl", "anc": False, "fusion": False},
-    "System 2": {"section": "beats_grl", "anc": False, "fusion": False},
-    "System 3": {"section": "osscl", "anc": True, "fusion": False},
-    "System 5": {"section": "fusion", "anc": False, "fusion": True},  # beyond the paper
-}
-TRAINING_FREE = {"System 0": "frozen"}  # asd_utils.training_free: a frozen encoder, no training
 INFO = "system.json"  # beside a system's official files: its name and parameter count
-CHECKPOINT_ENV = {"eat": "EAT_CHECKPOINT", "beats": "BEATS_CHECKPOINT"}
+CHECKPOINT_ENV = registry.CHECKPOINT_ENV
 SAMPLE_RATE = 16000
 
 
 def settings(profile: dict, system: str) -> dict:
-    """The profile section of ``system`` (a copy), with the backbone checkpoint resolved:
-    ``$EAT_CHECKPOINT`` / ``$BEATS_CHECKPOINT`` over the profile's ``checkpoint``; "" = none."""
-    if system in TRAINING_FREE:
-        section = dict(profile[TRAINING_FREE[system]])
-    elif system in SYSTEMS:
-        section = dict(profile[SYSTEMS[system]["section"]])
-    else:
-        raise KeyError(f"unknown system {system!r}; known: {sorted({**SYSTEMS, **TRAINING_FREE})}")
-    env = os.environ.get(CHECKPOINT_ENV[section["backbone"]], "")
-    section["checkpoint"] = env or section.get("checkpoint") or ""
-    return section
+    """The profile section of a fine-tuned or frozen ``system`` (a copy), with the backbone
+    checkpoint resolved (:func:`asd_utils.registry.settings`)."""
+    known = registry.of_kind("fine-tuned", "frozen")
+    if system not in known:
+        raise KeyError(f"unknown system {system!r}; known: {', '.join(known)}")
+    return registry.settings(profile, system)
 
 
 def unavailable(clips: pd.DataFrame) -> dict[str, str]:
@@ -76,9 +65,12 @@ def unavailable(clips: pd.DataFrame) -> dict[str, str]:
     """
     reasons = {}
     mono = clips[clips["channels"] < 2]
-    for system, spec in SYSTEMS.items():
-        if (spec["anc"] or spec["fusion"]) and len(mono):
-            needs = "its ANC front-end needs" if spec["anc"] else "its encoder fuses"
+    for system in registry.of_kind("fine-tuned"):
+        entry = registry.REGISTRY[system]
+        if entry.needs_far and len(mono):
+            needs = (
+                "its ANC front-end needs" if entry.reads == registry.ANC else "its encoder fuses"
+            )
             reasons[system] = (
                 f"{needs} the far microphone (channel 1), but {len(mono):,} of "
                 f"{len(clips):,} clips are mono (e.g. {mono['path'].iloc[0]})"
@@ -91,6 +83,49 @@ def skip_notice(reasons: dict[str, str]) -> str:
     return " ".join(f"{system} is skipped: {why}." for system, why in reasons.items())
 
 
+def check_checkpoints(
+    profile: dict, skip: Iterable[str] = (), only: Iterable[str] | None = None
+) -> list[str]:
+    """Load, once each, the backbone checkpoints the profile's systems name (``$EAT_CHECKPOINT``
+    / ``$BEATS_CHECKPOINT`` over a section's ``checkpoint``), before any stage runs: every
+    system (fine-tuned and training-free) or those in ``only``, less those in ``skip`` (the
+    ones the data cannot feed). Returns the checkpoints checked.
+
+    Raises :class:`asd_utils.errors.RunError` naming the system, where the path came from, the path
+    and what was expected: a missing file or folder, or one of the wrong kind (not an EAT
+    Hugging Face folder, not a BEATs ``.pt`` …), so that a run on ``paper`` does not fail in
+    chapter 30 after hours of the baseline.
+    """
+    seen: dict[tuple[str, str], str] = {}
+    skip = set(skip)
+    backbones = registry.of_kind("fine-tuned", "frozen")
+    for system in backbones if only is None else list(only):
+        section = registry.get(system).section
+        if system in skip or section not in profile:
+            continue
+        values = settings(profile, system)
+        kind, path = values["backbone"], values["checkpoint"]
+        if not path or (kind, path) in seen:
+            continue
+        env = CHECKPOINT_ENV[kind]
+        origin = f"${env}" if os.environ.get(env) else f"the profile's {section}.checkpoint"
+        try:
+            build_backbone(kind, values["size"], path)
+        except (OSError, CheckpointError, ValueError, KeyError) as err:
+            expected = (
+                "an EAT Hugging Face folder (config.json, model.safetensors)"
+                if kind == "eat"
+                else "an official BEATs .pt file"
+            )
+            raise errors.RunError(
+                f"{system}: the {kind.upper() if kind == 'eat' else 'BEATs'} checkpoint "
+                f"{path} (from {origin}) cannot be used: {errors.one_line(err)}; "
+                f"expected {expected}"
+            ) from None
+        seen[(kind, path)] = system
+    return [path for _, path in seen]
+
+
 def class_names(table: pd.DataFrame, profile: dict, system: str) -> tuple[np.ndarray, list[str]]:
     """The classes a system learns from the training clips ``table``: ``(ids, names)``.
 
@@ -101,7 +136,7 @@ def class_names(table: pd.DataFrame, profile: dict, system: str) -> tuple[np.nda
     no attribute give one class (two with the domain).
     """
     section = settings(profile, system)
-    by_domain = SYSTEMS[system]["section"] == "beats_grl" or section["classes_by_domain"]
+    by_domain = registry.get(system).section == "beats_grl" or section["classes_by_domain"]
     return data.attribute_classes(table, by_domain=by_domain)
 
 
@@ -176,9 +211,10 @@ def front_end(profile: dict, system: str) -> tuple[int | None, Callable | None, 
     :class:`asd_utils.training.ClipDataset` and :func:`asd_utils.scoring.extract_embeddings`.
     System 3 denoises with the ANC chapter's settings (the profile's ``anc`` section); System 5
     reads both microphones (channel None)."""
-    if SYSTEMS[system]["fusion"]:
+    reads = registry.get(system).reads
+    if reads == registry.NEAR_FAR:
         return None, None, "near+far"
-    if not SYSTEMS[system]["anc"]:
+    if reads != registry.ANC:
         return 0, None, None
     options = anc.denoiser_settings(profile["anc"])
     key = "anc:" + ",".join(f"{k}={v}" for k, v in sorted(options.items()))
@@ -209,14 +245,24 @@ def repeat_target_clips(table, repeats: int = 1):
     return pd.concat([table] + [target] * (repeats - 1), ignore_index=True)
 
 
+def _training_clips(data_root, clips: pd.DataFrame | None) -> pd.DataFrame:
+    """The training clips of ``clips`` (the run's manifest), or of ``data_root`` indexed now
+    (a process of ``accelerate launch`` that was handed primitives only)."""
+    if clips is None:
+        return data.index_dataset(data_root, split="train")
+    return clips[clips["split"] == "train"].reset_index(drop=True)
+
+
 def build(
     data_root: str,
     profile: str,
     system: str,
     progress: bool = True,
     loss_overrides: dict | None = None,
+    clips: pd.DataFrame | None = None,
 ):
-    """``(model, loss_fn, dataset)`` of one system, trained on the training clips of ``data_root``.
+    """``(model, loss_fn, dataset)`` of one system, trained on the training clips of ``data_root``
+    (those of ``clips``, the run's clip manifest, when given).
 
     Classes: :func:`class_names` over the training clips of every machine type present, dev and
     eval together (System 2's GRL loss maps its domain classes back to attribute class and
@@ -225,9 +271,9 @@ def build(
     profile_ = config.load_profile(profile)
     settings_ = settings(profile_, system)
     table = repeat_target_clips(
-        data.index_dataset(data_root, split="train"), settings_.get("target_repeats", 1)
+        _training_clips(data_root, clips), settings_.get("target_repeats", 1)
     )
-    grl = SYSTEMS[system]["section"] == "beats_grl"
+    grl = registry.get(system).section == "beats_grl"
     targets, names = class_names(table, profile_, system)
     train = train_config(profile_, system)
     loss_settings = {**settings_["loss"], **(loss_overrides or {})}
@@ -236,7 +282,7 @@ def build(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(train.seed)
         backbone = build_backbone(settings_["backbone"], settings_["size"], settings_["checkpoint"])
-        if SYSTEMS[system]["fusion"]:
+        if registry.get(system).reads == registry.NEAR_FAR:
             backbone = FusionBackbone(
                 backbone,
                 settings_["blocks"],
@@ -297,7 +343,13 @@ def run_file(data_root: str | Path, profile: str, system: str, output_dir: str |
     )
 
 
-def run_dir(output_root: str | Path, profile: dict, system: str, data_root: str | Path) -> Path:
+def run_dir(
+    output_root: str | Path,
+    profile: dict,
+    system: str,
+    data_root: str | Path,
+    clips: pd.DataFrame | None = None,
+) -> Path:
     """Where a system's training run lives: ``<output_root>/training/<system>-<key>``, the key a
     hash of everything that changes the weights (section, front-end, seed, data root and its
     training clips as files, :func:`asd_utils.data.clip_fingerprint`), so a changed profile or
@@ -313,7 +365,7 @@ def run_dir(output_root: str | Path, profile: dict, system: str, data_root: str 
         "front_end": front_end(profile, system)[2],
         "seed": profile["seed"],
         "data_root": str(data_root),
-        "clips": data.clip_fingerprint(data.index_dataset(data_root, split="train")),
+        "clips": data.clip_fingerprint(_training_clips(data_root, clips)),
     }
     key = hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
     return Path(output_root) / "training" / f"{system.replace(' ', '_')}-{key[:10]}"
@@ -326,17 +378,17 @@ def train_system(
     output_root: str | Path,
     progress: bool = True,
     overrides: dict | None = None,
+    clips: pd.DataFrame | None = None,
 ) -> training.TrainResult:
     """Build and train one system (resuming its run folder if it exists); EMA weights inside.
 
     ``overrides`` replace keys of the system's ``loss`` settings (e.g. ``{"lambda_max": 0.0}``
-    for the GRL ablation) and give the run its own folder.
+    for the GRL ablation) and give the run its own folder. ``clips``: the run's clip manifest
+    (:func:`asd_utils.stages.prepare`), so that nothing indexes the tree again.
     """
     profile = config.load_profile(profile_name)
-    model, loss, dataset = build(
-        str(data_root), profile_name, system, progress=progress, loss_overrides=overrides
-    )
-    folder = run_dir(output_root, profile, system, data_root)
+    model, loss, dataset = build(str(data_root), profile_name, system, progress, overrides, clips)
+    folder = run_dir(output_root, profile, system, data_root, clips)
     if overrides:
         tag = "-".join(f"{k}{v}" for k, v in sorted(overrides.items()))
         folder = folder.with_name(f"{folder.name}-{tag}")

@@ -9,22 +9,29 @@ Each system trains into ``<output_root>/training/<system>-<key>`` (:func:`asd_ut
 run_dir`, keyed by everything that changes its weights), resuming a stopped run from its last
 checkpoint; ``make report`` (or the chapter) afterwards finds the finished run and goes straight
 on to embedding and scoring. Under ``accelerate launch`` every process runs this same command;
-the batch size stays global. Before anything trains the data is indexed and checked, and a
-system that cannot run on it (System 3 or 5 on mono clips) is refused with the reason.
+the batch size stays global. Before anything trains the data is indexed and checked (as the
+pipeline's door, :func:`asd_utils.pipeline.preflight`: train and test clips of both domains,
+the checkpoints), a system that cannot run on it (System 3 or 5 on mono clips) is refused with
+the reason, and the output root is locked (:class:`asd_utils.runs.OutputLock`) by the main
+process, so a pipeline or another training run into it is refused. Every refusal is one line
+(``--debug`` or ``ASD_DEBUG=1`` for the traceback).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import time
 
 from accelerate import PartialState
 
-from asd_utils import config, data, systems
+from asd_utils import config, data, errors, registry, runs, systems
 
 
 def main(argv: list[str] | None = None) -> dict:
+    """Train the systems named on the command line; returns ``{system: TrainResult}``. Raises
+    on a user error (:func:`asd_utils.errors.run_command` makes it one line)."""
     parser = argparse.ArgumentParser(
         prog="python -m asd_utils.train",
         description="Train fine-tuned systems into the run folders the notebooks find.",
@@ -34,24 +41,40 @@ def main(argv: list[str] | None = None) -> dict:
         "--system",
         nargs="+",
         required=True,
-        choices=sorted(systems.SYSTEMS),
+        choices=registry.of_kind("fine-tuned"),
         help="one or more of the fine-tuned systems",
     )
     parser.add_argument("--data-root", help="a DCASE tree (default: $DATA_ROOT, else synthetic)")
     parser.add_argument("--output-root", help="default: $OUTPUT_ROOT, else outputs/<profile>")
     parser.add_argument("--no-progress", action="store_true")
+    errors.add_debug_option(parser)
     args = parser.parse_args(argv)
 
     profile = config.load_profile(args.profile)
     paths = config.resolve_paths(profile, args.data_root, args.output_root)
     state = PartialState()
     main_process = state.is_main_process
+    lock = contextlib.nullcontext()
+    if main_process:
+        runs.check_output_root(paths.output_root)
+        lock = runs.OutputLock(paths.output_root)
+    with lock:
+        if getattr(lock, "taken_over", None) is not None:
+            print(runs.takeover_note(lock.taken_over, paths.output_root))
+        return _train(args, profile, paths, state)
+
+
+def _train(args, profile: dict, paths: config.RunPaths, state: PartialState) -> dict:
+    """:func:`main` once the output root is locked."""
+    main_process = state.is_main_process
     with state.main_process_first():  # one process makes the synthetic data, the others wait
         config.prepare_data(profile, paths, progress=main_process)
     clips = data.index_dataset(paths.data_root, cache_dir=paths.output_root / "cache")
+    data.check_machine_types(clips)
     refused = {s: why for s, why in systems.unavailable(clips).items() if s in args.system}
     if refused:
         sys.exit(systems.skip_notice(refused))
+    systems.check_checkpoints(profile, only=args.system)
     if main_process:
         print(f"profile {profile['name']} · data {paths.data_root} · outputs {paths.output_root}")
         print(data.describe_channels(clips))
@@ -74,4 +97,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(errors.run_command(main))

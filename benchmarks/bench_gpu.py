@@ -35,7 +35,7 @@ import torch
 import yaml
 from machine import load_recorded
 
-from asd_utils import config, data, scoring, synth, systems, training
+from asd_utils import config, data, registry, scoring, synth, systems, training
 
 DEFAULT_SYSTEMS = ("System 1", "System 2", "System 3", "System 5")
 
@@ -88,7 +88,7 @@ def run_system(system: str, profile_path: Path, profile: dict, root: Path, out: 
     result = systems.train_system(root, str(profile_path), system, out / "full", progress=False)
     peak = torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else float("nan")
     steps_per_s = result.steps / result.loop_seconds
-    full_steps = config.load_profile("paper")[systems.SYSTEMS[system]["section"]]["train"]["steps"]
+    full_steps = config.load_profile("paper")[registry.get(system).section]["train"]["steps"]
 
     clips = data.index_dataset(root)
     channel, preprocess, _ = systems.front_end(profile, system)

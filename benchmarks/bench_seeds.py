@@ -27,41 +27,27 @@ import torch
 import yaml
 from machine import load_recorded
 
-from asd_utils import baseline, config, data, files, metrics, scoring, systems
-from asd_utils.models.autoencoder import AETrainConfig
+from asd_utils import analysis, config, data, files, stages
 
 
-def autoencoder_scores(clips: pd.DataFrame, profile: dict) -> dict[str, float]:
-    """Official scores (%) of baseline-MSE and baseline-MAHALA, as chapter 20 computes them."""
-    training = AETrainConfig(**profile["baseline"], seed=profile["seed"])
-    parts = []
-    for _, part in clips.groupby("machine_type", sort=False):
-        baseline.seed_everything(profile["seed"])
-        parts.append(baseline.run_autoencoder(part, training=training, progress=False).scores)
-    scores = pd.concat(parts, ignore_index=True)
-    test = scores[scores["split"] == "test"]
-    return {
-        system: 100
-        * metrics.summarise(
-            metrics.evaluate(metrics.labelled(test.assign(anomaly_score=test[col]))[0])
-        )["hmean"]
-        for system, col in (("baseline-MSE", "mse"), ("baseline-MAHALA", "mahalanobis"))
-    }
+def seed_run(clips, paths, profile_path: Path, profile: dict, out: Path) -> stages.Run:
+    """The run of one seed: the report's data (its clip table), its own output folder."""
+    return stages.Run(profile, config.RunPaths(paths.data_root, out, False), profile_path, clips)
 
 
-def system_score(clips, data_root, profile_path: Path, profile: dict, system: str, out: Path):
-    """Official score (%) of one fine-tuned system, as chapters 30 and 50 compute it."""
-    result = systems.train_system(data_root, str(profile_path), system, out, progress=False)
-    channel, preprocess, _ = systems.front_end(profile, system)
-    section = systems.settings(profile, system)
-    embeddings = scoring.extract_embeddings(
-        result.ema_model, clips, section["embed_batch_size"], channel, preprocess, progress=False
-    )
-    scores = scoring.score_system(clips, embeddings, k=systems.knn_k(profile, system))
-    test = scores[scores["split"] == "test"]
-    return 100 * metrics.summarise(metrics.evaluate(metrics.labelled(test)[0]))[
-        "hmean"
-    ], result.seconds
+def autoencoder_scores(run: stages.Run) -> dict[str, float]:
+    """Official scores (%) of baseline-MSE and baseline-MAHALA: the baseline stage."""
+    outcome = stages.baseline(run)
+    return {s: 100 * analysis.summary(scores)["hmean"] for s, scores in outcome.scores.items()}
+
+
+def system_score(run: stages.Run, system: str) -> tuple[float, float]:
+    """Official score (%) of one fine-tuned system and its training seconds: the train, embed
+    and score stages, as the report runs them."""
+    result = stages.train(run, system)
+    stages.embed(run, system, result)
+    scores = stages.score(run, [system])[system]
+    return 100 * analysis.summary(scores)["hmean"], result.seconds
 
 
 def run() -> None:
@@ -87,11 +73,10 @@ def run() -> None:
             profile_path.write_text(yaml.safe_dump(profile))
             start = time.perf_counter()
             row = {"seed": seed, "data_root": str(paths.data_root)}
-            row.update(autoencoder_scores(clips, profile))
+            run = seed_run(clips, paths, profile_path, profile, Path(tmp) / str(seed))
+            row.update(autoencoder_scores(run))
             row["baseline seconds"] = round(time.perf_counter() - start, 1)
-            score, seconds = system_score(
-                clips, paths.data_root, profile_path, profile, args.system, Path(tmp) / str(seed)
-            )
+            score, seconds = system_score(run, args.system)
             row.update({args.system: score, f"{args.system} seconds": round(seconds, 1)})
             rows.append(row)
             print(

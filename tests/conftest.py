@@ -21,3 +21,22 @@ def dcase2023_samples() -> Path:
     if not FIXTURES_2023.is_dir():
         pytest.skip(f"real DCASE fixtures not found at {FIXTURES_2023}")
     return FIXTURES_2023
+
+
+@pytest.fixture(scope="session")
+def smoke_run(tmp_path_factory):
+    """The whole pipeline and the book on the smoke profile, once per test session:
+    ``(folder, run record)``, the book under ``folder/build/_build/html``."""
+    import yaml
+
+    from asd_utils import config, pipeline
+
+    tmp = tmp_path_factory.mktemp("pipeline")
+    profile = config.load_profile("smoke")
+    profile["data"]["synthetic_root"] = str(tmp / "data")
+    profile_path = tmp / "smoke.yaml"
+    profile_path.write_text(yaml.safe_dump(profile))
+    record = pipeline.run(
+        str(profile_path), output_root=str(tmp / "out"), build_dir=str(tmp / "build")
+    )
+    return tmp, record

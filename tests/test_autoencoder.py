@@ -117,3 +117,27 @@ def test_training_clips_get_out_of_fold_mahalanobis_scores():
     means = torch.stack([residual[owner == c].double().mean(0) for c in range(10)])
     in_sample = torch.einsum("nd,de,ne->n", means, all_s, means).numpy()
     assert scores[:10].mean() > in_sample.mean()
+
+
+def test_clips_of_differing_lengths_in_one_machine_type_are_scored_each_whole(tmp_path):
+    # 2026 machine types last 6, 10 or 16 s, and test clips may outlast training clips: the
+    # baseline's frame vectors are per clip, as the official baseline's per-file features
+    config = synth.SynthConfig(("fan",), 4, 2, 2, {"default": 1.0})
+    root = synth.generate_dataset(tmp_path, config, progress=False)
+    clips = data.index_dataset(root)
+    rng = np.random.default_rng(0)
+    seconds = {}
+    for i, path in enumerate(clips["path"]):  # 1.0, 1.5 and 2.25 s clips, train and test
+        n = int(16000 * (1.0, 1.5, 2.25)[i % 3])
+        data.write_wav(path, rng.uniform(-0.1, 0.1, (2, n)))
+        seconds[path] = n
+    clips = data.index_dataset(root)
+    assert clips["frames"].nunique() == 3
+    vectors, owner = baseline.frame_vectors(clips["path"].tolist(), baseline.AEFeatureConfig(), 5)
+    for i, path in enumerate(clips["path"]):
+        near = torch.from_numpy(data.read_audio(path)[0])
+        expected = stack_frames(log_mel(near[None]), 5)[0]
+        assert len(expected) == 1 + seconds[path] // 512 - 4
+        torch.testing.assert_close(vectors[owner == i], expected)
+    result = baseline.run_autoencoder(clips, training=AETrainConfig(epochs=1), progress=False)
+    assert np.isfinite(result.scores[["mse", "mahalanobis"]].to_numpy()).all()

@@ -43,7 +43,19 @@ def test_paths_argument_beats_environment_beats_profile(monkeypatch, tmp_path):
     assert handed_on.synthetic  # the pipeline passes the resolved synthetic root to notebooks
     given = config.resolve_paths(profile, data_root=str(tmp_path / "arg"), output_root="out")
     assert given.data_root == tmp_path / "arg"
-    assert given.output_root == config.REPO_ROOT / "out"  # relative: from the repo, not the cwd
+
+
+def test_relative_paths_the_user_gives_are_taken_from_the_working_directory(monkeypatch, tmp_path):
+    profile = config.load_profile("smoke")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("OUTPUT_ROOT", raising=False)
+    given = config.resolve_paths(profile, data_root="data", output_root="out")
+    assert (given.data_root, given.output_root) == (tmp_path / "data", tmp_path / "out")
+    monkeypatch.setenv("DATA_ROOT", "env-data")
+    assert config.resolve_paths(profile).data_root == tmp_path / "env-data"
+    monkeypatch.delenv("DATA_ROOT")
+    default = config.resolve_paths(profile)  # the profile's own defaults: from the repository
+    assert default.output_root == config.REPO_ROOT / "outputs/smoke"
 
 
 def test_a_user_data_root_must_exist(tmp_path):

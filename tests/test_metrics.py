@@ -303,11 +303,30 @@ def _mixed_scores() -> pd.DataFrame:
 def test_labelled_keeps_test_clips_with_ground_truth_and_names_the_rest():
     scores = _mixed_scores()
     known, missing = metrics.labelled(scores)
-    assert missing == ["ToyDrone"]
+    assert missing == {"ToyDrone": metrics.ANONYMOUS}
     assert set(known["machine_type"]) == {"fan"} and known["split"].eq("test").all()
     assert len(known) == 8
-    assert "ToyDrone" in metrics.no_ground_truth_note(missing)
+    assert "No ground truth for ToyDrone" in metrics.no_ground_truth_note(missing)
+    assert "No ground truth for ToyDrone" in metrics.no_ground_truth_note(["ToyDrone"])
     assert "ground truth" in metrics.no_ground_truth_note([])
+
+
+@pytest.mark.parametrize(
+    ("drop", "reason"),
+    [
+        ("label == 'anomaly'", "hold no anomalous clip, so AUC and pAUC are undefined"),
+        ("label == 'normal'", "hold no source-domain normal clip"),
+        ("label == 'normal' and domain == 'target'", "hold no target-domain normal clip"),
+    ],
+)
+def test_a_labelled_test_set_without_anomalies_or_normals_is_scored_without_metrics(drop, reason):
+    scores = _mixed_scores()
+    scores = scores[~(scores["machine_type"].eq("fan") & scores.eval(drop))]
+    known, missing = metrics.labelled(scores)
+    assert list(missing) == ["fan", "ToyDrone"] and reason in missing["fan"]
+    assert known.empty and metrics.evaluate(known).empty  # no "AUC undefined" error
+    note = metrics.no_ground_truth_note(missing)
+    assert "No ground truth for ToyDrone" in note and "No metrics for fan (its" in note
 
 
 def test_labelled_refuses_a_machine_type_with_some_labels_missing():

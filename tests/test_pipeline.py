@@ -11,23 +11,9 @@ import nbformat
 import numpy as np
 import pandas as pd
 import pytest
-import yaml
 from sklearn.metrics import roc_auc_score
 
 from asd_utils import config, data, metrics, pipeline, submission, synth
-
-
-@pytest.fixture(scope="module")
-def smoke_run(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("pipeline")
-    profile = config.load_profile("smoke")
-    profile["data"]["synthetic_root"] = str(tmp / "data")
-    profile_path = tmp / "smoke.yaml"
-    profile_path.write_text(yaml.safe_dump(profile))
-    record = pipeline.run(
-        str(profile_path), output_root=str(tmp / "out"), build_dir=str(tmp / "build")
-    )
-    return tmp, record
 
 
 def test_source_notebooks_are_clean_with_one_parameters_cell():
@@ -64,9 +50,9 @@ def test_the_book_shows_results_first_no_machine_path_and_no_network_script(smok
         assert not found, (page.name, found)
         assert not re.search(r"<script[^>]*src=\"https?:", text), page.name
         assert "profile = " not in text, page.name  # papermill's parameters cell is hidden
-    assert (html / "_static" / "mathjax" / "MathJax.js").is_file()
+    assert (html / "_static" / "mathjax" / "tex-chtml.js").is_file()
     landing = (html / "book" / "intro.html").read_text()
-    assert 'src="../_static/mathjax/MathJax.js' in landing
+    assert 'src="../_static/mathjax/tex-chtml.js' in landing
     # the landing page: the computed official scores of this run, as metrics.csv has them
     table = pd.read_csv(tmp / "out" / "metrics.csv", dtype={"section": str})
     for system in ("baseline-MSE", "System 1", "System 0"):
@@ -165,7 +151,7 @@ def test_eval_machine_types_get_a_package_with_one_row_per_test_clip(smoke_run):
     tmp, record = smoke_run
     clips = data.index_dataset(tmp / "data")
     eval_test = clips[(clips["dataset"] == "eval") & (clips["split"] == "test")]
-    assert record["no_ground_truth"] == ["gearboxEmu"] and len(eval_test) > 0
+    assert list(record["no_ground_truth"]) == ["gearboxEmu"] and len(eval_test) > 0
     package = tmp / "out" / "submission" / "task2"
     folders = sorted(p for p in package.iterdir() if p.is_dir())
     assert [p.name for p in folders] == [f"Lastname_Institute_task2_{n}" for n in (1, 2, 3, 4)]

@@ -353,10 +353,11 @@ def test_unknown_system(tree, tmp_path):
         )
 
 
-def test_bad_label(tree, tmp_path):
+@pytest.mark.parametrize("label", ["Doe XJU", "Doe_XJU\n"])
+def test_bad_label(tree, tmp_path, label):
     with pytest.raises(ValueError, match="Lastname>_<Institute"):
         submission.write_package(
-            tree["output_root"], tree["data_root"], PROFILE, label="Doe XJU", destination=tmp_path
+            tree["output_root"], tree["data_root"], PROFILE, label=label, destination=tmp_path
         )
 
 
@@ -482,7 +483,7 @@ def test_cli_check(package, tree, good_folder, capsys):
     assert submission.main(["check", dev, "--data-root", data_root, "--set", "dev"]) == 0
     capsys.readouterr()
     _score_csv(good_folder).write_text("file_name,anomaly_score\n")
-    assert submission.main(["check", str(good_folder), "--data-root", data_root]) == 1
+    assert submission.main(["check", str(good_folder), "--data-root", data_root]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1 and "line 1" in err
 
@@ -499,5 +500,5 @@ def test_cli_write(tree, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "Roe_ABC_task2_1 = System 2" in out and "--teams_root_dir ../dev" in out
     assert (destination / "task2" / "Roe_ABC_task2_1" / "Roe_ABC_task2_1.meta.yaml").is_file()
-    assert submission.main([*argv, "--systems", "System 7"]) == 1
+    assert submission.main([*argv, "--systems", "System 7"]) == 2
     assert capsys.readouterr().err.startswith("error: systems ['System 7'] did not run")

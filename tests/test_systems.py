@@ -8,7 +8,7 @@ import pytest
 import torch
 import yaml
 
-from asd_utils import config, data, systems, training
+from asd_utils import config, data, registry, systems, training
 from asd_utils.losses import GRLLoss
 from asd_utils.models.heads import grl_lambda, reverse_gradient
 
@@ -69,13 +69,15 @@ def tiny_setup(tmp_path_factory):
     return str(path), profile, paths, tmp
 
 
-@pytest.mark.parametrize("system", sorted(systems.SYSTEMS))
+@pytest.mark.parametrize("system", registry.of_kind("fine-tuned"))
 def test_every_system_builds_from_primitives(tiny_setup, system):
     profile_path, profile, paths, _ = tiny_setup
     model, loss, dataset = systems.build(str(paths.data_root), profile_path, system, progress=False)
     waveform, target, _ = dataset[(0, 1)]
-    crop = int(profile[systems.SYSTEMS[system]["section"]]["crop_seconds"] * 16000)
-    channels = (2,) if systems.SYSTEMS[system]["fusion"] else ()  # System 5: near and far
+    crop = int(profile[registry.get(system).section]["crop_seconds"] * 16000)
+    channels = (
+        (2,) if registry.get(system).reads == registry.NEAR_FAR else ()
+    )  # System 5: near and far
     assert waveform.shape == (*channels, crop)
     batch = torch.stack([waveform, waveform])
     out = loss(model(batch, augment=None), torch.stack([target, target]))

@@ -38,10 +38,15 @@ def test_trains_into_the_notebooks_run_folder_and_finds_it_finished(tree, capsys
 def test_refuses_a_system_the_data_cannot_feed_before_training(tmp_path, tree):
     _, path, _ = tree
     rng = np.random.default_rng(0)
-    for i in range(3):
-        name = f"section_00_source_train_normal_{i:04d}_noAttribute.wav"
+    for split, domain, label in [
+        ("train", "source", "normal"),
+        ("train", "target", "normal"),
+        ("test", "source", "normal"),
+        ("test", "source", "anomaly"),
+    ]:
+        name = f"section_00_{domain}_{split}_{label}_0000_noAttribute.wav"
         audio = rng.uniform(-0.1, 0.1, (1, 8000)).astype(np.float32)
-        data.write_wav(tmp_path / "mono" / "fan" / "train" / name, audio)
+        data.write_wav(tmp_path / "mono" / "fan" / split / name, audio)
     argv = ["--profile", str(path), "--system", "System 3", "--data-root", str(tmp_path / "mono"),
             "--output-root", str(tmp_path / "out")]  # fmt: skip
     with pytest.raises(SystemExit, match="System 3 is skipped: its ANC front-end needs the far"):

@@ -17,12 +17,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from asd_utils.errors import UserError
+
 SAMPLE_RATE = 16000
 FRAME_LENGTH = 400  # 25 ms at 16 kHz: the Kaldi fbank frame both backbones use
 FRAME_SHIFT = 160  # 10 ms
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(UserError, RuntimeError):
     """A checkpoint that exists but cannot be used: wrong kind of file, wrong keys or shapes."""
 
 

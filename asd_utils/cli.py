@@ -1,0 +1,217 @@
+"""``asd``: the pipeline's stages from the command line, one sub-command each.
+
+    asd run      --profile quick                      # every stage; no notebook, no book
+    asd report   --profile quick                      # the notebooks (calling the stages), book
+    asd prepare  --profile paper --data-root /data/dcase2026
+    asd train    --profile paper --system "System 1"  # or: accelerate launch -m asd_utils.train
+    asd embed    --profile paper --system "System 1"
+    asd score | ensemble | evaluate | package  --profile paper
+    asd detect   --profile paper --system "System 1" NEW_CLIPS/ --output scores.csv
+
+Every sub-command takes the same ``--profile``, ``--data-root`` and ``--output-root``
+(default: ``$DATA_ROOT`` / ``$OUTPUT_ROOT``, else the profile's synthetic data and
+``outputs/<profile>``) and reads what the stages before it wrote there; a finished stage is found,
+not redone. ``-q`` says only warnings, ``-v`` says more; an error is one line (``--debug`` or
+``ASD_DEBUG=1`` for the traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+
+from asd_utils import errors, registry
+
+log = logging.getLogger("asd_utils")
+
+
+def _common() -> argparse.ArgumentParser:
+    """The options every sub-command shares, defined once."""
+    common = argparse.ArgumentParser(add_help=False)
+    where = common.add_argument_group("what and where")
+    where.add_argument("--profile", required=True, help="smoke, quick, paper, or a YAML path")
+    where.add_argument(
+        "--data-root", help="a DCASE tree (default: $DATA_ROOT, else the profile's synthetic data)"
+    )
+    where.add_argument(
+        "--output-root", help="results (default: $OUTPUT_ROOT, else outputs/<profile>)"
+    )
+    talk = common.add_argument_group("how much it says")
+    talk.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
+    talk.add_argument("-v", "--verbose", action="store_true", help="say more")
+    errors.add_debug_option(talk)
+    return common
+
+
+def parser() -> argparse.ArgumentParser:
+    common = _common()
+    top = argparse.ArgumentParser(
+        prog="asd",
+        description="XJU system for DCASE 2026 Task 2: the pipeline's stages, one sub-command "
+        "each (prepare → train → embed → score → ensemble → evaluate → package).",
+        epilog="Start with `asd run --profile smoke` (a minute) or `asd report --profile quick`.",
+    )
+    commands = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, help: str) -> argparse.ArgumentParser:
+        return commands.add_parser(name, parents=[common], help=help, description=help)
+
+    trainable = registry.of_kind("fine-tuned")
+    command("run", "every stage in order, no notebook and no book")
+    report = command("report", "the notebooks (papermill; they call the stages), then the book")
+    report.add_argument("--only", nargs="*", help="notebook numbers or names (default: all)")
+    report.add_argument("--no-book", action="store_true", help="skip the book")
+    report.add_argument("--build-dir", help="the book goes to <build-dir>/_build/html")
+    report.add_argument("--kernel", default="python3", help="Jupyter kernel (default python3)")
+    command("status", "what the run in the output root is doing, or how it ended")
+    command("prepare", "index and check every clip; write the clip manifest clips.csv")
+    command("baseline", "the autoencoder baseline: train per machine type, score, write files")
+    train = command("train", "train fine-tuned systems (resumable; under accelerate launch too)")
+    train.add_argument("--system", nargs="+", required=True, choices=trainable)
+    embed = command("embed", "embed every clip with trained systems")
+    embed.add_argument("--system", nargs="+", required=True, choices=trainable)
+    score = command("score", "score embedded systems with the default back end; official files")
+    score.add_argument("--system", nargs="+", help="default: every embedded system")
+    command("frozen", "System 0 (frozen encoder) and the log-mel floor: embed, score, write")
+    command("ensemble", "System 4 from its members' written scores")
+    command("evaluate", "metrics.csv and table2.csv from the written official files")
+    package = command("package", "the DCASE submission package, checked after writing")
+    package.add_argument("--label", help="<Lastname>_<Institute> (default: the profile's)")
+    package.add_argument("--systems", nargs="+", help="at most 4 (default: the profile's)")
+    detect = command(
+        "detect", "score new recordings (WAV files or folders, any names) with a finished system"
+    )
+    detect.add_argument("clips", nargs="+", help="WAV files or folders of them")
+    detect.add_argument("--system", required=True, help="a system this run wrote")
+    detect.add_argument("--output", required=True, help="the CSV to write")
+    detect.add_argument("--machine-type", help="whose training clips are the reference")
+    detect.add_argument("--section", help="the section of that machine type (e.g. 00)")
+    return top
+
+
+def _logging(args) -> None:
+    level = logging.WARNING if args.quiet else logging.DEBUG if args.verbose else logging.INFO
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    log.handlers[:] = [handler]
+    log.setLevel(level)
+    log.propagate = False
+
+
+def _dispatch(args) -> None:
+    from asd_utils import config, runs, stages
+
+    if args.command == "report":
+        from asd_utils import pipeline
+
+        pipeline.run(
+            args.profile,
+            args.data_root,
+            args.output_root,
+            args.build_dir,
+            not args.no_book,
+            args.only,
+            args.kernel,
+        )
+        return
+    if args.command == "train":
+        from asd_utils import train
+
+        argv = ["--profile", args.profile, "--system", *args.system]
+        for flag, value in (("--data-root", args.data_root), ("--output-root", args.output_root)):
+            if value:
+                argv += [flag, value]
+        train.main(argv)
+        return
+    if args.command == "status":
+        profile = config.load_profile(args.profile)
+        print(
+            runs.status(config.resolve_paths(profile, args.data_root, args.output_root).output_root)
+        )
+        return
+    run = stages.open_run(args.profile, args.data_root, args.output_root, progress=not args.quiet)
+    if args.command == "detect":  # reads the run; writes only its --output
+        stages.detect(run, args.system, args.clips, args.output, args.machine_type, args.section)
+        return
+    runs.check_output_root(run.paths.output_root)
+    with runs.OutputLock(run.paths.output_root) as lock:  # one run per output root
+        if lock.taken_over is not None:
+            print(runs.takeover_note(lock.taken_over, run.paths.output_root), file=sys.stderr)
+        _stage(args, run)
+
+
+def _stage(args, run) -> None:
+    """One stage sub-command (or all of them, ``run``) on the locked output root."""
+    from asd_utils import stages
+
+    progress = not args.quiet
+    if args.command == "run":
+        _run_recorded(run, progress)
+    elif args.command == "prepare":
+        stages.prepare(run)
+    elif args.command == "baseline":
+        stages.baseline(run, progress=progress)
+    elif args.command == "embed":
+        for system in args.system:
+            stages.embed(run, system, progress=progress)
+    elif args.command == "score":
+        stages.score(run, args.system)
+    elif args.command == "frozen":
+        stages.frozen(run, progress=progress)
+    elif args.command == "ensemble":
+        stages.ensemble(run)
+    elif args.command == "evaluate":
+        stages.evaluate(run)
+    elif args.command == "package":
+        stages.package(run, args.systems, args.label)
+
+
+def _run_recorded(run, progress: bool) -> None:
+    """``asd run``: every stage, with ``run_record.json`` as the report keeps it (status, the
+    stage running, each stage's seconds; failed or interrupted at a stage)."""
+    from asd_utils import pipeline, stages
+    from asd_utils.files import atomic_write_text
+
+    seconds: dict[str, float] = {}
+    now = {"stage": None}
+
+    def record(status: str) -> None:
+        written = pipeline.run_record(run.profile, run.paths, seconds, None, status, now["stage"])
+        atomic_write_text(run.paths.output_root / "run_record.json", json.dumps(written, indent=2))
+
+    def begin(name: str) -> None:
+        now["stage"] = name
+        record("running")
+
+    try:
+        stages.run_all(run, progress, seconds, on_stage=begin)
+    except KeyboardInterrupt:
+        record(f"interrupted at {now['stage']}")
+        raise errors.Interrupted(
+            f"interrupted in stage {now['stage']}; run the same command to resume"
+        ) from None
+    except Exception as err:
+        record(f"failed at {now['stage']}: {errors.one_line(err)}")
+        raise
+    record("finished")
+
+
+def _main(argv) -> None:
+    args = parser().parse_args(argv)
+    _logging(args)
+    start = time.perf_counter()
+    _dispatch(args)
+    log.info("asd %s: done in %.0f s", args.command, time.perf_counter() - start)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``asd``: returns the exit status (0; 2 for a user error, said in one line; 130 when
+    interrupted): :func:`asd_utils.errors.run_command`."""
+    return errors.run_command(_main, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,129 @@
+"""What every command shares: user errors as one line, ``--debug``, interruptions.
+
+A command's ``main`` raises; :func:`run_command` turns what it raised into what a command-line
+user sees: a problem they can fix (:class:`UserError` and its kinds — :class:`asd_utils.data.
+DataError`, :class:`asd_utils.config.ProfileError`, :class:`asd_utils.submission.
+SubmissionError`, a checkpoint that cannot be used — or an :class:`OSError`, whose message
+names the path) is one line ``error: <message>`` on stderr and exit status 2; Ctrl-C or
+SIGTERM (:class:`Interrupted`) one line and status 130. With ``--debug`` on the command line or
+``ASD_DEBUG=1`` in the environment the traceback is shown as well. Anything else is a bug and
+keeps its traceback. No torch here: the light modules import this one.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import traceback
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+
+DEBUG_ENV = "ASD_DEBUG"
+USER_ERROR_STATUS = 2
+INTERRUPTED_STATUS = 130  # 128 + SIGINT, as a shell reports Ctrl-C
+
+
+class UserError(Exception):
+    """A problem the user can fix (bad data, a bad profile, a busy output folder …); the
+    message alone says what and where, so a command prints it as one line."""
+
+
+class RunError(UserError):
+    """A run that cannot start or go on: a busy, unwritable or misplaced output root, a
+    missing checkpoint, data a stage cannot use."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM: the message says where the run stopped and how to go on."""
+
+
+def debug_requested(argv: Sequence[str] | None = None) -> bool:
+    """True with ``--debug`` among the arguments (default ``sys.argv``) or ``ASD_DEBUG`` set
+    to anything but ``""``/``0``."""
+    argv = sys.argv[1:] if argv is None else argv
+    return "--debug" in argv or os.environ.get(DEBUG_ENV, "") not in ("", "0")
+
+
+def one_line(err: BaseException) -> str:
+    """The message of ``err`` as one line (its first; the type name when it has none)."""
+    text = str(err).strip()
+    if isinstance(err, KeyError) and err.args:
+        text = str(err.args[0])
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+def is_user_error(err: BaseException) -> bool:
+    """Whether ``err`` is for the user (one line) rather than a bug (a traceback)."""
+    return isinstance(err, UserError | OSError)
+
+
+def run_command(main: Callable[[Sequence[str] | None], object], argv=None) -> int:
+    """Call ``main(argv)`` and return an exit status: 0, 2 for a user error (one line
+    ``error: …`` on stderr), 130 for an interruption (one line), the status of a
+    ``SystemExit``. A traceback only with :func:`debug_requested`; other errors propagate."""
+    debug = debug_requested(argv)
+    try:
+        with interrupt_on_signals():
+            main(argv)
+    except KeyboardInterrupt as err:
+        if debug:
+            traceback.print_exc()
+        message = str(err) if isinstance(err, Interrupted) and str(err) else "interrupted"
+        print(message, file=sys.stderr)
+        return INTERRUPTED_STATUS
+    except SystemExit as err:
+        if err.code is None or isinstance(err.code, int):
+            return err.code or 0
+        print(f"error: {err.code}", file=sys.stderr)
+        return USER_ERROR_STATUS
+    except Exception as err:
+        if not is_user_error(err):
+            raise
+        if debug:
+            traceback.print_exc()
+        print(f"error: {one_line(err)}", file=sys.stderr)
+        return USER_ERROR_STATUS
+    return 0
+
+
+_STOP = {"signal": None}  # the signal that asked this process to stop, once one has
+
+
+def stop_requested() -> bool:
+    """Whether Ctrl-C or SIGTERM has asked this process to stop (within
+    :func:`interrupt_on_signals`): cleanup code then shuts kernels down at once instead of
+    waiting for them."""
+    return _STOP["signal"] is not None
+
+
+@contextmanager
+def interrupt_on_signals() -> Iterator[None]:
+    """Within the block, Ctrl-C (SIGINT) and SIGTERM raise :class:`KeyboardInterrupt` (so a run
+    that is told to stop records where it stopped) and set :func:`stop_requested`; the old
+    handlers come back after. Only in the main thread (elsewhere signals cannot be handled)."""
+
+    def handler(signum, frame):
+        _STOP["signal"] = signum
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    previous = {}
+    try:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            previous[signum] = signal.signal(signum, handler)
+    except ValueError:  # not the main thread
+        pass
+    try:
+        yield
+    finally:
+        for signum, old in previous.items():
+            signal.signal(signum, old)
+
+
+def add_debug_option(parser) -> None:
+    """The ``--debug`` option every command has (read by :func:`debug_requested`)."""
+    parser.add_argument(
+        "--debug",
+        action="store_true",
+        help=f"show the traceback of an error (also: {DEBUG_ENV}=1)",
+    )

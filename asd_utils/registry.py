@@ -1,0 +1,188 @@
+"""The one table of the systems there are: every module, the profile schema, the book and the
+submission package read it (``architecture.md``: "one registry of systems").
+
+A system is a name (the folder of its official files, the column of Table 2), the profile section
+that configures it, what it reads of a clip, how it is made (``kind``), the chapter that shows it,
+and whether it is the paper's. Adding a system is an entry here, a profile section and a model;
+the stages (:mod:`asd_utils.stages`) dispatch on ``kind``, not on names.
+
+This module imports nothing heavy (no torch), so the schema, the book and the package may read it.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+# what a system reads of a clip
+NEAR, ANC, NEAR_FAR = "near", "anc", "near+far"
+# the environment variables that name the official backbone weights (over a profile's checkpoint)
+CHECKPOINT_ENV = {"eat": "EAT_CHECKPOINT", "beats": "BEATS_CHECKPOINT"}
+# how a system is made, in the order a run makes them
+KINDS = ("autoencoder", "fine-tuned", "frozen", "floor", "ensemble")
+
+
+@dataclass(frozen=True)
+class System:
+    """One system of the house.
+
+    ``section``: the profile section holding its settings (``None``: none of its own);
+    ``reads``: ``near`` (channel 0), ``anc`` (the ANC-denoised near channel) or ``near+far``;
+    ``kind``: how it is made (:data:`KINDS`): the autoencoder baseline, a backbone fine-tuned by
+    the common training loop, a frozen encoder, the log-mel floor (no model), or an ensemble of
+    other systems' scores; ``chapter``: the notebook that makes it; ``paper``: a system of the
+    XJU report (else beyond the paper); ``title``: a short line for the book and meta files.
+    """
+
+    name: str
+    section: str | None
+    reads: str
+    kind: str
+    chapter: str
+    paper: bool
+    title: str
+
+    @property
+    def needs_far(self) -> bool:
+        """Whether the system needs the far microphone (channel 1): not on mono data."""
+        return self.reads in (ANC, NEAR_FAR)
+
+    @property
+    def trainable(self) -> bool:
+        """Whether the common training loop (:func:`asd_utils.training.train`) makes it."""
+        return self.kind == "fine-tuned"
+
+
+REGISTRY: dict[str, System] = {
+    s.name: s
+    for s in (
+        System(
+            "baseline-MSE",
+            "baseline",
+            NEAR,
+            "autoencoder",
+            "20_baseline_autoencoder",
+            True,
+            "the official autoencoder baseline, mean squared error",
+        ),
+        System(
+            "baseline-MAHALA",
+            "baseline",
+            NEAR,
+            "autoencoder",
+            "20_baseline_autoencoder",
+            True,
+            "the official autoencoder baseline, selective Mahalanobis distance",
+        ),
+        System(
+            "System 1",
+            "osscl",
+            NEAR,
+            "fine-tuned",
+            "30_osscl_training",
+            True,
+            "EAT fine-tuned with one-stage supervised contrastive learning (OSSCL)",
+        ),
+        System(
+            "System 2",
+            "beats_grl",
+            NEAR,
+            "fine-tuned",
+            "40_beats_grl_training",
+            True,
+            "BEATs fine-tuned with a margin classifier and a gradient reversal layer",
+        ),
+        System(
+            "System 3",
+            "osscl",
+            ANC,
+            "fine-tuned",
+            "30_osscl_training",
+            True,
+            "System 1 on the ANC-denoised near channel",
+        ),
+        System(
+            "System 4",
+            "ensemble",
+            NEAR,
+            "ensemble",
+            "60_ensemble",
+            True,
+            "the normalised ensemble of its members' scores",
+        ),
+        System(
+            "System 5",
+            "fusion",
+            NEAR_FAR,
+            "fine-tuned",
+            "35_two_channel_fusion",
+            False,
+            "EAT whose near channel attends to the far one (gated cross-attention), OSSCL",
+        ),
+        System(
+            "System 0",
+            "frozen",
+            NEAR_FAR,
+            "frozen",
+            "55_training_free",
+            False,
+            "a frozen pre-trained encoder on a view of both microphones, no training",
+        ),
+        System(
+            "log-mel floor",
+            None,
+            NEAR,
+            "floor",
+            "55_training_free",
+            False,
+            "log-mel band statistics with no model, the floor every system should clear",
+        ),
+    )
+}
+# the names a profile may list (submission systems, ensemble members): every registered system
+# but the floor, which is a yardstick, not a submission
+SUBMITTABLE = tuple(name for name, s in REGISTRY.items() if s.kind != "floor")
+
+
+def get(name: str) -> System:
+    """The registry entry of ``name``; an ablation ("System 2 (lambda 0)") is its system's."""
+    base = name.split(" (")[0]
+    if base not in REGISTRY:
+        raise KeyError(f"unknown system {name!r}; known: {', '.join(REGISTRY)}")
+    return REGISTRY[base]
+
+
+def of_kind(*kinds: str) -> list[str]:
+    """The names of the systems of these kinds, in registry order."""
+    return [name for name, s in REGISTRY.items() if s.kind in kinds]
+
+
+def paper() -> list[str]:
+    """The paper's systems, in the order of its Table 2."""
+    return [name for name, s in REGISTRY.items() if s.paper]
+
+
+def beyond() -> list[str]:
+    """The systems beyond the paper, in registry order."""
+    return [name for name, s in REGISTRY.items() if not s.paper]
+
+
+def ordered(names) -> list[str]:
+    """``names`` in the order the book shows them: the paper's, then beyond it, then the rest
+    (ablations such as "System 2 (lambda 0)") in their own order."""
+    names = list(names)
+    known = [n for n in [*paper(), *beyond()] if n in names]
+    return known + [n for n in names if n not in known]
+
+
+def settings(profile: dict, name: str) -> dict:
+    """The profile section of system ``name`` (a copy), with the backbone checkpoint resolved:
+    ``$EAT_CHECKPOINT`` / ``$BEATS_CHECKPOINT`` over the profile's ``checkpoint``; "" = none."""
+    system = get(name)
+    if system.section is None:
+        raise KeyError(f"{system.name} has no profile section")
+    section = dict(profile[system.section])
+    if "backbone" in section:
+        env = os.environ.get(CHECKPOINT_ENV[section["backbone"]], "")
+        section["checkpoint"] = env or section.get("checkpoint") or ""
+    return section
