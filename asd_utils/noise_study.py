@@ -28,7 +28,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from asd_utils import config, data, files, metrics, registry, scoring, stages, synth
+from asd_utils import config, data, files, metrics, registry, scoring, stages, synth, systems
 from asd_utils import training_free as tf
 
 CSV = "noise_study.csv"

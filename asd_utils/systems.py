@@ -195,7 +195,7 @@ def resolved_precision(profile: dict, system: str) -> precision.Precision:
 def precisions(profile: dict) -> dict[str, dict]:
     """Every system's resolved precision, for ``run_record.json``: ``{system: {setting,
     device, precision, reason, ...}}``."""
-    names = [*TRAINING_FREE, *SYSTEMS]
+    names = registry.of_kind("frozen", "fine-tuned")
     return {name: resolved_precision(profile, name).to_dict() for name in names}
 
 
