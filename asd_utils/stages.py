@@ -113,14 +113,27 @@ def _console() -> None:
 
 
 def prepare(run: Run) -> pd.DataFrame:
-    """Index and check every clip of the run's data (:func:`asd_utils.data.index_dataset`: names,
-    headers, samples; the sample checks cached under ``<output root>/cache``) and write the clip
-    manifest ``<output root>/clips.csv`` with ``clips.json`` (data root, fingerprint). Returns the
-    clip table."""
+    """The door and the manifest: index and check every clip of the run's data
+    (:func:`asd_utils.data.index_dataset`: names, headers, samples; the sample checks cached
+    under ``<output root>/cache``), check what the stages will need (every machine type with
+    train and test clips and training clips of both domains, the checkpoints the profile names:
+    the report's pre-flight checks), say which machine types get no metrics and which systems
+    the data cannot feed, and write the clip manifest ``<output root>/clips.csv`` with
+    ``clips.json`` (data root, fingerprint). Returns the clip table."""
+    from asd_utils import systems
+
     start = time.perf_counter()
     clips = data.index_dataset(run.paths.data_root, cache_dir=run.paths.output_root / "cache")
+    data.check_machine_types(clips)  # the door: train and test, both domains in training
+    skipped = systems.unavailable(clips)
+    systems.check_checkpoints(run.profile, skip=set(skipped))
     write_manifest(run.paths.output_root, run.paths.data_root, clips)
     run._clips = clips
+    _, no_truth = metrics.labelled(clips)
+    if no_truth:
+        log.info("prepare: %s", metrics.no_ground_truth_note(no_truth))
+    if skipped:
+        log.info("prepare: %s", systems.skip_notice(skipped))
     log.info(
         "prepare: %s clips indexed and checked in %.1f s",
         f"{len(clips):,}",

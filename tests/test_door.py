@@ -122,3 +122,18 @@ def test_a_label_with_a_trailing_newline_is_refused():
     profile["submission"]["label"] = "Doe_XJU\n"  # the schema's pattern is matched whole too
     with pytest.raises(config.ProfileError, match="submission.label"):
         config.validate_profile(profile)
+
+
+@pytest.mark.parametrize("command", ["prepare", "run"])
+def test_the_stage_commands_keep_the_same_door(good_tree, tmp_path, capsys, command):
+    """``asd prepare`` / ``asd run`` refuse what the report refuses, in one line, before any
+    stage runs."""
+    from asd_utils import cli
+
+    root, fan = _copy(good_tree, tmp_path)
+    shutil.rmtree(fan / "test")
+    argv = [command, "--profile", "smoke", "--data-root", str(root)]
+    status = cli.main([*argv, "--output-root", str(tmp_path / "out"), "-q"])
+    err = capsys.readouterr().err
+    assert status == 2 and err.count("\n") == 1 and "'fan'" in err and "no test clips" in err
+    assert not (tmp_path / "out" / "systems").exists()
