@@ -8,6 +8,7 @@ same) and prints each run's official score and the spread.
 
     python benchmarks/bench_seeds.py                      # quick, seeds 13711 7 99
     python benchmarks/bench_seeds.py --seeds 1 2 3 4 5 --profile quick
+    python benchmarks/bench_seeds.py --mixed-precision bf16 --output bf16.csv   # System 1 in bf16
 
 About 3.5 minutes per seed on two CPU cores under quick. Runs go to a temporary folder; the CSV
 of results goes beside the profile's results (``outputs/<profile>/bench_seeds.csv``, or
@@ -27,7 +28,7 @@ import torch
 import yaml
 from machine import load_recorded
 
-from asd_utils import analysis, config, data, files, stages
+from asd_utils import analysis, config, data, files, registry, stages
 
 
 def seed_run(clips, paths, profile_path: Path, profile: dict, out: Path) -> stages.Run:
@@ -56,8 +57,16 @@ def run() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[13711, 7, 99])
     parser.add_argument("--system", default="System 1")
     parser.add_argument("--output", default="", help="default: <output root>/bench_seeds.csv")
+    parser.add_argument(
+        "--mixed-precision",
+        choices=["no", "bf16", "auto"],
+        help="train and embed the fine-tuned system in this precision (default: the profile's)",
+    )
     args = parser.parse_args()
     base = config.load_profile(args.profile)
+    if args.mixed_precision:  # e.g. bf16 against the profile's float32, seed for seed
+        section = base[registry.get(args.system).section]
+        section["train"] = {**section["train"], "mixed_precision": args.mixed_precision}
     paths = config.resolve_paths(base)
     config.prepare_data(base, paths, progress=False)
     clips = data.index_dataset(paths.data_root)
