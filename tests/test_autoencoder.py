@@ -247,3 +247,42 @@ def test_run_autoencoder_scores_equal_the_reference(tmp_path):
     )
     np.testing.assert_allclose(result.scores["mse"], mse, rtol=1e-4)
     np.testing.assert_allclose(result.scores["mahalanobis"], mahalanobis, rtol=1e-4)
+
+
+def test_the_autoencoder_goes_to_cuda_when_there_is_one(monkeypatch):
+    from asd_utils.models import autoencoder as ae
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert ae.resolve_device() == torch.device("cuda")
+    assert ae.resolve_device("cpu") == torch.device("cpu")  # a given device wins
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert ae.resolve_device() == torch.device("cpu")
+
+
+def test_the_chosen_device_is_passed_through_training_and_scoring(monkeypatch):
+    # no GPU here: the device that resolve_device picks is recorded, and everything must end on
+    # it (a CPU stands in for it); residuals come back beside the vectors
+    from asd_utils.models import autoencoder as ae
+
+    asked = []
+
+    def resolve(device=None):
+        asked.append(device)
+        return torch.device("cpu")
+
+    monkeypatch.setattr(ae, "resolve_device", resolve)
+    moved = []
+    original_to = torch.Tensor.to
+    monkeypatch.setattr(
+        torch.Tensor, "to", lambda self, *a, **k: moved.append(a[:1]) or original_to(self, *a, **k)
+    )
+    vectors = torch.randn(200, 16, generator=torch.Generator().manual_seed(0))
+    model, _ = train_autoencoder(vectors, AETrainConfig(epochs=1, device="x"), progress=False)
+    assert asked == ["x"]
+    assert {p.device for p in model.parameters()} == {torch.device("cpu")}
+    assert (torch.device("cpu"),) in moved  # the vectors and rows were sent to the device
+    owner = torch.arange(200) // 20
+    is_train, domain = np.arange(10) < 6, np.array(["source"] * 4 + ["target"] * 6)
+    scores = baseline.score_clips(model, vectors, owner, is_train, domain, folds=2)
+    assert np.isfinite(scores["mahalanobis"]).all() and scores["mse"].shape == (10,)
+    assert baseline.residuals(model, vectors).device == vectors.device
