@@ -11,6 +11,7 @@ from asd_utils.models.autoencoder import (
     AETrainConfig,
     AutoEncoder,
     clip_scores,
+    cpu_threads,
     fit_inverse_covariance,
     train_autoencoder,
 )
@@ -141,3 +142,147 @@ def test_clips_of_differing_lengths_in_one_machine_type_are_scored_each_whole(tm
         torch.testing.assert_close(vectors[owner == i], expected)
     result = baseline.run_autoencoder(clips, training=AETrainConfig(epochs=1), progress=False)
     assert np.isfinite(result.scores[["mse", "mahalanobis"]].to_numpy()).all()
+
+
+# The baseline as it was before issue 24 made it fast (commit fdd6931), written out plainly: the
+# training loop, residuals, covariances and out-of-fold Mahalanobis of that code. The fast code
+# must give its losses and scores within float tolerance.
+
+
+def _reference_train(vectors, config):
+    generator = torch.Generator().manual_seed(config.seed)
+    torch.manual_seed(config.seed)
+    model = AutoEncoder(vectors.shape[1])
+    order = torch.randperm(len(vectors), generator=generator)
+    n_val = int(round(config.validation_split * len(vectors)))
+    val, train = vectors[order[:n_val]], vectors[order[n_val:]]
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
+    history = []
+    for _ in range(config.epochs):
+        model.train()
+        total = 0.0
+        for batch in torch.randperm(len(train), generator=generator).split(config.batch_size):
+            if len(batch) < 2:
+                continue
+            x = train[batch]
+            loss = torch.nn.functional.mse_loss(model(x), x)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total += loss.item() * len(batch)
+        model.eval()
+        with torch.no_grad():
+            val_loss = torch.nn.functional.mse_loss(model(val), val).item()
+        history.append((total / len(train), val_loss))
+    return model.eval(), history
+
+
+def _reference_inverse_covariance(residual):
+    r = residual.double()
+    centred = r - r.mean(0)
+    return torch.linalg.pinv(centred.T @ centred / len(r), hermitian=True)
+
+
+def _reference_scores(model, vectors, owner, is_train, domain, folds=5):
+    """mse and selective Mahalanobis per clip; training clips' Mahalanobis out of fold."""
+    with torch.no_grad():
+        res = (vectors - model(vectors)).double()
+    n_clips = len(is_train)
+    means = torch.stack([res[owner == c].mean(0) for c in range(n_clips)])
+    mse = np.array([res[owner == c].pow(2).mean().item() for c in range(n_clips)])
+    vector_train = torch.tensor(is_train)[owner]
+    vector_domain = domain[owner.numpy()]
+
+    def distance(u, fit):
+        return float(u @ _reference_inverse_covariance(res[fit]) @ u)
+
+    train_clips = np.flatnonzero(is_train)
+    fold = {}
+    for d in ("source", "target"):
+        for i, clip in enumerate(c for c in train_clips if domain[c] == d):
+            fold[clip] = i % folds
+    vector_fold = torch.tensor([fold.get(int(c), -1) for c in owner])
+    mahalanobis = np.empty(n_clips)
+    for c in range(n_clips):
+        distances = []
+        for d in ("source", "target"):
+            fit = vector_train & torch.from_numpy(vector_domain == d)
+            if is_train[c]:
+                out = fit & (vector_fold != fold[c])
+                fit = out if out.any() else fit
+            distances.append(distance(means[c], fit))
+        mahalanobis[c] = min(distances)
+    return mse, mahalanobis
+
+
+@pytest.mark.parametrize("threads", [None, 1])
+def test_training_losses_equal_the_reference_loop(threads):
+    # on the same threads; the reference itself drifts by ~5e-4 here between 1 and 2 threads
+    vectors = torch.randn(3000, 640, generator=torch.Generator().manual_seed(5)) * 4 - 30
+    config = AETrainConfig(epochs=3, threads=threads)
+    _, history = train_autoencoder(vectors, config, progress=False)
+    with cpu_threads(threads):
+        _, expected = _reference_train(vectors, config)
+    got = [(h["train_loss"], h["val_loss"]) for h in history]
+    np.testing.assert_allclose(got, expected, rtol=1e-6)
+
+
+def test_run_autoencoder_scores_equal_the_reference(tmp_path):
+    config = synth.SynthConfig(("fan",), 12, 3, 4, {"default": 2.0})  # the smoke profile's sizes
+    clips = data.index_dataset(synth.generate_dataset(tmp_path, config, progress=False))
+    training = AETrainConfig(epochs=3)
+    baseline.seed_everything(training.seed)
+    result = baseline.run_autoencoder(clips, training=training, progress=False)
+    vectors, owner = baseline.frame_vectors(
+        clips["path"].tolist(), baseline.AEFeatureConfig(), progress=False
+    )
+    is_train = (clips["split"] == "train").to_numpy()
+    with cpu_threads(training.threads):
+        model, history = _reference_train(vectors[torch.tensor(is_train)[owner]], training)
+    np.testing.assert_allclose(
+        result.history[["train_loss", "val_loss"]].to_numpy(), history, rtol=1e-4
+    )
+    mse, mahalanobis = _reference_scores(
+        model, vectors, owner, is_train, clips["domain"].to_numpy()
+    )
+    np.testing.assert_allclose(result.scores["mse"], mse, rtol=1e-4)
+    np.testing.assert_allclose(result.scores["mahalanobis"], mahalanobis, rtol=1e-4)
+
+
+def test_the_autoencoder_goes_to_cuda_when_there_is_one(monkeypatch):
+    from asd_utils.models import autoencoder as ae
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert ae.resolve_device() == torch.device("cuda")
+    assert ae.resolve_device("cpu") == torch.device("cpu")  # a given device wins
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert ae.resolve_device() == torch.device("cpu")
+
+
+def test_the_chosen_device_is_passed_through_training_and_scoring(monkeypatch):
+    # no GPU here: the device that resolve_device picks is recorded, and everything must end on
+    # it (a CPU stands in for it); residuals come back beside the vectors
+    from asd_utils.models import autoencoder as ae
+
+    asked = []
+
+    def resolve(device=None):
+        asked.append(device)
+        return torch.device("cpu")
+
+    monkeypatch.setattr(ae, "resolve_device", resolve)
+    moved = []
+    original_to = torch.Tensor.to
+    monkeypatch.setattr(
+        torch.Tensor, "to", lambda self, *a, **k: moved.append(a[:1]) or original_to(self, *a, **k)
+    )
+    vectors = torch.randn(200, 16, generator=torch.Generator().manual_seed(0))
+    model, _ = train_autoencoder(vectors, AETrainConfig(epochs=1, device="x"), progress=False)
+    assert asked == ["x"]
+    assert {p.device for p in model.parameters()} == {torch.device("cpu")}
+    assert (torch.device("cpu"),) in moved  # the vectors and rows were sent to the device
+    owner = torch.arange(200) // 20
+    is_train, domain = np.arange(10) < 6, np.array(["source"] * 4 + ["target"] * 6)
+    scores = baseline.score_clips(model, vectors, owner, is_train, domain, folds=2)
+    assert np.isfinite(scores["mahalanobis"]).all() and scores["mse"].shape == (10,)
+    assert baseline.residuals(model, vectors).device == vectors.device
