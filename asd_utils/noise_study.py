@@ -32,11 +32,13 @@ from asd_utils import config, data, files, metrics, registry, scoring, stages, s
 from asd_utils import training_free as tf
 
 CSV = "noise_study.csv"
-TRAINED = ("System 1", "System 3", "System 5")
+# the OSSCL systems, one per input: near (System 1), ANC-denoised near (3), near + far (5)
+TRAINED = tuple(s for s in registry.of_kind("fine-tuned") if registry.get(s).section != "beats_grl")
+FUSION = next(s for s in TRAINED if registry.get(s).reads == registry.NEAR_FAR)  # System 5
 ABLATIONS = {  # name → changes to the fusion section (analysis, at the middle SNR)
-    "System 5 (first block)": {"blocks": [1]},
-    "System 5 (first and last block)": {"blocks": [1, -1]},
-    "System 5 (frozen backbone)": {"freeze_backbone": True},
+    f"{FUSION} (first block)": {"blocks": [1]},
+    f"{FUSION} (first and last block)": {"blocks": [1, -1]},
+    f"{FUSION} (frozen backbone)": {"freeze_backbone": True},
 }
 
 

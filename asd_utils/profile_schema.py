@@ -26,7 +26,8 @@ NonNegativeInt = Annotated[int, Field(ge=0)]
 PositiveFloat = Annotated[float, Field(gt=0)]
 NonNegativeFloat = Annotated[float, Field(ge=0)]
 Fraction = Annotated[float, Field(ge=0, lt=1)]
-SYSTEM_NAMES = registry.SUBMITTABLE  # what a profile may list (ensemble members, submission)
+SYSTEM_NAMES = registry.SUBMITTABLE  # what a profile may list (submission systems)
+ENSEMBLE_MEMBERS = tuple(registry.of_kind("fine-tuned", "frozen"))  # what an ensemble may combine
 
 
 class Section(BaseModel):
@@ -248,7 +249,7 @@ class Decision(Section):
 class Ensemble(Section):
     """System 4 (:func:`asd_utils.ensemble.combine`); weights fixed here, never tuned."""
 
-    members: list[Literal["System 0", "System 1", "System 2", "System 3", "System 5"]] = Field(
+    members: list[Literal[ENSEMBLE_MEMBERS]] = Field(  # type: ignore[valid-type]
         min_length=1
     )
     weights: list[float]

@@ -454,17 +454,21 @@ def _osscl(profile: dict) -> dict:
 
 
 def _describe(system: str, profile: dict, members: Sequence[str]) -> tuple[dict, list[str]]:
-    """``(system.description fields, backbones with a checkpoint)`` of one system."""
+    """``(system.description fields, backbones with a checkpoint)`` of one system, described by
+    what the registry says it is (:mod:`asd_utils.registry`: its kind, section and input), so a
+    new system of a known kind is described without an edit here."""
     base = _base(system)
+    entry = registry.REGISTRY.get(base)
+    kind, section_name = (entry.kind, entry.section) if entry else (None, None)
     fields = {field: None for field in DESCRIPTION_FIELDS}
     decision = describe_decision(**profile.get("decision", {}))
     fields.update(input_sampling_rate="16kHz", front_end=NEAR, decision_making=decision)
     checkpoints: list[str] = []
-    if base in ("System 1", "System 3"):
+    if kind == "fine-tuned" and section_name == "osscl":
         fields.update(_osscl(profile))
         if _checkpoint(profile.get("osscl", {})):
             checkpoints.append("eat")
-        if base == "System 3":
+        if entry.reads == registry.ANC:
             anc = profile.get("anc", {})
             fields["front_end"] = (
                 "adaptive noise canceller (frequency-domain block LMS): primary = near "
@@ -473,7 +477,7 @@ def _describe(system: str, profile: dict, members: Sequence[str]) -> tuple[dict,
                 f"{anc.get('block_size')} samples, leakage {anc.get('leakage')}; the denoised "
                 "near channel is the input"
             )
-    elif base == "System 2":
+    elif kind == "fine-tuned" and section_name == "beats_grl":
         section = profile.get("beats_grl", {})
         loss = section.get("loss", {})
         ablation = "lambda 0" in system
@@ -502,7 +506,7 @@ def _describe(system: str, profile: dict, members: Sequence[str]) -> tuple[dict,
         )
         if _checkpoint(section):
             checkpoints.append("beats")
-    elif base == "System 4":
+    elif kind == "ensemble":
         ensemble = profile.get("ensemble", {})
         members = list(members) or list(ensemble.get("members", []))
         described = []
@@ -530,9 +534,9 @@ def _describe(system: str, profile: dict, members: Sequence[str]) -> tuple[dict,
                 or None
             ),
         )
-    elif base in ("baseline-MSE", "baseline-MAHALA"):
+    elif kind == "autoencoder":
         baseline = profile.get("baseline", {})
-        mahala = base == "baseline-MAHALA"
+        mahala = "MAHALA" in base  # the selective Mahalanobis variant
         fields.update(
             acoustic_features=BASELINE_FEATURES,
             machine_learning_method=(

@@ -28,14 +28,14 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from asd_utils import anc, data, precision, scoring, systems
+from asd_utils import anc, data, precision, registry, scoring, systems
 from asd_utils.features import kaldi_fbank
 from asd_utils.files import atomic_path
 from asd_utils.models.common import n_frames, prefix_mask
 from asd_utils.models.frozen import FrozenEncoder, block_numbers, transformer_blocks
 
-SYSTEM = "System 0"
-FLOOR = "log-mel floor"
+SYSTEM = registry.of_kind("frozen")[0]  # System 0
+FLOOR = registry.of_kind("floor")[0]  # the log-mel floor
 CHANNELS = ("near", "far", "anc")
 VIEWS = {
     "near": "the near microphone",

@@ -161,3 +161,16 @@ def test_analysis_weight_sweep_ends_are_the_members_alone(smoke_run):
         "System 1 + System 2 + System 3",
     ]
     assert combos.loc[1, "hmean"] == pytest.approx(combos.loc[0, "hmean"])  # 2 and 3 the same
+
+
+def test_no_chapter_indexes_the_tree_again():
+    """A report indexes the data once (its pre-flight writes the manifest); every chapter reads
+    the manifest through its run (``run.clips``), none walks the tree itself."""
+    import nbformat
+
+    from asd_utils import pipeline
+
+    for path in pipeline.notebooks():
+        source = "\n".join(c.source for c in nbformat.read(path, as_version=4).cells)
+        assert "index_dataset" not in source, path.name
+        assert "stages.open_run(" in source, path.name
