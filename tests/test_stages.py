@@ -142,6 +142,7 @@ def test_a_system_added_to_the_registry_alone_is_trained_scored_evaluated_shown_
     folder = stages.package(run, ["System 9", "System 1"])
     metas = sorted(folder.rglob("*.meta.yaml"))  # written and checked by write_package
     assert len(metas) == 2 and "System 9" in metas[0].read_text()
+    assert "OSSCL: sub-center ArcFace" in metas[0].read_text()  # described by its kind
     assert list((metas[0].parent).glob("anomaly_score_gearboxEmu_section_00_test.csv"))
 
 
