@@ -7,7 +7,7 @@ PROFILE ?= quick
 KERNEL := asd-xju
 export DATA_ROOT OUTPUT_ROOT
 
-.PHONY: setup report run test lab train bench seeds noise-study submission clean
+.PHONY: setup report run test test-fast lab train bench seeds noise-study submission clean
 
 $(VENV)/.installed: requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -25,10 +25,14 @@ report: setup  ## synthetic data (if needed), every notebook with papermill, the
 run: setup  ## every stage from the command line (asd run): the same files, no notebook, no book
 	$(VENV)/bin/asd run --profile $(PROFILE)
 
-test: setup  ## lint, format check, and the test suite (includes a smoke run of the pipeline)
+test: setup  ## lint, format check, and the whole test suite (smoke runs of the pipeline, the book in a browser)
+	@start=$$(date +%s); \
+	$(PY) -m ruff check . && $(PY) -m ruff format --check . && $(PY) -m pytest; status=$$?; \
+	echo "make test: $$(( $$(date +%s) - start )) s"; exit $$status
+
+test-fast: setup  ## the edit loop: lint and the tests not marked slow (no pipeline, no browser)
 	$(PY) -m ruff check .
-	$(PY) -m ruff format --check .
-	$(PY) -m pytest
+	$(PY) -m pytest -m "not slow" -q
 
 train: setup  ## train one fine-tuned system into the run folder the notebooks find; SYSTEM="System 1"
 	$(VENV)/bin/asd train --profile $(PROFILE) --system "$(SYSTEM)"

@@ -11,7 +11,6 @@ clips are not drowned by the 990 source clips. Works for any model with an ``emb
 from __future__ import annotations
 
 import hashlib
-import inspect
 import json
 import os
 from collections.abc import Callable
@@ -23,7 +22,6 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-import asd_utils
 from asd_utils import data
 from asd_utils.files import atomic_path, write_table
 from asd_utils.training import load_waveform
@@ -36,28 +34,31 @@ def _embed(model: nn.Module, waveform: torch.Tensor, lengths: torch.Tensor | Non
     return out[0] if isinstance(out, tuple | list) else out
 
 
+# What the embedding caches are keyed by besides their inputs: bump it whenever a change to the
+# front-ends (fbank, ANC, clip loading) or to a model's forward pass changes the numbers. A
+# version, not the hash of source files: moving or documenting a module must not throw every
+# cached embedding away, and a change that does matter is said here, once.
+EMBEDDING_VERSION = "asd_utils embeddings 2"
+
+
 def embedding_cache_key(
     model: nn.Module, table: pd.DataFrame, channel: int | None, preprocess_key: str | None, autocast
 ) -> str:
-    """SHA-256 over everything that changes the embeddings: every weight and buffer (names,
-    dtypes, shapes, bytes), the source files of the model's classes and of the front-end
-    modules, each clip's path, size and mtime, the channel or preprocessing key, the model's
+    """SHA-256 over everything that changes the embeddings: :data:`EMBEDDING_VERSION`, the
+    model's classes (their names), every weight and buffer (names, dtypes, shapes, bytes), each
+    clip's path, size and mtime, the channel or preprocessing key, the model's
     ``cache_settings()`` where it has them, and the autocast dtype. The batch size and device
     are left out (they change float rounding only).
     """
-    digest = hashlib.sha256()
+    digest = hashlib.sha256(EMBEDDING_VERSION.encode())
     settings = {"channel": channel, "preprocess": preprocess_key, "autocast": str(autocast)}
     if hasattr(model, "cache_settings"):  # e.g. the blocks and pooling of a FrozenEncoder
         settings["model"] = model.cache_settings()
+    settings["classes"] = sorted({type(m).__qualname__ for m in model.modules()})
     digest.update(json.dumps(settings, sort_keys=True).encode())
     for name, tensor in model.state_dict().items():
         digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
         digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
-    sources = {inspect.getsourcefile(type(m)) for m in model.modules()}
-    package = Path(asd_utils.__file__).parent
-    sources |= {str(package / name) for name in ("features.py", "data.py", "training.py", "anc.py")}
-    for source in sorted(s for s in sources if s):
-        digest.update(Path(source).read_bytes())
     digest.update(data.clip_fingerprint(table).encode())
     return digest.hexdigest()
 

@@ -19,6 +19,8 @@ from urllib.parse import urlparse
 
 import pytest
 
+pytestmark = pytest.mark.slow  # the smoke book in a real browser
+
 CHROMIUM_ARGS = [  # no background traffic: this machine's network is closed
     "--no-sandbox",
     "--disable-gpu",

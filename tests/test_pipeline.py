@@ -15,6 +15,8 @@ from sklearn.metrics import roc_auc_score
 
 from asd_utils import config, data, metrics, pipeline, submission, synth
 
+pytestmark = pytest.mark.slow  # the whole pipeline and book, twice (stereo and mono)
+
 
 def test_source_notebooks_are_clean_with_one_parameters_cell():
     for path in pipeline.notebooks():

@@ -19,6 +19,8 @@ import yaml
 from asd_utils import config, errors, pipeline, runs, synth
 from asd_utils.config import REPO_ROOT
 
+pytestmark = pytest.mark.slow  # real pipelines at once, interrupted and killed
+
 
 def _dead_pid() -> int:
     """The pid of a process that has ended."""

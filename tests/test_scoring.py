@@ -184,6 +184,17 @@ def test_embedding_cache_is_keyed_by_the_weights(wav_table, tmp_path, monkeypatc
         )
 
 
+def test_embedding_cache_key_is_the_version_not_the_source_files(wav_table, monkeypatch):
+    """Moving or documenting a module keeps the cache; a bumped version drops it."""
+    model = Framer()
+    key = scoring.embedding_cache_key(model, wav_table, 0, None, None)
+    # every source file now reads differently (a moved or re-documented module): the same key
+    monkeypatch.setattr(scoring.Path, "read_bytes", lambda self: b"# a docstring changed")
+    assert scoring.embedding_cache_key(model, wav_table, 0, None, None) == key
+    monkeypatch.setattr(scoring, "EMBEDDING_VERSION", scoring.EMBEDDING_VERSION + "+")
+    assert scoring.embedding_cache_key(model, wav_table, 0, None, None) != key
+
+
 # --- the back ends, on hand-made embeddings whose answer is known --------------------------------
 
 

@@ -11,6 +11,8 @@ import soundfile as sf
 
 from asd_utils import analysis, book, cli, data, registry, stages
 
+pytestmark = pytest.mark.slow  # every stage from the command line, on the smoke report's data
+
 OFFICIAL = ("anomaly_score_*.csv", "decision_result_*.csv", "scores.csv", "system.json")
 
 
