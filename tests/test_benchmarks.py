@@ -6,10 +6,12 @@ import sys
 from pathlib import Path
 
 import pandas as pd
+import pytest
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
+@pytest.mark.slow  # a subprocess training two systems
 def test_bench_gpu_runs_at_tiny_size_on_a_cpu(tmp_path):
     command = [
         sys.executable, str(BENCHMARKS / "bench_gpu.py"), "--size", "tiny", "--steps", "2",

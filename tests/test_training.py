@@ -589,6 +589,7 @@ def test_more_steps_continue_a_finished_run_from_its_last_step(clips, tmp_path):
     assert_same_run(extended, full)
 
 
+@pytest.mark.slow  # processes killed and restarted
 def test_cli_survives_sigkill_and_resumes(clips, tmp_path):
     root = Path(clips["path"][0]).parents[2]
     config = small_config(steps=4, checkpoint_every=2)
@@ -629,6 +630,7 @@ def test_config_validation():
     assert (paper.learning_rate, paper.ema_decay, paper.spec_augment_time) == (1e-4, 0.9995, 80)
 
 
+@pytest.mark.slow  # accelerate with two processes
 def test_two_processes_train_like_one(clips, tmp_path):
     """DDP on 2 CPU processes (torchrun, gloo): each gets half of the global batch, SupCon is
     gathered over both, gradients averaged: the single-process run, to float rounding."""
