@@ -11,7 +11,7 @@ System 5 goes beyond the paper: cross-channel modules inside the encoder
 (:class:`asd_utils.models.fusion.FusionBackbone`) let the near channel attend to the far one.
 
 System 0 (``frozen``, :mod:`asd_utils.training_free`) trains nothing; :func:`settings` and
-:func:`knn_k` serve it too.
+:func:`asd_utils.stages.knn_k` serve it too.
 
 :func:`build` turns (data root, profile, system) — primitives only — into ``(model, loss_fn,
 dataset)`` for :func:`asd_utils.training.train`; the same call is what ``accelerate launch -m
@@ -164,18 +164,6 @@ def build_backbone(kind: str, size: str = "tiny", checkpoint: str = "") -> nn.Mo
             return BEATs.from_checkpoint(checkpoint).train()
         return BEATs(getattr(BEATsConfig, size)())
     raise ValueError(f"unknown backbone {kind!r}; choose eat or beats")
-
-
-def knn_k(profile: dict, name: str) -> int:
-    """K of the KNN score for a system by its output name ("System 2 (lambda 0)" → System 2)."""
-    return int(settings(profile, name.split(" (")[0])["knn_k"])
-
-
-def backend(profile: dict) -> tuple[str, dict]:
-    """The profile's default scoring back end and the back ends' settings (``backends``), as
-    :func:`asd_utils.scoring.score_system` takes them: ``(name, options)``."""
-    section = dict(profile["backends"])
-    return section.pop("default"), section
 
 
 def mixed_precision(profile: dict, system: str) -> str:

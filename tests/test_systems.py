@@ -8,7 +8,7 @@ import pytest
 import torch
 import yaml
 
-from asd_utils import config, data, registry, systems, training
+from asd_utils import config, data, registry, stages, systems, training
 from asd_utils.losses import GRLLoss
 from asd_utils.models.heads import grl_lambda, reverse_gradient
 
@@ -146,9 +146,9 @@ def test_beats_grl_trains_checkpoints_and_resumes(tiny_setup):
 
 def test_knn_k_follows_the_system_section(tiny_setup):
     _, profile, _, _ = tiny_setup
-    assert systems.knn_k(profile, "System 2 (lambda 0)") == profile["beats_grl"]["knn_k"]
+    assert stages.knn_k(profile, "System 2 (lambda 0)") == profile["beats_grl"]["knn_k"]
     with pytest.raises(KeyError, match="unknown system"):
-        systems.knn_k(profile, "System 9")
+        stages.knn_k(profile, "System 9")
 
 
 def test_missing_checkpoint_is_a_clear_error(tmp_path):

@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 import torch
 
-from asd_utils import anc, config, data, systems, training_free
+from asd_utils import anc, config, data, stages, systems, training_free
 from asd_utils.models.beats import BEATs, BEATsConfig
 from asd_utils.models.eat import EAT, EATConfig
 from asd_utils.models.frozen import FrozenEncoder, block_numbers
@@ -193,8 +193,8 @@ def test_system0_settings_are_checked():
     ):
         with pytest.raises(config.ProfileError, match=message):
             config.validate_profile({**profile, "frozen": {**profile["frozen"], **change}})
-    assert systems.knn_k(profile, "System 0") == profile["frozen"]["knn_k"]
-    assert systems.backend(profile) == (
+    assert stages.knn_k(profile, "System 0") == profile["frozen"]["knn_k"]
+    assert stages.backend_settings(profile) == (
         "knn",
         {k: v for k, v in profile["backends"].items() if k != "default"},
     )
