@@ -7,6 +7,7 @@
     asd embed    --profile paper --system "System 1"
     asd score | ensemble | evaluate | package  --profile paper
     asd detect   --profile paper --system "System 1" NEW_CLIPS/ --output scores.csv
+    asd profile  --profile quick                      # the profile whole, as YAML
 
 Every sub-command takes the same ``--profile``, ``--data-root`` and ``--output-root``
 (default: ``$DATA_ROOT`` / ``$OUTPUT_ROOT``, else the profile's synthetic data and
@@ -67,6 +68,7 @@ def parser() -> argparse.ArgumentParser:
     report.add_argument("--build-dir", help="the book goes to <build-dir>/_build/html")
     report.add_argument("--kernel", default="python3", help="Jupyter kernel (default python3)")
     command("status", "what the run in the output root is doing, or how it ended")
+    command("profile", "the profile whole (what it extends merged in, validated), as YAML")
     command("prepare", "index and check every clip; write the clip manifest clips.csv")
     command("baseline", "the autoencoder baseline: train per machine type, score, write files")
     train = command("train", "train fine-tuned systems (resumable; under accelerate launch too)")
@@ -125,6 +127,12 @@ def _dispatch(args) -> None:
             if value:
                 argv += [flag, value]
         train.main(argv)
+        return
+    if args.command == "profile":
+        import yaml
+
+        profile = config.load_profile(args.profile)
+        print(yaml.safe_dump(profile, sort_keys=False), end="")
         return
     if args.command == "status":
         profile = config.load_profile(args.profile)

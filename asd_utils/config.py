@@ -51,17 +51,79 @@ _Loader.add_implicit_resolver(
 )
 
 
-def profile_path(profile: str | os.PathLike) -> Path:
-    """The file of a profile given by name (``profiles/<name>.yaml``) or by path."""
+def profile_path(profile: str | os.PathLike, relative_to: Path | None = None) -> Path:
+    """The file of a profile given by name (``profiles/<name>.yaml``) or by path (a relative
+    path from ``relative_to``, the folder of the profile that names it, else the current
+    directory)."""
     path = Path(profile).expanduser()
     if path.suffix not in (".yaml", ".yml"):
         path = PROFILE_DIR / f"{profile}.yaml"
+    elif relative_to is not None and not path.is_absolute():
+        path = relative_to / path
     if not path.is_file():
         known = sorted(p.stem for p in PROFILE_DIR.glob("*.yaml"))
         raise FileNotFoundError(
             f"profile {str(profile)!r} not found ({path}); known profiles: {known}"
         )
     return path
+
+
+EXTENDS = "extends"
+"""A profile's key naming the profile it starts from (a name or a path relative to it)."""
+
+
+def _merge(base: dict, changes: dict) -> dict:
+    """``base`` with ``changes`` laid over it: mappings merge key by key, any other value
+    (a list, a number, a string) replaces the base's whole."""
+    merged = dict(base)
+    for key, value in changes.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            value = _merge(merged[key], value)
+        merged[key] = value
+    return merged
+
+
+def _read_yaml(path: Path):
+    try:
+        return yaml.load(path.read_text(), Loader=_Loader)  # noqa: S506 (a SafeLoader)
+    except yaml.YAMLError as err:
+        raise ProfileError(f"{path}: not valid YAML ({err})") from None
+
+
+def read_profile_values(profile: str | os.PathLike, _chain: tuple[Path, ...] = ()) -> dict:
+    """A profile's values as written, with the profile it ``extends`` merged under them; not
+    yet validated (:func:`load_profile` does both).
+
+    A profile may start from another (``extends: paper``) and write only what differs; YAML
+    anchors (``&train`` / ``<<: *train``) share blocks within a file. Two things are never
+    inherited, so that a derived profile cannot write into another's folders: its ``name``
+    (required) and its ``data`` section (default ``synthetic_root: data/synthetic/<name>``).
+    """
+    path = profile_path(profile, _chain[-1].parent if _chain else None)
+    if path.resolve() in [p.resolve() for p in _chain]:
+        cycle = " -> ".join(str(p) for p in (*_chain, path))
+        raise ProfileError(f"{path}: {EXTENDS} makes a cycle ({cycle})")
+    values = _read_yaml(path)
+    if not isinstance(values, dict) or EXTENDS not in values:
+        return values
+    values = dict(values)
+    parent = values.pop(EXTENDS)
+    if not isinstance(parent, str) or not parent:
+        raise ProfileError(f"{path}: {EXTENDS}: a profile name or a YAML path, got {parent!r}")
+    if not isinstance(values.get("name"), str):
+        raise ProfileError(
+            f"{path}: name: missing (a profile that extends another names itself, so that its "
+            "results and synthetic data get their own folders)"
+        )
+    try:
+        base = read_profile_values(parent, (*_chain, path))
+    except FileNotFoundError as err:
+        raise ProfileError(f"{path}: {EXTENDS}: {err}") from None
+    if not isinstance(base, dict):
+        raise ProfileError(f"{path}: {EXTENDS}: {parent!r} is not a profile (a YAML mapping)")
+    base.pop("data", None)
+    values.setdefault("data", {"synthetic_root": f"data/synthetic/{values['name']}"})
+    return _merge(base, values)
 
 
 def _describe_error(error: dict) -> str:
@@ -115,13 +177,10 @@ def load_profile(profile: str | os.PathLike) -> dict:
 
     Clear errors: a missing file lists the known profiles; a profile that does not match the
     schema is a :class:`ProfileError` naming the file and the key (:func:`validate_profile`).
+    What it ``extends`` is merged in first (:func:`read_profile_values`).
     """
     path = profile_path(profile)
-    try:
-        values = yaml.load(path.read_text(), Loader=_Loader)  # noqa: S506 (a SafeLoader)
-    except yaml.YAMLError as err:
-        raise ProfileError(f"{path}: not valid YAML ({err})") from None
-    return validate_profile(values, str(path))
+    return validate_profile(read_profile_values(path), str(path))
 
 
 def freeze_profile(profile: dict, path: str | os.PathLike) -> Path:

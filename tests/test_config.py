@@ -72,7 +72,7 @@ def _write_variant(tmp_path, change, text_change=None):
     """The smoke profile with one change, written to a file; returns its path."""
     import yaml
 
-    values = yaml.safe_load(config.profile_path("smoke").read_text())
+    values = config.read_profile_values("smoke")
     change(values)
     text = yaml.safe_dump(values, sort_keys=False)
     if text_change:
@@ -159,3 +159,69 @@ def test_every_profile_survives_freezing(name, tmp_path):
     profile = config.load_profile(name)
     frozen = config.freeze_profile(profile, tmp_path / "profile.yaml")
     assert config.load_profile(frozen) == profile
+
+
+# --- profiles that extend another ---------------------------------------------------------------
+
+
+def _profile(folder, name, text):
+    path = folder / f"{name}.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_a_profile_that_extends_another_writes_only_what_differs(tmp_path):
+    path = _profile(
+        tmp_path,
+        "mine",
+        "extends: quick\nname: mine\nosscl:\n  train: {steps: 7}\nbaseline: {epochs: 3}\n",
+    )
+    quick, mine = config.load_profile("quick"), config.load_profile(path)
+    assert mine["osscl"]["train"]["steps"] == 7 and mine["baseline"]["epochs"] == 3
+    # the rest of the mapping is the base's, key by key
+    assert mine["osscl"]["train"]["learning_rate"] == quick["osscl"]["train"]["learning_rate"]
+    assert mine["beats_grl"] == quick["beats_grl"] and mine["synth"] == quick["synth"]
+    # its own synthetic folder, never the base's (which generate_dataset would replace)
+    assert mine["data"]["synthetic_root"] == "data/synthetic/mine"
+
+
+def test_the_shipped_profiles_share_the_papers_recipe():
+    paper, quick, smoke = (config.load_profile(n) for n in ("paper", "quick", "smoke"))
+    assert quick["submission"] == paper["submission"] == smoke["submission"]
+    assert quick["anc"]["filter_length"] == paper["anc"]["filter_length"] == 128
+    # anchors: System 2's and 5's training are System 1's, changed where the file says
+    assert paper["beats_grl"]["train"] == paper["osscl"]["train"] == paper["fusion"]["train"]
+    assert quick["beats_grl"]["train"] == {**quick["osscl"]["train"], "steps": 600}
+    assert smoke["fusion"]["train"] == smoke["osscl"]["train"]
+
+
+def test_a_derived_profile_must_name_itself(tmp_path):
+    path = _profile(tmp_path, "nameless", "extends: quick\nbaseline: {epochs: 3}\n")
+    with pytest.raises(config.ProfileError, match=r"nameless.yaml: name: missing"):
+        config.load_profile(path)
+
+
+def test_extends_a_missing_profile_or_a_cycle_is_refused(tmp_path):
+    path = _profile(tmp_path, "orphan", "extends: quik\nname: orphan\n")
+    with pytest.raises(config.ProfileError, match=r"orphan.yaml: extends: .*'quik' not found"):
+        config.load_profile(path)
+    _profile(tmp_path, "a", "extends: b.yaml\nname: a\n")
+    _profile(tmp_path, "b", "extends: a.yaml\nname: b\n")
+    with pytest.raises(config.ProfileError, match="cycle"):
+        config.load_profile(tmp_path / "a.yaml")
+
+
+def test_a_misspelt_key_in_a_derived_profile_names_its_file(tmp_path):
+    path = _profile(tmp_path, "typo", "extends: quick\nname: typo\nosscl: {crop_second: 1.0}\n")
+    with pytest.raises(config.ProfileError, match=r"typo.yaml: osscl\.crop_second: unknown key"):
+        config.load_profile(path)
+
+
+def test_asd_profile_prints_the_profile_whole(tmp_path, capsys):
+    from asd_utils import cli
+
+    assert cli.main(["profile", "--profile", "quick"]) == 0
+    path = tmp_path / "whole.yaml"
+    path.write_text(capsys.readouterr().out)
+    assert "extends" not in path.read_text()
+    assert config.load_profile(path) == config.load_profile("quick")

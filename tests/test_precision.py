@@ -186,7 +186,7 @@ def test_profiles_take_auto_and_refuse_other_precisions():
     profile = config.load_profile("paper")
     assert profile["frozen"]["mixed_precision"] == "auto"
     assert profile["osscl"]["train"]["mixed_precision"] == "auto"
-    values = yaml.safe_load(config.profile_path("smoke").read_text())
+    values = config.read_profile_values("smoke")
     values["frozen"]["mixed_precision"] = "fp16"
     with pytest.raises(config.ProfileError, match="frozen.mixed_precision"):
         config.validate_profile(values)
