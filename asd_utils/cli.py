@@ -41,8 +41,7 @@ def _common() -> argparse.ArgumentParser:
         "--output-root", help="results (default: $OUTPUT_ROOT, else outputs/<profile>)"
     )
     talk = common.add_argument_group("how much it says")
-    talk.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
-    talk.add_argument("-v", "--verbose", action="store_true", help="say more")
+    errors.add_talk_options(talk)
     errors.add_debug_option(talk)
     return common
 
@@ -94,15 +93,6 @@ def parser() -> argparse.ArgumentParser:
     return top
 
 
-def _logging(args) -> None:
-    level = logging.WARNING if args.quiet else logging.DEBUG if args.verbose else logging.INFO
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(message)s"))
-    log.handlers[:] = [handler]
-    log.setLevel(level)
-    log.propagate = False
-
-
 def _dispatch(args) -> None:
     from asd_utils import config, runs, stages
 
@@ -147,7 +137,7 @@ def _dispatch(args) -> None:
     runs.check_output_root(run.paths.output_root)
     with runs.OutputLock(run.paths.output_root) as lock:  # one run per output root
         if lock.taken_over is not None:
-            print(runs.takeover_note(lock.taken_over, run.paths.output_root), file=sys.stderr)
+            log.warning(runs.takeover_note(lock.taken_over, run.paths.output_root))
         _stage(args, run)
 
 
@@ -209,7 +199,7 @@ def _run_recorded(run, progress: bool) -> None:
 
 def _main(argv) -> None:
     args = parser().parse_args(argv)
-    _logging(args)
+    errors.configure_logging(args.quiet, args.verbose)
     start = time.perf_counter()
     _dispatch(args)
     log.info("asd %s: done in %.0f s", args.command, time.perf_counter() - start)

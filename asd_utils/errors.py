@@ -1,4 +1,5 @@
-"""What every command shares: user errors as one line, ``--debug``, interruptions.
+"""What every command shares: user errors as one line, ``--debug``, interruptions, and how much
+a command says (``-q`` / ``-v``: :func:`configure_logging`).
 
 A command's ``main`` raises; :func:`run_command` turns what it raised into what a command-line
 user sees: a problem they can fix (:class:`UserError` and its kinds — :class:`asd_utils.data.
@@ -12,6 +13,7 @@ keeps its traceback. No torch here: the light modules import this one.
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import sys
@@ -20,6 +22,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 
 DEBUG_ENV = "ASD_DEBUG"
+LOG_LEVEL_ENV = "ASD_LOG_LEVEL"  # the level a command chose, for the processes it starts
 USER_ERROR_STATUS = 2
 INTERRUPTED_STATUS = 130  # 128 + SIGINT, as a shell reports Ctrl-C
 
@@ -127,3 +130,38 @@ def add_debug_option(parser) -> None:
         action="store_true",
         help=f"show the traceback of an error (also: {DEBUG_ENV}=1)",
     )
+
+
+def add_talk_options(parser) -> None:
+    """``-q``/``--quiet`` (warnings and errors only) and ``-v``/``--verbose`` (say more)."""
+    talk = parser.add_mutually_exclusive_group()
+    talk.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
+    talk.add_argument("-v", "--verbose", action="store_true", help="say more")
+
+
+def configure_logging(
+    quiet: bool = False, verbose: bool = False, prefix: str = "", level: int | None = None
+) -> None:
+    """Say what the package does (logger ``asd_utils``) on standard error, one line per
+    message; the level is INFO, WARNING with ``quiet``, DEBUG with ``verbose``, or ``level``.
+    The level is also put in the environment (``ASD_LOG_LEVEL``) for the processes a command
+    starts (the report's notebook kernels, :func:`configure_from_environment`)."""
+    if level is None:
+        level = logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO
+    package = logging.getLogger("asd_utils")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(prefix + "%(message)s"))
+    package.handlers[:] = [handler]
+    package.setLevel(level)
+    package.propagate = False
+    os.environ[LOG_LEVEL_ENV] = logging.getLevelName(level)
+
+
+def configure_from_environment(prefix: str = "") -> None:
+    """In a process nobody configured (a notebook's kernel): log at the level the command that
+    started it chose (``ASD_LOG_LEVEL``, default INFO). Leaves a configured logger alone."""
+    if logging.getLogger("asd_utils").handlers:
+        return
+    name = os.environ.get(LOG_LEVEL_ENV, "INFO")
+    level = logging.getLevelName(name) if name in ("DEBUG", "INFO", "WARNING", "ERROR") else 20
+    configure_logging(prefix=prefix, level=level)

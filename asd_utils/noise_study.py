@@ -23,13 +23,27 @@ import argparse
 import copy
 import hashlib
 import json
+import logging
 import time
 from pathlib import Path
 
 import pandas as pd
 
-from asd_utils import config, data, files, metrics, registry, scoring, stages, synth, systems
+from asd_utils import (
+    config,
+    data,
+    errors,
+    files,
+    metrics,
+    registry,
+    scoring,
+    stages,
+    synth,
+    systems,
+)
 from asd_utils import training_free as tf
+
+log = logging.getLogger(__name__)
 
 CSV = "noise_study.csv"
 # the OSSCL systems, one per input: near (System 1), ANC-denoised near (3), near + far (5)
@@ -149,8 +163,8 @@ def run(
                     "seconds": round(time.perf_counter() - start, 1), **extra,
                 })  # fmt: skip
                 files.write_table(pd.DataFrame(rows), csv)
-                print(f"SNR {snr:+g} dB, seed {seed}, {name}: official score "
-                      f"{100 * rows[-1]['hmean']:.2f} % ({rows[-1]['seconds']:.0f} s)")  # fmt: skip
+                log.info("SNR %+g dB, seed %s, %s: official score %.2f %% (%.0f s)",
+                         snr, seed, name, 100 * rows[-1]["hmean"], rows[-1]["seconds"])  # fmt: skip
     return pd.DataFrame(rows)
 
 
@@ -158,10 +172,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--profile", required=True, help="smoke, quick, paper, or a YAML path")
     parser.add_argument("--output-root", help="default: $OUTPUT_ROOT, else outputs/<profile>")
+    errors.add_talk_options(parser)
     args = parser.parse_args()
+    errors.configure_logging(args.quiet, args.verbose)
     start = time.perf_counter()
     table = run(args.profile, args.output_root, progress=False)
-    print(f"{len(table)} rows in {time.perf_counter() - start:.0f} s")
+    log.info("%d rows in %.0f s", len(table), time.perf_counter() - start)
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import platform
 import shutil
@@ -34,6 +35,8 @@ from asd_utils.config import (
     resolve_paths,
 )
 from asd_utils.files import atomic_write_text
+
+log = logging.getLogger(__name__)
 
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
 PACKAGES = (
@@ -106,14 +109,15 @@ def preflight(paths: RunPaths, profile: dict | None = None) -> dict:
         name: sorted(part["machine_type"].unique(), key=metrics.machine_sort_key)
         for name, part in clips.groupby("dataset")
     }
-    print(
-        f"data: {data.describe_channels(clips)}; "
-        + "; ".join(f"{k}: {', '.join(v)}" for k, v in sets.items())
+    log.info(
+        "data: %s; %s",
+        data.describe_channels(clips),
+        "; ".join(f"{k}: {', '.join(v)}" for k, v in sets.items()),
     )
     if no_truth:
-        print(metrics.no_ground_truth_note(no_truth))
+        log.info(metrics.no_ground_truth_note(no_truth))
     if skipped:
-        print(systems.skip_notice(skipped))
+        log.warning(systems.skip_notice(skipped))
     return {"machine_types": sets, "no_ground_truth": no_truth, "systems_skipped": skipped}
 
 
@@ -278,7 +282,7 @@ def execute_notebooks(
     try:
         for i, source in enumerate(sources, 1):
             target = executed_dir / source.name
-            print(f"[{i}/{len(sources)}] {source.stem}: running …", flush=True)
+            log.info("[%d/%d] %s: running …", i, len(sources), source.stem)
             if on_start is not None:
                 on_start(source.stem)
             start = time.perf_counter()
@@ -309,9 +313,8 @@ def execute_notebooks(
                 err.chapter = source.stem
                 raise
             seconds[source.stem] = round(time.perf_counter() - start, 1)
-            print(
-                f"[{i}/{len(sources)}] {source.stem}: done in {seconds[source.stem]:.0f} s",
-                flush=True,
+            log.info(
+                "[%d/%d] %s: done in %.0f s", i, len(sources), source.stem, seconds[source.stem]
             )
     finally:
         shutil.rmtree(connection_dir, ignore_errors=True)
@@ -378,13 +381,15 @@ def run(
     runs.check_output_root(paths.output_root)
     with runs.OutputLock(paths.output_root) as lock, errors.interrupt_on_signals():
         if lock.taken_over is not None:
-            print(runs.takeover_note(lock.taken_over, paths.output_root))
+            log.warning(runs.takeover_note(lock.taken_over, paths.output_root))
         return _run_locked(profile, paths, build_dir, book, only, kernel)
 
 
 def _run_locked(profile, paths, build_dir, book, only, kernel) -> dict:
     """:func:`run` once the output root is locked."""
-    print(f"profile {profile['name']} · data {paths.data_root} · outputs {paths.output_root}")
+    log.info(
+        "profile %s · data %s · outputs %s", profile["name"], paths.data_root, paths.output_root
+    )
     record_path = paths.output_root / runs.RECORD_NAME
     stages = _earlier_stages(record_path, profile, paths) if only else {}
     start = time.perf_counter()
@@ -394,7 +399,7 @@ def _run_locked(profile, paths, build_dir, book, only, kernel) -> dict:
     if not only:
         removed = clear_derived(paths.output_root)
         if removed:
-            print(f"removed the previous run's {', '.join(removed)} from {paths.output_root}")
+            log.info("removed the previous run's %s from %s", ", ".join(removed), paths.output_root)
     profile_file = freeze_profile(profile, paths.output_root / "profile.yaml")
     current = "notebooks"
 
@@ -426,7 +431,7 @@ def _run_locked(profile, paths, build_dir, book, only, kernel) -> dict:
             start = time.perf_counter()
             html = build_book(paths, profile, Path(build_dir) if build_dir else REPO_ROOT)
             stages["book"] = round(time.perf_counter() - start, 1)
-            print(f"book built in {stages['book']:.0f} s: {html / 'index.html'}")
+            log.info("book built in %.0f s: %s", stages["book"], html / "index.html")
     except KeyboardInterrupt as err:
         current = getattr(err, "chapter", current)
         record(f"interrupted at {current}")
@@ -463,10 +468,12 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="say what the run in the output root is doing (or how it ended), then stop",
     )
+    errors.add_talk_options(parser)
     errors.add_debug_option(parser)
 
     def command(argv):
         args = parser.parse_args(argv)
+        errors.configure_logging(args.quiet, args.verbose)
         if args.status:
             profile = load_profile(args.profile)
             print(runs.status(resolve_paths(profile, args.data_root, args.output_root).output_root))

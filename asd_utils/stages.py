@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -98,15 +97,9 @@ def open_run(
 
 def _console() -> None:
     """Say what the stages do on standard error when nobody configured logging (a notebook's
-    kernel: the report relays its standard error to the console live, the book leaves it out);
-    the ``asd`` command sets its own level (``-q``, ``-v``)."""
-    package = logging.getLogger("asd_utils")
-    if not package.handlers:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("    %(message)s"))
-        package.addHandler(handler)
-        package.setLevel(logging.INFO)
-        package.propagate = False
+    kernel: the report relays its standard error to the console live, the book leaves it out),
+    at the level of the command that started it (``asd report -q``: warnings only)."""
+    errors.configure_from_environment(prefix="    ")
 
 
 # --- prepare -------------------------------------------------------------------------------------

@@ -51,6 +51,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import logging
 import math
 import os
 import re
@@ -68,6 +69,8 @@ from asd_utils import config, data, errors, registry
 from asd_utils.errors import UserError
 from asd_utils.files import atomic_write_text
 from asd_utils.metrics import METRICS, describe_decision, machine_sort_key
+
+log = logging.getLogger(__name__)
 
 MAX_SYSTEMS = 4
 KINDS = ("anomaly_score", "decision_result")
@@ -852,15 +855,15 @@ def write_package(
     except BaseException:
         shutil.rmtree(build, ignore_errors=True)
         raise
-    print(f"wrote {destination}: " + "; ".join(folders))
+    log.info("wrote %s: %s", destination, "; ".join(folders))
     for note in notes:
-        print(f"to do: {note}")
+        log.warning("to do: %s", note)
     if eval_clips.empty:
-        print("no evaluation machine types in the data: the task2/ folders hold only meta files")
+        log.info("no evaluation machine types in the data: the task2/ folders hold only meta files")
     if dev_clips.empty:
-        print("no development machine types in the data: no dev/ folders and no ground truth")
+        log.info("no development machine types in the data: no dev/ folders and no ground truth")
     else:
-        print("official evaluator on the dev folders:\n" + evaluator_command(destination))
+        log.info("official evaluator on the dev folders:\n%s", evaluator_command(destination))
     return destination
 
 
@@ -921,10 +924,12 @@ def main(argv: list[str] | None = None) -> int:
         dest="which",
         help="the test clips to check against (default: eval if the data has any)",
     )
+    errors.add_talk_options(parser)
     errors.add_debug_option(parser)
 
     def command(argv):
         args = parser.parse_args(argv)
+        errors.configure_logging(args.quiet, args.verbose)
         if args.command == "write":
             profile = config.load_profile(args.profile)
             paths = config.resolve_paths(profile, args.data_root, args.output_root)

@@ -24,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
 import multiprocessing
 import os
 import shutil
@@ -39,6 +40,8 @@ from tqdm import tqdm
 
 from asd_utils.data import write_wav
 from asd_utils.files import atomic_write_text
+
+log = logging.getLogger(__name__)
 
 MACHINE_TYPES = ("ToyCarEmu", "ToyCar", "bearingEmu", "fan", "gearboxEmu", "sliderEmu", "valveEmu")
 """The 2026 development machine types, by their real names."""
@@ -692,7 +695,7 @@ def generate_dataset(
         )
         if not replace:
             raise FileExistsError(f"{why}; delete it or choose another data_root")
-        print(f"{why}: making it again")
+        log.info("%s: making it again", why)
         manifest.unlink()
         for part in ("dev_data", "eval_data"):
             shutil.rmtree(root / part, ignore_errors=True)

@@ -21,12 +21,15 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import logging
 import sys
 import time
 
 from accelerate import PartialState
 
 from asd_utils import config, data, errors, registry, runs, systems
+
+log = logging.getLogger(__name__)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -47,8 +50,11 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--data-root", help="a DCASE tree (default: $DATA_ROOT, else synthetic)")
     parser.add_argument("--output-root", help="default: $OUTPUT_ROOT, else outputs/<profile>")
     parser.add_argument("--no-progress", action="store_true")
+    errors.add_talk_options(parser)
     errors.add_debug_option(parser)
     args = parser.parse_args(argv)
+    if not logging.getLogger("asd_utils").handlers:  # run alone (accelerate launch), not by asd
+        errors.configure_logging(args.quiet, args.verbose)
 
     profile = config.load_profile(args.profile)
     paths = config.resolve_paths(profile, args.data_root, args.output_root)
@@ -60,7 +66,7 @@ def main(argv: list[str] | None = None) -> dict:
         lock = runs.OutputLock(paths.output_root)
     with lock:
         if getattr(lock, "taken_over", None) is not None:
-            print(runs.takeover_note(lock.taken_over, paths.output_root))
+            log.warning(runs.takeover_note(lock.taken_over, paths.output_root))
         return _train(args, profile, paths, state)
 
 
@@ -76,8 +82,10 @@ def _train(args, profile: dict, paths: config.RunPaths, state: PartialState) -> 
         sys.exit(systems.skip_notice(refused))
     systems.check_checkpoints(profile, only=args.system)
     if main_process:
-        print(f"profile {profile['name']} · data {paths.data_root} · outputs {paths.output_root}")
-        print(data.describe_channels(clips))
+        log.info(
+            "profile %s · data %s · outputs %s", profile["name"], paths.data_root, paths.output_root
+        )
+        log.info(data.describe_channels(clips))
     results = {}
     for system in args.system:
         start = time.perf_counter()
@@ -91,8 +99,8 @@ def _train(args, profile: dict, paths: config.RunPaths, state: PartialState) -> 
         )
         results[system] = result
         if main_process:
-            print(f"{system}: {result.summary} ({time.perf_counter() - start:.0f} s)")
-            print(f"  run folder: {result.output_dir}")
+            log.info("%s: %s (%.0f s)", system, result.summary, time.perf_counter() - start)
+            log.info("  run folder: %s", result.output_dir)
     return results
 
 

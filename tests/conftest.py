@@ -1,5 +1,6 @@
 """Shared test fixtures."""
 
+import logging
 import os
 from pathlib import Path
 
@@ -40,3 +41,15 @@ def smoke_run(tmp_path_factory):
         str(profile_path), output_root=str(tmp / "out"), build_dir=str(tmp / "build")
     )
     return tmp, record
+
+
+@pytest.fixture(autouse=True)
+def _package_logging():
+    """Each test starts with the package's logger as an unconfigured process has it (a command
+    a test runs configures it: asd_utils.errors.configure_logging) and propagating, so that
+    ``caplog`` sees what the package says."""
+    package = logging.getLogger("asd_utils")
+    saved = package.handlers[:], package.level, package.propagate
+    package.handlers[:], package.propagate = [], True
+    yield
+    package.handlers[:], package.level, package.propagate = saved[0], saved[1], True

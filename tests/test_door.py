@@ -29,7 +29,7 @@ def _copy(tree, tmp_path):
 def _pipeline(data_root, output_root, capsys, *extra):
     """The pipeline's exit status and its stderr, with no notebook allowed to run."""
     argv = ["--profile", "smoke", "--data-root", str(data_root), "--output-root", str(output_root)]
-    status = pipeline.main([*argv, "--no-book", *extra])
+    status = pipeline.main([*argv, "--no-book", "-q", *extra])  # -q: the error alone
     return status, capsys.readouterr().err
 
 

@@ -8,7 +8,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import yaml
 from test_backbone_parity import CLIPS, loaded
 from test_training import build_tiny, make_clips, small_config
 from test_training_free import stereo_tree

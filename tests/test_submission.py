@@ -3,6 +3,7 @@ atomic replacement, the zip, the evaluator's ground-truth layout, and the comman
 
 import csv
 import json
+import logging
 import re
 import shutil
 import zipfile
@@ -217,7 +218,8 @@ def test_no_zip_unless_asked(tree, tmp_path):
     assert not list(destination.glob("*.zip"))
 
 
-def test_without_eval_machine_types_only_meta_files(tree, tmp_path, capsys):
+def test_without_eval_machine_types_only_meta_files(tree, tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="asd_utils")
     data_root = tmp_path / "data"
     shutil.copytree(tree["data_root"] / "dev_data", data_root / "dev_data")
     destination = submission.write_package(
@@ -225,7 +227,7 @@ def test_without_eval_machine_types_only_meta_files(tree, tmp_path, capsys):
     )
     folder = destination / "task2" / f"{LABEL}_task2_1"
     assert [p.name for p in folder.iterdir()] == [f"{LABEL}_task2_1.meta.yaml"]
-    assert "no evaluation machine types" in capsys.readouterr().out
+    assert "no evaluation machine types" in caplog.text
     assert "no evaluation machine types" in (destination / "task2" / "README.txt").read_text()
 
 
@@ -497,8 +499,8 @@ def test_cli_write(tree, tmp_path, capsys):
     argv = ["write", "--profile", str(profile), "--data-root", str(tree["data_root"])]
     argv += ["--output-root", str(tree["output_root"]), "--destination", str(destination)]
     assert submission.main([*argv, "--systems", "System 2", "--label", "Roe_ABC"]) == 0
-    out = capsys.readouterr().out
-    assert "Roe_ABC_task2_1 = System 2" in out and "--teams_root_dir ../dev" in out
+    said = capsys.readouterr().err  # what it did, logged on standard error
+    assert "Roe_ABC_task2_1 = System 2" in said and "--teams_root_dir ../dev" in said
     assert (destination / "task2" / "Roe_ABC_task2_1" / "Roe_ABC_task2_1.meta.yaml").is_file()
     assert submission.main([*argv, "--systems", "System 7"]) == 2
     assert capsys.readouterr().err.startswith("error: systems ['System 7'] did not run")

@@ -32,7 +32,7 @@ def test_trains_into_the_notebooks_run_folder_and_finds_it_finished(tree, capsys
     assert first.steps == 2 and not first.reused
     again = train.main(argv)["System 1"]
     assert again.reused  # what the notebook would find: nothing trains again
-    assert "run folder" in capsys.readouterr().out
+    assert "run folder" in capsys.readouterr().err  # logged, on standard error
 
 
 def test_refuses_a_system_the_data_cannot_feed_before_training(tmp_path, tree):
