@@ -3,7 +3,7 @@
     asd run      --profile quick                      # every stage; no notebook, no book
     asd report   --profile quick                      # the notebooks (calling the stages), book
     asd prepare  --profile paper --data-root /data/dcase2026
-    asd train    --profile paper --system "System 1"  # or: accelerate launch -m asd_utils.train
+    asd train    --profile paper --system "System 1"  # accelerate launch: asd_utils.training.launch
     asd embed    --profile paper --system "System 1"
     asd score | ensemble | evaluate | package  --profile paper
     asd detect   --profile paper --system "System 1" NEW_CLIPS/ --output scores.csv
@@ -97,7 +97,7 @@ def _dispatch(args) -> None:
     from asd_utils import config, runs, stages
 
     if args.command == "report":
-        from asd_utils import pipeline
+        from asd_utils.report import pipeline
 
         pipeline.run(
             args.profile,
@@ -110,13 +110,13 @@ def _dispatch(args) -> None:
         )
         return
     if args.command == "train":
-        from asd_utils import train
+        from asd_utils.training import launch
 
         argv = ["--profile", args.profile, "--system", *args.system]
         for flag, value in (("--data-root", args.data_root), ("--output-root", args.output_root)):
             if value:
                 argv += [flag, value]
-        train.main(argv)
+        launch.main(argv)
         return
     if args.command == "profile":
         import yaml
@@ -170,8 +170,9 @@ def _stage(args, run) -> None:
 def _run_recorded(run, progress: bool) -> None:
     """``asd run``: every stage, with ``run_record.json`` as the report keeps it (status, the
     stage running, each stage's seconds; failed or interrupted at a stage)."""
-    from asd_utils import pipeline, stages
+    from asd_utils import stages
     from asd_utils.files import atomic_write_text
+    from asd_utils.report import pipeline
 
     seconds: dict[str, float] = {}
     now = {"stage": None}

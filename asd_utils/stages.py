@@ -32,7 +32,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from asd_utils import config, data, errors, metrics, registry
+from asd_utils import config, data, errors, registry
+from asd_utils.evaluation import metrics
 from asd_utils.files import atomic_write_text, write_table
 
 log = logging.getLogger(__name__)
@@ -207,8 +208,8 @@ def baseline(run: Run, progress: bool = False) -> BaselineOutcome:
     """The official autoencoder baseline: one autoencoder per machine type on its training clips
     (the profile's ``baseline`` section), every clip scored; its two variants (mean squared
     error, selective Mahalanobis) written as systems (:func:`write_system`)."""
-    from asd_utils import baseline as ae
     from asd_utils.models.autoencoder import AETrainConfig
+    from asd_utils.systems import baseline as ae
     from asd_utils.systems import parameter_count
 
     clips = run.clips
@@ -256,13 +257,13 @@ class FrozenOutcome:
 
     @property
     def position(self) -> int:
-        from asd_utils import training_free
+        from asd_utils.systems import training_free
 
         return training_free.layer_position(self.encoder, self.section["layer"])
 
     def vector(self, view: str | None = None, alpha: float | None = None, position=None):
         """The embeddings of one view (default: the one scored) at one block."""
-        from asd_utils import training_free
+        from asd_utils.systems import training_free
 
         return training_free.view(
             self.embeddings,
@@ -273,11 +274,11 @@ class FrozenOutcome:
 
 
 def frozen(run: Run, progress: bool = False) -> FrozenOutcome:
-    """System 0 (a frozen encoder, no training: :mod:`asd_utils.training_free`) and the log-mel
+    """System 0 (a frozen encoder, no training: :mod:`asd_utils.systems.training_free`) and the
+    log-mel
     floor: every channel the clips allow embedded once (cached under ``training/frozen``), the
     profile's view and the floor scored by the default back end and written as systems."""
-    from asd_utils import training_free
-    from asd_utils.systems import parameter_count
+    from asd_utils.systems import parameter_count, training_free
 
     clips = run.clips
     cache = run.paths.output_root / "training" / "frozen"
@@ -476,9 +477,9 @@ class EnsembleOutcome:
 
 def ensemble(run: Run) -> EnsembleOutcome:
     """The ensemble system (System 4): the profile's members' scores, normalised with their
-    training clips' statistics and combined with their weights (:mod:`asd_utils.ensemble`),
+    training clips' statistics and combined with their weights (:mod:`asd_utils.systems.ensemble`),
     written as a system. Members this run did not make are left out and named."""
-    from asd_utils import ensemble as combine
+    from asd_utils.systems import ensemble as combine
 
     spec = run.profile["ensemble"]
     (name,) = registry.of_kind("ensemble")

@@ -1,4 +1,5 @@
-"""Speed and noise reduction of the ANC filters in ``asd_utils.anc`` (run by hand or `make bench`).
+"""Speed and noise reduction of the ANC filters in ``asd_utils.frontends.anc`` (run by hand or
+`make bench`).
 
 Speed is "times real time" = seconds of audio processed / wall-clock seconds, on one torch
 thread, best of a few runs after a warm-up. Noise reduction is measured on synthetic near/far
@@ -20,7 +21,7 @@ import numpy as np
 import torch
 from machine import load_recorded
 
-from asd_utils import anc
+from asd_utils.frontends import anc
 
 SR = 16_000
 REPEATS = 5

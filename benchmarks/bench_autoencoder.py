@@ -34,8 +34,8 @@ def measure(args: argparse.Namespace) -> dict:
     import torch
 
     torch.set_num_threads(args.threads)
-    from asd_utils import baseline
     from asd_utils.models import autoencoder as ae
+    from asd_utils.systems import baseline
 
     generator = torch.Generator().manual_seed(0)
     n_clips = -(-args.vectors // args.clip_vectors)

@@ -9,7 +9,7 @@ per multiply-add; norms, softmax and activations left out), cross-checked with t
 of a large ``torch.matmul`` on the same device in the same precision (float32 or bfloat16).
 On the CPU torch uses as many threads as there are CPUs; on CUDA (when present) the same runs
 again. Each device runs three precisions side by side: float32; ``bf16 autocast`` (what
-``mixed_precision: bf16`` does, :mod:`asd_utils.precision`: fbank in float32, matrix products
+``mixed_precision: bf16`` does, :mod:`asd_utils.models.precision`: fbank in float32, matrix products
 in bfloat16); and ``bf16 weights``, the network only, a copy of the model cast to bfloat16
 (inference only: what a frozen encoder could do). Each bf16 row gives the smallest cosine
 similarity of its utterance embeddings to float32's. The CPU's name and bf16 flags (``amx_bf16``,
@@ -35,7 +35,7 @@ from bench_fbank import best_seconds, cpu_model
 from machine import load_recorded
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
-from asd_utils import precision as precision_
+from asd_utils.models import precision as precision_
 from asd_utils.models.beats import BEATs, BEATsConfig
 from asd_utils.models.common import n_frames
 from asd_utils.models.eat import EAT, EATConfig

@@ -1,4 +1,5 @@
-"""Throughput of asd_utils.features.kaldi_fbank against torchaudio's Kaldi fbank (BEATs settings).
+"""Throughput of asd_utils.frontends.features.kaldi_fbank against torchaudio's Kaldi fbank (BEATs
+settings).
 
 Clips per second for 10 s clips at 16 kHz, BEATs' parameters (× 2^15, 128 mel bins, 25 / 10 ms),
 batches of 8 and of 1, torch limited to 1 and to 2 threads. Ours takes the batch in one call;
@@ -27,7 +28,7 @@ from pathlib import Path
 import torch
 from machine import cpu_model, load_recorded  # noqa: F401 (cpu_model: used by the others)
 
-from asd_utils.features import kaldi_fbank
+from asd_utils.frontends.features import kaldi_fbank
 
 SAMPLE_RATE = 16000
 BEATS_OPTIONS = {"num_mel_bins": 128, "frame_length": 25.0, "frame_shift": 10.0}

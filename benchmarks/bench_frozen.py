@@ -1,14 +1,15 @@
 """System 0's embedding throughput at base size, and what the real dev set would take.
 
 Writes ``--clips`` stereo clips of 10 s (16 kHz, noise) to a temporary DCASE tree and runs
-:func:`asd_utils.training_free.embed_channels` on them as the chapter does: every clip read once,
+:func:`asd_utils.systems.training_free.embed_channels` on them as the chapter does: every clip read
+once,
 the near and far channels and the ANC-denoised near channel embedded by a frozen base-size
 backbone (random weights: the arithmetic of the official ones), last block, band-preserving
 pooling. Reported: embeddings per second (one channel of one clip), the threads torch used, the
 machine's load average before and after (a shared machine is slower; the script warns), and the
 extrapolated time for the real 2026 dev set (7,000 training + 1,400 test clips) with two
 channels (near and far: the residual view) and with three (the ANC view too). ``--precision``
-(``no``, ``bf16``, ``auto``: :mod:`asd_utils.precision`) as a profile's ``mixed_precision``.
+(``no``, ``bf16``, ``auto``: :mod:`asd_utils.models.precision`) as a profile's ``mixed_precision``.
 
     python benchmarks/bench_frozen.py [--backbone eat|beats] [--clips 16] [--batch 8]
                                       [--precision no|bf16|auto]
@@ -26,8 +27,11 @@ import numpy as np
 import torch
 from machine import cpu_model, load_recorded
 
-from asd_utils import anc, config, data, precision, systems, training_free
+from asd_utils import config, data, systems
+from asd_utils.frontends import anc
+from asd_utils.models import precision
 from asd_utils.models.frozen import FrozenEncoder
+from asd_utils.systems import training_free
 
 DEV_CLIPS = 7_000 + 1_400
 

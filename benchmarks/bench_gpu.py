@@ -35,7 +35,8 @@ import torch
 import yaml
 from machine import load_recorded
 
-from asd_utils import config, data, registry, scoring, synth, systems, training
+from asd_utils import config, data, registry, scoring, systems, training
+from asd_utils.data import synth
 
 DEFAULT_SYSTEMS = ("System 1", "System 2", "System 3", "System 5")
 

@@ -7,7 +7,8 @@ again: headers only plus one stat per file). Prints clips/s and seconds, and pro
 to the real development set (7,000 clips of 10 s stereo) two ways: by total audio seconds (what
 a full read scales with) and by clip count (what opening files and reading headers scales with).
 
-The tree is ``--data-root``, or a synthetic one (``asd_utils.synth.generate_dataset``) made in a
+The tree is ``--data-root``, or a synthetic one (``asd_utils.data.synth.generate_dataset``) made in
+a
 temporary folder, by default the size of the quick profile (7 machine types × 250 clips, 4 s
 stereo, 4.8 s for ToyCar/ToyCarEmu; about 2 minutes to make). ``--float`` also times a copy of
 the tree written as 32-bit float WAVs: integer PCM cannot hold NaN or inf, so its check stops at
@@ -36,7 +37,8 @@ from pathlib import Path
 import soundfile as sf
 from machine import cpu_model, load_recorded
 
-from asd_utils import data, synth
+from asd_utils import data
+from asd_utils.data import synth
 
 DEV_SET_CLIPS = 7000  # the real 2026 development set: 7 machine types × 1,000 clips
 DEV_SET_SECONDS = DEV_SET_CLIPS * 10.0  # … of 10 s (ToyCar/ToyCarEmu 12 s: a 3 % underestimate)

@@ -6,7 +6,7 @@ steps through the project's own loop (:func:`asd_utils.systems.train_system`) on
 synthetic set with the quick profile's clip lengths, after a warm-up run of a few steps (oneDNN
 builds its kernels on the first calls). The two precisions alternate, ``--repeats`` times, and
 the best steps/s of each is kept, so a busy moment of a shared machine hits both alike. Also:
-the :func:`asd_utils.precision.resolve` decision of ``auto`` on this machine, and the final
+the :func:`asd_utils.models.precision.resolve` decision of ``auto`` on this machine, and the final
 training loss of each run (bf16 must learn as float32 does). The machine's load is recorded
 (``machine.load_recorded``). Results: a table on stdout and ``bench_precision.csv`` in
 ``--output``.
@@ -27,7 +27,9 @@ import torch
 import yaml
 from machine import cpu_model, load_recorded
 
-from asd_utils import config, precision, synth, systems
+from asd_utils import config, systems
+from asd_utils.data import synth
+from asd_utils.models import precision
 
 DEFAULT_SYSTEMS = ("System 1", "System 2", "System 5")
 PRECISIONS = ("no", "bf16")

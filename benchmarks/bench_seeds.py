@@ -28,7 +28,8 @@ import torch
 import yaml
 from machine import load_recorded
 
-from asd_utils import analysis, config, data, files, registry, stages
+from asd_utils import config, data, files, registry, stages
+from asd_utils.report import analysis
 
 
 def seed_run(clips, paths, profile_path: Path, profile: dict, out: Path) -> stages.Run:

@@ -30,7 +30,8 @@ def smoke_run(tmp_path_factory):
     ``(folder, run record)``, the book under ``folder/build/_build/html``."""
     import yaml
 
-    from asd_utils import config, pipeline
+    from asd_utils import config
+    from asd_utils.report import pipeline
 
     tmp = tmp_path_factory.mktemp("pipeline")
     profile = config.load_profile("smoke")

@@ -1,11 +1,11 @@
-"""Tests for asd_utils.anc on synthetic near/far mixtures with a known acoustic path."""
+"""Tests for asd_utils.frontends.anc on synthetic near/far mixtures with a known acoustic path."""
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 
-from asd_utils import anc
+from asd_utils.frontends import anc
 
 SR = 16_000
 mixture = anc.known_path_mixture  # 3 s, machine 10 dB below the noise, 96-tap path
@@ -201,7 +201,7 @@ def test_denoiser_settings_keep_only_filter_settings():
 def test_anc_plots_return_figures():
     import matplotlib.pyplot as plt
 
-    from asd_utils import plots
+    from asd_utils.report import plots
 
     machine, noise = _two_mic_clip(seconds=1.0)
     sweep = pd.concat(

@@ -5,8 +5,9 @@ import pandas as pd
 import pytest
 import torch
 
-from asd_utils import baseline, data, synth
-from asd_utils.features import log_mel, stack_frames
+from asd_utils import data
+from asd_utils.data import synth
+from asd_utils.frontends.features import log_mel, stack_frames
 from asd_utils.models.autoencoder import (
     AETrainConfig,
     AutoEncoder,
@@ -15,6 +16,7 @@ from asd_utils.models.autoencoder import (
     fit_inverse_covariance,
     train_autoencoder,
 )
+from asd_utils.systems import baseline
 
 
 def test_architecture_matches_the_official_baseline():
@@ -102,7 +104,7 @@ def test_training_clips_get_out_of_fold_mahalanobis_scores():
     owner = np.repeat(np.arange(15), 4)
     residual = torch.randn(60, 3)
     domain = np.array(["source"] * 10 + ["target"] * 5)
-    from asd_utils.baseline import out_of_fold_mahalanobis
+    from asd_utils.systems.baseline import out_of_fold_mahalanobis
 
     scores = out_of_fold_mahalanobis(residual, owner, np.arange(15), domain, folds=5)
     # clip 0 is in fold 0 (source) and clip 10 in fold 0 (target): neither shaped the

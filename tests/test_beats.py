@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from backbone_checks import check_padded_batch
 
-from asd_utils.features import beats_fbank, beats_normalize
+from asd_utils.frontends.features import beats_fbank, beats_normalize
 from asd_utils.models.beats import (
     BEATs,
     BEATsAttention,

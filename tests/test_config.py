@@ -2,7 +2,8 @@
 
 import pytest
 
-from asd_utils import config, synth
+from asd_utils import config
+from asd_utils.data import synth
 from asd_utils.models.autoencoder import AETrainConfig
 
 

@@ -6,7 +6,9 @@ import shutil
 import numpy as np
 import pytest
 
-from asd_utils import config, data, errors, pipeline, runs, submission, synth, systems
+from asd_utils import config, data, errors, runs, submission, systems
+from asd_utils.data import synth
+from asd_utils.report import pipeline
 
 
 @pytest.fixture(scope="module")

@@ -11,8 +11,8 @@ import torch.nn.functional as F
 from backbone_checks import check_padded_batch
 from safetensors.torch import load_file, save_file
 
-from asd_utils.features import eat_fbank, eat_normalize
-from asd_utils.features import kaldi_fbank as kaldi
+from asd_utils.frontends.features import eat_fbank, eat_normalize
+from asd_utils.frontends.features import kaldi_fbank as kaldi
 from asd_utils.models.common import CheckpointError
 from asd_utils.models.eat import EAT, EATAttention, EATConfig, sincos_positions
 

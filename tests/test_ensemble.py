@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 from scipy.stats import spearmanr
 
-from asd_utils import ensemble
+from asd_utils.systems import ensemble
 
 
 def clip_table(seed: int, n_train: int = 20, n_test: int = 12) -> pd.DataFrame:

@@ -1,4 +1,5 @@
-"""Tests of asd_utils.features: the baseline's log-mel, the backbones' Kaldi fbank, SpecAugment."""
+"""Tests of asd_utils.frontends.features: the baseline's log-mel, the backbones' Kaldi fbank,
+SpecAugment."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from asd_utils.features import (
+from asd_utils.frontends.features import (
     beats_fbank,
     beats_normalize,
     eat_fbank,

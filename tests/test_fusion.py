@@ -8,11 +8,13 @@ import pytest
 import torch
 import yaml
 
-from asd_utils import config, data, noise_study, scoring, synth, systems, training
+from asd_utils import config, data, scoring, systems, training
+from asd_utils.data import synth
 from asd_utils.models.beats import BEATs, BEATsConfig
 from asd_utils.models.eat import EAT, EATConfig
 from asd_utils.models.fusion import CrossChannelAttention, FusionBackbone
 from asd_utils.models.heads import EmbeddingModel
+from asd_utils.studies import noise_study
 
 BACKBONES = {
     "eat": lambda: EAT(EATConfig.tiny(), target_length=None),

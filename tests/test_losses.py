@@ -7,7 +7,7 @@ import torch
 from pytorch_metric_learning import losses
 from torch import nn
 
-from asd_utils.losses import OSSCLLoss
+from asd_utils.models.losses import OSSCLLoss
 
 
 def unit(angle: float) -> list[float]:

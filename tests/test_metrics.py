@@ -1,4 +1,5 @@
-"""Tests of asd_utils.metrics against hand counts, scikit-learn and the paper's Table 2."""
+"""Tests of asd_utils.evaluation.metrics against hand counts, scikit-learn and the paper's Table
+2."""
 
 import itertools
 import os
@@ -9,7 +10,7 @@ import pytest
 from scipy import stats
 from sklearn.metrics import roc_auc_score
 
-from asd_utils import metrics
+from asd_utils.evaluation import metrics
 
 SYSTEMS = ["baseline-MSE", "baseline-MAHALA", "System 1", "System 2", "System 3", "System 4"]
 

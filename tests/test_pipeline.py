@@ -13,7 +13,10 @@ import pandas as pd
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from asd_utils import config, data, metrics, pipeline, submission, synth
+from asd_utils import config, data, submission
+from asd_utils.data import synth
+from asd_utils.evaluation import metrics
+from asd_utils.report import pipeline
 
 pytestmark = pytest.mark.slow  # the whole pipeline and book, twice (stereo and mono)
 

@@ -9,7 +9,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 
-from asd_utils import plots  # noqa: E402
+from asd_utils.report import plots  # noqa: E402
 
 RNG = np.random.default_rng(0)
 

@@ -12,9 +12,11 @@ from test_backbone_parity import CLIPS, loaded
 from test_training import build_tiny, make_clips, small_config
 from test_training_free import stereo_tree
 
-from asd_utils import config, data, precision, scoring, systems, training, training_free
+from asd_utils import config, data, scoring, systems, training
+from asd_utils.models import precision
 from asd_utils.models.frozen import FrozenEncoder
 from asd_utils.scoring import pad_clips
+from asd_utils.systems import training_free
 
 FLAGS = ("amx_bf16", "avx512_bf16")
 

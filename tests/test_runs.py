@@ -16,8 +16,10 @@ import nbformat
 import pytest
 import yaml
 
-from asd_utils import config, errors, pipeline, runs, synth
+from asd_utils import config, errors, runs
 from asd_utils.config import REPO_ROOT
+from asd_utils.data import synth
+from asd_utils.report import pipeline
 
 pytestmark = pytest.mark.slow  # real pipelines at once, interrupted and killed
 
@@ -90,7 +92,7 @@ def test_a_read_only_output_root_is_refused_in_one_line(tmp_path):
 
 
 def test_the_pipeline_refuses_a_busy_output_root_before_anything(tmp_path, capsys):
-    with runs.OutputLock(tmp_path, command="python -m asd_utils.pipeline --profile quick"):
+    with runs.OutputLock(tmp_path, command="python -m asd_utils.report.pipeline --profile quick"):
         status = pipeline.main(["--profile", "smoke", "--output-root", str(tmp_path)])
     err = capsys.readouterr().err
     assert status == 2 and err.count("\n") == 1
@@ -114,7 +116,7 @@ def test_errors_are_one_line_and_a_traceback_only_when_asked(tmp_path, capsys, m
 
 
 def test_the_training_command_gives_one_line_errors(tmp_path):
-    command = [sys.executable, "-m", "asd_utils.train", "--profile", "smoke"]
+    command = [sys.executable, "-m", "asd_utils.training.launch", "--profile", "smoke"]
     command += ["--system", "System 1", "--data-root", str(tmp_path / "missing")]
     command += ["--output-root", str(tmp_path / "out")]
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
@@ -129,7 +131,7 @@ def test_the_training_command_gives_one_line_errors(tmp_path):
 RUNNER = """
 import sys
 from pathlib import Path
-from asd_utils import pipeline
+from asd_utils.report import pipeline
 pipeline.NOTEBOOK_DIR = Path(sys.argv[1])
 sys.exit(pipeline.main(sys.argv[2:]))
 """

@@ -6,7 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from asd_utils import data, metrics, scoring
+from asd_utils import data, scoring
+from asd_utils.evaluation import metrics
 
 
 def brute_force(train, domain, queries, k, leave_one_out=False):

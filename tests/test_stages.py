@@ -9,7 +9,8 @@ import pandas as pd
 import pytest
 import soundfile as sf
 
-from asd_utils import analysis, book, cli, data, registry, stages
+from asd_utils import cli, data, registry, stages
+from asd_utils.report import analysis, book
 
 pytestmark = pytest.mark.slow  # every stage from the command line, on the smoke report's data
 
@@ -171,7 +172,7 @@ def test_no_chapter_indexes_the_tree_again():
     the manifest through its run (``run.clips``), none walks the tree itself."""
     import nbformat
 
-    from asd_utils import pipeline
+    from asd_utils.report import pipeline
 
     for path in pipeline.notebooks():
         source = "\n".join(c.source for c in nbformat.read(path, as_version=4).cells)

@@ -14,7 +14,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from asd_utils import config, data, metrics, submission
+from asd_utils import config, data, submission
+from asd_utils.evaluation import metrics
 from asd_utils.submission import SubmissionError
 
 LABEL = "Doe_XJU"

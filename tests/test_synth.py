@@ -7,8 +7,9 @@ import pandas as pd
 import pytest
 import torch
 
-from asd_utils import data, synth
-from asd_utils.features import log_mel
+from asd_utils import data
+from asd_utils.data import synth
+from asd_utils.frontends.features import log_mel
 
 SMALL = synth.SynthConfig(
     machine_types=("fan", "valveEmu"),

@@ -9,8 +9,8 @@ import torch
 import yaml
 
 from asd_utils import config, data, registry, stages, systems, training
-from asd_utils.losses import GRLLoss
 from asd_utils.models.heads import grl_lambda, reverse_gradient
+from asd_utils.models.losses import GRLLoss
 
 
 def test_gradient_reversal_is_identity_forward_and_minus_lambda_backward():

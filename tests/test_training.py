@@ -19,8 +19,8 @@ from safetensors.torch import load_file
 from torch import nn
 
 from asd_utils import data, training
-from asd_utils.losses import OSSCLLoss
 from asd_utils.models.heads import EmbeddingModel, ProjectionHead
+from asd_utils.models.losses import OSSCLLoss
 from asd_utils.training import ClipDataset, ResumableSampler, TrainConfig
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

@@ -5,10 +5,12 @@ import pandas as pd
 import pytest
 import torch
 
-from asd_utils import anc, config, data, stages, systems, training_free
+from asd_utils import config, data, stages, systems
+from asd_utils.frontends import anc
 from asd_utils.models.beats import BEATs, BEATsConfig
 from asd_utils.models.eat import EAT, EATConfig
 from asd_utils.models.frozen import FrozenEncoder, block_numbers
+from asd_utils.systems import training_free
 
 torch.manual_seed(0)
 BACKBONES = {

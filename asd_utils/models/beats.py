@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from asd_utils.features import beats_fbank, beats_normalize
+from asd_utils.frontends.features import beats_fbank, beats_normalize
 from asd_utils.models.common import (
     CheckpointError,
     GradMultiply,

@@ -33,7 +33,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from asd_utils.features import eat_normalize, kaldi_fbank
+from asd_utils.frontends.features import eat_normalize, kaldi_fbank
 from asd_utils.models.common import (
     CheckpointError,
     DropPath,

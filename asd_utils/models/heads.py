@@ -43,7 +43,7 @@ class EmbeddingModel(nn.Module):
     ``forward(waveform (B, samples), lengths (B,) or None, augment)`` returns
     ``{"embedding": (B, D) utterance embedding, "projection": (B, projection_dim) unit rows}``.
     ``augment`` (a callable on the (B, T, 128) fbank, e.g. a partial of
-    :func:`asd_utils.features.spec_augment`) is applied between ``features`` and
+    :func:`asd_utils.frontends.features.spec_augment`) is applied between ``features`` and
     ``forward_features`` when given, i.e. in training only. ``embed`` has the backbone's
     signature and output, ``(utterance, tokens)``, so scoring treats a bare backbone and this
     wrapper alike. The front-end runs outside autocast: under bf16 mixed precision the fbank

@@ -50,10 +50,10 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm import tqdm
 
-from asd_utils import precision
 from asd_utils.data import DataError, read_audio
-from asd_utils.features import spec_augment
 from asd_utils.files import atomic_path, atomic_write_text, write_table
+from asd_utils.frontends.features import spec_augment
+from asd_utils.models import precision
 
 CHECKPOINT_DIR = "checkpoints"
 LATEST = "latest"  # text file naming the newest complete checkpoint folder
@@ -85,7 +85,8 @@ def load_waveform(
     preprocess: Callable[[np.ndarray], np.ndarray | torch.Tensor] | None = None,
 ) -> np.ndarray:
     """One clip as float32 (samples,): channel ``channel`` (2026: 0 near mic, 1 far mic), or
-    ``preprocess(audio (channels, samples))``, e.g. :func:`asd_utils.anc.denoise` (System 3).
+    ``preprocess(audio (channels, samples))``, e.g. :func:`asd_utils.frontends.anc.denoise` (System
+    3).
     ``channel=None``: both microphones, (2, samples) (System 5); a mono clip is an error."""
     audio = read_audio(path)
     if channel is None and preprocess is None:
@@ -195,10 +196,11 @@ class TrainConfig:
     ``learning_rate × loss_lr_scale`` without weight decay; 1.0 = the OS-SCL code's single
     AdamW group), ``adam_eps``, ``max_grad_norm`` (None: no clipping, as upstream).
     SpecAugment: one time and one frequency mask, widths below ``spec_augment_time`` /
-    ``spec_augment_freq`` (see :func:`asd_utils.features.spec_augment`); 0 disables it.
+    ``spec_augment_freq`` (see :func:`asd_utils.frontends.features.spec_augment`); 0 disables it.
     ``mixup_alpha``: mixup of the waveforms (:func:`mixup`), λ ~ Beta(α, α); 0 (the default,
     as Table 1, which lists SpecAugment only) disables it; the OS-SCL code uses 0.5.
-    ``mixed_precision``: ``"no"``, ``"bf16"`` or ``"auto"`` (:func:`asd_utils.precision.resolve`:
+    ``mixed_precision``: ``"no"``, ``"bf16"`` or ``"auto"``
+    (:func:`asd_utils.models.precision.resolve`:
     :func:`train` trains in what it resolves to on the device, and records the decision).
     ``checkpoint_every`` optimizer steps (0: none; the final weights are always saved), the
     newest ``keep_checkpoints`` kept (0: all);
@@ -530,7 +532,8 @@ class TrainResult:
     ``data_seconds`` / ``loop_seconds``: of this call's training loop (not saved, not summed
     over sessions), the time spent waiting for the next batch and the whole loop; their ratio
     says whether the data loader starves the device (``benchmarks/bench_gpu.py``).
-    ``precision``: what ``mixed_precision`` resolved to (:func:`asd_utils.precision.resolve`),
+    ``precision``: what ``mixed_precision`` resolved to
+    (:func:`asd_utils.models.precision.resolve`),
     also in ``finished.json``; embed with its ``autocast``.
     """
 
@@ -680,7 +683,7 @@ def train(
 
     ``model(waveform (B, samples), lengths (B,), augment=callable|None)`` returns a dict (e.g.
     :class:`asd_utils.models.heads.EmbeddingModel`); ``loss_fn(outputs, targets)`` returns a
-    dict with ``"loss"`` and any parts to log (e.g. :class:`asd_utils.losses.OSSCLLoss`).
+    dict with ``"loss"`` and any parts to log (e.g. :class:`asd_utils.models.losses.OSSCLLoss`).
     ``dataset[(index, seed)]`` returns ``(waveform, target)`` or ``(waveform, target,
     n_valid)`` (:class:`ClipDataset`). A data set, not a DataLoader: the loop owns the sampler
     (:class:`ResumableSampler`), whose position is what makes a resumed run see the same clips.
@@ -698,7 +701,8 @@ def train(
     ``loss.safetensors`` and, last, ``finished.json`` (steps, seconds, config, each final
     file's size and sha256): the run is complete.
 
-    ``config.mixed_precision`` is resolved first (:func:`asd_utils.precision.resolve`: ``auto``
+    ``config.mixed_precision`` is resolved first (:func:`asd_utils.models.precision.resolve`:
+    ``auto``
     becomes ``bf16`` or ``no`` on this device) and the run is trained, saved and compared for
     resuming under what it resolved to: bf16 is accelerate's autocast around the forward, with
     float32 weights (the optimizer's master copy), float32 fbank and losses, float32 outputs.
@@ -963,7 +967,3 @@ def main(argv: Sequence[str] | None = None) -> TrainResult:
         resume=args.resume,
         progress=not args.no_progress,
     )
-
-
-if __name__ == "__main__":
-    main()

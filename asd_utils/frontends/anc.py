@@ -486,7 +486,7 @@ def evaluate_denoising(machine, noise, oracle: bool = False, **settings) -> pd.D
     """Measure the canceller on clips whose clean machine sound and noise are known.
 
     The near channel (primary) is ``machine[0] + noise[0]``, the far channel (reference)
-    ``machine[1] + noise[1]``, as in ``asd_utils.synth``; the output is ``fblms``'s, split
+    ``machine[1] + noise[1]``, as in ``asd_utils.data.synth``; the output is ``fblms``'s, split
     exactly into what became of the machine sound and of the noise (see ``_split_output``).
 
     Args:

@@ -1,7 +1,8 @@
 r"""Train fine-tuned systems from the command line, into the run folders the notebooks find.
 
-    python -m asd_utils.train --profile paper --system "System 1" [--data-root D] [--output-root O]
-    accelerate launch --multi_gpu --num_processes 4 -m asd_utils.train --profile paper \
+    python -m asd_utils.training.launch --profile paper --system "System 1" \
+        [--data-root D] [--output-root O]
+    accelerate launch --multi_gpu --num_processes 4 -m asd_utils.training.launch --profile paper \
         --system "System 1"
     make train PROFILE=paper SYSTEM="System 1"
 
@@ -10,7 +11,7 @@ run_dir`, keyed by everything that changes its weights), resuming a stopped run 
 checkpoint; ``make report`` (or the chapter) afterwards finds the finished run and goes straight
 on to embedding and scoring. Under ``accelerate launch`` every process runs this same command;
 the batch size stays global. Before anything trains the data is indexed and checked (as the
-pipeline's door, :func:`asd_utils.pipeline.preflight`: train and test clips of both domains,
+pipeline's door, :func:`asd_utils.report.pipeline.preflight`: train and test clips of both domains,
 the checkpoints), a system that cannot run on it (System 3 or 5 on mono clips) is refused with
 the reason, and the output root is locked (:class:`asd_utils.runs.OutputLock`) by the main
 process, so a pipeline or another training run into it is refused. Every refusal is one line
@@ -36,7 +37,7 @@ def main(argv: list[str] | None = None) -> dict:
     """Train the systems named on the command line; returns ``{system: TrainResult}``. Raises
     on a user error (:func:`asd_utils.errors.run_command` makes it one line)."""
     parser = argparse.ArgumentParser(
-        prog="python -m asd_utils.train",
+        prog="python -m asd_utils.training.launch",
         description="Train fine-tuned systems into the run folders the notebooks find.",
     )
     parser.add_argument("--profile", required=True, help="smoke, quick, paper, or a YAML path")

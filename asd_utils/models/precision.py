@@ -4,7 +4,8 @@
 matrix products (linear, convolution, attention) run in bfloat16, the weights stay float32
 (the master copy the optimizer updates), and what numerics need stays float32 because it turns
 autocast off: the Kaldi fbank (:func:`asd_utils.models.common.autocast_off`), the ANC (run
-before the model), the losses (:mod:`asd_utils.losses`) and the pooled embeddings (cast back to
+before the model), the losses (:mod:`asd_utils.models.losses`) and the pooled embeddings (cast back
+to
 float32 before pooling and scoring). ``no`` is float32 throughout. ``auto`` is bf16 where it
 pays: on a GPU that supports it; on a CPU where a short matmul probe (:func:`matmul_probe`)
 measures bf16 at least :data:`PAYS` times as fast as float32. CPUs with AMX-BF16 (Intel

@@ -41,7 +41,7 @@ class Data(Section):
 
 
 class Synth(Section):
-    """:class:`asd_utils.synth.SynthConfig` (sizes of the embedded synthetic dataset)."""
+    """:class:`asd_utils.data.synth.SynthConfig` (sizes of the embedded synthetic dataset)."""
 
     machine_types: list[str] = Field(min_length=1)
     eval_machine_types: list[str] | None = None
@@ -76,7 +76,8 @@ class Baseline(Section):
 
 
 class Anc(Section):
-    """System 3's denoiser (:func:`asd_utils.anc.fblms`) and the ANC chapter's analysis sizes."""
+    """System 3's denoiser (:func:`asd_utils.frontends.anc.fblms`) and the ANC chapter's analysis
+    sizes."""
 
     filter_length: PositiveInt
     step_size: PositiveFloat
@@ -101,7 +102,7 @@ class Train(Section):
     ema_decay: Fraction
     spec_augment_time: NonNegativeInt
     spec_augment_freq: NonNegativeInt
-    mixed_precision: Literal["no", "bf16", "auto"]  # asd_utils.precision
+    mixed_precision: Literal["no", "bf16", "auto"]  # asd_utils.models.precision
     checkpoint_every: NonNegativeInt
     loss_lr_scale: PositiveFloat | None = None
     weight_decay: NonNegativeFloat | None = None
@@ -115,7 +116,7 @@ class Train(Section):
 
 
 class OSSCLLoss(Section):
-    """:class:`asd_utils.losses.OSSCLLoss`."""
+    """:class:`asd_utils.models.losses.OSSCLLoss`."""
 
     margin: NonNegativeFloat
     scale: PositiveFloat
@@ -126,7 +127,7 @@ class OSSCLLoss(Section):
 
 
 class GRLLoss(Section):
-    """:class:`asd_utils.losses.GRLLoss`."""
+    """:class:`asd_utils.models.losses.GRLLoss`."""
 
     margin: NonNegativeFloat
     scale: PositiveFloat
@@ -186,7 +187,7 @@ class BEATsGRL(FineTuned):
 
 
 class Frozen(Section):
-    """System 0 (:mod:`asd_utils.training_free`): a frozen encoder on both channels."""
+    """System 0 (:mod:`asd_utils.systems.training_free`): a frozen encoder on both channels."""
 
     backbone: Literal["eat", "beats"]
     size: Literal["tiny", "base"]
@@ -197,7 +198,7 @@ class Frozen(Section):
     alpha: float
     knn_k: PositiveInt
     embed_batch_size: PositiveInt
-    mixed_precision: Literal["no", "bf16", "auto"]  # asd_utils.precision
+    mixed_precision: Literal["no", "bf16", "auto"]  # asd_utils.models.precision
     sweep_layers: list[int]  # analysis only: stored beside ``layer``
     sweep_alpha: list[float]  # analysis only
 
@@ -222,7 +223,7 @@ class Backends(Section):
 
 
 class NoiseStudy(Section):
-    """System 5's noise study (:mod:`asd_utils.noise_study`): one small set per near SNR."""
+    """System 5's noise study (:mod:`asd_utils.studies.noise_study`): one small set per near SNR."""
 
     machine_types: list[str] = Field(min_length=1)
     near_snr_db: list[float] = Field(min_length=1)
@@ -240,14 +241,14 @@ class NoiseStudy(Section):
 
 
 class Decision(Section):
-    """:func:`asd_utils.metrics.decision_threshold`."""
+    """:func:`asd_utils.evaluation.metrics.decision_threshold`."""
 
     rule: Literal["gamma", "empirical"]
     quantile: Annotated[float, Field(gt=0, lt=1)]
 
 
 class Ensemble(Section):
-    """System 4 (:func:`asd_utils.ensemble.combine`); weights fixed here, never tuned."""
+    """System 4 (:func:`asd_utils.systems.ensemble.combine`); weights fixed here, never tuned."""
 
     members: list[Literal[ENSEMBLE_MEMBERS]] = Field(  # type: ignore[valid-type]
         min_length=1

@@ -4,13 +4,14 @@ Where the far microphone can matter, the question can be answered: the same mach
 several near-microphone SNRs (the profile's ``noise_study`` section), the far microphone
 carrying the noise more strongly, the noise non-stationary (impacts, babble) and reaching the
 near microphone by a long reverberant path that System 3's 128-tap canceller cannot fully
-model. One small synthetic set per SNR (:mod:`asd_utils.synth`); on each, for every seed:
+model. One small synthetic set per SNR (:mod:`asd_utils.data.synth`); on each, for every seed:
 System 1 (near channel only), System 3 (ANC), System 5 (fusion inside the encoder), trained by
 the common loop at the study's size, and System 0's residual view (no training), all scored by
 the profile's default back end. With ``ablations``, System 5 variants at the middle SNR (where
 the modules go, a frozen backbone): analysis.
 
-    python -m asd_utils.noise_study --profile quick [--output-root DIR]    (make noise-study)
+    python -m asd_utils.studies.noise_study --profile quick [--output-root DIR]    (make
+    noise-study)
 
 Rows go to ``<output_root>/noise_study.csv`` (written after every run, atomically), each with
 the :func:`study_key` of the settings; a rerun skips the rows of the same key already there, so
@@ -29,19 +30,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from asd_utils import (
-    config,
-    data,
-    errors,
-    files,
-    metrics,
-    registry,
-    scoring,
-    stages,
-    synth,
-    systems,
-)
-from asd_utils import training_free as tf
+from asd_utils import config, data, errors, files, registry, scoring, stages, systems
+from asd_utils.data import synth
+from asd_utils.evaluation import metrics
+from asd_utils.systems import training_free
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +89,8 @@ def study_key(profile: dict) -> str:
     on this machine (``auto``: bf16 or float32); rows of other keys are old."""
     sections = ("noise_study", "osscl", "fusion", "frozen", "backends", "anc")
     values = {s: profile[s] for s in sections}
-    chosen = {s: systems.resolved_precision(profile, s).name for s in (*TRAINED, tf.SYSTEM)}
+    every = (*TRAINED, training_free.SYSTEM)
+    chosen = {s: systems.resolved_precision(profile, s).name for s in every}
     if any(p == "bf16" for p in chosen.values()):  # float32 runs keep their old key
         values["precision"] = chosen
     payload = json.dumps(values, sort_keys=True, default=str)
@@ -130,7 +123,7 @@ def run(
         synth.generate_dataset(root, dataset_config(study, snr), progress=False, replace=True)
         clips = data.index_dataset(root)
         for seed in study["seeds"]:
-            runs = {s: None for s in (*TRAINED, tf.SYSTEM)}
+            runs = {s: None for s in (*TRAINED, training_free.SYSTEM)}
             if study["ablations"] and snr == middle:
                 runs.update(ABLATIONS)
             for name, changes in runs.items():
@@ -140,12 +133,12 @@ def run(
                 derived = study_profile(profile, seed, changes)
                 path = config.freeze_profile(derived, folder / "profiles" / f"{name}-{seed}.yaml")
                 extra = {}
-                if name == tf.SYSTEM:
-                    embeddings, encoder, section = tf.embed(
+                if name == training_free.SYSTEM:
+                    embeddings, encoder, section = training_free.embed(
                         derived, clips, folder / "cache", progress
                     )
-                    vector = tf.view(embeddings, "residual", section["alpha"],
-                                     tf.layer_position(encoder, section["layer"]))  # fmt: skip
+                    block = training_free.layer_position(encoder, section["layer"])
+                    vector = training_free.view(embeddings, "residual", section["alpha"], block)
                     k = section["knn_k"]
                 else:  # the stages the report runs: train, embed (asd_utils.stages)
                     system = name.split(" (")[0]

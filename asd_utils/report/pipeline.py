@@ -1,9 +1,9 @@
 """Run every notebook in order with a profile through papermill, then build the book.
 
-    python -m asd_utils.pipeline --profile quick [--data-root DIR] [--output-root DIR]
+    python -m asd_utils.report.pipeline --profile quick [--data-root DIR] [--output-root DIR]
 
 Executed notebooks go to ``<output_root>/executed/`` (the source notebooks are never touched);
-the book is staged in ``<output_root>/book_source/`` (:mod:`asd_utils.book`: set-up cells
+the book is staged in ``<output_root>/book_source/`` (:mod:`asd_utils.report.book`: set-up cells
 hidden, machine paths scrubbed, the run's headline on the landing page) and built strictly
 (warnings are errors) into ``<build_dir>/_build/html``. ``<output_root>/run_record.json`` records
 the profile, seed, paths, git commit, package versions and the time each stage took.
@@ -25,7 +25,7 @@ from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 
-from asd_utils import book, errors, runs
+from asd_utils import errors, runs
 from asd_utils.config import (
     REPO_ROOT,
     RunPaths,
@@ -35,6 +35,7 @@ from asd_utils.config import (
     resolve_paths,
 )
 from asd_utils.files import atomic_write_text
+from asd_utils.report import book
 
 log = logging.getLogger(__name__)
 
@@ -93,10 +94,11 @@ def preflight(paths: RunPaths, profile: dict | None = None) -> dict:
 
     Decides which systems can run on the data (:func:`asd_utils.systems.unavailable`) and which
     machine types get no metrics (anonymous test clips, or labelled ones without anomalies or
-    normals: :func:`asd_utils.metrics.labelled`). Prints one line on the data and one per
+    normals: :func:`asd_utils.evaluation.metrics.labelled`). Prints one line on the data and one per
     skipped system or machine type without metrics; returns what the run record keeps of it.
     """
-    from asd_utils import data, metrics, stages, systems
+    from asd_utils import data, stages, systems
+    from asd_utils.evaluation import metrics
 
     clips = data.index_dataset(paths.data_root, cache_dir=paths.output_root / "cache")
     stages.write_manifest(paths.output_root, paths.data_root, clips)  # what every chapter reads
@@ -177,7 +179,7 @@ def run_record(
         "seed": profile["seed"],
         "settings": profile,
         "data_root": str(paths.data_root),
-        "data": "synthetic (asd_utils.synth)" if paths.synthetic else "user-given DCASE tree",
+        "data": "synthetic (asd_utils.data.synth)" if paths.synthetic else "user-given DCASE tree",
         **(data_summary or {}),
         "output_root": str(paths.output_root),
         "git_commit": git_commit(),
@@ -322,7 +324,7 @@ def execute_notebooks(
 
 
 def build_book(paths: RunPaths, profile: dict, build_dir: Path) -> Path:
-    """Stage the book (:func:`asd_utils.book.stage`) from the executed notebooks and build it
+    """Stage the book (:func:`asd_utils.report.book.stage`) from the executed notebooks and build it
     strictly (``-W``, warnings are errors) into ``<build_dir>/_build/html``."""
     stage = paths.output_root / "book_source"
     if stage.exists():

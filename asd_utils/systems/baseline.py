@@ -15,7 +15,7 @@ import torch
 from tqdm import tqdm
 
 from asd_utils.data import read_audio
-from asd_utils.features import log_mel, stack_frames
+from asd_utils.frontends.features import log_mel, stack_frames
 from asd_utils.models.autoencoder import (
     AETrainConfig,
     AutoEncoder,

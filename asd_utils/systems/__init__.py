@@ -10,7 +10,7 @@
 System 5 goes beyond the paper: cross-channel modules inside the encoder
 (:class:`asd_utils.models.fusion.FusionBackbone`) let the near channel attend to the far one.
 
-System 0 (``frozen``, :mod:`asd_utils.training_free`) trains nothing; :func:`settings` and
+System 0 (``frozen``, :mod:`asd_utils.systems.training_free`) trains nothing; :func:`settings` and
 :func:`asd_utils.stages.knn_k` serve it too.
 
 :func:`build` turns (data root, profile, system) — primitives only — into ``(model, loss_fn,
@@ -33,14 +33,16 @@ import pandas as pd
 import torch
 from torch import nn
 
-from asd_utils import anc, config, data, errors, precision, registry, training
+from asd_utils import config, data, errors, registry, training
 from asd_utils.files import atomic_write_text
-from asd_utils.losses import GRLLoss, OSSCLLoss
+from asd_utils.frontends import anc
+from asd_utils.models import precision
 from asd_utils.models.beats import BEATs, BEATsConfig
 from asd_utils.models.common import CheckpointError
 from asd_utils.models.eat import EAT, EATConfig
 from asd_utils.models.fusion import FusionBackbone
 from asd_utils.models.heads import EmbeddingModel
+from asd_utils.models.losses import GRLLoss, OSSCLLoss
 
 INFO = "system.json"  # beside a system's official files: its name and parameter count
 CHECKPOINT_ENV = registry.CHECKPOINT_ENV
@@ -174,7 +176,7 @@ def mixed_precision(profile: dict, system: str) -> str:
 
 
 def resolved_precision(profile: dict, system: str) -> precision.Precision:
-    """What the system computes in on this machine (:func:`asd_utils.precision.resolve` of
+    """What the system computes in on this machine (:func:`asd_utils.models.precision.resolve` of
     :func:`mixed_precision` on the GPU when there is one, else the CPU): training and
     embedding alike; pass its ``autocast`` to :func:`asd_utils.scoring.extract_embeddings`."""
     return precision.resolve(mixed_precision(profile, system))

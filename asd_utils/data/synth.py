@@ -755,7 +755,7 @@ def read_manifest(root: str | Path) -> SynthConfig:
     manifest = Path(root) / MANIFEST
     if not manifest.exists():
         raise FileNotFoundError(
-            f"{manifest} not found: {root} is not a synthetic dataset made by asd_utils.synth"
+            f"{manifest} not found: {root} is not a synthetic dataset made by asd_utils.data.synth"
         )
     return SynthConfig.from_dict(json.loads(manifest.read_text())["config"])
 

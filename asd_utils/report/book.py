@@ -31,7 +31,8 @@ from pathlib import Path
 import nbformat
 import pandas as pd
 
-from asd_utils import config, metrics, registry
+from asd_utils import config, registry
+from asd_utils.evaluation import metrics
 
 BOOK_FILES = ("_config.yml", "_toc.yml", "book")
 HEADLINE_MARKER = "<!-- run headline -->"

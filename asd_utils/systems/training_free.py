@@ -28,9 +28,11 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from asd_utils import anc, data, precision, registry, scoring, systems
-from asd_utils.features import kaldi_fbank
+from asd_utils import data, registry, scoring, systems
 from asd_utils.files import atomic_path
+from asd_utils.frontends import anc
+from asd_utils.frontends.features import kaldi_fbank
+from asd_utils.models import precision
 from asd_utils.models.common import n_frames, prefix_mask
 from asd_utils.models.frozen import FrozenEncoder, block_numbers, transformer_blocks
 
@@ -165,7 +167,8 @@ def embed_channels(
     """Embeddings of every clip of ``table`` per channel: ``{channel: (N, layers, dim)}``.
 
     ``channels`` from :data:`CHANNELS`; ``anc`` denoises the near channel with the far one
-    (:func:`asd_utils.anc.denoise`, ``anc_settings``), a whole batch at once (the canceller is
+    (:func:`asd_utils.frontends.anc.denoise`, ``anc_settings``), a whole batch at once (the
+    canceller is
     causal, so the zero padding after a short clip does not change it). Each channel is cached
     as ``frozen_<key>.npy`` under ``cache_dir``, keyed by the weights, blocks, pooling, clips,
     channel and front-end settings (:func:`asd_utils.scoring.embedding_cache_key`): a cached
@@ -225,12 +228,12 @@ def embed(
 ) -> tuple[dict[str, np.ndarray], FrozenEncoder, dict]:
     """System 0 for a run: the encoder of the profile, every channel the clips allow, on the GPU
     when there is one, in the precision ``mixed_precision`` resolves to there
-    (:func:`asd_utils.precision.resolve`; the fbank, the ANC and the pooling stay float32).
+    (:func:`asd_utils.models.precision.resolve`; the fbank, the ANC and the pooling stay float32).
     bf16 is autocast on a GPU; on a CPU it is a copy of the encoder with bf16 weights (a frozen
     encoder needs no float32 master weights, and on the Xeon's AMX it ran EAT base at 3.75x
     float32 against autocast's 2.62x, cosine to float32 0.99993; ``bench_backbones.py``).
     Returns ``(embeddings, encoder, section)``: the float32 encoder, the section with
-    ``precision`` (the decision, :meth:`asd_utils.precision.Precision.to_dict`, and ``how``)
+    ``precision`` (the decision, :meth:`asd_utils.models.precision.Precision.to_dict`, and ``how``)
     added; see :func:`embed_channels` (the cache key holds the weights' dtype and the
     autocast)."""
     encoder, section = build_encoder(profile)

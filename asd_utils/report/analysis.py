@@ -11,12 +11,14 @@ from collections.abc import Mapping
 import numpy as np
 import pandas as pd
 
-from asd_utils import ensemble, metrics, scoring
+from asd_utils import scoring
+from asd_utils.evaluation import metrics
+from asd_utils.systems import ensemble
 
 
 def summary(scores: pd.DataFrame) -> dict[str, float]:
     """The official score and the harmonic means of one system's clip scores (fractions),
-    over the machine types with ground truth (:func:`asd_utils.metrics.summarise`)."""
+    over the machine types with ground truth (:func:`asd_utils.evaluation.metrics.summarise`)."""
     return metrics.summarise(metrics.evaluate(metrics.labelled(scores)[0]))
 
 

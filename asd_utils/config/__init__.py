@@ -19,11 +19,11 @@ from pathlib import Path
 import pydantic
 import yaml
 
-from asd_utils import profile_schema as schema
+from asd_utils.config import schema as schema
 from asd_utils.errors import UserError
 from asd_utils.files import atomic_write_text
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 PROFILE_DIR = REPO_ROOT / "profiles"
 
 
@@ -151,7 +151,7 @@ def _describe_error(error: dict) -> str:
 
 
 def validate_profile(values, source: str = "profile") -> dict:
-    """Check a profile's values against :class:`asd_utils.profile_schema.Profile`.
+    """Check a profile's values against :class:`asd_utils.config.schema.Profile`.
 
     Returns the profile as a plain dict (optional keys left out keep the reading code's
     default and are absent). Raises :class:`ProfileError` naming ``source``, every offending key
@@ -186,7 +186,7 @@ def load_profile(profile: str | os.PathLike) -> dict:
 def freeze_profile(profile: dict, path: str | os.PathLike) -> Path:
     """Write the validated ``profile`` to ``path`` (atomically) for the notebooks of one run:
     each loads exactly this file, never a name looked up again."""
-    text = "# the profile this run ran with (asd_utils.pipeline); do not edit\n"
+    text = "# the profile this run ran with (asd_utils.report.pipeline); do not edit\n"
     return atomic_write_text(path, text + yaml.safe_dump(profile, sort_keys=False))
 
 
@@ -241,7 +241,7 @@ def prepare_data(profile: dict, paths: RunPaths, progress: bool = True) -> Path:
     profile's own synthetic root is made again when its settings or the generator changed.
     """
     if paths.synthetic:
-        from asd_utils.synth import SynthConfig, generate_dataset
+        from asd_utils.data.synth import SynthConfig, generate_dataset
 
         generate_dataset(
             paths.data_root,

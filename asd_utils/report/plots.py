@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import roc_curve
 
-from asd_utils.metrics import machine_sort_key
+from asd_utils.evaluation.metrics import machine_sort_key
 
 
 def _db_spectrogram(x: np.ndarray, sample_rate: int, n_fft: int = 1024) -> tuple:
@@ -185,7 +185,8 @@ def anc_sweep(
     of each (``line``, ``x``) pair, ``x`` on a log axis, one line per ``line`` value.
 
     ``table``: one row per clip and setting, with columns ``x``, ``line`` and ``metrics`` (as
-    ``asd_utils.anc.evaluate_denoising`` plus the setting columns). ``chosen``: ``{x: value,
+    ``asd_utils.frontends.anc.evaluate_denoising`` plus the setting columns). ``chosen``: ``{x:
+    value,
     line: value}`` of a setting to mark with a star.
     """
     means = table.groupby([line, x])[list(metrics)].mean().reset_index()
@@ -214,7 +215,8 @@ def anc_convergence(
     metrics: tuple[str, ...] = ("noise_reduction_db", "machine_removed_db"),
 ) -> plt.Figure:
     """The canceller's effect over time within a clip: per metric one panel, the mean over the
-    clips of each ``group`` per window (``curve``: ``asd_utils.anc.convergence_curve`` rows with
+    clips of each ``group`` per window (``curve``: ``asd_utils.frontends.anc.convergence_curve``
+    rows with
     a ``group`` column added), against the window centre ``time_s``; a black line is the mean
     over all clips (over the windows that every clip has)."""
     fig, axes = plt.subplots(

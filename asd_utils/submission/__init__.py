@@ -56,7 +56,6 @@ import math
 import os
 import re
 import shutil
-import sys
 import tempfile
 import zipfile
 from collections.abc import Iterable, Sequence
@@ -67,8 +66,8 @@ import yaml
 
 from asd_utils import config, data, errors, registry
 from asd_utils.errors import UserError
+from asd_utils.evaluation.metrics import METRICS, describe_decision, machine_sort_key
 from asd_utils.files import atomic_write_text
-from asd_utils.metrics import METRICS, describe_decision, machine_sort_key
 
 log = logging.getLogger(__name__)
 
@@ -952,7 +951,3 @@ def main(argv: list[str] | None = None) -> int:
             print(_check_command(Path(args.directory), Path(data_root), args.which))
 
     return errors.run_command(command, argv)
-
-
-if __name__ == "__main__":
-    sys.exit(main())
