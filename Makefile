@@ -25,13 +25,15 @@ report: setup  ## synthetic data (if needed), every notebook with papermill, the
 run: setup  ## every stage from the command line (asd run): the same files, no notebook, no book
 	$(VENV)/bin/asd run --profile $(PROFILE)
 
-test: setup  ## lint, format check, and the whole test suite (smoke runs of the pipeline, the book in a browser)
+test: setup  ## lint, format check, the layering (.importlinter), the whole test suite (pipeline smoke runs, the book in a browser)
 	@start=$$(date +%s); \
-	$(PY) -m ruff check . && $(PY) -m ruff format --check . && $(PY) -m pytest; status=$$?; \
+	$(PY) -m ruff check . && $(PY) -m ruff format --check . && $(VENV)/bin/lint-imports --no-cache \
+	  && $(PY) -m pytest; status=$$?; \
 	echo "make test: $$(( $$(date +%s) - start )) s"; exit $$status
 
-test-fast: setup  ## the edit loop: lint and the tests not marked slow (no pipeline, no browser)
+test-fast: setup  ## the edit loop: lint, the layering and the tests not marked slow (no pipeline, no browser)
 	$(PY) -m ruff check .
+	$(VENV)/bin/lint-imports --no-cache
 	$(PY) -m pytest -m "not slow" -q
 
 train: setup  ## train one fine-tuned system into the run folder the notebooks find; SYSTEM="System 1"

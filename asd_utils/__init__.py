@@ -1,10 +1,28 @@
 """asd_utils: the work behind the XJU DCASE 2026 Task 2 notebooks.
 
-Modules, in the order a clip flows through them (each calls only the ones before it):
-``data`` (index and read a DCASE tree), ``synth`` (make one), ``features``, ``anc``,
-``models``, ``training``, ``scoring``, ``training_free`` (System 0, the log-mel floor),
-``metrics``, ``submission``, ``plots``; ``pipeline`` drives
-the notebooks; ``config`` (with the schema in ``profile_schema``) reads and checks profiles.
+One folder per stage a clip passes through, bottom to top; a layer imports only the layers
+below it (``.importlinter``, checked by ``make test``), and ``config``, ``data``,
+``evaluation``, ``submission`` and ``report.book`` load without torch:
+
+    cli.py            the ``asd`` command: one sub-command per stage
+    report/           pipeline (papermill over the notebooks), book, plots, analysis
+    studies/          the noise study (System 5 against the near-microphone SNR)
+    stages.py         every stage, one function each: prepare, baseline, train, embed, score,
+                      frozen, ensemble, evaluate, package, detect
+    submission/       the DCASE package: meta files, ground truth, the checks
+    systems/          how each system is made: build and run folder of the fine-tuned ones,
+                      train (the command, also under accelerate launch), baseline (the
+                      autoencoder), training_free (System 0, the log-mel floor), ensemble
+    scoring/          embeddings and their cache, the back ends (KNN and others)
+    training/         the training loop, checkpoints and resume (``python -m asd_utils.training``)
+    models/           EAT, BEATs, the fusion modules, heads, losses, the autoencoder, precision
+    frontends/        fbank and log-mel, SpecAugment, the ANC, channel views
+    data/             DCASE names, the index and its checks, audio I/O; synth (the synthetic set)
+    evaluation/       metrics, the official file format, thresholds, Table 2
+    config/           profiles (load, extend, freeze, paths) and their schema
+    registry.py       the systems: one table every module reads
+    files.py runs.py  atomic writes; the output root's lock and status
+    errors.py         one-line user errors, -q / -v, interruptions
 """
 
 __version__ = "0.1.0"

@@ -3,7 +3,7 @@
     asd run      --profile quick                      # every stage; no notebook, no book
     asd report   --profile quick                      # the notebooks (calling the stages), book
     asd prepare  --profile paper --data-root /data/dcase2026
-    asd train    --profile paper --system "System 1"  # accelerate launch: asd_utils.training.launch
+    asd train    --profile paper --system "System 1"  # accelerate launch: asd_utils.systems.train
     asd embed    --profile paper --system "System 1"
     asd score | ensemble | evaluate | package  --profile paper
     asd detect   --profile paper --system "System 1" NEW_CLIPS/ --output scores.csv
@@ -110,13 +110,13 @@ def _dispatch(args) -> None:
         )
         return
     if args.command == "train":
-        from asd_utils.training import launch
+        from asd_utils.systems import train
 
         argv = ["--profile", args.profile, "--system", *args.system]
         for flag, value in (("--data-root", args.data_root), ("--output-root", args.output_root)):
             if value:
                 argv += [flag, value]
-        launch.main(argv)
+        train.main(argv)
         return
     if args.command == "profile":
         import yaml

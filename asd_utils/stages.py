@@ -89,7 +89,7 @@ def open_run(
         str(output_root) if output_root else None,
     )
     _console()
-    config.prepare_data(settings, paths, progress=progress)
+    data.prepare_data(settings, paths, progress=progress)
     frozen = paths.output_root / "profile.yaml"
     if Path(profile).resolve() != frozen.resolve():
         config.freeze_profile(settings, frozen)

@@ -69,7 +69,7 @@ def run() -> None:
         section = base[registry.get(args.system).section]
         section["train"] = {**section["train"], "mixed_precision": args.mixed_precision}
     paths = config.resolve_paths(base)
-    config.prepare_data(base, paths, progress=False)
+    data.prepare_data(base, paths, progress=False)
     clips = data.index_dataset(paths.data_root)
     print(
         f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "

@@ -2,7 +2,7 @@
 
 import pytest
 
-from asd_utils import config
+from asd_utils import config, data
 from asd_utils.data import synth
 from asd_utils.models.autoencoder import AETrainConfig
 
@@ -63,7 +63,7 @@ def test_a_user_data_root_must_exist(tmp_path):
     profile = config.load_profile("smoke")
     paths = config.resolve_paths(profile, data_root=str(tmp_path / "missing"))
     with pytest.raises(FileNotFoundError, match="missing"):
-        config.prepare_data(profile, paths)
+        data.prepare_data(profile, paths)
 
 
 # --- the profile schema: a misspelt, mistyped or out-of-range key is refused up front ----------

@@ -10,6 +10,7 @@ import yaml
 
 from asd_utils import config, data, scoring, systems, training
 from asd_utils.data import synth
+from asd_utils.frontends import views
 from asd_utils.models.beats import BEATs, BEATsConfig
 from asd_utils.models.eat import EAT, EATConfig
 from asd_utils.models.fusion import CrossChannelAttention, FusionBackbone
@@ -109,9 +110,9 @@ def test_system5_is_skipped_on_mono_clips_and_reads_both_channels(tmp_path):
     )
     assert systems.front_end(config.load_profile("smoke"), "System 5")[0] is None
     stereo_path = clips.loc[clips["channels"] == 2, "path"].item()
-    assert training.load_waveform(stereo_path, None).shape == (2, 4000)
+    assert views.load_waveform(stereo_path, None).shape == (2, 4000)
     with pytest.raises(data.DataError, match="is mono; both microphones"):
-        training.load_waveform(clips.loc[clips["channels"] == 1, "path"].item(), None)
+        views.load_waveform(clips.loc[clips["channels"] == 1, "path"].item(), None)
 
 
 class Killed(Exception):

@@ -9,6 +9,7 @@ import torch
 import yaml
 
 from asd_utils import config, data, registry, stages, systems, training
+from asd_utils.frontends import views
 from asd_utils.models.heads import grl_lambda, reverse_gradient
 from asd_utils.models.losses import GRLLoss
 
@@ -65,7 +66,7 @@ def tiny_setup(tmp_path_factory):
     path = tmp / "tiny.yaml"
     path.write_text(yaml.safe_dump(profile))
     paths = config.resolve_paths(profile)
-    config.prepare_data(profile, paths, progress=False)
+    data.prepare_data(profile, paths, progress=False)
     return str(path), profile, paths, tmp
 
 
@@ -93,7 +94,7 @@ def test_system_3_reads_the_denoised_near_channel(tiny_setup):
     channel, preprocess, key = systems.front_end(profile, "System 3")
     path = data.index_dataset(paths.data_root, split="train")["path"].iloc[0]
     near = data.read_audio(path)[0]
-    denoised = training.load_waveform(path, channel, preprocess)
+    denoised = views.load_waveform(path, channel, preprocess)
     assert denoised.shape == near.shape and not torch.allclose(
         torch.from_numpy(denoised), torch.from_numpy(near)
     )

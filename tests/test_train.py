@@ -7,7 +7,7 @@ import yaml
 
 from asd_utils import config, data, systems
 from asd_utils.data import synth
-from asd_utils.training import launch
+from asd_utils.systems import train
 
 
 @pytest.fixture(scope="module")
@@ -29,10 +29,10 @@ def test_trains_into_the_notebooks_run_folder_and_finds_it_finished(tree, capsys
     tmp, path, profile = tree
     argv = ["--profile", str(path), "--system", "System 1", "--data-root", str(tmp / "data"),
             "--output-root", str(tmp / "out"), "--no-progress"]  # fmt: skip
-    first = launch.main(argv)["System 1"]
+    first = train.main(argv)["System 1"]
     assert first.output_dir == systems.run_dir(tmp / "out", profile, "System 1", tmp / "data")
     assert first.steps == 2 and not first.reused
-    again = launch.main(argv)["System 1"]
+    again = train.main(argv)["System 1"]
     assert again.reused  # what the notebook would find: nothing trains again
     assert "run folder" in capsys.readouterr().err  # logged, on standard error
 
@@ -52,7 +52,7 @@ def test_refuses_a_system_the_data_cannot_feed_before_training(tmp_path, tree):
     argv = ["--profile", str(path), "--system", "System 3", "--data-root", str(tmp_path / "mono"),
             "--output-root", str(tmp_path / "out")]  # fmt: skip
     with pytest.raises(SystemExit, match="System 3 is skipped: its ANC front-end needs the far"):
-        launch.main(argv)
+        train.main(argv)
     assert not (tmp_path / "out" / "training").exists()
     with pytest.raises(SystemExit):  # argparse: System 0 trains nothing
-        launch.main(["--profile", str(path), "--system", "System 0"])
+        train.main(["--profile", str(path), "--system", "System 0"])

@@ -232,23 +232,3 @@ def resolve_paths(
     # The pipeline hands the resolved root to each notebook: the same root is still synthetic.
     synthetic = data.resolve() == synthetic_root.resolve()
     return RunPaths(data_root=data, output_root=out, synthetic=synthetic)
-
-
-def prepare_data(profile: dict, paths: RunPaths, progress: bool = True) -> Path:
-    """Make sure the run's dataset exists: generate the synthetic one if needed (idempotent).
-
-    A user-given data root is never written to; it must already hold a DCASE tree. The
-    profile's own synthetic root is made again when its settings or the generator changed.
-    """
-    if paths.synthetic:
-        from asd_utils.data.synth import SynthConfig, generate_dataset
-
-        generate_dataset(
-            paths.data_root,
-            SynthConfig.from_dict(profile["synth"]),
-            progress=progress,
-            replace=True,
-        )
-    elif not paths.data_root.is_dir():
-        raise FileNotFoundError(f"data_root {paths.data_root} does not exist")
-    return paths.data_root

@@ -740,3 +740,24 @@ def attribute_classes(table: pd.DataFrame, by_domain: bool = False) -> tuple[np.
     class_names = sorted(set(names))
     class_ids = pd.Index(class_names).get_indexer(names).astype(np.int64)
     return class_ids, class_names
+
+
+def prepare_data(profile: dict, paths, progress: bool = True) -> Path:
+    """Make sure the run's dataset exists: generate the synthetic one if needed (idempotent).
+
+    A user-given data root is never written to; it must already hold a DCASE tree. The
+    profile's own synthetic root is made again when its settings or the generator changed.
+    ``paths``: the run's :class:`asd_utils.config.RunPaths`.
+    """
+    if paths.synthetic:
+        from asd_utils.data.synth import SynthConfig, generate_dataset
+
+        generate_dataset(
+            paths.data_root,
+            SynthConfig.from_dict(profile["synth"]),
+            progress=progress,
+            replace=True,
+        )
+    elif not paths.data_root.is_dir():
+        raise FileNotFoundError(f"data_root {paths.data_root} does not exist")
+    return paths.data_root

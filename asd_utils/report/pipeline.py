@@ -25,13 +25,12 @@ from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 
-from asd_utils import errors, runs
+from asd_utils import data, errors, runs
 from asd_utils.config import (
     REPO_ROOT,
     RunPaths,
     freeze_profile,
     load_profile,
-    prepare_data,
     resolve_paths,
 )
 from asd_utils.files import atomic_write_text
@@ -97,7 +96,7 @@ def preflight(paths: RunPaths, profile: dict | None = None) -> dict:
     normals: :func:`asd_utils.evaluation.metrics.labelled`). Prints one line on the data and one per
     skipped system or machine type without metrics; returns what the run record keeps of it.
     """
-    from asd_utils import data, stages, systems
+    from asd_utils import stages, systems
     from asd_utils.evaluation import metrics
 
     clips = data.index_dataset(paths.data_root, cache_dir=paths.output_root / "cache")
@@ -395,7 +394,7 @@ def _run_locked(profile, paths, build_dir, book, only, kernel) -> dict:
     record_path = paths.output_root / runs.RECORD_NAME
     stages = _earlier_stages(record_path, profile, paths) if only else {}
     start = time.perf_counter()
-    prepare_data(profile, paths)
+    data.prepare_data(profile, paths)
     summary = preflight(paths, profile)
     stages["prepare_data"] = round(time.perf_counter() - start, 1)
     if not only:

@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from asd_utils import data
 from asd_utils.files import atomic_path, write_table
-from asd_utils.training import load_waveform
+from asd_utils.frontends.views import load_waveform
 
 # --- embeddings ----------------------------------------------------------------------------------
 
@@ -89,8 +89,8 @@ def extract_embeddings(
     weights (``TrainResult.ema_model``, or :func:`asd_utils.training.load_weights`). Runs in
     eval mode without gradients on the model's device (its mode is restored afterwards); whole
     clips, channel ``channel`` (None: both microphones) or ``preprocess(audio)`` as
-    :func:`asd_utils.training.load_waveform`. Clips are batched in order of length; a batch of
-    unequal clips is zero-padded and passes ``lengths``. ``autocast``: e.g. ``torch.bfloat16``
+    :func:`asd_utils.frontends.views.load_waveform`. Clips are batched in order of length; a batch
+    of unequal clips is zero-padded and passes ``lengths``. ``autocast``: e.g. ``torch.bfloat16``
     (a system's :func:`asd_utils.systems.resolved_precision`), on a GPU or a CPU; the outputs
     are float32 either way. ``cache_dir``: reuse or write ``embeddings_<key>.npy`` under it,
     keyed by :func:`embedding_cache_key` (the autocast dtype included); with ``preprocess``

@@ -1,8 +1,8 @@
 r"""Train fine-tuned systems from the command line, into the run folders the notebooks find.
 
-    python -m asd_utils.training.launch --profile paper --system "System 1" \
+    python -m asd_utils.systems.train --profile paper --system "System 1" \
         [--data-root D] [--output-root O]
-    accelerate launch --multi_gpu --num_processes 4 -m asd_utils.training.launch --profile paper \
+    accelerate launch --multi_gpu --num_processes 4 -m asd_utils.systems.train --profile paper \
         --system "System 1"
     make train PROFILE=paper SYSTEM="System 1"
 
@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> dict:
     """Train the systems named on the command line; returns ``{system: TrainResult}``. Raises
     on a user error (:func:`asd_utils.errors.run_command` makes it one line)."""
     parser = argparse.ArgumentParser(
-        prog="python -m asd_utils.training.launch",
+        prog="python -m asd_utils.systems.train",
         description="Train fine-tuned systems into the run folders the notebooks find.",
     )
     parser.add_argument("--profile", required=True, help="smoke, quick, paper, or a YAML path")
@@ -75,7 +75,7 @@ def _train(args, profile: dict, paths: config.RunPaths, state: PartialState) -> 
     """:func:`main` once the output root is locked."""
     main_process = state.is_main_process
     with state.main_process_first():  # one process makes the synthetic data, the others wait
-        config.prepare_data(profile, paths, progress=main_process)
+        data.prepare_data(profile, paths, progress=main_process)
     clips = data.index_dataset(paths.data_root, cache_dir=paths.output_root / "cache")
     data.check_machine_types(clips)
     refused = {s: why for s, why in systems.unavailable(clips).items() if s in args.system}
