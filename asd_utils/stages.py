@@ -33,7 +33,7 @@ import numpy as np
 import pandas as pd
 
 from asd_utils import config, data, errors, registry
-from asd_utils.evaluation import metrics
+from asd_utils.evaluation import metrics, official
 from asd_utils.files import atomic_write_text, write_table
 
 log = logging.getLogger(__name__)
@@ -188,7 +188,7 @@ def write_system(
     from asd_utils.systems import write_info  # torch: only when a system is written
 
     directory = run.system_dir(system)
-    thresholds = metrics.write_submission(scores, directory, **run.profile["decision"])
+    thresholds = official.write_submission(scores, directory, **run.profile["decision"])
     write_table(scores, directory / SCORES)
     write_info(directory, system, parameters, **info)
     return thresholds
@@ -445,7 +445,7 @@ def score(run: Run, systems: list[str] | None = None) -> dict[str, pd.DataFrame]
     for system in systems if systems is not None else embedded(run):
         clips, embeddings = scoring.load_embeddings(run.system_dir(system))
         scores = _score(clips, embeddings, knn_k(run.profile, system), backend, options, run.seed)
-        metrics.write_submission(scores, run.system_dir(system), **run.profile["decision"])
+        official.write_submission(scores, run.system_dir(system), **run.profile["decision"])
         write_table(scores, run.system_dir(system) / SCORES)
         out[system] = scores
         log.info("score: %s, %s clips by %s", system, f"{len(clips):,}", backend)
@@ -523,7 +523,7 @@ def evaluate(run: Run) -> Evaluation:
     found = sorted(p.name for p in root.iterdir() if any(p.glob("anomaly_score_*.csv")))
     names = registry.ordered(found)
     scores = pd.concat(
-        [metrics.read_system_scores(root / s).assign(system=s) for s in names], ignore_index=True
+        [official.read_system_scores(root / s).assign(system=s) for s in names], ignore_index=True
     )
     test, no_truth = metrics.labelled(scores)
     tables = {s: metrics.evaluate(test[test["system"] == s]) for s in names}

@@ -10,7 +10,7 @@ import pytest
 from scipy import stats
 from sklearn.metrics import roc_auc_score
 
-from asd_utils.evaluation import metrics
+from asd_utils.evaluation import metrics, official
 
 SYSTEMS = ["baseline-MSE", "baseline-MAHALA", "System 1", "System 2", "System 3", "System 4"]
 
@@ -162,17 +162,17 @@ def test_anomaly_scores_round_trip(tmp_path):
         "section_00_source_test_normal_0000_car_A1.wav",
     ]
     scores = [0.1 + 0.2, np.float32(1 / 3), 1e-300]
-    path = metrics.write_anomaly_scores(tmp_path, "ToyCar", 0, names, scores)
+    path = official.write_anomaly_scores(tmp_path, "ToyCar", 0, names, scores)
     assert path.name == "anomaly_score_ToyCar_section_00_test.csv"
-    metrics.write_anomaly_scores(tmp_path, "fan", "00", ["section_00_0000.wav"], [2.5])
+    official.write_anomaly_scores(tmp_path, "fan", "00", ["section_00_0000.wav"], [2.5])
 
-    back = metrics.read_submission(path)
+    back = official.read_submission(path)
     assert list(back["file_name"]) == sorted(os.path.basename(n) for n in names)
     by_name = dict(zip(back["file_name"], back["value"], strict=True))
     for name, score in zip(names, scores, strict=True):
         assert by_name[os.path.basename(name)] == float(score)
 
-    system = metrics.read_system_scores(tmp_path)
+    system = official.read_system_scores(tmp_path)
     assert list(system.columns) == [
         "machine_type",
         "section",
@@ -190,17 +190,17 @@ def test_anomaly_scores_round_trip(tmp_path):
 
 
 def test_decision_results_round_trip(tmp_path):
-    path = metrics.write_decision_results(tmp_path, "fan", "00", ["b.wav", "a.wav"], [1, 0])
+    path = official.write_decision_results(tmp_path, "fan", "00", ["b.wav", "a.wav"], [1, 0])
     assert path.read_text() == "a.wav,0\nb.wav,1\n"
     with pytest.raises(ValueError, match="0 or 1"):
-        metrics.write_decision_results(tmp_path, "fan", "00", ["a.wav"], [2])
+        official.write_decision_results(tmp_path, "fan", "00", ["a.wav"], [2])
 
 
 def test_write_rejects_duplicates_and_length_mismatch(tmp_path):
     with pytest.raises(ValueError, match="duplicate"):
-        metrics.write_anomaly_scores(tmp_path, "fan", 0, ["x/a.wav", "y/a.wav"], [1.0, 2.0])
+        official.write_anomaly_scores(tmp_path, "fan", 0, ["x/a.wav", "y/a.wav"], [1.0, 2.0])
     with pytest.raises(ValueError, match="2 file names but 1 values"):
-        metrics.write_anomaly_scores(tmp_path, "fan", 0, ["a.wav", "b.wav"], [1.0])
+        official.write_anomaly_scores(tmp_path, "fan", 0, ["a.wav", "b.wav"], [1.0])
     assert list(tmp_path.iterdir()) == []
 
 
@@ -208,7 +208,7 @@ def test_read_submission_names_file_of_malformed_row(tmp_path):
     path = tmp_path / "anomaly_score_fan_section_00_test.csv"
     path.write_text("a.wav,0.5\nb.wav\n")
     with pytest.raises(ValueError, match=r"anomaly_score_fan_section_00_test\.csv: line 2"):
-        metrics.read_submission(path)
+        official.read_submission(path)
 
 
 def test_write_is_atomic(tmp_path, monkeypatch):
@@ -220,9 +220,9 @@ def test_write_is_atomic(tmp_path, monkeypatch):
             raise RuntimeError("disk full")
         return repr(float(value))
 
-    monkeypatch.setattr(metrics, "_format_value", fail_on_third)
+    monkeypatch.setattr(official, "_format_value", fail_on_third)
     with pytest.raises(RuntimeError, match="disk full"):
-        metrics.write_anomaly_scores(tmp_path, "fan", 0, [f"{i}.wav" for i in range(5)], range(5))
+        official.write_anomaly_scores(tmp_path, "fan", 0, [f"{i}.wav" for i in range(5)], range(5))
     assert len(calls) == 3  # it failed midway, after two rows were written
     assert list(tmp_path.glob("anomaly_score_*")) == []
     assert list(tmp_path.iterdir()) == []  # no temporary file left behind either

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from asd_utils import data, scoring
-from asd_utils.evaluation import metrics
+from asd_utils.evaluation import metrics, official
 
 
 def brute_force(train, domain, queries, k, leave_one_out=False):
@@ -102,7 +102,7 @@ def test_score_system_per_section(tmp_path):
         np.testing.assert_allclose(got[train], brute_force(emb[train], domain, emb[train], 2, True))
     from_column = scoring.score_system(table.assign(embedding=list(emb)), k=2)
     pd.testing.assert_frame_equal(from_column, scores)
-    written = metrics.write_submission(scores, tmp_path)
+    written = official.write_submission(scores, tmp_path)
     assert list(written["n_test"]) == [4, 4]
     assert len(metrics.evaluate(scores[scores["split"] == "test"])) == 2
 

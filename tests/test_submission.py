@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from asd_utils import config, data, submission
-from asd_utils.evaluation import metrics
+from asd_utils.evaluation import metrics, official
 from asd_utils.submission import SubmissionError
 
 LABEL = "Doe_XJU"
@@ -67,14 +67,14 @@ def tree(tmp_path_factory):
         folder = output_root / "systems" / system
         for machine_type, names in (("ToyCar", DEV_TEST), ("ToyDrone", EVAL_TEST)):
             scores = rng.random(len(names)) + k
-            metrics.write_anomaly_scores(folder, machine_type, "00", names, scores)
-            metrics.write_decision_results(folder, machine_type, "00", names, scores > k + 0.5)
+            official.write_anomaly_scores(folder, machine_type, "00", names, scores)
+            official.write_decision_results(folder, machine_type, "00", names, scores > k + 0.5)
         info = {"system": system, "parameters": 1000 * (k + 1)}
         if system == "System 4":
             info["members"] = ["System 1", "System 2"]
         (folder / "system.json").write_text(json.dumps(info))
         table = metrics.evaluate(
-            metrics.read_system_scores(folder).query("machine_type == 'ToyCar'")
+            official.read_system_scores(folder).query("machine_type == 'ToyCar'")
         )
         tables.append(table.assign(system=system))
     pd.concat(tables).to_csv(output_root / "metrics.csv", index=False)
@@ -132,7 +132,7 @@ def test_package_layout(package, tree):
 
 
 def test_one_row_per_eval_test_clip(package):
-    for kind in submission.KINDS:
+    for kind in official.KINDS:
         rows = _lines(
             package / "task2" / f"{LABEL}_task2_1" / f"{kind}_ToyDrone_section_00_test.csv"
         )
@@ -200,7 +200,7 @@ def test_unknown_description_key_refused():
 def test_written_package_passes_check(package, test_clips):
     submission.check_package(package / "task2", test_clips["eval"])
     for folder in (package / "dev").iterdir():
-        submission.check(folder, test_clips["dev"])
+        official.check(folder, test_clips["dev"])
 
 
 def test_zip_contains_task2(package):
@@ -241,7 +241,7 @@ def _score_csv(folder: Path, kind: str = "anomaly_score") -> Path:
 
 def _refused(folder: Path, clips, file_name: str, *fragments: str) -> None:
     with pytest.raises(SubmissionError) as err:
-        submission.check(folder, clips)
+        official.check(folder, clips)
     message = str(err.value)
     assert file_name in message
     for fragment in fragments:

@@ -1,4 +1,4 @@
-"""DCASE Task 2 metrics, submission files, decision thresholds and the paper's Table 2.
+"""DCASE Task 2 metrics (AUC, pAUC, the official score), thresholds and the paper's Table 2.
 
 Everything here follows the official evaluator (nttcslab ``dcase2023_task2_evaluator``, used
 unchanged in spirit for 2023-2026) and the official autoencoder baseline
@@ -8,22 +8,15 @@ scikit-learn and pandas are used: no model code.
 
 from __future__ import annotations
 
-import csv
-import os
-import re
 import sys
 import warnings
-from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from importlib import resources
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from scipy import stats
 from sklearn.metrics import precision_recall_fscore_support, roc_auc_score
-
-from asd_utils.files import atomic_path
 
 MAX_FPR = 0.1
 # The evaluator's floor before the harmonic mean: numpy.maximum(x, sys.float_info.epsilon).
@@ -32,11 +25,6 @@ DOMAINS = ("source", "target")
 METRICS = {"auc_source": "AUC-s", "auc_target": "AUC-t", "pauc": "pAUC"}
 OFFICIAL_ROW = ("official score", "hmean")
 AMEAN_ROW = ("arithmetic mean of AUC-s, AUC-t and pAUC", "amean")
-
-_SCORE_CSV = re.compile(
-    r"^anomaly_score_(?P<machine_type>.+)_section_(?P<section>[^_]+)_test\.csv$"
-)
-_TEST_WAV = re.compile(r"^section_[^_]+_(?P<domain>source|target)_test_(?P<label>normal|anomaly)_")
 
 
 # --- per-section metrics -----------------------------------------------------------------------
@@ -257,114 +245,6 @@ def summarise(table: pd.DataFrame) -> dict[str, float]:
 # --- submission files ----------------------------------------------------------------------------
 
 
-def _section_id(section) -> str:
-    """``"00"`` stays ``"00"``; an integer 0 becomes ``"00"``."""
-    return section if isinstance(section, str) else f"{int(section):02d}"
-
-
-def _format_value(value) -> str:
-    """Full-precision text of a score (``repr`` of the float round-trips exactly)."""
-    return repr(float(value))
-
-
-def _write_rows(path: Path, file_names: Sequence[str], values: Sequence, fmt) -> Path:
-    """Write ``<basename>,<fmt(value)>`` rows sorted by name, atomically, one row per file."""
-    names = [os.path.basename(str(n)) for n in file_names]
-    values = list(values)
-    if len(names) != len(values):
-        raise ValueError(f"{path.name}: {len(names)} file names but {len(values)} values")
-    duplicates = sorted(n for n, count in Counter(names).items() if count > 1)
-    if duplicates:
-        raise ValueError(f"{path.name}: duplicate file names {duplicates[:5]}")
-    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8", newline="") as f:
-        for name, value in sorted(zip(names, values, strict=True)):
-            f.write(f"{name},{fmt(value)}\n")
-    return path
-
-
-def write_anomaly_scores(
-    directory, machine_type: str, section, file_names: Sequence[str], anomaly_scores
-) -> Path:
-    """Write ``anomaly_score_<machine_type>_section_<section>_test.csv`` into ``directory``.
-
-    No header; rows ``<wav file name>,<score>`` sorted by file name (the evaluator aligns rows
-    to ground truth by sorting names), basenames only, full float precision. Raises ValueError
-    on duplicate names or a length mismatch. Returns the path written.
-    """
-    path = Path(directory) / f"anomaly_score_{machine_type}_section_{_section_id(section)}_test.csv"
-    return _write_rows(path, file_names, np.asarray(anomaly_scores).ravel(), _format_value)
-
-
-def write_decision_results(
-    directory, machine_type: str, section, file_names: Sequence[str], decisions
-) -> Path:
-    """Write ``decision_result_<machine_type>_section_<section>_test.csv`` (rows ``<name>,<0|1>``).
-
-    Same conventions as :func:`write_anomaly_scores`; decisions must be 0/1 (1 = anomaly).
-    """
-    decisions = np.asarray(decisions).ravel()
-    if not np.isin(decisions, (0, 1)).all():
-        raise ValueError("decisions must be 0 or 1")
-    path = (
-        Path(directory) / f"decision_result_{machine_type}_section_{_section_id(section)}_test.csv"
-    )
-    return _write_rows(path, file_names, decisions, lambda d: str(int(d)))
-
-
-def read_submission(path) -> pd.DataFrame:
-    """Read one anomaly-score or decision CSV into columns ``file_name, value`` (float).
-
-    Raises ValueError naming the file and line for a row that is not ``<name>,<number>``, and
-    for duplicate file names.
-    """
-    path = Path(path)
-    names, values = [], []
-    with open(path, encoding="utf-8", newline="") as f:
-        for line_no, row in enumerate(csv.reader(f), start=1):
-            try:
-                name, value = row
-                values.append(float(value))
-            except ValueError:
-                raise ValueError(
-                    f"{path}: line {line_no}: expected '<file name>,<value>', got {row!r}"
-                ) from None
-            names.append(name)
-    table = pd.DataFrame({"file_name": names, "value": values})
-    if table["file_name"].duplicated().any():
-        raise ValueError(f"{path}: duplicate file names")
-    return table
-
-
-def read_system_scores(directory, kind: str = "anomaly_score") -> pd.DataFrame:
-    """Read every ``<kind>_*_section_*_test.csv`` of a system's output directory.
-
-    ``kind``: ``"anomaly_score"`` (default) or ``"decision_result"``. Machine type and section
-    come from the CSV name; domain and label from each wav name
-    (``section_00_source_test_anomaly_0001_...``); anonymous eval names
-    (``section_00_0000.wav``) get None for both. Output columns: ``machine_type, section,
-    file_name, domain, label, <kind>``, in CSV-name then file-name order.
-    """
-    directory = Path(directory)
-    frames = []
-    if kind not in ("anomaly_score", "decision_result"):
-        raise ValueError(f"kind must be anomaly_score or decision_result, not {kind!r}")
-    for path in sorted(directory.glob(f"{kind}_*_section_*_test.csv")):
-        match = _SCORE_CSV.match(path.name.replace(kind, "anomaly_score", 1))
-        if match is None:
-            continue
-        table = read_submission(path).rename(columns={"value": kind})
-        parsed = table["file_name"].str.extract(_TEST_WAV)
-        table["domain"] = parsed["domain"].astype(object).where(parsed["domain"].notna(), None)
-        table["label"] = parsed["label"].astype(object).where(parsed["label"].notna(), None)
-        table["machine_type"] = match["machine_type"]
-        table["section"] = match["section"]
-        frames.append(table)
-    if not frames:
-        raise FileNotFoundError(f"no {kind}_*_section_*_test.csv in {directory}")
-    columns = ["machine_type", "section", "file_name", "domain", "label", kind]
-    return pd.concat(frames, ignore_index=True)[columns]
-
-
 # --- decisions -----------------------------------------------------------------------------------
 
 
@@ -545,44 +425,3 @@ def reported_table2() -> pd.DataFrame:
     machine_types = set(long["machine_type"]) - {OFFICIAL_ROW[0]}
     wide = wide.reindex(index=_table2_index(machine_types), columns=long["system"].unique())
     return wide.rename_axis(columns=None)
-
-
-# --- one system's submission -------------------------------------------------------------------
-
-
-def write_submission(
-    scores: pd.DataFrame,
-    directory,
-    score_column: str = "anomaly_score",
-    quantile: float = 0.9,
-    rule: str = "gamma",
-) -> pd.DataFrame:
-    """Write a system's official files for every (machine_type, section) in ``scores``.
-
-    ``scores`` holds train and test clips (columns ``machine_type, section, split, file_name`` and
-    ``score_column``). Per section, the decision threshold is :func:`decision_threshold` of the
-    training clips' scores (``quantile``, ``rule``); ``anomaly_score_*`` and
-    ``decision_result_*`` get one row per test clip. Returns one row per section:
-    ``machine_type, section, threshold, n_test``.
-    """
-    rows = []
-    for (machine_type, section), group in scores.groupby(["machine_type", "section"], sort=True):
-        train = group[group["split"] == "train"]
-        test = group[group["split"] == "test"]
-        if train.empty or test.empty:
-            raise ValueError(f"{machine_type} section {section}: need train and test clips")
-        threshold = decision_threshold(train[score_column], quantile, rule)
-        write_anomaly_scores(
-            directory, machine_type, section, test["file_name"], test[score_column]
-        )
-        decisions = (test[score_column].to_numpy() > threshold).astype(int)
-        write_decision_results(directory, machine_type, section, test["file_name"], decisions)
-        rows.append(
-            {
-                "machine_type": machine_type,
-                "section": section,
-                "threshold": threshold,
-                "n_test": len(test),
-            }
-        )
-    return pd.DataFrame(rows)

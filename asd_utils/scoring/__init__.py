@@ -362,7 +362,7 @@ def score_system(
     paper's KNN by default, source/target minimum), training clips by
     :func:`training_scores` (leave-one-out or out-of-fold). Returns the table's columns
     (without ``embedding``) plus ``anomaly_score``, same rows and index: the shape
-    :func:`asd_utils.evaluation.metrics.write_submission` and
+    :func:`asd_utils.evaluation.official.write_submission` and
     :func:`asd_utils.evaluation.metrics.evaluate` take.
     """
     if embeddings is None:

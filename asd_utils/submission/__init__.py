@@ -49,10 +49,8 @@ AUC (target), pAUC, precision, recall, F1 per machine type, and the official sco
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import logging
-import math
 import os
 import re
 import shutil
@@ -65,14 +63,14 @@ import pandas as pd
 import yaml
 
 from asd_utils import config, data, errors, registry
-from asd_utils.errors import UserError
+from asd_utils.evaluation import official
 from asd_utils.evaluation.metrics import METRICS, describe_decision, machine_sort_key
+from asd_utils.evaluation.official import KINDS, SubmissionError, csv_name
 from asd_utils.files import atomic_write_text
 
 log = logging.getLogger(__name__)
 
 MAX_SYSTEMS = 4
-KINDS = ("anomaly_score", "decision_result")
 FILL_IN = "FILL IN"
 DEFAULT_LABEL = "Lastname_Institute"
 # the paper's four submitted systems (its baselines are not submitted)
@@ -110,10 +108,6 @@ DESCRIPTION_FIELDS = (
     "development_data_usage",
 )
 
-_CSV_NAME = re.compile(
-    r"(?P<kind>anomaly_score|decision_result)_(?P<machine_type>.+)_section_(?P<section>\d+)"
-    r"_test\.csv"
-)  # matched whole (fullmatch)
 _LABEL = re.compile(r"[A-Za-z][A-Za-z0-9-]*_[A-Za-z0-9-]+")  # matched whole (fullmatch)
 _SYSTEM_FOLDER = re.compile(r"(?P<label>.+)_task2_(?P<n>\d+)")  # matched whole (fullmatch)
 
@@ -132,107 +126,7 @@ PER_MEMBER = (
 )
 
 
-class SubmissionError(UserError, ValueError):
-    """A submission folder or package that the official evaluator or the organisers would
-    reject or misread: the message names the file and the first offending row."""
-
-
 # --- checking --------------------------------------------------------------------------------
-
-
-def csv_name(kind: str, machine_type: str, section: str) -> str:
-    """``<kind>_<machine_type>_section_<section>_test.csv``, the official file name."""
-    return f"{kind}_{machine_type}_section_{section}_test.csv"
-
-
-def _expected(test_clips: pd.DataFrame) -> dict[tuple[str, str], set[str]]:
-    """``{(machine_type, section): {file names}}`` of the test clips that must be scored."""
-    missing = [c for c in ("machine_type", "section", "file_name") if c not in test_clips.columns]
-    if missing:
-        raise ValueError(f"test_clips lacks columns {missing}")
-    return {
-        (str(machine_type), str(section)): set(group["file_name"])
-        for (machine_type, section), group in test_clips.groupby(["machine_type", "section"])
-    }
-
-
-def _row_error(path: Path, line_no: int, line: str, problem: str) -> SubmissionError:
-    return SubmissionError(f"{path}: line {line_no}: {problem}: {line!r}")
-
-
-def _check_rows(path: Path, kind: str, names: set[str]) -> None:
-    """Every row of one official CSV is ``<test clip name>,<value>``, one per clip."""
-    seen: dict[str, int] = {}
-    lines = path.read_text(encoding="utf-8").splitlines()
-    for line_no, line in enumerate(lines, start=1):
-        row = next(csv.reader([line]), [])
-        if len(row) != 2:
-            raise _row_error(path, line_no, line, "expected '<wav file name>,<value>'")
-        name, text = row
-        try:
-            value = float(text)
-        except ValueError:
-            problem = (
-                "a header line; official files have no header"
-                if line_no == 1
-                else f"{kind} {text!r} is not a number"
-            )
-            raise _row_error(path, line_no, line, problem) from None
-        if not math.isfinite(value):
-            raise _row_error(path, line_no, line, f"{kind} {text!r} is not a finite number")
-        if kind == "decision_result" and text.strip() not in ("0", "1"):
-            raise _row_error(path, line_no, line, f"decision {text!r} is not exactly 0 or 1")
-        if name not in names:
-            problem = f"{name!r} is not one of the {len(names)} test clips of this machine type"
-            raise _row_error(path, line_no, line, problem)
-        if name in seen:
-            raise _row_error(path, line_no, line, f"{name!r} already appears on line {seen[name]}")
-        seen[name] = line_no
-    if len(seen) != len(names):
-        first = sorted(names - set(seen))[0]
-        raise SubmissionError(
-            f"{path}: {len(seen)} rows but {len(names)} test clips; first clip without a row: "
-            f"{first!r}"
-        )
-
-
-def check(directory: str | os.PathLike, test_clips: pd.DataFrame) -> None:
-    """Check one system folder against the test clips it must score; raise or return None.
-
-    ``test_clips``: rows of the clip table (:func:`asd_utils.data.index_dataset`, split "test")
-    of the machine types expected, columns ``machine_type, section, file_name``. The folder
-    must hold, for each (machine_type, section), ``anomaly_score_*`` and ``decision_result_*``
-    (:func:`csv_name`) with exactly one row ``<wav file name>,<value>`` per test clip, named as
-    the clip, and no header; scores finite numbers, decisions exactly 0 or 1; no official CSV of
-    a machine type that is not expected (other files, e.g. the meta file, are ignored).
-    Raises :class:`SubmissionError` naming the file and the first offending row.
-    """
-    directory = Path(directory)
-    if not directory.is_dir():
-        raise SubmissionError(f"{directory} is not a folder")
-    expected = _expected(test_clips)
-    for path in sorted(directory.glob("*.csv")):
-        match = _CSV_NAME.fullmatch(path.name)
-        if match is None:
-            raise SubmissionError(
-                f"{path}: not an official file name "
-                f"(anomaly_score|decision_result)_<machine_type>_section_<NN>_test.csv"
-            )
-        if (match["machine_type"], match["section"]) not in expected:
-            known = ", ".join(f"{m} section {s}" for m, s in sorted(expected)) or "none"
-            raise SubmissionError(
-                f"{path}: machine type {match['machine_type']} section {match['section']} is "
-                f"not expected here (expected: {known})"
-            )
-    for (machine_type, section), names in sorted(expected.items()):
-        for kind in KINDS:
-            path = directory / csv_name(kind, machine_type, section)
-            if not path.is_file():
-                raise SubmissionError(
-                    f"{path}: missing; {machine_type} section {section} has {len(names)} "
-                    "test clips to score"
-                )
-            _check_rows(path, kind, names)
 
 
 def read_meta(path: str | os.PathLike) -> dict:
@@ -321,7 +215,7 @@ def check_package(package_dir: str | os.PathLike, test_clips: pd.DataFrame) -> N
                 f"{meta_path}: submission.label is {submission.get('label')!r}, "
                 f"not the folder name {folder.name!r}"
             )
-        check(folder, test_clips)
+        official.check(folder, test_clips)
 
 
 # --- ground truth ------------------------------------------------------------------------------
@@ -723,7 +617,7 @@ def choose_systems(
 def _copy_csvs(source: Path, target: Path, test_clips: pd.DataFrame, system: str) -> None:
     """Copy the official CSVs of every (machine_type, section) of ``test_clips``."""
     target.mkdir(parents=True, exist_ok=True)
-    for machine_type, section in sorted(_expected(test_clips)):
+    for machine_type, section in sorted(official.expected_names(test_clips)):
         for kind in KINDS:
             path = source / csv_name(kind, machine_type, section)
             if not path.is_file():
@@ -838,10 +732,10 @@ def write_package(
             notes += [f"{folder}: {note}" for note in meta_notes(meta)]
             atomic_write_text(build / "task2" / folder / f"{folder}.meta.yaml", meta_text(meta))
             _copy_csvs(system_dir, build / "task2" / folder, eval_clips, system)
-            check(build / "task2" / folder, eval_clips)
+            official.check(build / "task2" / folder, eval_clips)
             if not dev_clips.empty:
                 _copy_csvs(system_dir, build / "dev" / folder, dev_clips, system)
-                check(build / "dev" / folder, dev_clips)
+                official.check(build / "dev" / folder, dev_clips)
         check_package(build / "task2", eval_clips)
         atomic_write_text(
             build / "task2" / "README.txt", _readme(label, folders, not eval_clips.empty)
@@ -883,7 +777,7 @@ def _check_command(directory: Path, data_root: Path, which: str | None) -> str:
             check_package(directory, test_clips)
         else:
             for folder in system_folders(directory):
-                check(folder, test_clips)
+                official.check(folder, test_clips)
         names = [folder.name for folder in system_folders(directory)]
         notes = [
             f"{name}: {note}"
@@ -895,7 +789,7 @@ def _check_command(directory: Path, data_root: Path, which: str | None) -> str:
         return f"ok: {directory}: {summary} pass against the {which} test clips" + "".join(
             f"\nto do: {note}" for note in notes
         )
-    check(directory, test_clips)
+    official.check(directory, test_clips)
     kinds = test_clips.groupby(["machine_type", "section"]).ngroups
     return f"ok: {directory}: {kinds} machine types pass against the {which} test clips"
 
