@@ -858,12 +858,7 @@ def write_package(
             info = _read_json(system_dir / "system.json")
             meta = build_meta(folder, system, profile, info, metrics_table, development_data)
             notes += [f"{folder}: {note}" for note in meta_notes(meta)]
-            atomic_write_text(build / "task2" / folder / f"{folder}.meta.yaml", meta_text(meta))
-            _copy_csvs(system_dir, build / "task2" / folder, eval_clips, system)
-            check(build / "task2" / folder, eval_clips)
-            if not dev_clips.empty:
-                _copy_csvs(system_dir, build / "dev" / folder, dev_clips, system)
-                check(build / "dev" / folder, dev_clips)
+            _write_system_folder(build, folder, system, meta, system_dir, clips)
         check_package(build / "task2", eval_clips)
         atomic_write_text(
             build / "task2" / "README.txt", _readme(label, folders, not eval_clips.empty)
@@ -876,16 +871,39 @@ def write_package(
     except BaseException:
         shutil.rmtree(build, ignore_errors=True)
         raise
+    _say_written(destination, folders, notes, eval_clips.empty, dev_clips.empty)
+    return destination
+
+
+def _write_system_folder(
+    build: Path, folder: str, system: str, meta: dict, system_dir: Path, clips: pd.DataFrame
+) -> None:
+    """One system's ``task2/<folder>/`` (its meta file and the evaluation CSVs) and, when the
+    data has development machine types, ``dev/<folder>/`` (their CSVs), each checked
+    (:func:`check`) against the test ``clips`` of its dataset."""
+    eval_clips = clips[clips["dataset"] == "eval"]
+    dev_clips = clips[clips["dataset"] == "dev"]
+    atomic_write_text(build / "task2" / folder / f"{folder}.meta.yaml", meta_text(meta))
+    _copy_csvs(system_dir, build / "task2" / folder, eval_clips, system)
+    check(build / "task2" / folder, eval_clips)
+    if not dev_clips.empty:
+        _copy_csvs(system_dir, build / "dev" / folder, dev_clips, system)
+        check(build / "dev" / folder, dev_clips)
+
+
+def _say_written(
+    destination: Path, folders: list[str], notes: list[str], no_eval: bool, no_dev: bool
+) -> None:
+    """What :func:`write_package` wrote, what is left to fill in, and the evaluator's command."""
     print(f"wrote {destination}: " + "; ".join(folders))
     for note in notes:
         print(f"to do: {note}")
-    if eval_clips.empty:
+    if no_eval:
         print("no evaluation machine types in the data: the task2/ folders hold only meta files")
-    if dev_clips.empty:
+    if no_dev:
         print("no development machine types in the data: no dev/ folders and no ground truth")
     else:
         print("official evaluator on the dev folders:\n" + evaluator_command(destination))
-    return destination
 
 
 # --- command line --------------------------------------------------------------------------------
