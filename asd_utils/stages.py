@@ -676,65 +676,15 @@ def detect(
     decision rule on its training clips' scores, as the official files). Writes ``output``
     (``file, path, anomaly_score, decision``) and returns it.
     """
-    from asd_utils import scoring, systems, training
-
     entry = registry.get(system)
     if not entry.trainable or system != entry.name:
         raise errors.UserError(
             f"detect scores with a fine-tuned system ({', '.join(registry.of_kind('fine-tuned'))}),"
             f" not {system!r}"
         )
-    clips = run.clips
-    train_clips = clips[clips["split"] == "train"]
-    machine_type = machine_type or _only(train_clips["machine_type"], "machine type")
-    part = train_clips[train_clips["machine_type"] == machine_type]
-    if part.empty:
-        raise errors.UserError(f"no training clips of machine type {machine_type!r} in this run")
-    section = section or _only(part["section"], f"section of {machine_type}")
-    part = part[part["section"] == section]
-    if part.empty:
-        raise errors.UserError(
-            f"no training clips of {machine_type} section {section!r} in this run"
-        )
-    if skipped(run).get(system):
-        raise data.DataError(f"{system} did not run on this data: {skipped(run)[system]}")
-    folder = systems.run_dir(
-        run.paths.output_root, run.profile, system, run.paths.data_root, run.clips
-    )
-    if not (folder / training.FINISHED).is_file():
-        raise FileNotFoundError(
-            f"{system} has not finished training in {folder}: run `asd train --system "
-            f'"{system}"` (same profile, data and output root) first'
-        )
+    part, machine_type, section = _detect_reference(run, system, machine_type, section)
     new = new_clips(paths, 2 if entry.needs_far else 1, machine_type, section)
-    result = train(run, system)  # found finished: loads its EMA weights, trains nothing
-    channel, preprocess, key = systems.front_end(run.profile, system)
-    batch = systems.settings(run.profile, system)["embed_batch_size"]
-    autocast = result.precision.autocast
-    reference = scoring.extract_embeddings(
-        result.ema_model,
-        part,
-        batch,
-        channel,
-        preprocess,
-        autocast,
-        progress=False,
-        cache_dir=result.output_dir,
-        preprocess_key=key,
-    )
-    queries = scoring.extract_embeddings(
-        result.ema_model, new, batch, channel, preprocess, autocast, progress=False
-    )
-    table = pd.concat([part, new], ignore_index=True)
-    backend, options = backend_settings(run.profile)
-    scores = _score(
-        table,
-        np.concatenate([reference, queries]),
-        knn_k(run.profile, system),
-        backend,
-        options,
-        run.seed,
-    )
+    scores = _detect_scores(run, system, part, new)
     train_scores = scores.loc[scores["split"] == "train", "anomaly_score"]
     threshold = metrics.decision_threshold(train_scores, **run.profile["decision"])
     found = scores[scores["dataset"] == "new"]
@@ -757,6 +707,74 @@ def detect(
         output,
     )
     return out
+
+
+def _detect_reference(
+    run: Run, system: str, machine_type: str | None, section: str | None
+) -> tuple[pd.DataFrame, str, str]:
+    """:func:`detect`'s reference: the run's training clips of ``machine_type`` / ``section``
+    (default: the only ones), with both names; an error when there are none, when ``system``
+    did not run on this data or has not finished training."""
+    from asd_utils import systems, training
+
+    train_clips = run.clips[run.clips["split"] == "train"]
+    machine_type = machine_type or _only(train_clips["machine_type"], "machine type")
+    part = train_clips[train_clips["machine_type"] == machine_type]
+    if part.empty:
+        raise errors.UserError(f"no training clips of machine type {machine_type!r} in this run")
+    section = section or _only(part["section"], f"section of {machine_type}")
+    part = part[part["section"] == section]
+    if part.empty:
+        raise errors.UserError(
+            f"no training clips of {machine_type} section {section!r} in this run"
+        )
+    if skipped(run).get(system):
+        raise data.DataError(f"{system} did not run on this data: {skipped(run)[system]}")
+    folder = systems.run_dir(
+        run.paths.output_root, run.profile, system, run.paths.data_root, run.clips
+    )
+    if not (folder / training.FINISHED).is_file():
+        raise FileNotFoundError(
+            f"{system} has not finished training in {folder}: run `asd train --system "
+            f'"{system}"` (same profile, data and output root) first'
+        )
+    return part, machine_type, section
+
+
+def _detect_scores(run: Run, system: str, part: pd.DataFrame, new: pd.DataFrame) -> pd.DataFrame:
+    """The reference clips ``part`` and the ``new`` ones embedded by the finished ``system``
+    (its EMA weights; the reference's embeddings cached in its run folder) and scored
+    together by the profile's back end: the scores table of both."""
+    from asd_utils import scoring, systems
+
+    result = train(run, system)  # found finished: loads its EMA weights, trains nothing
+    channel, preprocess, key = systems.front_end(run.profile, system)
+    batch = systems.settings(run.profile, system)["embed_batch_size"]
+    autocast = result.precision.autocast
+    reference = scoring.extract_embeddings(
+        result.ema_model,
+        part,
+        batch,
+        channel,
+        preprocess,
+        autocast,
+        progress=False,
+        cache_dir=result.output_dir,
+        preprocess_key=key,
+    )
+    queries = scoring.extract_embeddings(
+        result.ema_model, new, batch, channel, preprocess, autocast, progress=False
+    )
+    table = pd.concat([part, new], ignore_index=True)
+    backend, options = backend_settings(run.profile)
+    return _score(
+        table,
+        np.concatenate([reference, queries]),
+        knn_k(run.profile, system),
+        backend,
+        options,
+        run.seed,
+    )
 
 
 def _only(values: pd.Series, what: str) -> str:

@@ -2,6 +2,7 @@
 checkpoints, finished runs, CLI."""
 
 import json
+import logging
 import os
 import shutil
 import signal
@@ -519,7 +520,8 @@ class Counting(torch.utils.data.Dataset):
         return self.dataset[key]
 
 
-def test_a_finished_run_is_found_not_trained_again(clips, tmp_path, monkeypatch, capsys):
+def test_a_finished_run_is_found_not_trained_again(clips, tmp_path, monkeypatch, caplog):
+    caplog.set_level(logging.INFO, logger="asd_utils")
     root = Path(clips["path"][0]).parents[2]
     config = small_config(steps=5, checkpoint_every=2)
     model, first_loss, dataset = build_tiny(root)
@@ -528,7 +530,7 @@ def test_a_finished_run_is_found_not_trained_again(clips, tmp_path, monkeypatch,
     assert record["steps"] == 5 and record["seconds"] == first.seconds > 0
     assert record["config"] == config.to_dict() and not first.reused and first.start_step == 0
     assert training.latest_checkpoint(tmp_path).name == "step_00000005"  # the last step, too
-    capsys.readouterr()
+    caplog.clear()
 
     def no_step(*args, **kwargs):
         raise AssertionError("an optimizer step on a finished run")
@@ -553,7 +555,7 @@ def test_a_finished_run_is_found_not_trained_again(clips, tmp_path, monkeypatch,
     assert_same_run(again, first)
     assert_same(state(loss_fn), state(first_loss))
     assert not again.ema_model.training
-    printed = capsys.readouterr().out
+    printed = caplog.text  # logged (asd_utils.training)
     assert (
         f"found the finished run (5 steps, trained in {first.seconds:.0f} s) in {tmp_path}"
         in printed

@@ -663,6 +663,51 @@ def _write_clips(root: Path, config: SynthConfig, specs: list[ClipSpec]) -> int:
     return len(specs)
 
 
+def _render_clips(
+    root: Path, config: SynthConfig, plan: list[ClipSpec], workers: int | None, progress: bool
+) -> None:
+    """Write every clip of ``plan`` with ``workers`` processes (default: one per core, but one
+    for a handful of clips); every clip is a pure function of its spec, so the files do not
+    depend on how they are shared out."""
+    if workers is None:  # one process per core, but not for a handful of clips
+        workers = min(os.cpu_count() or 1, max(1, len(plan) // 50))
+    chunks = [plan[i::workers] for i in range(workers)]  # every clip is a pure function of its spec
+    bar = tqdm(total=len(plan), desc="synthesising clips", disable=not progress, mininterval=2)
+    if workers == 1:
+        for spec in plan:
+            _write_clip(root, config, spec)
+            bar.update()
+    else:  # spawn: a forked child would inherit the parent's torch/BLAS thread state
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(workers, mp_context=context) as pool:
+            jobs = [pool.submit(_write_clips, root, config, chunk) for chunk in chunks]
+            for job in as_completed(jobs):
+                bar.update(job.result())
+    bar.close()
+
+
+def _write_attribute_files(root: Path, config: SynthConfig, plan: list[ClipSpec]) -> None:
+    """``attributes_00.csv`` per machine type: each named clip (not the anonymous eval test
+    clips) with its attribute tokens, under the header ``file_name,d1p,d1v,…``."""
+    for machine_type in config.machine_types + config.eval_machine_types:
+        lines, dataset = [], None
+        for spec in plan:
+            if spec.machine_type == machine_type and spec.anonymous_index is None:
+                dataset = spec.dataset
+                tokens = (
+                    spec.attribute_string.split("_")
+                    if spec.attribute_string != "noAttribute"
+                    else []
+                )
+                lines.append(",".join([f"{machine_type}/{spec.split}/{spec.file_name}", *tokens]))
+        n_attr = len(NAMED_ATTRIBUTES[machine_type])
+        header = ",".join(["file_name"] + [f"d{i}{s}" for i in range(1, n_attr + 1) for s in "pv"])
+        atomic_write_text(
+            _machine_dir(root, machine_type, dataset) / "attributes_00.csv",
+            "\n".join([header, *lines]) + "\n",
+        )
+
+
 def generate_dataset(
     root: str | Path,
     config: SynthConfig,
@@ -701,39 +746,8 @@ def generate_dataset(
             shutil.rmtree(root / part, ignore_errors=True)
     start = time.perf_counter()
     plan = clip_plan(config)
-    rows = plan
-    if workers is None:  # one process per core, but not for a handful of clips
-        workers = min(os.cpu_count() or 1, max(1, len(plan) // 50))
-    chunks = [plan[i::workers] for i in range(workers)]  # every clip is a pure function of its spec
-    bar = tqdm(total=len(plan), desc="synthesising clips", disable=not progress, mininterval=2)
-    if workers == 1:
-        for spec in plan:
-            _write_clip(root, config, spec)
-            bar.update()
-    else:  # spawn: a forked child would inherit the parent's torch/BLAS thread state
-        context = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(workers, mp_context=context) as pool:
-            jobs = [pool.submit(_write_clips, root, config, chunk) for chunk in chunks]
-            for job in as_completed(jobs):
-                bar.update(job.result())
-    bar.close()
-    for machine_type in config.machine_types + config.eval_machine_types:
-        lines, dataset = [], None
-        for spec in rows:
-            if spec.machine_type == machine_type and spec.anonymous_index is None:
-                dataset = spec.dataset
-                tokens = (
-                    spec.attribute_string.split("_")
-                    if spec.attribute_string != "noAttribute"
-                    else []
-                )
-                lines.append(",".join([f"{machine_type}/{spec.split}/{spec.file_name}", *tokens]))
-        n_attr = len(NAMED_ATTRIBUTES[machine_type])
-        header = ",".join(["file_name"] + [f"d{i}{s}" for i in range(1, n_attr + 1) for s in "pv"])
-        atomic_write_text(
-            _machine_dir(root, machine_type, dataset) / "attributes_00.csv",
-            "\n".join([header, *lines]) + "\n",
-        )
+    _render_clips(root, config, plan, workers, progress)
+    _write_attribute_files(root, config, plan)
     atomic_write_text(
         manifest,
         json.dumps(

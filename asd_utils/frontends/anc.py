@@ -87,17 +87,9 @@ def fblms(
     """Cancel the part of ``primary`` that an FIR filter of ``reference`` can predict.
 
     Constrained, power-normalised frequency-domain block LMS with overlap-save (Ferrara 1980;
-    Shynk 1992, the "constrained" FDAF). Per block ``k`` of ``B = block_size`` samples, with
-    ``N = filter_length + B`` point FFTs and ``X_k`` the spectrum of the last ``N`` reference
-    samples:
-
-    * output ``y_k = last B samples of IFFT(X_k W_k)``, error ``e_k = d_k - y_k`` (the result);
-    * bin power ``P_k = smoothing * P_(k-1) + (1 - smoothing) |X_k|^2`` (``P`` starts at the mean
-      of ``|X|^2`` over the first ``1 / (1 - smoothing)`` blocks, so the first steps are sane);
-    * gradient ``g_k = first filter_length samples of IFFT(conj(X_k) E_k / (P_k + eps))`` with
-      ``E_k = FFT([0 … 0, e_k])``; keeping only those samples (zeroing the rest) is the gradient
-      constraint that makes ``W`` a true linear-convolution FIR of ``filter_length`` taps;
-    * ``W_(k+1) = (1 - step_size * leakage) W_k + step_size FFT([g_k, 0 … 0])``.
+    Shynk 1992, the "constrained" FDAF), per block of ``block_size`` samples with
+    ``filter_length + block_size`` point FFTs; the update is written out at
+    :func:`_fblms_adapt`.
 
     One Python loop over blocks; all clips of the batch go through each FFT together, on one
     thread (the transforms are too small to share; run clips in several processes instead).
@@ -138,6 +130,30 @@ def fblms(
         ``(filter_length,)`` for 1-D input), so that ``y[n] = sum_j w[j] x[n - j]``; with
         ``components`` also (last) the filter's output for each, ``(k, *primary.shape)``.
     """
+    d, x, parts, squeeze = _fblms_inputs(primary, reference, components)
+    M, B = int(filter_length), int(block_size or filter_length)
+    if M < 1 or B < 1:
+        raise ValueError(f"filter_length and block_size must be >= 1; got {M} and {B}")
+    with torch.no_grad(), _one_thread():
+        E, W, history = _fblms_adapt(
+            d, x, M, B, step_size, leakage, eps, float(smoothing), keep_filters=parts is not None
+        )
+        samples = d.shape[-1]
+        out = E[..., :B].reshape(d.shape[0], -1)[:, :samples]
+        result = [out[0] if squeeze else out.contiguous()]
+        if return_filter:
+            w = torch.fft.irfft(W, n=M + B)[:, :M]
+            result.append(w[0] if squeeze else w)
+        if history is not None:
+            Y = _fblms_components(parts, history, M, B, samples)
+            result.append(Y[:, 0] if squeeze else Y.contiguous())
+        return result[0] if len(result) == 1 else tuple(result)
+
+
+def _fblms_inputs(primary, reference, components):
+    """:func:`fblms`'s inputs checked and as tensors: ``(d, x, parts, squeeze)``, ``d`` and
+    ``x`` as ``(batch, samples)`` in ``primary``'s float dtype, ``parts`` the components (or
+    None) in that dtype, ``squeeze`` whether the input was one clip ``(samples,)``."""
     d, x = _as_float_tensor(primary), _as_float_tensor(reference)
     if d.shape != x.shape or d.dim() not in (1, 2):
         raise ValueError(
@@ -145,6 +161,7 @@ def fblms(
             f"got {tuple(d.shape)} and {tuple(x.shape)}"
         )
     x = x.to(d.dtype)
+    parts = None
     if components is not None:
         parts = _as_float_tensor(components).to(d.dtype)
         if parts.dim() != d.dim() + 1 or parts.shape[1:] != d.shape:
@@ -153,66 +170,84 @@ def fblms(
                 f"got {tuple(parts.shape)}"
             )
     squeeze = d.dim() == 1
-    d, x = d.reshape(-1, d.shape[-1]), x.reshape(-1, x.shape[-1])
+    return d.reshape(-1, d.shape[-1]), x.reshape(-1, x.shape[-1]), parts, squeeze
+
+
+def _fblms_adapt(
+    d: torch.Tensor,
+    x: torch.Tensor,
+    M: int,
+    B: int,
+    step_size: float,
+    leakage: float,
+    eps: float,
+    s: float,
+    keep_filters: bool,
+) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor] | None]:
+    """The adaptation of :func:`fblms` over blocks of ``B`` samples, ``N = M + B`` point FFTs,
+    ``X_k`` the spectrum of the last ``N`` reference samples (Ferrara 1980; Shynk 1992):
+
+    * output ``y_k = last B samples of IFFT(X_k W_k)``, error ``e_k = d_k - y_k`` (the result);
+    * bin power ``P_k = s * P_(k-1) + (1 - s) |X_k|^2`` (``P`` starts at the mean of ``|X|^2``
+      over the first ``1 / (1 - s)`` blocks, so the first steps are sane);
+    * gradient ``g_k = first M samples of IFFT(conj(X_k) E_k / (P_k + eps))`` with
+      ``E_k = FFT([0 … 0, e_k])``; keeping only those samples (zeroing the rest) is the gradient
+      constraint that makes ``W`` a true linear-convolution FIR of ``M`` taps;
+    * ``W_(k+1) = (1 - step_size * leakage) W_k + step_size FFT([g_k, 0 … 0])``.
+
+    ``d``, ``x``: ``(batch, samples)``. Returns the error blocks zero-padded to ``N`` samples,
+    ``(batch, blocks, N)``, the final filter spectrum ``(batch, N // 2 + 1)`` and, with
+    ``keep_filters``, the filter spectrum each block used (else None).
+    """
     batch, samples = d.shape
-    M = int(filter_length)
-    B = int(block_size or M)
-    if M < 1 or B < 1:
-        raise ValueError(f"filter_length and block_size must be >= 1; got {M} and {B}")
     N = M + B
     n_blocks = max(1, math.ceil(samples / B))
     pad = n_blocks * B - samples
+    # Every reference spectrum is known in advance: one batched FFT of all overlap-save
+    # frames (N samples, hop B): X[:, k] is the spectrum of block k's frame.
+    X = torch.fft.rfft(torch.nn.functional.pad(x, (N - B, pad)).unfold(-1, N, B))
+    # |X|^2 with the (1 - s) weight and eps folded in, so P_k = s P_(k-1) + power[:, k]
+    # is the running bin power plus eps; P starts at its mean over the first 1/(1 - s) blocks.
+    power = (X * X.conj()).real.add_(eps)
+    P = power[:, : max(1, round(1 / (1 - s))) if s < 1 else None].mean(1)
+    power.mul_(1 - s)
+    # The error block sits at the end of the N-sample frame; its FFT is taken as
+    # FFT([e_k, 0 … 0]), so the delay by N - B samples and the step go into the conj(X) term.
+    delay = torch.arange(N // 2 + 1, dtype=d.dtype).mul_(-2 * math.pi * (N - B) / N)
+    Xc = torch.mul(X, torch.polar(torch.full_like(delay, step_size), -delay)).conj_physical_()
 
-    with torch.no_grad(), _one_thread():
-        # Every reference spectrum is known in advance: one batched FFT of all overlap-save
-        # frames (N samples, hop B): X[:, k] is the spectrum of block k's frame.
-        X = torch.fft.rfft(torch.nn.functional.pad(x, (N - B, pad)).unfold(-1, N, B))
-        # |X|^2 with the (1 - s) weight and eps folded in, so P_k = s P_(k-1) + power[:, k]
-        # is the running bin power plus eps; P starts at its mean over the first 1/(1 - s) blocks.
-        s = float(smoothing)
-        power = (X * X.conj()).real.add_(eps)
-        P = power[:, : max(1, round(1 / (1 - s))) if s < 1 else None].mean(1)
-        power.mul_(1 - s)
-        # The error block sits at the end of the N-sample frame; its FFT is taken as
-        # FFT([e_k, 0 … 0]), so the delay by N - B samples and the step go into the conj(X) term.
-        delay = torch.arange(N // 2 + 1, dtype=d.dtype).mul_(-2 * math.pi * (N - B) / N)
-        Xc = torch.mul(X, torch.polar(torch.full_like(delay, step_size), -delay)).conj_physical_()
-
-        D = torch.nn.functional.pad(d, (0, pad)).view(batch, n_blocks, B)
-        # Error blocks are kept zero-padded to N samples, ready for FFT([e_k, 0 … 0]).
-        E = torch.zeros(batch, n_blocks, N, dtype=d.dtype)
-        W = torch.zeros(batch, N // 2 + 1, dtype=X.dtype)
-        decay = 1 - step_size * leakage
-        history = [] if components is not None else None  # the filter of every block
-        blocks = X.unbind(1), Xc.unbind(1), power.unbind(1), D.unbind(1), E.unbind(1)
-        for X_k, Xc_k, power_k, d_k, e_k in zip(*blocks, strict=True):
-            if history is not None:
-                history.append(W.clone())
-            y = torch.fft.irfft(X_k * W, n=N)
-            torch.sub(d_k, y[:, N - B :], out=e_k[:, :B])
-            P.mul_(s).add_(power_k)
-            g = torch.fft.irfft(Xc_k * torch.fft.rfft(e_k) * P.reciprocal(), n=N)
-            g[:, M:].zero_()  # the gradient constraint
-            if decay != 1:
-                W.mul_(decay)
-            W.add_(torch.fft.rfft(g))
-
-        out = E[..., :B].reshape(batch, -1)[:, :samples]
-        out = out[0] if squeeze else out.contiguous()
-        result = [out]
-        if return_filter:
-            w = torch.fft.irfft(W, n=N)[:, :M]
-            result.append(w[0] if squeeze else w)
+    D = torch.nn.functional.pad(d, (0, pad)).view(batch, n_blocks, B)
+    # Error blocks are kept zero-padded to N samples, ready for FFT([e_k, 0 … 0]).
+    E = torch.zeros(batch, n_blocks, N, dtype=d.dtype)
+    W = torch.zeros(batch, N // 2 + 1, dtype=X.dtype)
+    decay = 1 - step_size * leakage
+    history = [] if keep_filters else None
+    blocks = X.unbind(1), Xc.unbind(1), power.unbind(1), D.unbind(1), E.unbind(1)
+    for X_k, Xc_k, power_k, d_k, e_k in zip(*blocks, strict=True):
         if history is not None:
-            # Component i's output in block k: the same overlap-save product with block k's filter.
-            k = parts.shape[0]
-            frames = torch.nn.functional.pad(parts.reshape(k, batch, samples), (N - B, pad))
-            Y = torch.fft.irfft(
-                torch.fft.rfft(frames.unfold(-1, N, B)) * torch.stack(history, 1), n=N
-            )
-            Y = Y[..., N - B :].reshape(k, batch, -1)[..., :samples]
-            result.append(Y[:, 0] if squeeze else Y.contiguous())
-        return result[0] if len(result) == 1 else tuple(result)
+            history.append(W.clone())
+        y = torch.fft.irfft(X_k * W, n=N)
+        torch.sub(d_k, y[:, N - B :], out=e_k[:, :B])
+        P.mul_(s).add_(power_k)
+        g = torch.fft.irfft(Xc_k * torch.fft.rfft(e_k) * P.reciprocal(), n=N)
+        g[:, M:].zero_()  # the gradient constraint
+        if decay != 1:
+            W.mul_(decay)
+        W.add_(torch.fft.rfft(g))
+    return E, W, history
+
+
+def _fblms_components(
+    parts: torch.Tensor, history: list[torch.Tensor], M: int, B: int, samples: int
+) -> torch.Tensor:
+    """Each component's output through the filters :func:`_fblms_adapt` used, block by block:
+    in block k, the same overlap-save product with block k's filter. ``parts``: ``(k,
+    batch, samples)`` (or ``(k, samples)``); returns ``(k, batch, samples)``."""
+    N, k, batch = M + B, parts.shape[0], history[0].shape[0]
+    pad = len(history) * B - samples
+    frames = torch.nn.functional.pad(parts.reshape(k, batch, samples), (N - B, pad))
+    Y = torch.fft.irfft(torch.fft.rfft(frames.unfold(-1, N, B)) * torch.stack(history, 1), n=N)
+    return Y[..., N - B :].reshape(k, batch, -1)[..., :samples]
 
 
 def nlms(primary, reference, filter_length: int = 256, step_size: float = 0.5, eps: float = 1e-6):

@@ -213,6 +213,24 @@ def _log_energy(frames: torch.Tensor, energy_floor: float) -> torch.Tensor:
     return log_energy if energy_floor == 0.0 else log_energy.clamp_min(math.log(energy_floor))
 
 
+def _mel_energies(
+    padded: torch.Tensor, banks: torch.Tensor, use_power: bool, use_log_fbank: bool
+) -> torch.Tensor:
+    """Windowed, zero-padded frames (batch, frames, n_fft) → mel energies (batch, frames,
+    bins): |rfft|² (|rfft| without ``use_power``) through ``banks`` (bins, n_fft // 2 + 1),
+    then log(max(·, float32 eps)) with ``use_log_fbank``."""
+    spectrum = torch.fft.rfft(padded)  # (batch, frames, n_fft // 2 + 1)
+    if use_power:  # re² + im²: torchaudio squares |z| instead, equal up to float rounding
+        power = spectrum.real.square()
+        power += spectrum.imag.square()
+    else:
+        power = spectrum.abs()
+    mel = power @ banks.to(power.device, power.dtype).T
+    if use_log_fbank:
+        mel = mel.clamp_min_(FLOAT32_EPS).log_()
+    return mel
+
+
 def kaldi_fbank(
     waveform: torch.Tensor,
     sample_rate: float = 16000,
@@ -285,16 +303,8 @@ def kaldi_fbank(
     if use_energy and not raw_energy:
         log_energy = _log_energy(body, energy_floor)  # the zero padding adds no energy
 
-    spectrum = torch.fft.rfft(padded)  # (batch, frames, n_fft // 2 + 1)
-    if use_power:  # re² + im²: torchaudio squares |z| instead, equal up to float rounding
-        power = spectrum.real.square()
-        power += spectrum.imag.square()
-    else:
-        power = spectrum.abs()
     banks = kaldi_mel_banks(num_mel_bins, n_fft, float(sample_rate), low_freq, high_freq)
-    mel = power @ banks.to(power.device, power.dtype).T
-    if use_log_fbank:
-        mel = mel.clamp_min_(FLOAT32_EPS).log_()
+    mel = _mel_energies(padded, banks, use_power, use_log_fbank)
     if use_energy:
         parts = [mel, log_energy[..., None]]
         mel = torch.cat(parts if htk_compat else parts[::-1], dim=-1)

@@ -137,7 +137,15 @@ def headline(paths: config.RunPaths, profile: dict) -> str:
         if (out / "run_record.json").exists()
         else {}
     )
-    lines = ["## This run", ""]
+    lines = ["## This run", "", _what_ran(paths, profile, record), ""]
+    lines += _score_table(out / "metrics.csv")
+    lines += _seed_spread(out / "bench_seeds.csv", paths.data_root)
+    return "\n".join(lines)
+
+
+def _what_ran(paths: config.RunPaths, profile: dict, record: dict) -> str:
+    """One sentence: the profile and seed, the data (with its machine types from
+    ``run_record.json``), the weights each near-mic backbone started from."""
     weights = []
     backbones = [n for n, s in registry.REGISTRY.items() if s.kind in ("fine-tuned", "frozen")]
     for system in [n for n in backbones if registry.REGISTRY[n].reads == registry.NEAR]:
@@ -152,7 +160,7 @@ def headline(paths: config.RunPaths, profile: dict) -> str:
         if isinstance(types, dict)
         else ""
     )
-    lines.append(
+    return (
         f"Profile **{profile['name']}** (seed {profile['seed']}) on the **{data}** data"
         + (f" ({listed})" if listed else "")
         + f"; {'; '.join(weights)}."
@@ -163,52 +171,59 @@ def headline(paths: config.RunPaths, profile: dict) -> str:
             else ""
         )
     )
-    lines.append("")
-    metrics_path = out / "metrics.csv"
-    if metrics_path.exists():
-        table = pd.read_csv(metrics_path, dtype={"section": str})
-        rows = []
-        for system in [*registry.paper(), *registry.beyond()]:
-            part = table[table["system"] == system]
-            if part.empty:
-                continue
-            summary = metrics.summarise(part)
-            entry = registry.REGISTRY[system]
-            name = f"[{system}](../notebooks/{entry.chapter}.ipynb)"
-            where = "paper" if entry.paper else "beyond the paper"
-            rows.append(
-                f"| {name} | {where} | {100 * summary['hmean']:.2f} | "
-                f"{100 * summary['hmean_source']:.2f} | {100 * summary['hmean_target']:.2f} |"
-            )
-        if rows:
-            lines += [
-                "Official score (harmonic mean of AUC-s, AUC-t and pAUC over the machine types "
-                "with ground truth) and the harmonic means of the source and target AUCs, in %, "
-                "computed from the submission files this run wrote "
-                "([the results](../notebooks/70_results.ipynb)):",
-                "",
-                "| system | | official score | AUC source (hmean) | AUC target (hmean) |",
-                "| --- | --- | ---: | ---: | ---: |",
-                *rows,
-                "",
-            ]
-        else:
-            lines += ["No machine type of this run has ground truth: nothing to score.", ""]
-    spread_path = out / "bench_seeds.csv"
-    if spread_path.exists():
-        spread = pd.read_csv(spread_path)
-        spread = spread[spread["data_root"] == str(paths.data_root)]
-        columns = [
-            c for c in spread if c not in ("seed", "data_root") and not c.endswith("seconds")
-        ]
-        if len(spread) > 1 and columns:
-            parts = [f"{c} {spread[c].mean():.2f} ± {spread[c].std():.2f}" for c in columns]
-            lines += [
-                f"Over {len(spread)} seeds ({', '.join(str(s) for s in spread['seed'])}; "
-                f"`make seeds`), official score mean ± standard deviation: {'; '.join(parts)}.",
-                "",
-            ]
-    return "\n".join(lines)
+
+
+def _score_table(metrics_path: Path) -> list[str]:
+    """The markdown table of every system's official score and source / target harmonic
+    means (in %) from ``metrics.csv``; a sentence when nothing has ground truth; nothing
+    without the file."""
+    if not metrics_path.exists():
+        return []
+    table = pd.read_csv(metrics_path, dtype={"section": str})
+    rows = []
+    for system in [*registry.paper(), *registry.beyond()]:
+        part = table[table["system"] == system]
+        if part.empty:
+            continue
+        summary = metrics.summarise(part)
+        entry = registry.REGISTRY[system]
+        name = f"[{system}](../notebooks/{entry.chapter}.ipynb)"
+        where = "paper" if entry.paper else "beyond the paper"
+        rows.append(
+            f"| {name} | {where} | {100 * summary['hmean']:.2f} | "
+            f"{100 * summary['hmean_source']:.2f} | {100 * summary['hmean_target']:.2f} |"
+        )
+    if not rows:
+        return ["No machine type of this run has ground truth: nothing to score.", ""]
+    return [
+        "Official score (harmonic mean of AUC-s, AUC-t and pAUC over the machine types "
+        "with ground truth) and the harmonic means of the source and target AUCs, in %, "
+        "computed from the submission files this run wrote "
+        "([the results](../notebooks/70_results.ipynb)):",
+        "",
+        "| system | | official score | AUC source (hmean) | AUC target (hmean) |",
+        "| --- | --- | ---: | ---: | ---: |",
+        *rows,
+        "",
+    ]
+
+
+def _seed_spread(spread_path: Path, data_root: Path) -> list[str]:
+    """The mean ± standard deviation of each score over the seeds ``make seeds`` wrote to
+    ``bench_seeds.csv`` for this ``data_root``; nothing with fewer than two seeds."""
+    if not spread_path.exists():
+        return []
+    spread = pd.read_csv(spread_path)
+    spread = spread[spread["data_root"] == str(data_root)]
+    columns = [c for c in spread if c not in ("seed", "data_root") and not c.endswith("seconds")]
+    if len(spread) < 2 or not columns:
+        return []
+    parts = [f"{c} {spread[c].mean():.2f} ± {spread[c].std():.2f}" for c in columns]
+    return [
+        f"Over {len(spread)} seeds ({', '.join(str(s) for s in spread['seed'])}; "
+        f"`make seeds`), official score mean ± standard deviation: {'; '.join(parts)}.",
+        "",
+    ]
 
 
 def stage(paths: config.RunPaths, profile: dict, executed_dir: Path, stage_dir: Path) -> Path:

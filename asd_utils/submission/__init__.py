@@ -361,103 +361,127 @@ def _describe(system: str, profile: dict, members: Sequence[str]) -> tuple[dict,
     fields.update(input_sampling_rate="16kHz", front_end=NEAR, decision_making=decision)
     checkpoints: list[str] = []
     if kind == "fine-tuned" and section_name == "osscl":
-        fields.update(_osscl(profile))
-        if _checkpoint(profile.get("osscl", {})):
-            checkpoints.append("eat")
-        if entry.reads == registry.ANC:
-            anc = profile.get("anc", {})
-            fields["front_end"] = (
-                "adaptive noise canceller (frequency-domain block LMS): primary = near "
-                "microphone, reference = far microphone, "
-                f"{anc.get('filter_length')} taps, step size {anc.get('step_size')}, block "
-                f"{anc.get('block_size')} samples, leakage {anc.get('leakage')}; the denoised "
-                "near channel is the input"
-            )
+        described, checkpoints = _describe_osscl(profile, entry.reads)
     elif kind == "fine-tuned" and section_name == "beats_grl":
-        section = profile.get("beats_grl", {})
-        loss = section.get("loss", {})
-        ablation = "lambda 0" in system
-        fields.update(
-            acoustic_features=FBANK,
-            data_augmentation=_augmentation(section),
-            embeddings=_embeddings(section),
-            machine_learning_method=(
-                f"fine-tuned BEATs, margin classifier (ArcFace margin {loss.get('margin')}, scale "
-                f"{loss.get('scale')}) + domain classifier behind a gradient reversal layer "
-                f"(lambda ramped to {0 if ablation else loss.get('lambda_max')}); "
-                f"{_training(section)}"
-            ),
-            aggregation_method="mean of the BEATs encoder's output tokens",
-            domain_generalization_method=(
-                "none (ablation: gradient reversal switched off, lambda = 0)"
-                if ablation
-                else "adversarial domain (source/target) classifier behind a gradient reversal "
-                "layer"
-            ),
-            attribute_usage=(
-                "classes = machine type x section x attribute string x domain; the domain "
-                "labels train the gradient-reversal domain classifier"
-            ),
-            external_data_usage="pre-trained BEATs checkpoint" if _checkpoint(section) else None,
-        )
-        if _checkpoint(section):
-            checkpoints.append("beats")
+        described, checkpoints = _describe_beats_grl(system, profile)
     elif kind == "ensemble":
-        ensemble = profile.get("ensemble", {})
-        members = list(members) or list(ensemble.get("members", []))
-        described = []
-        for member in members:
-            member_fields, member_checkpoints = _describe(member, profile, ())
-            described.append(member_fields)
-            checkpoints += [c for c in member_checkpoints if c not in checkpoints]
-        for field in PER_MEMBER:
-            values = [d[field] for d in described]
-            fields[field] = (
-                values[0]
-                if len(set(values)) == 1 and field != "embeddings"
-                else "; ".join(f"{m}: {v}" for m, v in zip(members, values, strict=True))
-            )
-        fields.update(
-            machine_learning_method=(
-                f"ensemble of {', '.join(members)}: each member's anomaly scores standardised "
-                f"per machine type and section ({ensemble.get('normalisation', 'zscore')}) with "
-                "statistics of its training-clip scores, then combined "
-                f"({ensemble.get('how', 'sum')}, weights {ensemble.get('weights')})"
-            ),
-            ensemble_method_subsystem_count=len(members),
-            external_data_usage=(
-                "; ".join(d["external_data_usage"] for d in described if d["external_data_usage"])
-                or None
-            ),
-        )
+        described, checkpoints = _describe_ensemble(profile, members)
     elif kind == "autoencoder":
-        baseline = profile.get("baseline", {})
-        mahala = "MAHALA" in base  # the selective Mahalanobis variant
-        fields.update(
-            acoustic_features=BASELINE_FEATURES,
-            machine_learning_method=(
-                "dense autoencoder 640-128-128-128-128-8-128-128-128-128-640 (the official "
-                f"baseline), Adam, learning rate {baseline.get('learning_rate')}, "
-                f"{baseline.get('epochs')} epochs, batch {baseline.get('batch_size')}; "
-                + (
-                    "anomaly score: selective Mahalanobis distance of the clip's mean "
-                    "reconstruction residual"
-                    if mahala
-                    else "anomaly score: mean squared reconstruction error"
-                )
-            ),
-            aggregation_method="mean over the clip's frame vectors",
-            domain_generalization_method=(
-                "separate source and target residual covariances; the smaller distance"
-                if mahala
-                else None
-            ),
-            attribute_usage="domain labels of the training clips" if mahala else None,
-        )
+        described = _describe_autoencoder(base, profile)
     else:
-        for field in DESCRIPTION_FIELDS[1:]:
-            fields[field] = f"{FILL_IN}: {field.replace('_', ' ')}"
+        described = {f: f"{FILL_IN}: {f.replace('_', ' ')}" for f in DESCRIPTION_FIELDS[1:]}
+    fields.update(described)
     return fields, checkpoints
+
+
+def _describe_osscl(profile: dict, reads: str) -> tuple[dict, list[str]]:
+    """:func:`_describe` of an OS-SCL system (Systems 1 and 3: :func:`_osscl`), with the ANC
+    front end when it ``reads`` the denoised near channel."""
+    fields = _osscl(profile)
+    checkpoints = ["eat"] if _checkpoint(profile.get("osscl", {})) else []
+    if reads == registry.ANC:
+        anc = profile.get("anc", {})
+        fields["front_end"] = (
+            "adaptive noise canceller (frequency-domain block LMS): primary = near "
+            "microphone, reference = far microphone, "
+            f"{anc.get('filter_length')} taps, step size {anc.get('step_size')}, block "
+            f"{anc.get('block_size')} samples, leakage {anc.get('leakage')}; the denoised "
+            "near channel is the input"
+        )
+    return fields, checkpoints
+
+
+def _describe_beats_grl(system: str, profile: dict) -> tuple[dict, list[str]]:
+    """:func:`_describe` of a BEATs + gradient reversal system (System 2, its lambda-0
+    ablation)."""
+    section = profile.get("beats_grl", {})
+    loss = section.get("loss", {})
+    ablation = "lambda 0" in system
+    fields = dict(
+        acoustic_features=FBANK,
+        data_augmentation=_augmentation(section),
+        embeddings=_embeddings(section),
+        machine_learning_method=(
+            f"fine-tuned BEATs, margin classifier (ArcFace margin {loss.get('margin')}, scale "
+            f"{loss.get('scale')}) + domain classifier behind a gradient reversal layer "
+            f"(lambda ramped to {0 if ablation else loss.get('lambda_max')}); "
+            f"{_training(section)}"
+        ),
+        aggregation_method="mean of the BEATs encoder's output tokens",
+        domain_generalization_method=(
+            "none (ablation: gradient reversal switched off, lambda = 0)"
+            if ablation
+            else "adversarial domain (source/target) classifier behind a gradient reversal layer"
+        ),
+        attribute_usage=(
+            "classes = machine type x section x attribute string x domain; the domain "
+            "labels train the gradient-reversal domain classifier"
+        ),
+        external_data_usage="pre-trained BEATs checkpoint" if _checkpoint(section) else None,
+    )
+    return fields, ["beats"] if _checkpoint(section) else []
+
+
+def _describe_ensemble(profile: dict, members: Sequence[str]) -> tuple[dict, list[str]]:
+    """:func:`_describe` of an ensemble (System 4): each of :data:`PER_MEMBER` the members'
+    common value or one per member, the members' checkpoints, how scores are combined."""
+    ensemble = profile.get("ensemble", {})
+    members = list(members) or list(ensemble.get("members", []))
+    described, checkpoints = [], []
+    for member in members:
+        member_fields, member_checkpoints = _describe(member, profile, ())
+        described.append(member_fields)
+        checkpoints += [c for c in member_checkpoints if c not in checkpoints]
+    fields = {}
+    for field in PER_MEMBER:
+        values = [d[field] for d in described]
+        fields[field] = (
+            values[0]
+            if len(set(values)) == 1 and field != "embeddings"
+            else "; ".join(f"{m}: {v}" for m, v in zip(members, values, strict=True))
+        )
+    fields.update(
+        machine_learning_method=(
+            f"ensemble of {', '.join(members)}: each member's anomaly scores standardised "
+            f"per machine type and section ({ensemble.get('normalisation', 'zscore')}) with "
+            "statistics of its training-clip scores, then combined "
+            f"({ensemble.get('how', 'sum')}, weights {ensemble.get('weights')})"
+        ),
+        ensemble_method_subsystem_count=len(members),
+        external_data_usage=(
+            "; ".join(d["external_data_usage"] for d in described if d["external_data_usage"])
+            or None
+        ),
+    )
+    return fields, checkpoints
+
+
+def _describe_autoencoder(base: str, profile: dict) -> dict:
+    """:func:`_describe` of the official autoencoder baseline (MSE, or selective Mahalanobis
+    when ``base`` names MAHALA)."""
+    baseline = profile.get("baseline", {})
+    mahala = "MAHALA" in base  # the selective Mahalanobis variant
+    return dict(
+        acoustic_features=BASELINE_FEATURES,
+        machine_learning_method=(
+            "dense autoencoder 640-128-128-128-128-8-128-128-128-128-640 (the official "
+            f"baseline), Adam, learning rate {baseline.get('learning_rate')}, "
+            f"{baseline.get('epochs')} epochs, batch {baseline.get('batch_size')}; "
+            + (
+                "anomaly score: selective Mahalanobis distance of the clip's mean "
+                "reconstruction residual"
+                if mahala
+                else "anomaly score: mean squared reconstruction error"
+            )
+        ),
+        aggregation_method="mean over the clip's frame vectors",
+        domain_generalization_method=(
+            "separate source and target residual covariances; the smaller distance"
+            if mahala
+            else None
+        ),
+        attribute_usage="domain labels of the training clips" if mahala else None,
+    )
 
 
 def development_results(metrics_table: pd.DataFrame | None, system: str) -> dict:
@@ -730,12 +754,7 @@ def write_package(
             info = _read_json(system_dir / "system.json")
             meta = build_meta(folder, system, profile, info, metrics_table, development_data)
             notes += [f"{folder}: {note}" for note in meta_notes(meta)]
-            atomic_write_text(build / "task2" / folder / f"{folder}.meta.yaml", meta_text(meta))
-            _copy_csvs(system_dir, build / "task2" / folder, eval_clips, system)
-            official.check(build / "task2" / folder, eval_clips)
-            if not dev_clips.empty:
-                _copy_csvs(system_dir, build / "dev" / folder, dev_clips, system)
-                official.check(build / "dev" / folder, dev_clips)
+            _write_system_folder(build, folder, system, meta, system_dir, clips)
         check_package(build / "task2", eval_clips)
         atomic_write_text(
             build / "task2" / "README.txt", _readme(label, folders, not eval_clips.empty)
@@ -748,16 +767,39 @@ def write_package(
     except BaseException:
         shutil.rmtree(build, ignore_errors=True)
         raise
+    _say_written(destination, folders, notes, eval_clips.empty, dev_clips.empty)
+    return destination
+
+
+def _write_system_folder(
+    build: Path, folder: str, system: str, meta: dict, system_dir: Path, clips: pd.DataFrame
+) -> None:
+    """One system's ``task2/<folder>/`` (its meta file and the evaluation CSVs) and, when the
+    data has development machine types, ``dev/<folder>/`` (their CSVs), each checked
+    (:func:`asd_utils.evaluation.official.check`) against the test ``clips`` of its dataset."""
+    eval_clips = clips[clips["dataset"] == "eval"]
+    dev_clips = clips[clips["dataset"] == "dev"]
+    atomic_write_text(build / "task2" / folder / f"{folder}.meta.yaml", meta_text(meta))
+    _copy_csvs(system_dir, build / "task2" / folder, eval_clips, system)
+    official.check(build / "task2" / folder, eval_clips)
+    if not dev_clips.empty:
+        _copy_csvs(system_dir, build / "dev" / folder, dev_clips, system)
+        official.check(build / "dev" / folder, dev_clips)
+
+
+def _say_written(
+    destination: Path, folders: list[str], notes: list[str], no_eval: bool, no_dev: bool
+) -> None:
+    """What :func:`write_package` wrote, what is left to fill in, and the evaluator's command."""
     log.info("wrote %s: %s", destination, "; ".join(folders))
     for note in notes:
         log.warning("to do: %s", note)
-    if eval_clips.empty:
+    if no_eval:
         log.info("no evaluation machine types in the data: the task2/ folders hold only meta files")
-    if dev_clips.empty:
+    if no_dev:
         log.info("no development machine types in the data: no dev/ folders and no ground truth")
     else:
         log.info("official evaluator on the dev folders:\n%s", evaluator_command(destination))
-    return destination
 
 
 # --- command line --------------------------------------------------------------------------------

@@ -25,6 +25,7 @@ import hashlib
 import importlib
 import importlib.util
 import json
+import logging
 import math
 import os
 import random
@@ -54,6 +55,8 @@ from asd_utils.files import atomic_path, atomic_write_text, write_table
 from asd_utils.frontends.features import spec_augment
 from asd_utils.frontends.views import load_waveform
 from asd_utils.models import precision
+
+log = logging.getLogger(__name__)
 
 CHECKPOINT_DIR = "checkpoints"
 LATEST = "latest"  # text file naming the newest complete checkpoint folder
@@ -290,6 +293,28 @@ def mixup(
 
 
 # --- checkpoints ---------------------------------------------------------------------------------
+#
+# Hand-written, not accelerate's ``save_state``/``load_state`` (checked against accelerate 1.15,
+# ``accelerator.py`` and ``checkpointing.py``), because it lacks what a resume here relies on:
+# - atomicity: ``save_state`` writes straight into ``checkpoint_<n>/`` and
+#   ``load_state`` (automatic naming) takes the highest-numbered folder, so a run killed
+#   mid-save is resumed from a half-written checkpoint. Here every file is written to a
+#   temporary name and renamed, and ``checkpoints/latest`` moves only after the manifest.
+# - verification and fallback: nothing records or checks sizes and hashes; a truncated file
+#   fails the resume instead of falling back to the previous checkpoint (``find_checkpoint``,
+#   ``checkpoint_damage``, ``.damaged`` kept aside, one ``CheckpointWarning``).
+# - pruning: ``ProjectConfiguration(total_limit=…)`` deletes the oldest entries of
+#   ``checkpoints/`` by count BEFORE the new one is written (a crash then leaves one fewer
+#   good checkpoint), counts any entry there (our ``latest`` and ``.damaged`` ones included)
+#   and parses a number from each name; here pruning follows the ``latest`` pointer.
+# - safe loading: objects added by ``register_for_checkpointing`` (the EMA would be one) are
+#   loaded with ``weights_only=False``, i.e. any pickle; here everything loads with
+#   safetensors or ``torch.load(weights_only=True)``.
+# - what a run is: the EMA, the split weights a finished run keeps (``model``, ``ema``,
+#   ``loss``), the log and the config check live outside accelerate's files anyway, and
+#   ``finished.json`` (a complete run is found, not retrained) has no counterpart.
+# Switching formats would also leave every interrupted run written before unresumable. What
+# accelerate does give is used: the prepared objects, ``set_seed``, ``wait_for_everyone``.
 
 
 def _rng_state() -> dict:
@@ -610,7 +635,7 @@ def _reuse_finished(
     summary = f"found the finished run ({steps} steps, trained in {seconds:.0f} s) in {output_dir}"
     summary += f" ({chosen.name})" if chosen is not None else ""
     if accelerator.is_main_process:
-        print(summary)
+        log.info(summary)
     return TrainResult(
         ema_model=ema.module.eval(),
         model=model,
@@ -693,46 +718,128 @@ def train(
     :class:`CheckpointWarning`. Changed settings other than
     :attr:`TrainConfig.RESUMABLE_CHANGES` raise a ValueError. ``resume=False`` deletes the
     run's old checkpoints and its ``finished.json``.
+
+    Four phases, each a function: resume (:func:`_resume_point`, :func:`_load_start`),
+    optimiser (:func:`_session`), step (:func:`_loop`, one :func:`_micro_batch` at a time),
+    finish (:func:`_finish`).
     """
     started = time.perf_counter()
     output_dir = Path(output_dir)
     chosen = precision.resolve(config.mixed_precision)
     config = dataclasses.replace(config, mixed_precision=chosen.mixed_precision)
     accelerator = _accelerator(config)
+    finished, checkpoint = _resume_point(output_dir, config, resume, accelerator)
+    if finished is not None:
+        return _reuse_finished(model, loss_fn, config, output_dir, finished, accelerator, chosen)
+    state = _load_start(checkpoint, model, loss_fn, config, accelerator, output_dir)
+    run = _session(model, loss_fn, dataset, config, output_dir, accelerator, state, started)
+    if checkpoint is not None:
+        _restore(run, checkpoint, state)
+    start_step = run.step
+    data_seconds, loop_seconds = _loop(run, progress)
+    return _finish(run, chosen, start_step, data_seconds, loop_seconds)
+
+
+# --- phase 1: resume (a finished run, a checkpoint, or from scratch) ------------------------------
+
+
+def _resume_point(
+    output_dir: Path, config: TrainConfig, resume: bool, accelerator: Accelerator
+) -> tuple[dict | None, Path | None]:
+    """Where :func:`train` starts: ``(finished record, None)`` when ``resume`` finds the run
+    finished (:func:`_finished_run`); otherwise ``(None, the newest complete checkpoint or
+    None)``, with the run folder made ready for training (:func:`_ready_folder`) and every
+    process seeded (``set_seed``, per device: dropout differs per process, as it should)."""
     checkpoint, damaged = None, []
     if resume:
         finished, damaged = _finished_run(output_dir, config)
         if finished is not None:
-            return _reuse_finished(
-                model, loss_fn, config, output_dir, finished, accelerator, chosen
-            )
+            return finished, None
         checkpoint, damaged_checkpoints = find_checkpoint(output_dir)
         damaged += damaged_checkpoints
     accelerator.wait_for_everyone()  # every process has read what it resumes from
     if accelerator.is_main_process:
-        if not resume:
-            shutil.rmtree(output_dir / CHECKPOINT_DIR, ignore_errors=True)
-        if damaged:
-            _handle_damage(damaged, output_dir, checkpoint)
-        (output_dir / FINISHED).unlink(missing_ok=True)  # no longer true once training starts
-        atomic_write_text(output_dir / TRAIN_CONFIG, json.dumps(config.to_dict(), indent=2))
+        _ready_folder(output_dir, config, resume, damaged, checkpoint)
     accelerator.wait_for_everyone()
-    set_seed(config.seed, device_specific=True)  # dropout differs per process, as it should
+    set_seed(config.seed, device_specific=True)
+    return None, checkpoint
 
-    state = {"step": 0, "history": []}
-    if checkpoint is not None:
-        state = torch.load(checkpoint / TRAIN_STATE, weights_only=True)
-        _check_resumable(state["config"], config, checkpoint)
-        load_model(model, checkpoint / MODEL_WEIGHTS)
-        load_model(loss_fn, checkpoint / LOSS_WEIGHTS)
-        if accelerator.is_main_process:
-            print(f"resuming {output_dir} from step {state['step']} of {config.steps}")
-    step, history = state["step"], state["history"]
-    start_step, seconds_before = step, state.get("seconds", 0.0)  # older checkpoints: no seconds
 
+def _ready_folder(
+    output_dir: Path, config: TrainConfig, resume: bool, damaged: Damage, checkpoint: Path | None
+) -> None:
+    """Main process, before training: old checkpoints gone unless resuming, damage set aside
+    (:func:`_handle_damage`), ``finished.json`` gone (no longer true once training starts),
+    ``train_config.json`` written."""
+    if not resume:
+        shutil.rmtree(output_dir / CHECKPOINT_DIR, ignore_errors=True)
+    if damaged:
+        _handle_damage(damaged, output_dir, checkpoint)
+    (output_dir / FINISHED).unlink(missing_ok=True)
+    atomic_write_text(output_dir / TRAIN_CONFIG, json.dumps(config.to_dict(), indent=2))
+
+
+def _load_start(
+    checkpoint: Path | None,
+    model: nn.Module,
+    loss_fn: nn.Module,
+    config: TrainConfig,
+    accelerator: Accelerator,
+    output_dir: Path,
+) -> dict:
+    """The training state to start from (``step``, ``history``, and from a checkpoint its
+    ``optimizer``, ``scheduler``, ``seconds``), the checkpoint's raw and loss weights loaded
+    into ``model`` and ``loss_fn``. From scratch: step 0, no history."""
+    if checkpoint is None:
+        return {"step": 0, "history": []}
+    state = torch.load(checkpoint / TRAIN_STATE, weights_only=True)
+    _check_resumable(state["config"], config, checkpoint)
+    load_model(model, checkpoint / MODEL_WEIGHTS)
+    load_model(loss_fn, checkpoint / LOSS_WEIGHTS)
+    if accelerator.is_main_process:
+        log.info("resuming %s from step %d of %d", output_dir, state["step"], config.steps)
+    return state
+
+
+# --- phase 2: optimiser (optimizer, schedule, data, EMA, prepared by accelerate) -----------------
+
+
+@dataclass
+class _Run:
+    """One training session's live state, handed between the phases of :func:`train`.
+    ``objective`` as accelerate prepared it (DDP-wrapped under several processes), ``model``
+    the raw model inside it; ``step`` optimizer steps taken, ``history`` one log row each;
+    ``started`` (``perf_counter``) and ``seconds_before`` (earlier sessions) time the run."""
+
+    config: TrainConfig
+    output_dir: Path
+    accelerator: Accelerator
+    objective: nn.Module
+    model: nn.Module
+    loss_fn: nn.Module
+    ema: AveragedModel
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    loader: DataLoader
+    step: int
+    history: list[dict]
+    started: float
+    seconds_before: float
+
+    def seconds(self) -> float:
+        """Training seconds so far, over every session of the run."""
+        return self.seconds_before + time.perf_counter() - self.started
+
+
+def _optimizer(
+    model: nn.Module, loss_fn: nn.Module, config: TrainConfig
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
+    """AdamW over the model's trainable parameters and, as a second group, the loss's (the
+    class centres: lr × ``loss_lr_scale``, no decay, which would only shrink their norms); the
+    inverse-sqrt schedule (:func:`inverse_sqrt_lambda`)."""
     groups = [{"params": [p for p in model.parameters() if p.requires_grad]}]
     loss_params = [p for p in loss_fn.parameters() if p.requires_grad]
-    if loss_params:  # the class centres: own lr, no decay (it would only shrink their norms)
+    if loss_params:
         groups.append(
             {
                 "params": loss_params,
@@ -749,136 +856,231 @@ def train(
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, inverse_sqrt_lambda(config.warmup_steps)
     )
+    return optimizer, scheduler
+
+
+def _loader(dataset: Dataset, config: TrainConfig, step: int) -> DataLoader:
+    """Micro-batches of ``dataset`` from the :class:`ResumableSampler` draw that optimizer
+    step ``step`` starts at."""
     sampler = ResumableSampler(
         len(dataset), config.seed, start=step * config.grad_accumulation * config.batch_size
     )
-    loader = DataLoader(
+    return DataLoader(
         dataset,
         batch_size=config.batch_size,
         sampler=sampler,
         num_workers=config.num_workers,
         generator=torch.Generator().manual_seed(config.seed),  # keeps the global RNG untouched
     )
+
+
+def _session(
+    model: nn.Module,
+    loss_fn: nn.Module,
+    dataset: Dataset,
+    config: TrainConfig,
+    output_dir: Path,
+    accelerator: Accelerator,
+    state: dict,
+    started: float,
+) -> _Run:
+    """Optimizer, schedule and data loader prepared by accelerate around model and loss
+    (:class:`_Objective`), and a fresh EMA of the model, at ``state``'s step and history."""
+    optimizer, scheduler = _optimizer(model, loss_fn, config)
+    loader = _loader(dataset, config, state["step"])
     objective, optimizer, loader, scheduler = accelerator.prepare(
         _Objective(model, loss_fn), optimizer, loader, scheduler
     )
     inner = accelerator.unwrap_model(objective)
-    ema = ema_model(inner.model, config.ema_decay)
-    if checkpoint is not None:
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        load_model(ema.module, checkpoint / EMA_WEIGHTS)
-        rng_file = checkpoint / f"rng_{accelerator.process_index}.pt"
-        if rng_file.is_file():
-            _set_rng_state(torch.load(rng_file))
-        else:  # resumed on more processes than it was saved from
-            warnings.warn(f"{rng_file} missing: dropout will not repeat exactly", stacklevel=2)
+    return _Run(
+        config=config,
+        output_dir=output_dir,
+        accelerator=accelerator,
+        objective=objective,
+        model=inner.model,
+        loss_fn=loss_fn,
+        ema=ema_model(inner.model, config.ema_decay),
+        optimizer=optimizer,
+        scheduler=scheduler,
+        loader=loader,
+        step=state["step"],
+        history=state["history"],
+        started=started,
+        seconds_before=state.get("seconds", 0.0),  # older checkpoints: no seconds
+    )
 
-    def save(folder: Path) -> None:
-        training_state = {
-            "step": step,
-            "history": history,
-            "config": config.to_dict(),
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "seconds": seconds_before + time.perf_counter() - started,
-        }
-        weights = {MODEL_WEIGHTS: inner.model, EMA_WEIGHTS: ema.module, LOSS_WEIGHTS: loss_fn}
-        _write_checkpoint(accelerator, folder, weights, training_state, config.keep_checkpoints)
-        if accelerator.is_main_process:
-            write_table(pd.DataFrame(history), output_dir / TRAIN_LOG)
 
+def _restore(run: _Run, checkpoint: Path, state: dict) -> None:
+    """The rest of a checkpoint, once prepared: optimizer and schedule, EMA weights, and this
+    process's RNG states (a warning when it has none: more processes than were saved)."""
+    run.optimizer.load_state_dict(state["optimizer"])
+    run.scheduler.load_state_dict(state["scheduler"])
+    load_model(run.ema.module, checkpoint / EMA_WEIGHTS)
+    rng_file = checkpoint / f"rng_{run.accelerator.process_index}.pt"
+    if rng_file.is_file():
+        _set_rng_state(torch.load(rng_file))
+    else:  # resumed on more processes than it was saved from
+        warnings.warn(f"{rng_file} missing: dropout will not repeat exactly", stacklevel=3)
+
+
+# --- phase 3: step (micro-batches, optimizer steps, checkpoints) ---------------------------------
+
+
+def _augmenter(config: TrainConfig, micro: int, process_index: int) -> Callable | None:
+    """SpecAugment for micro-batch ``micro`` on this process, or None (disabled). A fresh
+    generator per micro-batch, seeded by its position: nothing to checkpoint."""
+    if not (config.spec_augment_time or config.spec_augment_freq):
+        return None
+    seed = (config.seed * 1_000_003 + micro) * 4099 + process_index
+    return partial(
+        spec_augment,
+        time_mask=config.spec_augment_time,
+        freq_mask=config.spec_augment_freq,
+        generator=torch.Generator().manual_seed(seed),
+    )
+
+
+def _micro_batch(run: _Run, batch: Sequence, micro: int) -> tuple[dict, float]:
+    """Forward and backward of one micro-batch (SpecAugment, mixup); at the last of
+    ``grad_accumulation`` (accelerate's ``sync_gradients``) the optimizer and scheduler step.
+    Returns the loss's parts and the lr the step uses."""
+    config, accelerator = run.config, run.accelerator
+    waveform, target, *rest = batch
+    lengths = rest[0] if rest else None
+    augment = _augmenter(config, micro, accelerator.process_index)
+    mix = None
+    if config.mixup_alpha > 0:
+        waveform, lengths, mix = mixup(
+            waveform, lengths, target, config.mixup_alpha, seed=(config.seed, micro, 7)
+        )
+    lr = run.optimizer.param_groups[0]["lr"]
+    with accelerator.accumulate(run.objective):
+        parts = run.objective(waveform, lengths, target, augment=augment, mix=mix)
+        accelerator.backward(parts["loss"])
+        if config.max_grad_norm and accelerator.sync_gradients:
+            accelerator.clip_grad_norm_(run.objective.parameters(), config.max_grad_norm)
+        run.optimizer.step()
+        run.scheduler.step()
+        run.optimizer.zero_grad()
+    return parts, lr
+
+
+def _log_step(run: _Run, sums: dict[str, torch.Tensor], lr: float) -> None:
+    """After an optimizer step: the step counted, the EMA updated, one log row (the loss's
+    parts averaged over micro-batches and processes)."""
+    run.step += 1
+    run.ema.update_parameters(run.model)
+    means = run.accelerator.reduce(torch.stack(list(sums.values())), "mean")
+    means = (means / run.config.grad_accumulation).tolist()
+    run.history.append({"step": run.step, "lr": lr, **dict(zip(sums, means, strict=True))})
+
+
+def _loop(run: _Run, progress: bool) -> tuple[float, float]:
+    """Train from ``run.step`` to ``config.steps``, a checkpoint every ``checkpoint_every``
+    steps and at the last (a finished run's newest checkpoint holds its final state). Returns
+    the seconds spent waiting for batches and the loop's seconds."""
+    config = run.config
     bar = tqdm(
         total=config.steps,
-        initial=step,
+        initial=run.step,
         desc="training",
         unit="step",
-        disable=not (progress and accelerator.is_main_process),
+        disable=not (progress and run.accelerator.is_main_process),
     )
-    objective.train()
-    batches = iter(loader)
-    micro = step * config.grad_accumulation
+    run.objective.train()
+    batches = iter(run.loader)
+    micro = run.step * config.grad_accumulation
     sums: dict[str, torch.Tensor] = {}
     loop_started, data_seconds = time.perf_counter(), 0.0
-    while step < config.steps:
+    while run.step < config.steps:
         waiting = time.perf_counter()
-        waveform, target, *rest = next(batches)
+        batch = next(batches)
         data_seconds += time.perf_counter() - waiting
-        lengths = rest[0] if rest else None
-        augment = None
-        if config.spec_augment_time or config.spec_augment_freq:
-            # A fresh generator per micro-batch, seeded by its position: nothing to checkpoint.
-            seed = (config.seed * 1_000_003 + micro) * 4099 + accelerator.process_index
-            augment = partial(
-                spec_augment,
-                time_mask=config.spec_augment_time,
-                freq_mask=config.spec_augment_freq,
-                generator=torch.Generator().manual_seed(seed),
-            )
-        mix = None
-        if config.mixup_alpha > 0:
-            waveform, lengths, mix = mixup(
-                waveform, lengths, target, config.mixup_alpha, seed=(config.seed, micro, 7)
-            )
-        lr = optimizer.param_groups[0]["lr"]
-        with accelerator.accumulate(objective):
-            parts = objective(waveform, lengths, target, augment=augment, mix=mix)
-            accelerator.backward(parts["loss"])
-            if config.max_grad_norm and accelerator.sync_gradients:
-                accelerator.clip_grad_norm_(objective.parameters(), config.max_grad_norm)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad()
+        parts, lr = _micro_batch(run, batch, micro)
         micro += 1
         for name, value in parts.items():
             sums[name] = sums.get(name, 0.0) + value.detach().float()
-        if not accelerator.sync_gradients:
+        if not run.accelerator.sync_gradients:
             continue
-        step += 1
-        ema.update_parameters(inner.model)
-        means = accelerator.reduce(torch.stack(list(sums.values())), "mean")
-        means = (means / config.grad_accumulation).tolist()
-        history.append({"step": step, "lr": lr, **dict(zip(sums, means, strict=True))})
+        _log_step(run, sums, lr)
         sums = {}
         bar.update()
-        if step % config.log_every == 0 or step == config.steps:
-            bar.set_postfix(loss=f"{history[-1]['loss']:.4f}", lr=f"{lr:.3g}")
-        # ... and at the last step: a finished run's newest checkpoint holds its final state
+        if run.step % config.log_every == 0 or run.step == config.steps:
+            bar.set_postfix(loss=f"{run.history[-1]['loss']:.4f}", lr=f"{lr:.3g}")
         every = config.checkpoint_every
-        if every and (step % every == 0 or step == config.steps):
-            save(output_dir / CHECKPOINT_DIR / f"step_{step:08d}")
+        if every and (run.step % every == 0 or run.step == config.steps):
+            _save_checkpoint(run)
     bar.close()
     del batches
-    loop_seconds = time.perf_counter() - loop_started
+    return data_seconds, time.perf_counter() - loop_started
 
-    final = {EMA_WEIGHTS: ema.module, MODEL_WEIGHTS: inner.model, LOSS_WEIGHTS: loss_fn}
-    if accelerator.is_main_process:
+
+def _save_checkpoint(run: _Run) -> None:
+    """``checkpoints/step_NNNNNNNN/`` at ``run.step`` (:func:`_write_checkpoint`), then the
+    log so far (main process)."""
+    folder = run.output_dir / CHECKPOINT_DIR / f"step_{run.step:08d}"
+    training_state = {
+        "step": run.step,
+        "history": run.history,
+        "config": run.config.to_dict(),
+        "optimizer": run.optimizer.state_dict(),
+        "scheduler": run.scheduler.state_dict(),
+        "seconds": run.seconds(),
+    }
+    weights = {MODEL_WEIGHTS: run.model, EMA_WEIGHTS: run.ema.module, LOSS_WEIGHTS: run.loss_fn}
+    _write_checkpoint(run.accelerator, folder, weights, training_state, run.config.keep_checkpoints)
+    if run.accelerator.is_main_process:
+        write_table(pd.DataFrame(run.history), run.output_dir / TRAIN_LOG)
+
+
+# --- phase 4: finish (final files, finished.json, the result) ------------------------------------
+
+
+def _write_final(run: _Run, chosen: precision.Precision) -> float:
+    """Main process: the final EMA, raw and loss weights, the log and, last (its presence says
+    every final file is complete), ``finished.json``. Returns the run's training seconds."""
+    final = {EMA_WEIGHTS: run.ema.module, MODEL_WEIGHTS: run.model, LOSS_WEIGHTS: run.loss_fn}
+    if run.accelerator.is_main_process:
         for name, module in final.items():
-            _save_model(module, output_dir / name)
-        write_table(pd.DataFrame(history), output_dir / TRAIN_LOG)
-    seconds = seconds_before + time.perf_counter() - started
-    if accelerator.is_main_process:  # last: its presence says every final file is complete
+            _save_model(module, run.output_dir / name)
+        write_table(pd.DataFrame(run.history), run.output_dir / TRAIN_LOG)
+    seconds = run.seconds()
+    if run.accelerator.is_main_process:
         _write_record(
-            output_dir / FINISHED, output_dir, [*final, TRAIN_LOG],
-            steps=step, seconds=seconds, config=config.to_dict(), precision=chosen.to_dict(),
+            run.output_dir / FINISHED, run.output_dir, [*final, TRAIN_LOG],
+            steps=run.step, seconds=seconds, config=run.config.to_dict(),
+            precision=chosen.to_dict(),
         )  # fmt: skip
-    accelerator.wait_for_everyone()
-    ema_module = ema.module.eval()
-    accelerator.free_memory()
+    return seconds
+
+
+def _finish(
+    run: _Run,
+    chosen: precision.Precision,
+    start_step: int,
+    data_seconds: float,
+    loop_seconds: float,
+) -> TrainResult:
+    """Write the final files (:func:`_write_final`), wait for every process, free
+    accelerate's references and return what :func:`train` gives back."""
+    seconds = _write_final(run, chosen)
+    run.accelerator.wait_for_everyone()
+    ema_module = run.ema.module.eval()
+    run.accelerator.free_memory()
     if start_step:
-        summary = f"resumed from step {start_step}: {step} steps, trained in {seconds:.0f} s"
+        summary = f"resumed from step {start_step}: {run.step} steps, trained in {seconds:.0f} s"
         summary += f" ({chosen.name})"
     else:
-        summary = f"trained {step} steps in {seconds:.0f} s ({chosen.name})"
+        summary = f"trained {run.step} steps in {seconds:.0f} s ({chosen.name})"
     return TrainResult(
         ema_model=ema_module,
-        model=inner.model,
-        history=pd.DataFrame(history),
-        output_dir=output_dir,
-        steps=step,
+        model=run.model,
+        history=pd.DataFrame(run.history),
+        output_dir=run.output_dir,
+        steps=run.step,
         seconds=seconds,
         start_step=start_step,
-        summary=f"{summary} in {output_dir}",
+        summary=f"{summary} in {run.output_dir}",
         data_seconds=data_seconds,
         loop_seconds=loop_seconds,
         precision=chosen,
