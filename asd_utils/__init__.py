@@ -6,7 +6,7 @@ below it (``.importlinter``, checked by ``make test``), and ``config``, ``data``
 
     cli.py            the ``asd`` command: one sub-command per stage
     report/           pipeline (papermill over the notebooks), book, plots, analysis
-    studies/          the noise study (System 5 against the near-microphone SNR)
+    studies/          denoising (the ANC measured), noise_study (System 5 against the SNR)
     stages.py         every stage, one function each: prepare, baseline, train, embed, score,
                       frozen, ensemble, evaluate, package, detect
     submission/       the DCASE package: meta files, ground truth, the checks

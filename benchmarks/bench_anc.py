@@ -22,6 +22,7 @@ import torch
 from machine import load_recorded
 
 from asd_utils.frontends import anc
+from asd_utils.studies import denoising
 
 SR = 16_000
 REPEATS = 5
@@ -40,7 +41,7 @@ def best_seconds(fn, repeats: int = REPEATS) -> float:
 
 def clips(n: int, seconds: float) -> tuple[torch.Tensor, torch.Tensor]:
     """``n`` different float32 clips, (near, far), each ``(n, samples)``."""
-    mixes = [anc.known_path_mixture(seconds, SR, path_taps=128, seed=i) for i in range(n)]
+    mixes = [denoising.known_path_mixture(seconds, SR, path_taps=128, seed=i) for i in range(n)]
     near = torch.tensor(np.stack([m.primary for m in mixes]), dtype=torch.float32)
     far = torch.tensor(np.stack([m.reference for m in mixes]), dtype=torch.float32)
     return near, far
@@ -78,7 +79,7 @@ def speed_rows() -> list[tuple]:
 def noise_reduction_rows() -> list[tuple]:
     rows = []
     for coloured in (False, True):
-        m = anc.known_path_mixture(10.0, SR, path_taps=128, machine_db=0.0, coloured=coloured)
+        m = denoising.known_path_mixture(10.0, SR, path_taps=128, machine_db=0.0, coloured=coloured)
         runs = [
             ("FBLMS", 512, 0.1, lambda m=m: anc.fblms(m.primary, m.reference).numpy()),
             ("NLMS, matched", 256, 0.05, lambda m=m: anc.nlms(m.primary, m.reference, 256, 0.05)),
@@ -86,7 +87,7 @@ def noise_reduction_rows() -> list[tuple]:
         ]
         for name, taps, step, run in runs:
             out = run()[5 * SR :]
-            nr = float(anc.snr_db(m.noise[5 * SR :], out - m.clean[5 * SR :]))
+            nr = float(denoising.snr_db(m.noise[5 * SR :], out - m.clean[5 * SR :]))
             rows.append((name, taps, step, "AR(1) 0.9" if coloured else "white", nr))
     return rows
 

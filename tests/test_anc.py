@@ -6,14 +6,15 @@ import pytest
 import torch
 
 from asd_utils.frontends import anc
+from asd_utils.studies import denoising
 
 SR = 16_000
-mixture = anc.known_path_mixture  # 3 s, machine 10 dB below the noise, 96-tap path
+mixture = denoising.known_path_mixture  # 3 s, machine 10 dB below the noise, 96-tap path
 
 
 def noise_reduction_db(clean, noise, output, skip):
     """Noise in the primary over the noise left in the output (``output - clean``), in dB."""
-    return float(anc.snr_db(noise[skip:], np.asarray(output)[skip:] - clean[skip:]))
+    return float(denoising.snr_db(noise[skip:], np.asarray(output)[skip:] - clean[skip:]))
 
 
 @pytest.mark.parametrize("coloured", [False, True])
@@ -101,18 +102,18 @@ def test_denoise_mono_raises_or_passes_through():
 def test_snr_db_known_case_and_batch():
     clean = np.stack([np.full(100, 2.0), np.full(100, 1.0)])
     noise = np.stack([np.full(100, 1.0), np.full(100, 0.1)])
-    np.testing.assert_allclose(anc.snr_db(clean, noise), [10 * np.log10(4), 20], rtol=1e-12)
-    np.testing.assert_allclose(anc.snr_db(torch.tensor(clean[0]), noise[0]), 10 * np.log10(4))
+    np.testing.assert_allclose(denoising.snr_db(clean, noise), [10 * np.log10(4), 20], rtol=1e-12)
+    np.testing.assert_allclose(denoising.snr_db(torch.tensor(clean[0]), noise[0]), 10 * np.log10(4))
 
 
 def test_si_sdr_db_known_case_and_scale_invariance():
     t = np.arange(SR) / SR
     reference = np.sin(2 * np.pi * 100 * t)
     estimate = reference + 0.1 * np.cos(2 * np.pi * 100 * t)  # orthogonal error at -20 dB
-    np.testing.assert_allclose(anc.si_sdr_db(reference, estimate), 20, atol=1e-6)
+    np.testing.assert_allclose(denoising.si_sdr_db(reference, estimate), 20, atol=1e-6)
     batch_ref, batch_est = np.stack([reference, reference]), np.stack([estimate, 0.01 * estimate])
-    np.testing.assert_allclose(anc.si_sdr_db(batch_ref, batch_est), [20, 20], atol=1e-6)
-    assert anc.si_sdr_db(reference, estimate + 0.1 * np.sin(2 * np.pi * 300 * t)) < 18
+    np.testing.assert_allclose(denoising.si_sdr_db(batch_ref, batch_est), [20, 20], atol=1e-6)
+    assert denoising.si_sdr_db(reference, estimate + 0.1 * np.sin(2 * np.pi * 300 * t)) < 18
 
 
 # --- splitting the output and measuring the canceller on clips with known parts ---------------
@@ -153,23 +154,23 @@ def test_fblms_components_split_the_output_exactly():
 def test_evaluate_denoising_without_leakage_matches_the_oracle():
     clips = [_two_mic_clip(seed=seed) for seed in range(2)]
     machine, noise = [c[0] for c in clips], [c[1] for c in clips]
-    result = anc.evaluate_denoising(machine, noise, step_size=0.2)
-    oracle = anc.evaluate_denoising(machine, noise, oracle=True, step_size=0.2)
-    assert list(result.columns) == list(anc.MEASURES) and len(result) == 2
+    result = denoising.evaluate_denoising(machine, noise, step_size=0.2)
+    oracle = denoising.evaluate_denoising(machine, noise, oracle=True, step_size=0.2)
+    assert list(result.columns) == list(denoising.MEASURES) and len(result) == 2
     pd.testing.assert_frame_equal(result, oracle)
     assert (result["noise_reduction_db"] > 10).all()
     assert (result["machine_removed_db"] == -np.inf).all()
     assert np.allclose(result["machine_change_db"], 0)
     np.testing.assert_allclose(
-        result["snr_before_db"], [float(anc.snr_db(m[0], n[0])) for m, n in clips], rtol=1e-12
+        result["snr_before_db"], [float(denoising.snr_db(m[0], n[0])) for m, n in clips], rtol=1e-12
     )
     assert (result["si_sdr_gain_db"] > 5).all() and (result["snr_gain_db"] > 5).all()
 
 
 def test_evaluate_denoising_measures_the_machine_sound_removed():
     machine, noise = _two_mic_clip(leak_db=-10)
-    result = anc.evaluate_denoising([machine], [noise], step_size=0.2).iloc[0]
-    oracle = anc.evaluate_denoising([machine], [noise], oracle=True, step_size=0.2).iloc[0]
+    result = denoising.evaluate_denoising([machine], [noise], step_size=0.2).iloc[0]
+    oracle = denoising.evaluate_denoising([machine], [noise], oracle=True, step_size=0.2).iloc[0]
     assert -30 < result["machine_removed_db"] < 0 and result["noise_reduction_db"] > 5
     assert result["si_sdr_gain_db"] < oracle["si_sdr_gain_db"] - 2  # the cost of the leak
     assert oracle["machine_change_db"] == 0 and oracle["machine_removed_db"] == -np.inf
@@ -177,17 +178,17 @@ def test_evaluate_denoising_measures_the_machine_sound_removed():
 
 def test_evaluate_denoising_takes_clips_of_different_lengths_in_input_order():
     long, short = _two_mic_clip(seconds=1.5, seed=1), _two_mic_clip(seconds=1.0, seed=2)
-    both = anc.evaluate_denoising([long[0], short[0]], [long[1], short[1]], filter_length=128)
-    alone = anc.evaluate_denoising([short[0]], [short[1]], filter_length=128)
+    both = denoising.evaluate_denoising([long[0], short[0]], [long[1], short[1]], filter_length=128)
+    alone = denoising.evaluate_denoising([short[0]], [short[1]], filter_length=128)
     pd.testing.assert_frame_equal(both.iloc[[1]].reset_index(drop=True), alone)
     with pytest.raises(ValueError, match="same number of clips"):
-        anc.evaluate_denoising([long[0]], [short[1]])
+        denoising.evaluate_denoising([long[0]], [short[1]])
 
 
 def test_convergence_curve_noise_reduction_grows_over_the_clip():
     machine, noise = _two_mic_clip(seconds=2.1)
-    curve = anc.convergence_curve([machine], [noise], window_seconds=0.5, step_size=0.1)
-    assert list(curve.columns) == ["clip", "time_s", *anc.MEASURES]
+    curve = denoising.convergence_curve([machine], [noise], window_seconds=0.5, step_size=0.1)
+    assert list(curve.columns) == ["clip", "time_s", *denoising.MEASURES]
     np.testing.assert_allclose(curve["time_s"], [0.25, 0.75, 1.25, 1.75])  # last 0.1 s dropped
     reduction = curve["noise_reduction_db"].to_numpy()
     assert reduction[-1] > reduction[0] + 5
@@ -206,14 +207,14 @@ def test_anc_plots_return_figures():
     machine, noise = _two_mic_clip(seconds=1.0)
     sweep = pd.concat(
         [
-            anc.evaluate_denoising([machine], [noise], filter_length=n, step_size=mu).assign(
+            denoising.evaluate_denoising([machine], [noise], filter_length=n, step_size=mu).assign(
                 filter_length=n, step_size=mu
             )
             for n in (64, 128)
             for mu in (0.1, 0.2)
         ]
     )
-    curve = anc.convergence_curve([machine], [noise], 0.25).assign(machine_type="fan")
+    curve = denoising.convergence_curve([machine], [noise], 0.25).assign(machine_type="fan")
     figures = [
         plots.spectrogram_panels({"near": machine[0] + noise[0], "clean": machine[0]}, SR, "x"),
         plots.anc_sweep(sweep, chosen={"filter_length": 128, "step_size": 0.1}),

@@ -185,7 +185,7 @@ def anc_sweep(
     of each (``line``, ``x``) pair, ``x`` on a log axis, one line per ``line`` value.
 
     ``table``: one row per clip and setting, with columns ``x``, ``line`` and ``metrics`` (as
-    ``asd_utils.frontends.anc.evaluate_denoising`` plus the setting columns). ``chosen``: ``{x:
+    ``asd_utils.studies.denoising.evaluate_denoising`` plus the setting columns). ``chosen``: ``{x:
     value,
     line: value}`` of a setting to mark with a star.
     """
@@ -215,7 +215,7 @@ def anc_convergence(
     metrics: tuple[str, ...] = ("noise_reduction_db", "machine_removed_db"),
 ) -> plt.Figure:
     """The canceller's effect over time within a clip: per metric one panel, the mean over the
-    clips of each ``group`` per window (``curve``: ``asd_utils.frontends.anc.convergence_curve``
+    clips of each ``group`` per window (``curve``: ``asd_utils.studies.denoising.convergence_curve``
     rows with
     a ``group`` column added), against the window centre ``time_s``; a black line is the mean
     over all clips (over the windows that every clip has)."""
