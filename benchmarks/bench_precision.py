@@ -1,4 +1,5 @@
-"""Training speed of Systems 1, 2 and 5 at the quick profile's size, in float32 and in bf16.
+"""Training speed of Systems 1, 2 and 5 at the quick profile's size (or with base-size
+backbones, ``--size base``), in float32 and in bf16.
 
 Each system's ``quick`` profile section as it is (tiny backbones, 2 s crops, batch 16), with
 ``mixed_precision`` set to ``no`` and to ``bf16`` in turn, trained for ``--steps`` optimizer
@@ -12,6 +13,11 @@ training loss of each run (bf16 must learn as float32 does). The machine's load 
 ``--output``.
 
     python benchmarks/bench_precision.py [--systems "System 1" "System 2" "System 5"]
+    python benchmarks/bench_precision.py --size base --steps 3 --repeats 1   # the paper's size
+
+``--size base``: the paper profile's base-size backbones (random weights: the arithmetic of the
+official ones), still 2 s crops and batch 16 (the paper trains on whole clips, 5-8x longer, which
+changes the time per step, not the ratio of the two precisions much).
 """
 
 from __future__ import annotations
@@ -35,10 +41,17 @@ DEFAULT_SYSTEMS = ("System 1", "System 2", "System 5")
 PRECISIONS = ("no", "bf16")
 
 
-def bench_profile(setting: str, steps: int) -> dict:
-    """The quick profile with ``steps`` optimizer steps and ``mixed_precision: setting``."""
+def bench_profile(setting: str, steps: int, size: str = "tiny") -> dict:
+    """The quick profile with ``steps`` optimizer steps and ``mixed_precision: setting``; with
+    ``size`` "base", the paper profile's backbones (and System 5's modules)."""
     profile = copy.deepcopy(config.load_profile("quick"))
+    paper = config.load_profile("paper")
     for section in ("osscl", "beats_grl", "fusion"):
+        if size == "base":
+            profile[section]["size"] = "base"
+            for key in ("blocks", "width", "heads"):
+                if key in paper[section]:
+                    profile[section][key] = paper[section][key]
         profile[section]["train"].update(
             steps=steps,
             warmup_steps=max(1, steps // 4),
@@ -48,11 +61,13 @@ def bench_profile(setting: str, steps: int) -> dict:
     return profile
 
 
-def train_once(system: str, setting: str, steps: int, root: Path, out: Path) -> dict:
+def train_once(
+    system: str, setting: str, steps: int, root: Path, out: Path, size: str = "tiny"
+) -> dict:
     """One run from scratch; its steps/s over the loop and its last logged loss."""
-    profile = bench_profile(setting, steps)
+    profile = bench_profile(setting, steps, size)
     out.mkdir(parents=True, exist_ok=True)
-    path = out / f"profile-{setting}-{steps}.yaml"
+    path = out / f"profile-{setting}-{steps}-{size}.yaml"
     path.write_text(yaml.safe_dump(profile))
     result = systems.train_system(root, str(path), system, out / "runs", progress=False)
     return {
@@ -84,17 +99,18 @@ def run(args) -> pd.DataFrame:
         for system in args.systems:
             best = {}
             for setting in PRECISIONS:  # warm-up
-                train_once(system, setting, 3, tmp / "data", tmp / "warm")
+                train_once(system, setting, 2, tmp / "data", tmp / "warm", args.size)
             for repeat in range(args.repeats):
                 for setting in PRECISIONS:
                     out = tmp / f"out-{repeat}"
-                    got = train_once(system, setting, args.steps, tmp / "data", out)
+                    got = train_once(system, setting, args.steps, tmp / "data", out, args.size)
                     if got["steps_per_s"] > best.get(setting, {}).get("steps_per_s", 0):
                         best[setting] = got
             fp32, bf16 = best["no"], best["bf16"]
             rows.append(
                 {
                     "system": system,
+                    "size": args.size,
                     "steps": args.steps,
                     "fp32_steps_per_s": fp32["steps_per_s"],
                     "bf16_steps_per_s": bf16["steps_per_s"],
@@ -117,6 +133,7 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     parser.add_argument("--steps", type=int, default=40, help="optimizer steps per timed run")
     parser.add_argument("--repeats", type=int, default=2, help="timed runs per precision")
     parser.add_argument("--clips", type=int, default=24, help="training clips per machine type")
+    parser.add_argument("--size", choices=["tiny", "base"], default="tiny", help="backbone size")
     parser.add_argument("--output", type=Path, help="folder for bench_precision.csv")
     args = parser.parse_args(argv)
     torch.set_num_threads(os.cpu_count())
