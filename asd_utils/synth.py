@@ -771,7 +771,9 @@ def generate_dataset(
     rows = plan
     if workers is None:  # one process per core, but not for a handful of clips
         workers = min(os.cpu_count() or 1, max(1, len(plan) // 50))
-    chunks = [plan[i::workers] for i in range(workers)]  # every clip is a pure function of its spec
+    # every clip is a pure function of its spec; chunks of ~25 clips keep the bar moving
+    n_chunks = max(workers, len(plan) // 25)
+    chunks = [plan[i::n_chunks] for i in range(n_chunks)]
     bar = tqdm(total=len(plan), desc="synthesising clips", disable=not progress, mininterval=2)
     if workers == 1:
         for spec in plan:
