@@ -7,7 +7,7 @@ PROFILE ?= quick
 KERNEL := asd-xju
 export DATA_ROOT OUTPUT_ROOT
 
-.PHONY: setup report run test test-fast lab train bench seeds noise-study submission clean
+.PHONY: setup report run test test-fast lab train bench rehearsal seeds noise-study submission clean
 
 $(VENV)/.installed: requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -48,6 +48,9 @@ bench: setup  ## speed benchmarks (not part of make test)
 	$(PY) benchmarks/bench_anc.py
 	$(PY) benchmarks/bench_backbones.py
 	$(PY) benchmarks/bench_frozen.py
+
+rehearsal: setup  ## every stage at the real data size (14,400 clips), each timed with its peak memory; ARGS="--train-fraction 0.25"
+	$(PY) benchmarks/rehearse.py $(ARGS)
 
 seeds: setup  ## System 1 and the AE baseline over several seeds (about 3.5 min per seed under quick)
 	$(PY) benchmarks/bench_seeds.py --profile $(PROFILE)

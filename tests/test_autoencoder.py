@@ -288,3 +288,35 @@ def test_the_chosen_device_is_passed_through_training_and_scoring(monkeypatch):
     scores = baseline.score_clips(model, vectors, owner, is_train, domain, folds=2)
     assert np.isfinite(scores["mahalanobis"]).all() and scores["mse"].shape == (10,)
     assert baseline.residuals(model, vectors).device == vectors.device
+
+
+def test_one_copy_of_the_vectors_gives_the_very_same_scores(tmp_path):
+    # run_autoencoder trains on row indices and overwrites the vectors with their residuals
+    # (issue 24: the memory of the real data's size); the scores and losses are those of the
+    # copying path, exactly: a copy of the training vectors, residuals into a new tensor
+    config = synth.SynthConfig(("fan",), 12, 3, 4, {"default": 2.0})  # the smoke profile's sizes
+    clips = data.index_dataset(synth.generate_dataset(tmp_path, config, progress=False))
+    training = AETrainConfig(epochs=2)
+    result = baseline.run_autoencoder(clips, training=training, progress=False)
+    vectors, owner = baseline.frame_vectors(
+        clips["path"].tolist(), baseline.AEFeatureConfig(), progress=False
+    )
+    is_train = (clips["split"] == "train").to_numpy()
+    model, history = train_autoencoder(
+        vectors[torch.tensor(is_train)[owner]].clone(), training, progress=False
+    )
+    scores = baseline.score_clips(model, vectors, owner, is_train, clips["domain"].to_numpy())
+    got = result.history[["train_loss", "val_loss"]].to_numpy()
+    np.testing.assert_array_equal(got, [[h["train_loss"], h["val_loss"]] for h in history])
+    np.testing.assert_array_equal(result.scores["mse"], scores["mse"])
+    np.testing.assert_array_equal(result.scores["mahalanobis"], scores["mahalanobis"])
+
+
+def test_frame_vectors_refuse_a_header_that_disagrees_with_the_samples(tmp_path, monkeypatch):
+    root = synth.generate_dataset(
+        tmp_path, synth.SynthConfig(("fan",), 2, 1, 1, {"default": 1.0}), progress=False
+    )
+    paths = data.index_dataset(root)["path"].tolist()
+    monkeypatch.setattr(baseline, "_vector_count", lambda samples, config: 3)
+    with pytest.raises(ValueError, match="expected from its header"):
+        baseline.frame_vectors(paths, baseline.AEFeatureConfig(), progress=False)

@@ -7,7 +7,7 @@ from asd_utils.data import synth
 from asd_utils.models.autoencoder import AETrainConfig
 
 
-@pytest.mark.parametrize("name", ["smoke", "quick", "paper"])
+@pytest.mark.parametrize("name", ["smoke", "quick", "paper", "rehearsal"])
 def test_every_profile_builds_its_settings(name):
     profile = config.load_profile(name)
     assert profile["name"] == name and isinstance(profile["seed"], int)
@@ -154,7 +154,7 @@ def test_a_frozen_profile_loads_back_identically(tmp_path):
     assert config.load_profile(frozen) == profile
 
 
-@pytest.mark.parametrize("name", ["smoke", "quick", "paper"])
+@pytest.mark.parametrize("name", ["smoke", "quick", "paper", "rehearsal"])
 def test_every_profile_survives_freezing(name, tmp_path):
     # the notebooks load the frozen copy: a null the loader drops must still validate
     profile = config.load_profile(name)
@@ -226,3 +226,22 @@ def test_asd_profile_prints_the_profile_whole(tmp_path, capsys):
     path.write_text(capsys.readouterr().out)
     assert "extends" not in path.read_text()
     assert config.load_profile(path) == config.load_profile("quick")
+
+
+def test_rehearsal_profile_has_the_paper_data_sizes_and_recipe_shape():
+    # benchmarks/rehearse.py: the real 2026 listing's counts and lengths, the paper's shape
+    paper, rehearsal = config.load_profile("paper"), config.load_profile("rehearsal")
+    assert set(rehearsal) == set(paper)
+    plan = synth.SynthConfig.from_dict(rehearsal["synth"])
+    assert plan.machine_types == synth.MACHINE_TYPES
+    assert plan.eval_machine_types == synth.EVAL_MACHINE_TYPES
+    assert (plan.n_train_source, plan.n_train_target, plan.n_test) == (990, 10, 50)
+    assert len(synth.clip_plan(plan)) == 14_400
+    assert {m: plan.seconds(m) for m in synth.EVAL_MACHINE_TYPES} == synth.EVAL_CLIP_SECONDS
+    assert plan.seconds("ToyCar") == 12.0 and plan.seconds("fan") == 10.0
+    assert rehearsal["baseline"]["batch_size"] == paper["baseline"]["batch_size"] == 256
+    for section in ("osscl", "beats_grl", "fusion"):
+        assert "crop_seconds" not in rehearsal[section]  # null: whole clips, as the paper
+        assert rehearsal[section]["train"]["batch_size"] == 16
+        assert rehearsal[section]["size"] == "tiny"
+    assert rehearsal["osscl"]["classes_by_domain"] and rehearsal["fusion"]["classes_by_domain"]

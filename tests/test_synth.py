@@ -72,8 +72,11 @@ def test_file_names_carry_the_attributes_of_the_real_2026_names():
 
 
 def test_target_domain_uses_unseen_conditions_named_or_not():
-    plan = synth.clip_plan(synth.SynthConfig(n_train_source=20, n_test=5))
-    for machine_type in synth.MACHINE_TYPES:
+    config = synth.SynthConfig(
+        n_train_source=20, n_test=5, eval_machine_types=synth.EVAL_MACHINE_TYPES
+    )
+    plan = synth.clip_plan(config)
+    for machine_type in synth.MACHINE_TYPES + synth.EVAL_MACHINE_TYPES:
         specs = [s for s in plan if s.machine_type == machine_type]
         conditions = {
             d: {tuple(sorted(s.attributes.items())) for s in specs if s.domain == d}
@@ -145,7 +148,7 @@ def test_noise_reaches_the_near_mic_later():
     assert np.argmax(np.abs(xcorr)) - 3999 > 0  # near lags far
 
 
-@pytest.mark.parametrize("machine_type", synth.MACHINE_TYPES)
+@pytest.mark.parametrize("machine_type", synth.MACHINE_TYPES + synth.EVAL_MACHINE_TYPES)
 def test_anomalies_change_the_sound_but_subtly(machine_type):
     # The same clip with and without its fault (same random stream for the normal sound): the
     # long-term log-mel spectrum changes, by a few dB on average, not by a different sound.
@@ -214,3 +217,104 @@ def test_the_clips_do_not_depend_on_the_number_of_workers(tmp_path):
     assert files[0] == files[1] and len(files[0]) == 8
     for name in files[0]:
         assert (trees[0] / name).read_bytes() == (trees[1] / name).read_bytes()
+
+
+# SHA-256 (first 16 hex digits) of WAV files written before the evaluation machine types joined
+# the generator (GENERATOR_VERSION 4): adding them must leave every development type's audio
+# byte-identical, so no dataset is made again and no version bump is due.
+DEV_CLIPS_BEFORE_EVAL_TYPES = {
+    "ToyCar/train": "6dba3ba3bcd7a07f",
+    "ToyCar/test": "f24e703e7b1c64ef",
+    "ToyCarEmu/train": "1035ec0ceab4d31b",
+    "ToyCarEmu/test": "8328e140d726c113",
+    "bearingEmu/train": "9ed95f6246ad4b77",
+    "bearingEmu/test": "12b0261a5cf54b2f",
+    "fan/train": "1412fb8aa5da01e4",
+    "fan/test": "9060722f80304f1f",
+    "gearboxEmu/train": "f5109e72d8656402",
+    "gearboxEmu/test": "a77cbad3fb38a147",
+    "sliderEmu/train": "b2c66367b43d5a08",
+    "sliderEmu/test": "c80142976fbc1312",
+    "valveEmu/train": "27a5368750585d39",
+    "valveEmu/test": "7dcdf4c17ae698d9",
+}
+
+
+def test_development_clips_are_byte_identical_to_before_the_eval_types(tmp_path):
+    import hashlib
+
+    assert synth.GENERATOR_VERSION == 4
+    config = synth.SynthConfig(
+        n_train_source=1, n_train_target=0, n_test=1, clip_seconds={"default": 0.5}
+    )
+    root = synth.generate_dataset(tmp_path, config, progress=False)
+    found = {}
+    for path in root.rglob("*.wav"):
+        if "_source_train_normal_0000" in path.name or "_source_test_anomaly_0000" in path.name:
+            key = f"{path.parent.parent.name}/{path.parent.name}"
+            found[key] = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+    assert found == DEV_CLIPS_BEFORE_EVAL_TYPES
+
+
+# The public listing of the real 2026 evaluation names (dcase2026-task2.md): keys, and the values
+# of one listed name, per machine type.
+LISTED_EVAL = {
+    "BlowerDustCollector": "nzl_1_pow_1",
+    "Sander": "spd_4_grit_120",
+    "SewingMachine": "",
+    "ToothBrush": "",
+    "ToyDrone": "car_B1_spd_1_mic_2_mic_1",
+}
+
+
+def test_eval_types_carry_the_attributes_of_the_real_names_and_their_lengths():
+    assert set(synth.EVAL_MACHINE_TYPES) == set(LISTED_EVAL)
+    config = synth.SynthConfig(
+        machine_types=(), eval_machine_types=synth.EVAL_MACHINE_TYPES, n_train_source=200
+    )
+    table = synth.plan_table(config)
+    for machine_type, listed in LISTED_EVAL.items():
+        part = table[table["machine_type"] == machine_type]
+        assert set(part["dataset"]) == {"eval"}
+        train = part[part["file_name"].str.contains("_train_")]
+        keys = listed.split("_")[::2] if listed else []
+        for attributes in train["attributes"]:
+            assert (attributes.split("_")[::2] if attributes else []) == keys, machine_type
+        if listed:  # the listed name's own values are among the source domain's
+            assert listed in set(train["attributes"]), machine_type
+        else:
+            assert train["file_name"].str.endswith("_noAttribute.wav").all()
+        assert config.seconds(machine_type) in (6.0, 10.0, 16.0)
+    assert {config.seconds(m) for m in synth.EVAL_MACHINE_TYPES} == {6.0, 10.0, 16.0}
+
+
+def test_a_tree_of_the_real_listing_counts_and_lengths(tmp_path):
+    # dev and eval types together, as the real 2026 set (at 1/20 of its training clips and
+    # 1/10 of its lengths): anonymous eval test names, counts, lengths, indexed by the door.
+    seconds = {"default": 1.0, "ToyCar": 1.2, "ToyCarEmu": 1.2}
+    seconds |= {m: s / 10 for m, s in synth.EVAL_CLIP_SECONDS.items()}
+    config = synth.SynthConfig(
+        machine_types=("ToyCar", "fan"),
+        eval_machine_types=synth.EVAL_MACHINE_TYPES,
+        n_train_source=4,
+        n_train_target=1,
+        n_test=2,
+        clip_seconds=seconds,
+    )
+    root = synth.generate_dataset(tmp_path, config, progress=False, workers=1)
+    table = data.index_dataset(root)
+    assert len(table) == 7 * (4 + 1 + 8)
+    for machine_type in synth.EVAL_MACHINE_TYPES:
+        part = table[table["machine_type"] == machine_type]
+        assert set(part["dataset"]) == {"eval"}
+        test = part[part["split"] == "test"]
+        assert sorted(test["file_name"]) == [f"section_00_{i:04d}.wav" for i in range(8)]
+        assert test["label"].isna().all() and test["domain"].isna().all()
+        train = part[part["split"] == "train"]
+        assert train["domain"].value_counts().to_dict() == {"source": 4, "target": 1}
+        assert np.allclose(part["duration"], synth.EVAL_CLIP_SECONDS[machine_type] / 10)
+        listed = LISTED_EVAL[machine_type]
+        keys = listed.split("_")[::2] if listed else []
+        for attributes in train["attributes"]:
+            assert (attributes.split("_")[::2] if attributes else []) == keys, machine_type
+    assert set(table.loc[table["dataset"] == "dev", "machine_type"]) == {"ToyCar", "fan"}

@@ -674,3 +674,19 @@ def test_mixup_mixes_each_clip_with_a_partner_of_the_batch():
     again = training.mixup(waveform, lengths, target, 0.5, seed=3)
     assert torch.equal(again[0], mixed) and again[2][1] == lam
     assert training.mixup(waveform, lengths, target, 0.5, seed=4)[2][1] != lam
+
+
+def test_clip_dataset_preloads_only_what_fits_its_budget(clips, monkeypatch):
+    # issue 24: the real 2026 training clips are 8.2 GB float32 per channel; they are read per
+    # item instead, and the items are the same
+    from asd_utils import training
+
+    ids, _ = data.attribute_classes(clips)
+    assert training.preload_bytes(clips, None) == 2 * training.preload_bytes(clips, 0)
+    assert training.preload_bytes(clips, 0) == int(clips["frames"].sum()) * 4
+    assert ClipDataset(clips, ids, length=1600, progress=False).waveforms is not None
+    monkeypatch.setattr(training, "PRELOAD_BUDGET_BYTES", 100)
+    lazy = ClipDataset(clips, ids, length=1600, progress=False)
+    assert lazy.waveforms is None
+    preloaded = ClipDataset(clips, ids, length=1600, preload=True, progress=False)
+    torch.testing.assert_close(lazy[(0, (0, 3))][0], preloaded[(0, (0, 3))][0], rtol=0, atol=0)

@@ -108,10 +108,17 @@ def cpu_threads(threads: int | None) -> Iterator[None]:
 
 
 def train_autoencoder(
-    vectors: torch.Tensor, config: AETrainConfig, progress: bool = True, desc: str = "autoencoder"
+    vectors: torch.Tensor,
+    config: AETrainConfig,
+    progress: bool = True,
+    desc: str = "autoencoder",
+    rows: torch.Tensor | None = None,
 ) -> tuple[AutoEncoder, list[dict]]:
     """Train the baseline autoencoder on (n_vectors, input_dim) float32 training vectors.
 
+    ``rows`` (optional, int64): train on ``vectors[rows]`` only, without copying them on a CPU
+    (the baseline passes every clip's vectors and the training clips' rows): the very same
+    batches, losses and weights as ``train_autoencoder(vectors[rows], ...)``.
     Returns the trained model (eval mode, on ``config.device``) and the per-epoch history
     ``[{"epoch", "train_loss", "val_loss", "seconds"}]``. Deterministic for a given seed on
     a given device: the weights are drawn on the CPU from ``config.seed`` and the validation
@@ -120,11 +127,16 @@ def train_autoencoder(
     validation loss is computed in no-grad chunks.
     """
     device = resolve_device(config.device)
+    if rows is not None and device.type != "cpu":  # a GPU gets the training vectors only
+        vectors, rows = vectors[rows], None
     generator = torch.Generator().manual_seed(config.seed)
     torch.manual_seed(config.seed)
     model = AutoEncoder(vectors.shape[1]).to(device)
-    order = torch.randperm(len(vectors), generator=generator)
-    n_val = int(round(config.validation_split * len(vectors)))
+    n = len(vectors) if rows is None else len(rows)
+    order = torch.randperm(n, generator=generator)
+    if rows is not None:  # positions among the training vectors -> rows of ``vectors``
+        order = rows[order]
+    n_val = int(round(config.validation_split * n))
     data = vectors.to(device)
     val_rows, train_rows = order[:n_val].to(device), order[n_val:].to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate, foreach=True)
@@ -174,14 +186,19 @@ def mean_squared_error(
 
 @torch.no_grad()
 def residuals(
-    model: AutoEncoder, vectors: torch.Tensor, batch_size: int = 8192, progress: bool = False
+    model: AutoEncoder,
+    vectors: torch.Tensor,
+    batch_size: int = 8192,
+    progress: bool = False,
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Reconstruction residuals ``x − x̂`` for (n, dim) vectors, in eval mode, batched on the
     model's device; returned on the device of ``vectors``, written into one preallocated
-    tensor."""
+    tensor, or into ``out`` (``out=vectors`` overwrites the vectors with their residuals, batch
+    by batch: no second copy of them, for a caller that needs them no more)."""
     model.eval()
     device = next(model.parameters()).device
-    out = torch.empty_like(vectors)
+    out = torch.empty_like(vectors) if out is None else out
     for start in tqdm(
         range(0, len(vectors), batch_size), desc="residuals", disable=not progress, leave=False
     ):

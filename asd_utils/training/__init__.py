@@ -58,6 +58,8 @@ from asd_utils.models import precision
 
 log = logging.getLogger(__name__)
 
+log = logging.getLogger(__name__)
+
 CHECKPOINT_DIR = "checkpoints"
 LATEST = "latest"  # text file naming the newest complete checkpoint folder
 EMA_WEIGHTS, MODEL_WEIGHTS, LOSS_WEIGHTS = (
@@ -82,6 +84,18 @@ class CheckpointWarning(RuntimeWarning):
 # --- audio for training ----------------------------------------------------------------------
 
 
+PRELOAD_BUDGET_BYTES = 2 * 2**30
+"""The most float32 sample memory :class:`ClipDataset` preloads on its own (2 GiB)."""
+
+
+def preload_bytes(table: pd.DataFrame, channel: int | None = 0) -> int:
+    """The float32 memory of the clips of ``table`` (its ``frames``), one channel or (``channel``
+    None) two; a table without ``frames`` counts as too large (``2**62``)."""
+    if "frames" not in table:
+        return 2**62
+    return int(table["frames"].sum()) * 4 * (2 if channel is None else 1)
+
+
 class ClipDataset(Dataset):
     """Training clips as fixed-length waveforms with their targets (class ids).
 
@@ -91,8 +105,11 @@ class ClipDataset(Dataset):
     (the sampler hands out the seeds, so crops are reproducible and resumable), or the clip
     zero-padded at the end when shorter (``n_valid`` = its true length, for the backbone's
     frame mask). ``dataset[i]`` crops from the start. ``length=None``: the shortest clip, so
-    nothing is padded. ``preload`` reads every clip once into memory (7,000 dev clips of
-    10–12 s ≈ 0.5 GB float32), the fast path; otherwise clips are read per item.
+    nothing is padded. ``preload`` True reads every clip once into memory, the fast path;
+    False reads clips per item; ``None`` (the default) preloads when the clips' float32 samples
+    (from the table's ``frames``) fit :data:`PRELOAD_BUDGET_BYTES`, else reads per item. The
+    real 2026 training clips do not fit (issue 24): 12,000 clips of 6–16 s are 8.2 GB float32
+    for one channel, 16.4 GB for two. Either way the items are the same.
     """
 
     def __init__(
@@ -102,10 +119,20 @@ class ClipDataset(Dataset):
         length: int | None = None,
         channel: int | None = 0,
         preprocess: Callable | None = None,
-        preload: bool = True,
+        preload: bool | None = None,
         progress: bool = True,
     ):
         self.paths = list(table["path"])
+        if preload is None:
+            need = preload_bytes(table, channel)
+            preload = need <= PRELOAD_BUDGET_BYTES
+            if not preload:
+                log.info(
+                    "training clips read per item: %.1f GB of float32 samples would not fit "
+                    "the %.1f GB preload budget",
+                    need / 1e9,
+                    PRELOAD_BUDGET_BYTES / 1e9,
+                )
         self.targets = torch.as_tensor(np.asarray(targets), dtype=torch.long)
         if len(self.targets) != len(self.paths):
             raise ValueError(f"{len(self.targets)} targets for {len(self.paths)} clips")
