@@ -128,10 +128,10 @@ class ClipDataset(Dataset):
             preload = need <= PRELOAD_BUDGET_BYTES
             if not preload:
                 log.info(
-                    "training clips read per item: %.1f GB of float32 samples would not fit "
-                    "the %.1f GB preload budget",
-                    need / 1e9,
-                    PRELOAD_BUDGET_BYTES / 1e9,
+                    "training clips read per item: %.1f GiB of float32 samples would not fit "
+                    "the %.1f GiB preload budget",
+                    need / 2**30,
+                    PRELOAD_BUDGET_BYTES / 2**30,
                 )
         self.targets = torch.as_tensor(np.asarray(targets), dtype=torch.long)
         if len(self.targets) != len(self.paths):
