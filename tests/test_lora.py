@@ -1,0 +1,119 @@
+"""LoRA on BEATs and EAT through peft: only adapters train, the base loads from the official-format
+fixture weights and stays unchanged, the trainable weights round-trip bit-exactly, merging."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from asd_utils.models import lora
+from asd_utils.models.beats import BEATs
+from asd_utils.models.eat import EAT
+from asd_utils.models.heads import EmbeddingModel
+
+FIXTURES = Path(__file__).parent / "fixtures" / "backbones"
+REFERENCE = np.load(FIXTURES / "reference.npz")
+CLIP = torch.from_numpy(REFERENCE["waveform_0"])[None]
+RANK = 4
+# tiny fixtures: BEATs 2 layers of width 48 (q, k, v each 48 -> 48); EAT 2 layers of width 32
+# with one fused qkv (32 -> 96). Each adapted Linear adds rank · (in + out) parameters.
+ADAPTER_PARAMETERS = {"beats": 2 * 3 * RANK * (48 + 48), "eat": 2 * RANK * (32 + 96)}
+
+
+def loaded(kind: str) -> torch.nn.Module:
+    if kind == "beats":
+        return BEATs.from_checkpoint(FIXTURES / "beats_tiny.pt")
+    return EAT.from_pretrained(FIXTURES / "eat_tiny", target_length=None)
+
+
+def with_lora(kind: str, seed: int = 0) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    return lora.add_lora(loaded(kind), rank=RANK, alpha=8, dropout=0.0)
+
+
+def train_step(model: torch.nn.Module, steps: int = 1) -> None:
+    """AdamW over every parameter (as a careless caller would), a loss on the tokens."""
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.01)
+    model.train()
+    for _ in range(steps):
+        _, tokens = model.embed(CLIP)
+        tokens.pow(2).mean().backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    model.eval()
+
+
+@pytest.mark.parametrize("kind", ["beats", "eat"])
+def test_only_adapters_train_and_the_base_is_unchanged_after_a_step(kind):
+    base_parameters = sum(p.numel() for p in loaded(kind).parameters())
+    model = with_lora(kind)
+    counts = lora.parameter_counts(model)
+    assert counts == {"trainable": ADAPTER_PARAMETERS[kind], "frozen": base_parameters}
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert trainable and all(".lora_A." in n or ".lora_B." in n for n in trainable)
+    assert len(lora.adapter_layers(model)) == (6 if kind == "beats" else 2)
+    frozen = {n: p.clone() for n, p in model.named_parameters() if not p.requires_grad}
+    before = {n: p.clone() for n, p in model.named_parameters() if p.requires_grad}
+    checksum = lora.frozen_checksum(model)
+    train_step(model)
+    for name, value in model.named_parameters():
+        if name in frozen:
+            assert torch.equal(value, frozen[name]), name
+    changed = [
+        n for n, p in model.named_parameters() if p.requires_grad and not torch.equal(p, before[n])
+    ]
+    assert len(changed) == len(before)  # every adapter moved (B from zero, then A)
+    assert lora.frozen_checksum(model) == checksum
+
+
+@pytest.mark.parametrize("kind", ["beats", "eat"])
+def test_a_lora_model_loads_the_official_fixture_weights_and_starts_as_the_base(kind):
+    model = with_lora(kind).eval()
+    with torch.no_grad():
+        _, tokens = model.embed(CLIP)
+    expected = torch.from_numpy(REFERENCE[f"{kind}_tokens_0"])
+    torch.testing.assert_close(tokens[0], expected, rtol=1e-5, atol=1e-5)  # upstream's output
+    assert lora.frozen_checksum(model) == lora.frozen_checksum(with_lora(kind, seed=1))
+
+
+@pytest.mark.parametrize("kind", ["beats", "eat"])
+def test_trainable_weights_round_trip_bit_exactly(kind, tmp_path):
+    model = EmbeddingModel(with_lora(kind), projection_dim=8)
+    train_step(model.backbone, steps=2)
+    state = lora.trainable_state_dict(model)
+    assert any(n.startswith("projection.") for n in state)  # the head trains too
+    save_file({n: t.contiguous() for n, t in state.items()}, tmp_path / "trainable.safetensors")
+    fresh = EmbeddingModel(with_lora(kind, seed=7), projection_dim=8)
+    assert lora.frozen_checksum(fresh) == lora.frozen_checksum(model)
+    lora.load_trainable_state_dict(fresh, load_file(tmp_path / "trainable.safetensors"))
+    for (name, a), (_, b) in zip(
+        model.state_dict().items(), fresh.state_dict().items(), strict=True
+    ):
+        assert torch.equal(a, b), name
+    model.eval(), fresh.eval()
+    with torch.no_grad():
+        assert torch.equal(model(CLIP)["embedding"], fresh(CLIP)["embedding"])
+    with pytest.raises(KeyError, match="do not match"):
+        lora.load_trainable_state_dict(
+            fresh, {"projection.net.0.weight": state["projection.net.0.weight"]}
+        )
+
+
+@pytest.mark.parametrize("kind", ["beats", "eat"])
+def test_merged_is_the_base_architecture_computing_the_adapted_model(kind):
+    model = with_lora(kind)
+    train_step(model)
+    plain = lora.merged(model)
+    assert not lora.adapter_layers(plain) and lora.adapter_layers(model)  # a copy
+    assert list(plain.state_dict()) == list(loaded(kind).state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(plain.embed(CLIP)[1], model.embed(CLIP)[1], rtol=1e-4, atol=1e-5)
+
+
+def test_targets_are_checked():
+    with pytest.raises(ValueError, match="no module named"):
+        lora.add_lora(loaded("eat"), target_modules=["q_proj"])
+    with pytest.raises(ValueError, match="no default LoRA targets"):
+        lora.add_lora(torch.nn.Sequential(torch.nn.Linear(2, 2)))
