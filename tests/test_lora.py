@@ -4,6 +4,7 @@ fixture weights and stays unchanged, the trainable weights round-trip bit-exactl
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
@@ -117,3 +118,64 @@ def test_targets_are_checked():
         lora.add_lora(loaded("eat"), target_modules=["q_proj"])
     with pytest.raises(ValueError, match="no default LoRA targets"):
         lora.add_lora(torch.nn.Sequential(torch.nn.Linear(2, 2)))
+
+
+# --- a LoRA run in the project's training loop: kill and resume ----------------------------------
+
+
+def build_lora_run(root, kill_after=None, seed=0):
+    """(model, loss, dataset): LoRA BEATs (fixture weights) + ASP + SCAdaCos, the recipe's parts."""
+    from test_training import Killing
+
+    from asd_utils import data
+    from asd_utils.models.heads import PooledEmbeddingModel
+    from asd_utils.models.losses import SCAdaCosLoss
+    from asd_utils.training import ClipDataset
+
+    table = data.index_dataset(root, min_seconds=0)
+    ids, names = data.attribute_classes(table)
+    torch.manual_seed(seed)
+    backbone = lora.add_lora(loaded("beats").train(), rank=RANK, dropout=0.1)
+    model = PooledEmbeddingModel(backbone, projection_dim=8, ratio=8)
+    loss = SCAdaCosLoss(len(names), 8, sub_clusters=2, trainable=True)
+    dataset = ClipDataset(table, ids, length=3600, progress=False)
+    if kill_after is not None:
+        dataset = Killing(dataset, kill_after, None)
+    return model, loss, dataset
+
+
+def test_kill_and_resume_of_a_lora_run_is_bit_identical(tmp_path):
+    from test_training import assert_same, make_clips, small_config, state
+
+    from asd_utils import training
+
+    root = tmp_path / "data"
+    make_clips(root, samples=4000)
+    config = small_config(steps=4, checkpoint_every=2, mixup_alpha=0.4, spec_augment_freq=8)
+    model, full_loss, dataset = build_lora_run(root)
+    full = training.train(model, full_loss, dataset, config, tmp_path / "full", progress=False)
+
+    class Killed(Exception):
+        pass
+
+    def die():
+        raise Killed
+
+    model, loss, dataset = build_lora_run(root, kill_after=2 * 2 * 4 + 7)  # step 3 (a batch ahead)
+    dataset.die = die
+    with pytest.raises(Killed):
+        training.train(model, loss, dataset, config, tmp_path / "cut", progress=False)
+    assert training.latest_checkpoint(tmp_path / "cut").name == "step_00000002"
+    torch.manual_seed(123)
+    model, loss, dataset = build_lora_run(root, seed=2)
+    resumed = training.train(
+        model, loss, dataset, config, tmp_path / "cut", resume=True, progress=False
+    )
+    assert_same(state(resumed.model), state(full.model))
+    assert_same(state(resumed.ema_model), state(full.ema_model))
+    assert_same(state(loss), state(full_loss))
+    pd.testing.assert_frame_equal(resumed.history, full.history)
+    base = {n: p for n, p in loaded("beats").named_parameters()}
+    for name, value in full.model.backbone.named_parameters():
+        if not value.requires_grad:  # the base is the fixture's, untouched by training
+            assert torch.equal(value, base[name.replace(".base_layer", "")]), name
