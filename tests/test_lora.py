@@ -12,7 +12,7 @@ from safetensors.torch import load_file, save_file
 from asd_utils.models import lora
 from asd_utils.models.beats import BEATs
 from asd_utils.models.eat import EAT
-from asd_utils.models.heads import EmbeddingModel
+from asd_utils.models.heads import EmbeddingModel, PooledEmbeddingModel
 
 FIXTURES = Path(__file__).parent / "fixtures" / "backbones"
 REFERENCE = np.load(FIXTURES / "reference.npz")
@@ -79,27 +79,41 @@ def test_a_lora_model_loads_the_official_fixture_weights_and_starts_as_the_base(
     assert lora.frozen_checksum(model) == lora.frozen_checksum(with_lora(kind, seed=1))
 
 
+def with_head(kind: str, head: str, seed: int = 0) -> torch.nn.Module:
+    backbone = with_lora(kind, seed)
+    if head == "asp":  # BatchNorm: running statistics are trained state too
+        return PooledEmbeddingModel(backbone, projection_dim=8, ratio=8)
+    return EmbeddingModel(backbone, projection_dim=8)
+
+
+@pytest.mark.parametrize("head", ["projection", "asp"])
 @pytest.mark.parametrize("kind", ["beats", "eat"])
-def test_trainable_weights_round_trip_bit_exactly(kind, tmp_path):
-    model = EmbeddingModel(with_lora(kind), projection_dim=8)
-    train_step(model.backbone, steps=2)
+def test_trainable_weights_round_trip_bit_exactly(kind, head, tmp_path):
+    model = with_head(kind, head)
+    checksum = lora.frozen_checksum(model)
+    batch = torch.cat([CLIP, CLIP.flip(1)])
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    for _ in range(2):
+        model(batch)["embedding"].pow(2).mean().backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    assert lora.frozen_checksum(model) == checksum  # training leaves the base as it was
     state = lora.trainable_state_dict(model)
     assert any(n.startswith("projection.") for n in state)  # the head trains too
+    if head == "asp":
+        assert "pooling.out.0.running_mean" in state
     save_file({n: t.contiguous() for n, t in state.items()}, tmp_path / "trainable.safetensors")
-    fresh = EmbeddingModel(with_lora(kind, seed=7), projection_dim=8)
-    assert lora.frozen_checksum(fresh) == lora.frozen_checksum(model)
+    fresh = with_head(kind, head, seed=7)
+    assert lora.frozen_checksum(fresh) == checksum
     lora.load_trainable_state_dict(fresh, load_file(tmp_path / "trainable.safetensors"))
-    for (name, a), (_, b) in zip(
-        model.state_dict().items(), fresh.state_dict().items(), strict=True
-    ):
+    pairs = zip(model.state_dict().items(), fresh.state_dict().items(), strict=True)
+    for (name, a), (_, b) in pairs:
         assert torch.equal(a, b), name
     model.eval(), fresh.eval()
     with torch.no_grad():
-        assert torch.equal(model(CLIP)["embedding"], fresh(CLIP)["embedding"])
+        assert torch.equal(model(batch)["embedding"], fresh(batch)["embedding"])
     with pytest.raises(KeyError, match="do not match"):
-        lora.load_trainable_state_dict(
-            fresh, {"projection.net.0.weight": state["projection.net.0.weight"]}
-        )
+        lora.load_trainable_state_dict(fresh, {"projection.weight": torch.zeros(1)})
 
 
 @pytest.mark.parametrize("kind", ["beats", "eat"])
@@ -128,7 +142,6 @@ def build_lora_run(root, kill_after=None, seed=0):
     from test_training import Killing
 
     from asd_utils import data
-    from asd_utils.models.heads import PooledEmbeddingModel
     from asd_utils.models.losses import SCAdaCosLoss
     from asd_utils.training import ClipDataset
 

@@ -80,32 +80,48 @@ def merged(model: nn.Module) -> nn.Module:
     return out
 
 
+def _partition(model: nn.Module) -> tuple[dict, dict]:
+    """``(trainable, frozen)`` tensors of ``model`` by state-dict name: parameters by
+    ``requires_grad``; a buffer goes with the trainable side when its module owns a trainable
+    parameter (BatchNorm's running statistics beside its affine weights), else with the base."""
+    trainable, frozen = {}, {}
+    for prefix, module in model.named_modules():
+        own = dict(module.named_parameters(recurse=False))
+        learns = any(p.requires_grad for p in own.values())
+        for name, tensor in [*own.items(), *module.named_buffers(recurse=False)]:
+            if tensor is None:
+                continue
+            side = tensor.requires_grad if name in own else learns
+            (trainable if side else frozen).setdefault(f"{prefix}.{name}".lstrip("."), tensor)
+    return trainable, frozen
+
+
 def trainable_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The trainable parameters of ``model`` by name (detached, as stored): what a LoRA run
-    saves; the frozen base is rebuilt from its weights and named by :func:`frozen_checksum`."""
-    return {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
+    """What a LoRA run saves (detached): the trainable parameters (adapters, heads) and the
+    buffers beside them (:func:`_partition`); the frozen base is rebuilt from its official
+    weights and named by :func:`frozen_checksum`."""
+    return {name: tensor.detach() for name, tensor in _partition(model)[0].items()}
 
 
 def load_trainable_state_dict(model: nn.Module, state: Mapping[str, torch.Tensor]) -> nn.Module:
-    """Copy ``state`` (:func:`trainable_state_dict`) into ``model``'s trainable parameters, in
-    place; the names must be exactly the trainable ones (no more, no fewer)."""
-    parameters = {n: p for n, p in model.named_parameters() if p.requires_grad}
-    extra, missing = sorted(set(state) - set(parameters)), sorted(set(parameters) - set(state))
+    """Copy ``state`` (:func:`trainable_state_dict`) into ``model``, in place; the names must be
+    exactly those :func:`trainable_state_dict` gives (no more, no fewer)."""
+    tensors = _partition(model)[0]
+    extra, missing = sorted(set(state) - set(tensors)), sorted(set(tensors) - set(state))
     if extra or missing:
         raise KeyError(f"trainable weights do not match: missing {missing[:3]}, extra {extra[:3]}")
     with torch.no_grad():
         for name, value in state.items():
-            parameters[name].copy_(value)
+            tensors[name].copy_(value)
     return model
 
 
 def frozen_checksum(model: nn.Module) -> str:
-    """sha256 over the frozen parameters and the buffers (name, dtype, shape, bytes), in name
+    """sha256 over the frozen side of :func:`_partition` (name, dtype, shape, bytes), in name
     order: the identity of a LoRA run's base (same weights → same checksum, whatever file or
-    format they were loaded from)."""
+    format they were loaded from); training never changes it."""
     digest = hashlib.sha256()
-    frozen = [(n, p) for n, p in model.named_parameters() if not p.requires_grad]
-    for name, tensor in sorted([*frozen, *model.named_buffers()], key=lambda item: item[0]):
+    for name, tensor in sorted(_partition(model)[1].items()):
         value = tensor.detach().cpu().contiguous()
         digest.update(f"{name}|{value.dtype}|{tuple(value.shape)}|".encode())
         digest.update(value.reshape(-1).view(torch.uint8).numpy().tobytes())
