@@ -129,3 +129,24 @@ def test_logmel_features_are_the_floor_statistics_of_the_training_clips(tmp_path
         np.testing.assert_allclose(features[rows].mean(0), 0, atol=1e-4)
     got = make_classes(table, features, ClassSettings(scheme="pseudo", source_clusters=2))
     assert len(got.ids) == len(train)
+
+
+def test_frozen_features_embed_the_training_clips_frequency_preserved(tmp_path):
+    import torch
+    from test_training_free import stereo_tree
+
+    from asd_utils.models.beats import BEATs, BEATsConfig
+    from asd_utils.models.frozen import FrozenEncoder
+
+    table = stereo_tree(tmp_path / "data")
+    torch.manual_seed(0)
+    backbone = BEATs(BEATsConfig.tiny())
+    encoder = FrozenEncoder(backbone, [-1], "time_mean")
+    features = classes.frozen_features(encoder, table, progress=False)
+    train = table[table["split"] == "train"].reset_index(drop=True)
+    assert features.shape == (len(train), 8 * backbone.embed_dim)
+    with torch.no_grad():
+        first = encoder.embed(torch.from_numpy(data.read_audio(train["path"][0])[:1]))
+    np.testing.assert_allclose(features[0], first[0, -1].numpy(), rtol=1e-5, atol=1e-5)
+    got = make_classes(table, features, ClassSettings(scheme="auto", source_clusters=2))
+    assert {g for g, _ in got.clustered} == {"fan", "ToyCar"}  # no attributes in these names

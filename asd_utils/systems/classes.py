@@ -201,3 +201,25 @@ def logmel_features(
 
     train = table[table["split"] == "train"].reset_index(drop=True)
     return training_free.floor_embeddings(train, cache_dir, progress)
+
+
+def frozen_features(
+    encoder,
+    table: pd.DataFrame,
+    channel: str = "near",
+    cache_dir: str | os.PathLike | None = None,
+    batch_size: int = 32,
+    progress: bool = True,
+) -> np.ndarray:
+    """Features for pseudo-attributes from a frozen backbone: ``encoder``
+    (:class:`asd_utils.models.frozen.FrozenEncoder`; ``time_mean`` pooling is asd03's
+    frequency-preserving average) on ``channel`` of each training clip
+    (:func:`asd_utils.systems.training_free.embed_channels`, cached under ``cache_dir``), its
+    last stored block: (N_train, dim) float32 in table order of the training rows."""
+    from asd_utils.systems import training_free  # torch: only when a backbone embeds
+
+    train = table[table["split"] == "train"].reset_index(drop=True)
+    embedded = training_free.embed_channels(
+        encoder, train, [channel], batch_size=batch_size, cache_dir=cache_dir, progress=progress
+    )
+    return embedded[channel][:, -1]
