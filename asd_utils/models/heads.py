@@ -123,3 +123,85 @@ class DomainClassifier(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
+
+
+# --- attentive statistics pooling (System 7) -----------------------------------------------------
+
+
+class AttentiveStatisticsPooling(nn.Module):
+    """Tokens (B, T, D) → (B, D): attention-weighted mean and deviation over T, then a linear map.
+
+    Attentive statistics pooling (Okabe et al., Interspeech 2018) with ECAPA-TDNN's global
+    context (Desplanques et al., Interspeech 2020), as ASDKit's ``AttnStatPool``: per-channel
+    attention ``softmax_T(Conv(tanh(BN(ReLU(Conv([x, μ, σ])))))``, hidden width D / ``ratio``,
+    where μ, σ are the plain mean and (unbiased) deviation over T; pooled ``[Σ w x,
+    √(Σ w x² − (Σ w x)²)]`` (both variances floored at 1e-4), then BN → Linear(2D, D) → BN.
+    ``mask`` (B, T) bool, True = valid (None: all): padding tokens get no weight and stay out of
+    μ, σ; the BatchNorm after the first convolution still sees them while training (train on
+    whole crops, as the recipe does).
+    """
+
+    def __init__(self, dim: int, ratio: int = 16):
+        super().__init__()
+        hidden = max(dim // ratio, 1)
+        self.score = nn.Sequential(
+            nn.Conv1d(3 * dim, hidden, 1),
+            nn.ReLU(),
+            nn.BatchNorm1d(hidden),
+            nn.Tanh(),
+            nn.Conv1d(hidden, dim, 1),
+        )
+        self.out = nn.Sequential(
+            nn.BatchNorm1d(2 * dim), nn.Linear(2 * dim, dim), nn.BatchNorm1d(dim)
+        )
+
+    def forward(self, tokens: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        x = tokens.transpose(1, 2)  # (B, D, T)
+        if mask is None:
+            mask = torch.ones(x.shape[0], x.shape[2], dtype=torch.bool, device=x.device)
+        valid = mask.unsqueeze(1).to(x.dtype)  # (B, 1, T)
+        count = valid.sum(2, keepdim=True)
+        mean = (x * valid).sum(2, keepdim=True) / count
+        var = (((x - mean) * valid) ** 2).sum(2, keepdim=True) / (count - 1).clamp(min=1)
+        context = [x, mean.expand_as(x), var.clamp(min=1e-4).sqrt().expand_as(x)]
+        logits = self.score(torch.cat(context, dim=1)).masked_fill(~mask.unsqueeze(1), -torch.inf)
+        weights = logits.softmax(dim=2)
+        mu = (x * weights).sum(2)
+        sigma = ((x**2 * weights).sum(2) - mu**2).clamp(min=1e-4).sqrt()
+        return self.out(torch.cat([mu, sigma], dim=1))
+
+
+class PooledEmbeddingModel(nn.Module):
+    """A backbone, attentive statistics pooling of its tokens and a linear projection: the model
+    of the public LoRA recipe (ASDKit's ``projection_type: attn_stat_pool``, ``embed_size``
+    256), trained with a classification loss on ``"embedding"``.
+
+    ``forward(waveform (B, samples), lengths, augment)`` →
+    ``{"embedding": (B, projection_dim), "pooled": (B, D)}``; ``augment`` acts on the fbank as
+    in :class:`EmbeddingModel`. ``embed`` is the backbone's ``(utterance, tokens)`` (the
+    recipe scores the tokens, before the pooling and projection).
+    """
+
+    def __init__(self, backbone: nn.Module, projection_dim: int = 256, ratio: int = 16):
+        super().__init__()
+        self.backbone = backbone
+        self.embed_dim = backbone.embed_dim
+        self.pooling = AttentiveStatisticsPooling(self.embed_dim, ratio)
+        self.projection = nn.Linear(self.embed_dim, projection_dim)
+
+    features = EmbeddingModel.features
+    embed = EmbeddingModel.embed
+
+    def forward(
+        self,
+        waveform: torch.Tensor,
+        lengths: torch.Tensor | None = None,
+        augment: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ) -> dict[str, torch.Tensor]:
+        fbank, frame_mask = self.features(waveform, lengths)
+        if augment is not None:
+            fbank = augment(fbank)
+        _, tokens = self.backbone.forward_features(fbank, frame_mask)
+        mask = None if lengths is None else self.backbone.token_mask(frame_mask)
+        pooled = self.pooling(tokens, mask)
+        return {"embedding": self.projection(pooled), "pooled": pooled}

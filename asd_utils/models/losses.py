@@ -181,3 +181,94 @@ class GRLLoss(nn.Module):
             "domain_accuracy": accuracy.detach(),
             "grl_lambda": torch.tensor(lam, device=targets.device),
         }
+
+
+def soft_targets(
+    labels: torch.Tensor, num_classes: int, mix: tuple[torch.Tensor, object] | None = None
+) -> torch.Tensor:
+    """Class targets as rows of probabilities (B, num_classes), float32.
+
+    ``labels``: ids (B,), or already (B, num_classes) rows (returned as float32). ``mix =
+    (partner ids, w)`` (:func:`asd_utils.models.mixup.mixup`; ``w`` a float or (B,)) gives
+    ``w · onehot(labels) + (1 − w) · onehot(partner)``: mixup's label mixing.
+    """
+    if labels.ndim == 2:
+        return labels.float()
+    rows = nn.functional.one_hot(labels, num_classes).float()
+    if mix is None:
+        return rows
+    partner, weight = mix
+    weight = torch.as_tensor(weight, dtype=torch.float32, device=rows.device).reshape(-1, 1)
+    return weight * rows + (1 - weight) * nn.functional.one_hot(partner, num_classes).float()
+
+
+class SCAdaCosLoss(nn.Module):
+    """Sub-cluster AdaCos (Wilkinghoff, "Sub-cluster AdaCos", IJCNN 2021), as ASDKit's
+    ``asdkit.losses.SCAdaCos``: K sub-cluster centres per class (columns of ``W``, (D, C · K),
+    class-major), cosine logits at scale s, a class's probability the sum of its sub-clusters'
+    softmax probabilities, cross-entropy against (soft) targets.
+
+    Scale: s₀ = √2 · ln(C·K − 1). ``dynamic`` (training mode only), before each loss, as
+    ASDKit: ``s ← ln(mean_b Σ_j exp(s · cos_bj)) / (cos(min(π/4, θ_med)) + eps)``, θ_med the
+    (lower) median over the batch of ``Σ_j ỹ_bj · θ_bj`` with ``ỹ`` the targets TILED K times
+    (column j counts for class j mod C, although the loss groups column j with class j // K;
+    for K > 1 the sum of K angles is over π/4, so the rule divides by cos(π/4)). Wilkinghoff's
+    original leaves the true class out of the sum and takes the angle to its own sub-clusters.
+    The public LoRA recipe (asd03) sets ``dynamic: false, trainable: true``, 16 sub-clusters.
+
+    Call with ``{"embedding": (B, D)}`` and ids (B,) or probability rows (B, C); ``mix`` as
+    :func:`soft_targets`. Returns ``{"loss", "scale"}``; s is a buffer (checkpointed with the
+    loss's weights). Computed in float32 outside autocast.
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        embedding_size: int,
+        sub_clusters: int = 16,
+        trainable: bool = False,
+        dynamic: bool = True,
+        eps: float = 1e-7,
+    ):
+        super().__init__()
+        if num_classes * sub_clusters < 2:
+            raise ValueError("SCAdaCos needs at least two centres (classes × sub_clusters)")
+        self.num_classes, self.sub_clusters = num_classes, sub_clusters
+        self.dynamic, self.eps = dynamic, eps
+        weight = torch.empty(embedding_size, num_classes * sub_clusters)
+        self.W = nn.Parameter(nn.init.xavier_uniform_(weight), requires_grad=trainable)
+        initial = math.sqrt(2) * math.log(num_classes * sub_clusters - 1)
+        self.register_buffer("scale", torch.tensor(initial, dtype=torch.float32))
+
+    def cosines(self, embedding: torch.Tensor) -> torch.Tensor:
+        """(B, D) → (B, C · K) cosine of each embedding to each centre."""
+        x = nn.functional.normalize(embedding.float(), dim=1)
+        return x @ nn.functional.normalize(self.W.float(), dim=0)
+
+    @torch.no_grad()
+    def update_scale(self, cosines: torch.Tensor, targets: torch.Tensor) -> None:
+        """ASDKit's adaptive scale from one batch (see the class docstring), in place."""
+        theta = torch.acos(cosines.clamp(-1 + self.eps, 1 - self.eps))
+        logits = self.scale * cosines
+        top = logits.max()
+        b_avg = torch.exp(logits - top).sum(1).mean()
+        theta_class = (targets.repeat(1, self.sub_clusters) * theta).sum(1)
+        angle = torch.minimum(torch.tensor(math.pi / 4), theta_class.median())
+        self.scale.copy_((top + torch.log(b_avg)) / (torch.cos(angle) + self.eps))
+
+    def forward(
+        self,
+        outputs: dict[str, torch.Tensor],
+        labels: torch.Tensor,
+        mix: tuple[torch.Tensor, object] | None = None,
+    ) -> dict[str, torch.Tensor]:
+        with torch.autocast(labels.device.type, enabled=False):
+            targets = soft_targets(labels, self.num_classes, mix)
+            cosines = self.cosines(outputs["embedding"])
+            if self.training and self.dynamic:
+                self.update_scale(cosines, targets)
+            logits = self.scale * cosines
+            grouped = logits.view(-1, self.num_classes, self.sub_clusters).logsumexp(2)
+            log_prob = grouped - logits.logsumexp(1, keepdim=True)  # log Σ_k softmax
+            loss = -(targets * log_prob).sum(1).mean()
+        return {"loss": loss, "scale": self.scale.detach().clone()}
