@@ -92,13 +92,26 @@ def w1(near, far) -> np.ndarray:
     1e-12)`` (least squares), ``Y = C − H F``; inverse STFT to the clip's length; the scale
     restored. A batch is clips of one length, each fitted on its own.
     """
-    c, f = _pair(near, far)
-    peak = np.maximum(np.abs(c).max(-1, keepdims=True), np.abs(f).max(-1, keepdims=True))
-    scale = np.where(peak > 1e-12, peak / W1_PEAK, 1.0)
+    return _clip_by_clip(_w1_clip, *_pair(near, far))
+
+
+def _clip_by_clip(fn, c: np.ndarray, f: np.ndarray, **settings) -> np.ndarray:
+    """``fn(near (samples,), far)`` of one clip or of each clip of a batch, float32. Clip by
+    clip, since one clip's spectra stay in the cache: 16 ten-second clips at once took 3.7 (W1)
+    and 1.7 (SS) times as long as in turn on the 2-vCPU Xeon."""
+    if c.ndim == 1:
+        return fn(c, f, **settings).astype(np.float32)
+    return np.stack([fn(ci, fi, **settings) for ci, fi in zip(c, f, strict=True)]).astype(
+        np.float32
+    )
+
+
+def _w1_clip(c: np.ndarray, f: np.ndarray) -> np.ndarray:
+    peak = max(np.abs(c).max(), np.abs(f).max())
+    scale = peak / W1_PEAK if peak > 1e-12 else 1.0
     C, F = stft(c / scale, W1_FFT, W1_HOP), stft(f / scale, W1_FFT, W1_HOP)
     H = (C * F.conj()).sum(-1) / ((F.real**2 + F.imag**2).sum(-1) + W1_EPS)
-    y = istft(C - H[..., None] * F, W1_FFT, W1_HOP, c.shape[-1]) * scale
-    return y.astype(np.float32)
+    return istft(C - H[:, None] * F, W1_FFT, W1_HOP, len(c)) * scale
 
 
 def ss(near, far, beta: float = SS_BETA, gamma: float = SS_GAMMA) -> np.ndarray:
@@ -108,12 +121,14 @@ def ss(near, far, beta: float = SS_BETA, gamma: float = SS_GAMMA) -> np.ndarray:
     frame ``|Y| = |C| − β|F|`` where ``|C| > β|F|`` (strictly), else ``γ|C|``; the phase of
     ``C``; inverse STFT to the clip's length. β = 1, γ = 0.1 (Qian et al., DCASE 2026).
     """
-    c, f = _pair(near, far)
+    return _clip_by_clip(_ss_clip, *_pair(near, far), beta=beta, gamma=gamma)
+
+
+def _ss_clip(c: np.ndarray, f: np.ndarray, beta: float, gamma: float) -> np.ndarray:
     C, F = stft(c, SS_FFT, SS_HOP), stft(f, SS_FFT, SS_HOP)
     a, b = np.abs(C), beta * np.abs(F)
     magnitude = np.where(a > b, a - b, gamma * a)
-    y = istft(magnitude * np.exp(1j * np.angle(C)), SS_FFT, SS_HOP, c.shape[-1])
-    return y.astype(np.float32)
+    return istft(magnitude * np.exp(1j * np.angle(C)), SS_FFT, SS_HOP, len(c))
 
 
 def residual(near, far, alpha: float = 0.5):
