@@ -6,10 +6,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import soundfile as sf
 import torch
 from scipy.signal import lfilter
 
 from asd_utils.frontends import anc, twochannel
+from asd_utils.frontends.views import load_waveform
 from asd_utils.systems import training_free
 
 FIXTURE = Path(__file__).parent / "fixtures" / "twochannel" / "reference.npz"
@@ -112,3 +114,12 @@ def test_system_0s_residual_view_is_the_front_ends():
     embeddings = {c: rng.standard_normal((5, 2, 8)).astype(np.float32) for c in ("near", "far")}
     expected = twochannel.residual(embeddings["near"][:, -1], embeddings["far"][:, -1], 0.5)
     np.testing.assert_array_equal(training_free.view(embeddings, "residual", 0.5), expected)
+
+
+def test_a_view_reads_a_stereo_file(tmp_path, reference):
+    path = tmp_path / "clip.wav"
+    sf.write(path, reference["stereo_0"].T, RATE, subtype="PCM_16")
+    out = load_waveform(path, preprocess=twochannel.preprocess("w1"))
+    np.testing.assert_allclose(out, reference["w1_0"], rtol=0, atol=1e-5)
+    with pytest.raises(ValueError, match="two channels"):
+        twochannel.preprocess("ss")(np.zeros((1, 1000), np.float32))

@@ -28,7 +28,7 @@ import torch
 
 from asd_utils.frontends import anc
 
-__all__ = ["VIEWS", "fblms", "istft", "residual", "ss", "stft", "view", "w1"]
+__all__ = ["VIEWS", "fblms", "istft", "preprocess", "residual", "ss", "stft", "view", "w1"]
 
 W1_FFT, W1_HOP, W1_PEAK, W1_EPS = 1024, 512, 0.9, 1e-12
 SS_FFT, SS_HOP, SS_BETA, SS_GAMMA = 512, 256, 1.0, 0.1
@@ -175,3 +175,18 @@ def view(name: str, near, far, **settings) -> np.ndarray:
     if name not in VIEWS:
         raise ValueError(f"unknown view {name!r}; choose one of {list(VIEWS)}")
     return VIEWS[name](near, far, **settings)
+
+
+def preprocess(name: str, **settings) -> Callable[[np.ndarray], np.ndarray]:
+    """The view ``name`` as a ``preprocess`` of :func:`asd_utils.frontends.views.load_waveform`
+    (and :func:`asd_utils.scoring.extract_embeddings`): audio ``(channels, samples)`` or
+    ``(batch, channels, samples)``, channel 0 near and 1 far, → the view of it."""
+    if name not in VIEWS:
+        raise ValueError(f"unknown view {name!r}; choose one of {list(VIEWS)}")
+
+    def apply(audio) -> np.ndarray:
+        if audio.shape[-2] < 2:
+            raise ValueError(f"view {name!r} needs two channels (near, far); got {audio.shape}")
+        return VIEWS[name](audio[..., 0, :], audio[..., 1, :], **settings)
+
+    return apply
