@@ -11,6 +11,7 @@ from torch import nn
 from asd_utils.models import pooling
 from asd_utils.models.beats import BEATs, BEATsConfig
 from asd_utils.models.eat import EAT, EATConfig
+from asd_utils.models.frozen import FrozenEncoder
 
 FIXTURE = Path(__file__).parent / "fixtures" / "bands" / "reference.npz"
 
@@ -110,3 +111,26 @@ def test_bad_inputs_are_errors():
     with pytest.raises(ValueError, match="valid time patch"):
         pooling.band_pool(grid, valid=torch.zeros(1, 4, dtype=torch.bool))
     assert pooling.band_pool(grid.bfloat16()).dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize("name", ["beats", "eat"])
+def test_a_frozen_encoder_pools_any_block_by_rdp(name):
+    """FrozenEncoder's ``time_rdp``: (8 · D) per block, band-major; γ = 0 is ``time_mean``; a
+    padded batch gives each clip what it gets alone."""
+    torch.manual_seed(0)
+    backbone = BEATs(BEATsConfig.tiny()) if name == "beats" else EAT(EATConfig.tiny(), None)
+    rng = np.random.default_rng(0)
+    clips = [torch.from_numpy(rng.uniform(-0.3, 0.3, n).astype(np.float32)) for n in (9600, 12800)]
+    batch = torch.nn.utils.rnn.pad_sequence(clips, batch_first=True)
+    lengths = torch.tensor([9600, 12800])
+    rdp = FrozenEncoder(backbone, [1, -1], "time_rdp", gamma=4.0)
+    out = rdp.embed(batch, lengths)
+    assert out.shape == (2, 2, 8 * backbone.embed_dim) == (2, 2, rdp.dim)
+    alone = torch.cat([rdp.embed(c[None]) for c in clips])
+    torch.testing.assert_close(out, alone, rtol=1e-4, atol=1e-5)
+    mean = FrozenEncoder(backbone, [1, -1], "time_mean").embed(batch, lengths)
+    flat = FrozenEncoder(backbone, [1, -1], "time_rdp", gamma=0.0).embed(batch, lengths)
+    torch.testing.assert_close(flat, mean, rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(out, mean, atol=1e-4)
+    assert rdp.cache_settings()["gamma"] == 4.0
+    assert "gamma" not in FrozenEncoder(backbone, [-1], "time_mean").cache_settings()
