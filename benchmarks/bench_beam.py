@@ -11,6 +11,7 @@ Peak memory is what numpy allocates inside each step (``tracemalloc``), the inpu
 from __future__ import annotations
 
 import argparse
+import resource
 import time
 import tracemalloc
 
@@ -58,6 +59,8 @@ def main(argv=None) -> None:
             for n in (200, 2000):
                 secs, peak, _ = measured(lambda b=backend, n=n: b.score(queries[:n]))
                 print(f"| {name} | score | {n} | {secs:.3f} | {peak:.1f} |")
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e3
+        print(f"\nthe process's peak resident memory: {rss:.0f} MB (2,000 queries held: 49 MB)")
 
 
 if __name__ == "__main__":

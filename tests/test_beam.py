@@ -78,6 +78,9 @@ def test_bad_inputs_are_errors(reference):
         beam.Beam().fit(reference["reference"], ["source"] * 3)
     with pytest.raises(ValueError, match="finite"):
         beam.Beam().fit(np.full((4, 2, 3), np.nan))
+    one_band = np.ones((3, 1, 4), np.float32)
+    beam.Beam().fit(one_band).score(one_band)
+    assert (one_band == 1).all()  # the caller's arrays are never normalised in place
 
 
 # --- Z-MIN --------------------------------------------------------------------------------------

@@ -34,12 +34,14 @@ EPS = 1e-12
 def _bands(embeddings, name: str) -> np.ndarray:
     """``[clips, bands, dim]`` float32, finite, L2-normalised per band (a zero vector stays zero),
     as ``[bands, clips, dim]`` for one matrix product per band."""
-    x = np.asarray(embeddings, dtype=np.float32)
-    if x.ndim != 3 or not np.isfinite(x).all():
-        raise ValueError(f"{name} must be finite [clips, bands, dim]; got shape {x.shape}")
+    x = np.asarray(embeddings)
+    if x.ndim != 3:
+        raise ValueError(f"{name} must be [clips, bands, dim]; got shape {x.shape}")
+    x = np.array(x.transpose(1, 0, 2), dtype=np.float32, order="C")  # a copy: normalised in place
+    if not np.isfinite(x).all():
+        raise ValueError(f"{name} must be finite")
     norm = np.linalg.norm(x, axis=-1, keepdims=True)
-    x = np.divide(x, norm, out=np.zeros_like(x), where=norm > EPS)
-    return np.ascontiguousarray(x.transpose(1, 0, 2))
+    return np.divide(x, np.where(norm > EPS, norm, np.inf), out=x)
 
 
 def _chunks(n: int, size: int) -> Iterator[slice]:
