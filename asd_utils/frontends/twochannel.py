@@ -16,7 +16,9 @@ W1 and SS follow kasahart/asd-experiments ``src/asd_min/waveform.py`` and ``wave
 as Eq. 1 of Qian et al.'s DCASE 2026 Task 2 report, Sec. 2.1); ``tests/test_twochannel.py``
 holds both to that code's outputs within 1e-5 (``tests/fixtures/twochannel/``). The short-time
 transforms are written here in numpy with torch's conventions (periodic Hann, ``center`` with
-reflect padding, overlap-add divided by the summed squared window), which those equations use.
+reflect padding, overlap-add divided by the summed squared window), which those equations use:
+``scipy.signal.ShortTimeFFT`` takes one frame more at the clip's end (11 for 5,000 samples at
+hop 512, torch 10), which would change W1's fit.
 """
 
 from __future__ import annotations
