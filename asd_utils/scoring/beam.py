@@ -67,34 +67,34 @@ def _self_excluded(reference: np.ndarray, chunk_size: int) -> Iterator[tuple[sli
         yield rows, distance
 
 
-def local_density(reference: np.ndarray, k: int = 4, chunk_size: int = 256) -> np.ndarray:
-    """``b[f, i]``: the mean distance from reference ``i`` to its ``min(k, r − 1)`` nearest
-    other references in band ``f``, for normalised ``[bands, r, dim]``: ``[bands, r]``."""
+def varmin_fit(
+    reference: np.ndarray, k: int = 4, chunk_size: int = 256
+) -> tuple[np.ndarray, np.ndarray]:
+    """VarMin's ``(b, α)`` for normalised ``[bands, r, dim]`` references, in one pass over the
+    reference-to-reference distances:
+
+    - ``b[f, i]`` ``[bands, r]``: the mean distance from reference ``i`` to its ``min(k, r − 1)``
+      nearest other references in band ``f`` (the local density);
+    - ``α_f`` ``[bands]``: ``Cov_z(u, v) / Var_z(v)`` (0 where ``Var_z(v) ≤ 1e-12``), leave-one-
+      out: ``u[f, z]`` the distance from reference ``z`` to its nearest other ``j``, ``v[f, z] =
+      b[f, j]``. Moments in float64, α float32.
+    """
     kk = min(k, reference.shape[1] - 1)
     density = np.empty(reference.shape[:2], dtype=np.float32)
+    u = np.empty_like(density)
+    nearest = np.empty(density.shape, dtype=np.intp)
     for rows, distance in _self_excluded(reference, chunk_size):
-        density[:, rows] = np.partition(distance, kk - 1, axis=-1)[..., :kk].mean(-1)
-    return density
-
-
-def varmin_alpha(reference: np.ndarray, density: np.ndarray, chunk_size: int = 256) -> np.ndarray:
-    """Per band ``α_f = Cov_z(u, v) / Var_z(v)`` (0 where ``Var_z(v) ≤ 1e-12``), leave-one-out:
-    ``u[f, z]`` the distance from reference ``z`` to its nearest other ``j``, ``v[f, z] =
-    b[f, j]`` (:func:`local_density`); ``[bands]`` float32. Moments in float64."""
-    u = np.empty(density.shape, dtype=np.float32)
-    v = np.empty(density.shape, dtype=np.float32)
-    bands = np.arange(density.shape[0])[:, None]
-    for rows, distance in _self_excluded(reference, chunk_size):
-        nearest = distance.argmin(-1)  # [bands, chunk]
-        u[:, rows] = np.take_along_axis(distance, nearest[..., None], -1)[..., 0]
-        v[:, rows] = density[bands, nearest]
+        closest = np.partition(distance, kk - 1, axis=-1)[..., :kk]
+        density[:, rows] = closest.mean(-1)
+        u[:, rows] = closest.min(-1)
+        nearest[:, rows] = distance.argmin(-1)
+    v = density[np.arange(len(density))[:, None], nearest]
     u_centred = u - u.mean(1, dtype=np.float64, keepdims=True)
     v_centred = v - v.mean(1, dtype=np.float64, keepdims=True)
     covariance = (u_centred * v_centred).mean(1)
     variance = (v_centred * v_centred).mean(1)
-    stable = variance > EPS
-    alpha = np.divide(covariance, variance, out=np.zeros_like(variance), where=stable)
-    return alpha.astype(np.float32)
+    alpha = np.divide(covariance, variance, out=np.zeros_like(variance), where=variance > EPS)
+    return density, alpha.astype(np.float32)
 
 
 class Beam:
@@ -129,8 +129,7 @@ class Beam:
         self.density = np.zeros((bands, n), dtype=np.float32)
         self.alpha = np.zeros(bands, dtype=np.float32)
         if self.varmin:
-            self.density = local_density(self.reference, self.k, self.chunk_size)
-            self.alpha = varmin_alpha(self.reference, self.density, self.chunk_size)
+            self.density, self.alpha = varmin_fit(self.reference, self.k, self.chunk_size)
         self._offset = self.alpha[:, None, None] * self.density[:, None, :]  # [bands, 1, r]
         return self
 
