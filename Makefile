@@ -48,6 +48,7 @@ bench: setup  ## speed benchmarks (not part of make test)
 	$(PY) benchmarks/bench_anc.py
 	$(PY) benchmarks/bench_backbones.py
 	$(PY) benchmarks/bench_frozen.py
+	$(PY) benchmarks/bench_beam.py
 
 rehearsal: setup  ## every stage at the real data size (14,400 clips), each timed with its peak memory; ARGS="--train-fraction 0.25"
 	$(PY) benchmarks/rehearse.py $(ARGS)

@@ -1,1 +1,2 @@
-"""Models: the autoencoder baseline, the BEATs and EAT backbones, and the heads on top of them."""
+"""Models: the autoencoder baseline, the BEATs and EAT backbones, the heads on top of them, and
+the frequency-preserving pooling of their patch tokens (``pooling``)."""

@@ -12,6 +12,9 @@ clip what it gets alone):
   (8 · D values): the band-preserving vector of training-free ASD pipelines (Saengthong &
   Shinozaki's GenRep, ICASSP 2025, and the sub-band methods built on it), which keeps *where in
   frequency* a machine sounds, what a mean over all tokens averages away. The default.
+- ``time_rdp``: as ``time_mean`` with relative-deviation pooling over time instead of the mean
+  (:mod:`asd_utils.models.pooling`, weights ∝ (1 + r)^γ, ``gamma``): the band embeddings that
+  BEAM scores (reshape to (8, D)).
 - ``mean``: the mean over all patch tokens (D values), BEATs' own utterance embedding.
 - ``max``: the maximum over all patch tokens (D values).
 - ``cls``: EAT's CLS token (D values); BEATs has none.
@@ -24,7 +27,9 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-POOLINGS = ("time_mean", "mean", "max", "cls")
+from asd_utils.models import pooling as band_pooling
+
+POOLINGS = ("time_mean", "time_rdp", "mean", "max", "cls")
 
 
 def transformer_blocks(backbone: nn.Module) -> nn.ModuleList:
@@ -53,12 +58,17 @@ class FrozenEncoder(nn.Module):
     chosen block (1-based numbers, :func:`block_numbers`).
 
     ``embed(waveform (B, samples), lengths)`` → (B, len(layers), dim) float32, no gradients,
-    in eval mode. ``dim`` = 8 · D for ``time_mean`` (8 frequency patches per time step in both
-    backbones), D otherwise.
+    in eval mode. ``dim`` = 8 · D for ``time_mean`` and ``time_rdp`` (8 frequency patches per
+    time step in both backbones; band-major, (8, D) flattened), D otherwise. ``gamma``: the RDP
+    exponent of ``time_rdp``.
     """
 
     def __init__(
-        self, backbone: nn.Module, layers: Sequence[int] = (-1,), pooling: str = "time_mean"
+        self,
+        backbone: nn.Module,
+        layers: Sequence[int] = (-1,),
+        pooling: str = "time_mean",
+        gamma: float = 4.0,
     ):
         super().__init__()
         if pooling not in POOLINGS:
@@ -69,9 +79,10 @@ class FrozenEncoder(nn.Module):
         self.backbone = backbone.eval().requires_grad_(False)
         self.blocks = block_numbers(layers, len(transformer_blocks(backbone)))
         self.pooling = pooling
+        self.gamma = float(gamma)
         self.has_cls = is_eat
         n_freq = 8
-        self.dim = backbone.embed_dim * (n_freq if pooling == "time_mean" else 1)
+        self.dim = backbone.embed_dim * (n_freq if pooling.startswith("time_") else 1)
         self.n_freq = n_freq
 
     def train(self, mode: bool = True) -> FrozenEncoder:
@@ -80,7 +91,8 @@ class FrozenEncoder(nn.Module):
 
     def cache_settings(self) -> dict:
         """What changes the output besides the weights (part of the embedding cache key)."""
-        return {"blocks": self.blocks, "pooling": self.pooling}
+        settings = {"blocks": self.blocks, "pooling": self.pooling}
+        return {**settings, "gamma": self.gamma} if self.pooling == "time_rdp" else settings
 
     def _pool(self, x: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
         """One block's output (B, [CLS +] N, D) → (B, dim)."""
@@ -99,6 +111,9 @@ class FrozenEncoder(nn.Module):
             return x.masked_fill(~mask.unsqueeze(-1), torch.finfo(x.dtype).min).amax(1)
         if self.pooling == "mean":
             return (x * weights).sum(1) / weights.sum(1)
+        if self.pooling == "time_rdp":
+            pooled = band_pooling.pool_tokens(x, "rdp", self.gamma, valid, self.n_freq)
+            return pooled.reshape(batch, self.n_freq * dim)
         grid = (x * weights).reshape(batch, n_tokens // self.n_freq, self.n_freq, dim)
         count = weights.reshape(batch, n_tokens // self.n_freq, self.n_freq, 1).sum(1)
         return (grid.sum(1) / count).reshape(batch, self.n_freq * dim)

@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from asd_utils import data, registry, scoring, systems
 from asd_utils.files import atomic_path
-from asd_utils.frontends import anc
+from asd_utils.frontends import anc, twochannel
 from asd_utils.frontends.features import kaldi_fbank
 from asd_utils.models import precision
 from asd_utils.models.common import n_frames, prefix_mask
@@ -87,7 +87,7 @@ def view(
         raise ValueError(f"view {name!r} needs the {' and '.join(missing)} channel embeddings")
     at = {c: np.asarray(e[:, layer], dtype=np.float32) for c, e in embeddings.items()}
     if name == "residual":
-        return at["near"] - np.float32(alpha) * at["far"]
+        return twochannel.residual(at["near"], at["far"], alpha)
     if name == "concat":
         return np.concatenate([at["near"], at["far"]], axis=1)
     return at[name]
