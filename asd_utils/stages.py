@@ -659,6 +659,11 @@ def package(run: Run, systems: list[str] | None = None, label: str | None = None
     its folder, or ``None`` when none of them ran."""
     from asd_utils import submission
 
+    if not systems and not written(run):
+        raise errors.RunError(
+            f"nothing scored in {run.paths.output_root / 'systems'} to package: run the "
+            "stages before `asd package` first (`asd run` makes them all)"
+        )
     chosen = systems or [s for s in run.profile["submission"]["systems"] if s in written(run)]
     if not chosen:
         log.info("package: none of the submission systems ran; no package")

@@ -751,8 +751,8 @@ def write_package(
         raise SubmissionError(
             f"label {label!r} is not <Lastname>_<Institute> (letters, digits and '-', one '_')"
         )
-    chosen = choose_systems(output_root, profile, systems)
     destination = _destination(output_root, data_root, destination)
+    chosen = choose_systems(output_root, profile, systems)
     clips = data.index_dataset(data_root) if clips is None else clips
     train_sets = set(clips.loc[clips["split"] == "train", "dataset"])
     clips = clips[clips["split"] == "test"]
