@@ -15,7 +15,6 @@ import yaml
 
 from asd_utils import cli, config, errors, files, registry, runs, scoring, stages, submission
 from asd_utils.data import synth
-from asd_utils.report import pipeline
 
 
 @pytest.fixture(scope="module")
@@ -137,9 +136,7 @@ def test_a_synthetic_root_that_names_a_real_tree_is_never_written(tree, tmp_path
     assert snapshot(real) == before
 
 
-def test_a_changed_synthetic_setting_deletes_nothing_the_generator_did_not_write(
-    tmp_path, capsys
-):
+def test_a_changed_synthetic_setting_deletes_nothing_the_generator_did_not_write(tmp_path, capsys):
     root = tmp_path / "synthetic"
     profile = _profile_file(tmp_path, root)
     assert asd(capsys, "prepare", "--profile", profile, "--output-root", tmp_path / "out")[0] == 0
@@ -168,7 +165,7 @@ def test_a_synthetic_root_is_never_the_checkout_or_the_output_root(tmp_path, cap
     assert not (config.REPO_ROOT / synth.MANIFEST).exists()
 
 
-# --- 6. a relative checkpoint variable -------------------------------------------------------------
+# --- 6. a relative checkpoint variable ------------------------------------------------------------
 
 
 def test_a_relative_checkpoint_variable_is_taken_from_where_the_user_typed_it(
@@ -195,7 +192,7 @@ def test_a_wrong_typed_value_in_an_eat_config_is_one_line(tree, tmp_path, capsys
     assert "depth must be of type int (as 12), got '2' (str)" in line
 
 
-# --- 7. a clip longer than the encoder takes -------------------------------------------------------
+# --- 7. a clip longer than the encoder takes ------------------------------------------------------
 
 
 def test_a_clip_longer_than_the_encoders_position_table_is_refused_at_the_door(
@@ -210,7 +207,7 @@ def test_a_clip_longer_than_the_encoders_position_table_is_refused_at_the_door(
     assert not (tmp_path / "out" / stages.MANIFEST).exists()
 
 
-# --- 9, 10. one line for every user error ----------------------------------------------------------
+# --- 9, 10. one line for every user error ---------------------------------------------------------
 
 
 def test_only_a_notebook_that_is_not_there_is_refused(tree, tmp_path, capsys):
@@ -303,7 +300,10 @@ def test_status_names_a_stage_command_holding_the_lock(tmp_path, capsys):
     ("raised", "expected"),
     [
         (OSError("8448 requested and 992 written"), "error: the disk is full (8448 requested"),
-        (OSError(28, "No space left on device", "/x/a.npy"), "error: the disk is full writing /x/a.npy"),
+        (
+            OSError(28, "No space left on device", "/x/a.npy"),
+            "error: the disk is full writing /x/a.npy",
+        ),
         (FileExistsError(17, "File exists"), "error: File exists (EEXIST) in a file operation"),
     ],
 )
@@ -335,3 +335,130 @@ def test_csv_cells_that_a_spreadsheet_would_run_are_escaped_and_read_back(tmp_pa
     assert text[1:] == ["'=HYPERLINK(1),-1.5", "'+x,2.0", "'@y,3.0", "'-z,4.0", "fan,5.0"]
     back = files.unescape_formulas(pd.read_csv(tmp_path / "t.csv"))
     pd.testing.assert_frame_equal(back, table, check_dtype=False)
+
+
+# --- the cases that need finished systems: one small `asd run` ------------------------------------
+
+STALE = "baseline-OLD"  # a system an earlier run into the same root wrote, this run does not
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """``asd run`` on the smoke profile's data (made under a temporary folder) into an output
+    root that held an earlier run's results: ``(profile file, data root, output root)``."""
+    tmp = tmp_path_factory.mktemp("finished")
+    values = config.load_profile("smoke")
+    values["data"]["synthetic_root"] = str(tmp / "data")
+    profile = tmp / "smoke.yaml"
+    profile.write_text(yaml.safe_dump(values))
+    out = tmp / "out"
+    stale = out / "systems" / STALE
+    stale.mkdir(parents=True)
+    (stale / "anomaly_score_fan_section_00_test.csv").write_text("x.wav,1.0\n")
+    (out / "metrics.csv").write_text("stale\n")
+    assert cli.main(["run", "--profile", str(profile), "--output-root", str(out), "-q"]) == 0
+    return profile, tmp / "data", out
+
+
+def _copy(out, tmp_path):
+    copy = tmp_path / "out"
+    shutil.copytree(out, copy)
+    return copy
+
+
+@pytest.mark.slow
+def test_asd_run_clears_the_previous_runs_derived_results(finished):
+    _, _, out = finished
+    assert not (out / "systems" / STALE).exists()
+    systems = set(pd.read_csv(out / stages.METRICS)["system"])
+    assert STALE not in systems and {"System 1", "baseline-MSE"} <= systems
+
+
+@pytest.mark.slow
+def test_a_clip_added_after_prepare_is_never_silently_left_out(finished, tmp_path, capsys):
+    profile, data_root, out = finished
+    out = _copy(out, tmp_path)
+    test = data_root / "dev_data" / "raw" / "fan" / "test"
+    added = test / "section_00_source_test_normal_0099_spd_1.wav"
+    shutil.copy(sorted(test.glob("*normal*.wav"))[0], added)
+    try:
+        before = snapshot(out / "systems")
+        line = one_line(capsys, "score", "--profile", profile, "--output-root", out)
+        assert f"1 clips added and 0 removed under {data_root} since `asd prepare`" in line
+        assert f"(e.g. {added}): run `asd prepare` again" in line
+        assert snapshot(out / "systems") == before
+        assert asd(capsys, "prepare", "--profile", profile, "--output-root", out)[0] == 0
+        line = one_line(capsys, "package", "--profile", profile, "--output-root", out)
+        assert "was made from other clips than the manifest's now" in line
+        line = one_line(capsys, "score", "--profile", profile, "--output-root", out)
+        assert "System 1 was made from other clips than the manifest's now" in line
+        assert '`asd embed --system "System 1"`' in line
+    finally:
+        added.unlink()
+
+
+@pytest.mark.slow
+def test_a_profile_edited_between_stages_is_not_mixed_with_the_run(finished, tmp_path, capsys):
+    profile, _, out = finished
+    out = _copy(out, tmp_path)
+    info = json.loads((out / "systems" / "System 1" / "system.json").read_text())
+    assert info["made_with"]["osscl"]["train"]["steps"] == 6  # the settings it was made with
+    values = yaml.safe_load(profile.read_text())
+    values["osscl"]["train"]["steps"] = 4
+    values["decision"]["quantile"] = 0.5
+    edited = tmp_path / "edited.yaml"
+    edited.write_text(yaml.safe_dump(values))
+    before = snapshot(out / "systems"), snapshot(out / "submission")
+    line = one_line(capsys, "score", "--profile", edited, "--output-root", out)
+    assert "System 1 was made with other settings than the profile's now" in line
+    assert "(osscl.train.steps changed)" in line and '`asd train --system "System 1"`' in line
+    for command in ("ensemble", "evaluate", "package"):
+        line = one_line(capsys, command, "--profile", edited, "--output-root", out)
+        assert "was made with other settings than the profile's now (decision.quantile" in line
+    assert (snapshot(out / "systems"), snapshot(out / "submission")) == before
+
+
+@pytest.mark.slow
+def test_a_long_recording_is_scored_in_windows_of_the_training_length(finished, tmp_path, capsys):
+    profile, data_root, out = finished
+    test = sorted((data_root / "dev_data" / "raw" / "fan" / "test").glob("section_00_*.wav"))
+    audio = np.concatenate([sf.read(p, always_2d=True)[0] for p in test[:4]])[: 16000 * 7]
+    (tmp_path / "new").mkdir()
+    sf.write(tmp_path / "new" / "long take.wav", audio, 16000, subtype="PCM_16")
+    argv = ["detect", "--profile", profile, "--output-root", out, "--system", "System 1"]
+    argv += ["--machine-type", "fan", "--section", "00", tmp_path / "new"]
+    for _ in range(2):  # the second run overwrites the file the first wrote: its own
+        assert asd(capsys, *argv, "--output", tmp_path / "d.csv")[0] == 0
+    found = pd.read_csv(tmp_path / "d.csv")
+    assert list(found.columns) == list(stages.DETECTED)
+    assert list(found["part"]) == ["recording"] + ["window"] * 4
+    assert list(found["start"]) == [0.0, 0.0, 2.0, 4.0, 5.0]  # the last window ends at the end
+    assert list(found["end"]) == [7.0, 2.0, 4.0, 6.0, 7.0]
+    windows = found[found["part"] == "window"]["anomaly_score"]
+    assert found["anomaly_score"].iloc[0] == pytest.approx(windows.mean())
+    official = pd.read_csv(out / "systems" / "System 1" / "scores.csv").set_index("file_name")
+    first = official.loc[test[0].name, "anomaly_score"]  # the first window is that clip
+    assert windows.iloc[0] == pytest.approx(first, rel=1e-4)
+
+
+@pytest.mark.slow
+def test_a_package_destination_the_project_wrote_is_replaced(finished, tmp_path):
+    profile, data_root, out = finished
+    argv = ["-q", "write", "--profile", str(profile), "--output-root", str(out)]
+    destination = tmp_path / "package"
+    for _ in range(2):
+        assert submission.main([*argv, "--destination", str(destination)]) == 0
+    assert (destination / files.MARKER).is_file() and (destination / "task2").is_dir()
+    (destination / "mine.txt").write_text("mine")
+    assert submission.main([*argv, "--destination", str(destination)]) == 2
+    assert (destination / "mine.txt").read_text() == "mine"
+
+
+@pytest.mark.slow
+def test_names_that_start_a_formula_stay_as_the_evaluator_expects(finished):
+    """The official files hold DCASE file names (``section_…``, never a formula's first
+    character): escaping leaves them byte for byte."""
+    _, _, out = finished
+    names = pd.read_csv(out / "systems" / "System 1" / "scores.csv")["file_name"]
+    assert not names.str[0].isin(list(files.FORMULA_START)).any()
+    assert registry.get("System 1").name == "System 1"
