@@ -584,10 +584,11 @@ class EnsembleOutcome:
     weights: dict[str, float]
 
 
-def ensemble(run: Run) -> EnsembleOutcome:
+def ensemble(run: Run, required: bool = False) -> EnsembleOutcome:
     """The ensemble system (System 4): the profile's members' scores, normalised with their
     training clips' statistics and combined with their weights (:mod:`asd_utils.systems.ensemble`),
-    written as a system. Members this run did not make are left out and named."""
+    written as a system. Members this run did not make are left out and named; with none of
+    them, nothing is written (``required``: a :class:`RunError` saying what to run first)."""
     from asd_utils.systems import ensemble as combine
 
     spec = run.profile["ensemble"]
@@ -596,6 +597,12 @@ def ensemble(run: Run) -> EnsembleOutcome:
     members = [m for m in spec["members"] if m in ran]
     missing = [m for m in spec["members"] if m not in ran]
     weights = dict(zip(spec["members"], spec["weights"], strict=True))
+    if not members and required:
+        raise errors.RunError(
+            f"none of {name}'s members ({', '.join(spec['members'])}) is scored in "
+            f"{run.paths.output_root / 'systems'}: run `asd score` (after `asd embed`) or "
+            "`asd frozen` first"
+        )
     if not members:
         log.info("ensemble: none of its members (%s) ran", ", ".join(spec["members"]))
         return EnsembleOutcome(None, [], missing, weights)

@@ -221,6 +221,7 @@ def test_only_a_notebook_that_is_not_there_is_refused(tree, tmp_path, capsys):
     [
         ("score", "nothing embedded in {out}/systems to score: run `asd train --system"),
         ("evaluate", "nothing scored in {out}/systems to evaluate: run `asd score`"),
+        ("ensemble", "System 4's members (System 1, System 2) is scored in {out}/systems: run"),
         ("package", "nothing scored in {out}/systems to package: run the stages before"),
     ],
 )
