@@ -87,7 +87,9 @@ def parser() -> argparse.ArgumentParser:
     )
     detect.add_argument("clips", nargs="+", help="WAV files or folders of them")
     detect.add_argument("--system", required=True, help="a system this run wrote")
-    detect.add_argument("--output", required=True, help="the CSV to write")
+    detect.add_argument(
+        "--output", required=True, help="the CSV to write (new, empty, or one detect wrote)"
+    )
     detect.add_argument("--machine-type", help="whose training clips are the reference")
     detect.add_argument("--section", help="the section of that machine type (e.g. 00)")
     return top
@@ -160,7 +162,7 @@ def _stage(args, run) -> None:
     elif args.command == "frozen":
         stages.frozen(run, progress=progress)
     elif args.command == "ensemble":
-        stages.ensemble(run)
+        stages.ensemble(run, required=True)
     elif args.command == "evaluate":
         stages.evaluate(run)
     elif args.command == "package":

@@ -13,8 +13,10 @@ keeps its traceback. No torch here: the light modules import this one.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
+import re
 import signal
 import sys
 import traceback
@@ -56,6 +58,28 @@ def one_line(err: BaseException) -> str:
     return text.splitlines()[0] if text else type(err).__name__
 
 
+def describe(err: BaseException) -> str:
+    """What a user error says, in one line: :func:`one_line`, with a full disk said as one
+    (``ENOSPC``, or numpy's "N requested and M written") and an :class:`OSError` that names no
+    file given its kind and the way to see where it happened."""
+    text = one_line(err)
+    if not isinstance(err, OSError):
+        return text
+    if err.errno == errno.ENOSPC or re.fullmatch(r"\d+ requested and \d+ written", text):
+        where = f" writing {err.filename}" if err.filename else ""
+        return (
+            f"the disk is full{where} ({text}): free space, or choose another --output-root, "
+            "then run the same command again (finished work is kept)"
+        )
+    if err.filename is None and err.errno is not None:
+        name = errno.errorcode.get(err.errno, str(err.errno))
+        return (
+            f"{err.strerror or text} ({name}) in a file operation that named no file: run the "
+            f"same command with --debug to see where"
+        )
+    return text
+
+
 def is_user_error(err: BaseException) -> bool:
     """Whether ``err`` is for the user (one line) rather than a bug (a traceback)."""
     return isinstance(err, UserError | OSError)
@@ -85,7 +109,7 @@ def run_command(main: Callable[[Sequence[str] | None], object], argv=None) -> in
             raise
         if debug:
             traceback.print_exc()
-        print(f"error: {one_line(err)}", file=sys.stderr)
+        print(f"error: {describe(err)}", file=sys.stderr)
         return USER_ERROR_STATUS
     return 0
 

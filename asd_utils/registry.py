@@ -11,8 +11,11 @@ This module imports nothing heavy (no torch), so the schema, the book and the pa
 
 from __future__ import annotations
 
+import difflib
 import os
 from dataclasses import dataclass
+
+from asd_utils.errors import UserError
 
 # what a system reads of a clip
 NEAR, ANC, NEAR_FAR = "near", "anc", "near+far"
@@ -144,11 +147,20 @@ REGISTRY: dict[str, System] = {
 SUBMITTABLE = tuple(name for name, s in REGISTRY.items() if s.kind != "floor")
 
 
+class UnknownSystem(UserError, KeyError):
+    """A system name the registry does not hold (the message suggests the closest)."""
+
+
 def get(name: str) -> System:
-    """The registry entry of ``name``; an ablation ("System 2 (lambda 0)") is its system's."""
+    """The registry entry of ``name``; an ablation ("System 2 (lambda 0)") is its system's. An
+    unknown name is :class:`UnknownSystem`, suggesting a near one (``system 1``: "System 1")."""
     base = name.split(" (")[0]
     if base not in REGISTRY:
-        raise KeyError(f"unknown system {name!r}; known: {', '.join(REGISTRY)}")
+        folded = {known.casefold(): known for known in REGISTRY}
+        close = [folded[base.casefold()]] if base.casefold() in folded else []
+        close = close or difflib.get_close_matches(base, list(REGISTRY), n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise UnknownSystem(f"unknown system {name!r}{hint} (known: {', '.join(REGISTRY)})")
     return REGISTRY[base]
 
 
@@ -186,3 +198,41 @@ def settings(profile: dict, name: str) -> dict:
         env = os.environ.get(CHECKPOINT_ENV[section["backbone"]], "")
         section["checkpoint"] = env or section.get("checkpoint") or ""
     return section
+
+
+# the profile sections each kind of system is made with, beside its own section
+_MADE_WITH = {
+    "autoencoder": ("seed", "decision"),
+    "fine-tuned": ("seed", "decision", "backends"),
+    "frozen": ("seed", "decision", "backends"),
+    "floor": ("seed", "decision", "backends", "frozen"),
+    "ensemble": ("decision",),
+}
+
+
+def made_with(profile: dict, name: str) -> dict:
+    """The settings system ``name`` is made with under ``profile``: its own section (checkpoint
+    resolved, :func:`settings`), the ANC's for a system that reads it, and the shared sections
+    its kind depends on (seed, decision rule, back ends). Kept in its ``system.json`` so that a
+    later stage can tell a profile changed since (:func:`changed_settings`)."""
+    system = get(name)
+    keys = [*_MADE_WITH[system.kind], *(["anc"] if system.reads == ANC else [])]
+    made = {key: profile[key] for key in keys if key in profile}
+    if system.section is not None and system.section in profile:
+        made[system.section] = settings(profile, name)
+    return made
+
+
+def changed_settings(made: dict, now: dict, keys=None) -> list[str]:
+    """The key paths (``osscl.train.steps``) whose values differ between two :func:`made_with`
+    records, limited to the top-level ``keys`` (default: all)."""
+    found = []
+    for key in sorted(set(made) | set(now)):
+        if keys is not None and key not in keys:
+            continue
+        before, after = made.get(key), now.get(key)
+        if isinstance(before, dict) and isinstance(after, dict):
+            found += [f"{key}.{path}" for path in changed_settings(before, after)]
+        elif before != after:
+            found.append(key)
+    return found

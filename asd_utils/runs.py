@@ -169,19 +169,23 @@ def takeover_note(holder: dict, output_root: str | os.PathLike) -> str:
 
 
 def status(output_root: str | os.PathLike) -> str:
-    """One line on the run in ``output_root``: running (pid, chapter), finished, failed,
-    interrupted — or dead: a record that says ``running`` while no process holds the lock
-    (killed outright). "no run" when there is no record."""
+    """One line on the run in ``output_root``: running (pid, chapter; a stage command such as
+    ``asd train``, which keeps no record, by its lock), finished, failed, interrupted — or dead:
+    a record that says ``running`` while no process holds the lock (killed outright). "no run"
+    when there is no record and no live lock."""
     root = Path(output_root)
     record = _read_holder(root / RECORD_NAME)
+    holder = _read_holder(root / LOCK_NAME)
+    state = record.get("status", "unknown")
+    if holder_alive(holder) and state != "running":  # a stage command (it keeps no record)
+        last = f"; the last recorded run: {state}" if record else ""
+        return f"{root}: running: {describe_holder(holder)}{last}"
     if not record:
         return f"{root}: no run recorded"
-    state = record.get("status", "unknown")
     chapter = record.get("chapter")
     when = record.get("written", "?")
     if state != "running":
         return f"{root}: {state} (recorded {when})"
-    holder = _read_holder(root / LOCK_NAME)
     if holder_alive(holder):
         where = f" in chapter {chapter}" if chapter else ""
         return f"{root}: running{where}: {describe_holder(holder)}"

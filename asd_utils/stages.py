@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,7 +36,7 @@ import pandas as pd
 
 from asd_utils import config, data, errors, registry
 from asd_utils.evaluation import metrics, official
-from asd_utils.files import atomic_write_text, write_table
+from asd_utils.files import atomic_write_text, unescape_formulas, write_table
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +56,7 @@ class Run:
     paths: config.RunPaths
     profile_file: Path
     _clips: pd.DataFrame | None = field(default=None, repr=False)
+    _fingerprint: str | None = field(default=None, repr=False)
 
     @property
     def seed(self) -> int:
@@ -61,6 +64,13 @@ class Run:
 
     def system_dir(self, system: str) -> Path:
         return self.paths.system_dir(system)
+
+    @property
+    def fingerprint(self) -> str:
+        """The clip manifest's fingerprint (:func:`asd_utils.data.clip_fingerprint`)."""
+        if self._fingerprint is None:
+            self._fingerprint = data.clip_fingerprint(self.clips)
+        return self._fingerprint
 
     @property
     def clips(self) -> pd.DataFrame:
@@ -121,8 +131,9 @@ def prepare(run: Run) -> pd.DataFrame:
     data.check_machine_types(clips)  # the door: train and test, both domains in training
     skipped = systems.unavailable(clips)
     systems.check_checkpoints(run.profile, skip=set(skipped))
+    systems.check_clip_lengths(run.profile, clips, skip=set(skipped))
     write_manifest(run.paths.output_root, run.paths.data_root, clips)
-    run._clips = clips
+    run._clips, run._fingerprint = clips, None
     _, no_truth = metrics.labelled(clips)
     if no_truth:
         log.info("prepare: %s", metrics.no_ground_truth_note(no_truth))
@@ -153,7 +164,8 @@ def write_manifest(output_root: str | Path, data_root: str | Path, clips: pd.Dat
 def read_manifest(output_root: str | Path, data_root: str | Path) -> pd.DataFrame | None:
     """The clip manifest of ``output_root`` if it was written for ``data_root`` and its clips are
     unchanged on disk (same fingerprint); else ``None``. Same columns and types as
-    :func:`asd_utils.data.index_dataset`."""
+    :func:`asd_utils.data.index_dataset`. Clips added or removed since (a folder listing of
+    ``data_root``) are a :class:`~asd_utils.data.DataError`: a stage never mixes them."""
     output_root = Path(output_root)
     try:
         about = json.loads((output_root / "clips.json").read_text())
@@ -167,13 +179,25 @@ def read_manifest(output_root: str | Path, data_root: str | Path) -> pd.DataFram
         )
     except (OSError, ValueError, KeyError):
         return None
-    clips = clips[data.COLUMNS]
-    try:
-        if data.clip_fingerprint(clips) != about["fingerprint"]:
-            return None
-    except OSError:  # a clip is gone
+    clips = unescape_formulas(clips[data.COLUMNS])
+    _refuse_changed_listing(clips, Path(data_root))
+    if data.clip_fingerprint(clips) != about["fingerprint"]:
         return None
     return clips
+
+
+def _refuse_changed_listing(clips: pd.DataFrame, data_root: Path) -> None:
+    """A :class:`~asd_utils.data.DataError` when the clips under ``data_root`` (a folder
+    listing) are not the manifest's ``clips``: some added or removed since it was written."""
+    listed = set(data.clip_paths(data_root))
+    added, removed = sorted(listed - set(clips["path"])), sorted(set(clips["path"]) - listed)
+    if added or removed:
+        example = (added or removed)[0]
+        raise data.DataError(
+            f"{len(added)} clips added and {len(removed)} removed under {data_root} since "
+            f"`asd prepare` wrote the clip manifest (e.g. {example}): run `asd prepare` again, "
+            "then the stages after it (or `asd run`)"
+        )
 
 
 # --- the systems that make their official files directly ------------------------------------------
@@ -190,8 +214,61 @@ def write_system(
     directory = run.system_dir(system)
     thresholds = official.write_submission(scores, directory, **run.profile["decision"])
     write_table(scores, directory / SCORES)
-    write_info(directory, system, parameters, **info)
+    write_info(directory, system, parameters, **info, **made(run, system))
     return thresholds
+
+
+def made(run: Run, system: str) -> dict:
+    """What a system's ``system.json`` records of how it was made: the settings
+    (:func:`asd_utils.registry.made_with`, as JSON keeps them) and the clip manifest's
+    fingerprint; :func:`check_made` compares them with the run's now."""
+    settings = json.loads(json.dumps(registry.made_with(run.profile, system)))
+    return {"made_with": settings, "clips_fingerprint": run.fingerprint}
+
+
+def check_made(run: Run, system: str, keys=None) -> dict:
+    """``system``'s ``system.json``, after checking that it was made with this run's settings
+    (the top-level ``keys`` of them; default all) and clips; else a :class:`RunError` in one
+    line naming what changed. A system written before these were recorded passes."""
+    path = run.system_dir(system) / "system.json"
+    try:
+        info = json.loads(path.read_text())
+    except (OSError, ValueError):
+        raise errors.RunError(
+            f"{system} has no readable {path}: run the stage that makes it first ({_maker(system)})"
+        ) from None
+    now = made(run, system)
+    if "made_with" in info:
+        changed = registry.changed_settings(info["made_with"], now["made_with"], keys)
+        if changed:
+            shown = ", ".join(changed[:3]) + (
+                f" and {len(changed) - 3} more" if changed[3:] else ""
+            )
+            raise errors.RunError(
+                f"{system} was made with other settings than the profile's now ({shown} "
+                f"changed): run {_maker(system)} again with this profile, or go back to the "
+                "profile it was made with; its results and this profile's are not mixed"
+            )
+    if info.get("clips_fingerprint", now["clips_fingerprint"]) != now["clips_fingerprint"]:
+        raise errors.RunError(
+            f"{system} was made from other clips than the manifest's now ({run.paths.data_root} "
+            f"changed, or `asd prepare` ran since): run {_maker(system)} again"
+        )
+    return info
+
+
+def _maker(system: str) -> str:
+    """The command that makes ``system`` (for a message saying what to run first)."""
+    kind = registry.get(system).kind
+    if kind == "fine-tuned":
+        base = registry.get(system).name
+        return f'`asd train --system "{base}"`, `asd embed --system "{base}"`, `asd score`'
+    return {
+        "autoencoder": "`asd baseline`",
+        "frozen": "`asd frozen`",
+        "floor": "`asd frozen`",
+        "ensemble": "`asd ensemble`",
+    }[kind]
 
 
 @dataclass
@@ -366,6 +443,7 @@ def train(
         systems.parameter_count(result.ema_model),
         classes=len(classes),
         **extra,
+        **made(run, name or system),
     )
     log.info("train: %s: %s", name or system, result.summary)
     return result
@@ -438,23 +516,54 @@ def score(run: Run, systems: list[str] | None = None) -> dict[str, pd.DataFrame]
     default back end against its training clips, and write its official files
     (:func:`write_system` less ``system.json``, which training wrote). Returns
     ``{system: scores}``."""
-    from asd_utils import scoring
 
     backend, options = backend_settings(run.profile)
+    chosen = systems if systems is not None else embedded(run)
+    if not chosen:
+        raise errors.RunError(
+            f"nothing embedded in {run.paths.output_root / 'systems'} to score: run "
+            '`asd train --system "System 1"` and `asd embed --system "System 1"` (or any '
+            "fine-tuned system) first"
+        )
     out = {}
-    for system in systems if systems is not None else embedded(run):
-        clips, embeddings = scoring.load_embeddings(run.system_dir(system))
+    for system in chosen:
+        clips, embeddings, info = _embeddings_of(run, system)
         scores = _score(clips, embeddings, knn_k(run.profile, system), backend, options, run.seed)
         official.write_submission(scores, run.system_dir(system), **run.profile["decision"])
         write_table(scores, run.system_dir(system) / SCORES)
+        info = {**info, **made(run, system)}  # scored now as the profile says
+        atomic_write_text(run.system_dir(system) / "system.json", json.dumps(info, indent=2))
         out[system] = scores
         log.info("score: %s, %s clips by %s", system, f"{len(clips):,}", backend)
     return out
 
 
+def _embeddings_of(run: Run, system: str) -> tuple[pd.DataFrame, np.ndarray, dict]:
+    """A system's saved embeddings, their clips and its ``system.json``, after checking that
+    they were made with this run's training settings and are of the manifest's clips (else one
+    line saying what to run again)."""
+    from asd_utils import scoring
+
+    if not (run.system_dir(system) / scoring.EMBEDDINGS).is_file():
+        raise errors.RunError(
+            f"{system} has no embeddings in {run.system_dir(system)}: run "
+            f'`asd embed --system "{registry.get(system).name}"` first'
+        )
+    entry = registry.get(system)
+    info = check_made(run, system, keys={"seed", entry.section, "anc"})
+    clips, embeddings = scoring.load_embeddings(run.system_dir(system))
+    if list(clips["path"]) != list(run.clips["path"]):
+        raise errors.RunError(
+            f"{system}'s embeddings are of {len(clips)} clips, the manifest lists "
+            f"{len(run.clips)} (clips added or removed since): run "
+            f'`asd embed --system "{entry.name}"` again'
+        )
+    return clips, embeddings, info
+
+
 def read_scores(run: Run, system: str) -> pd.DataFrame:
     """A system's ``scores.csv`` (every clip, train and test)."""
-    return pd.read_csv(run.system_dir(system) / SCORES, dtype={"section": str})
+    return unescape_formulas(pd.read_csv(run.system_dir(system) / SCORES, dtype={"section": str}))
 
 
 def written(run: Run) -> list[str]:
@@ -475,10 +584,11 @@ class EnsembleOutcome:
     weights: dict[str, float]
 
 
-def ensemble(run: Run) -> EnsembleOutcome:
+def ensemble(run: Run, required: bool = False) -> EnsembleOutcome:
     """The ensemble system (System 4): the profile's members' scores, normalised with their
     training clips' statistics and combined with their weights (:mod:`asd_utils.systems.ensemble`),
-    written as a system. Members this run did not make are left out and named."""
+    written as a system. Members this run did not make are left out and named; with none of
+    them, nothing is written (``required``: a :class:`RunError` saying what to run first)."""
     from asd_utils.systems import ensemble as combine
 
     spec = run.profile["ensemble"]
@@ -487,9 +597,17 @@ def ensemble(run: Run) -> EnsembleOutcome:
     members = [m for m in spec["members"] if m in ran]
     missing = [m for m in spec["members"] if m not in ran]
     weights = dict(zip(spec["members"], spec["weights"], strict=True))
+    if not members and required:
+        raise errors.RunError(
+            f"none of {name}'s members ({', '.join(spec['members'])}) is scored in "
+            f"{run.paths.output_root / 'systems'}: run `asd score` (after `asd embed`) or "
+            "`asd frozen` first"
+        )
     if not members:
         log.info("ensemble: none of its members (%s) ran", ", ".join(spec["members"]))
         return EnsembleOutcome(None, [], missing, weights)
+    for member in members:
+        check_made(run, member)
     scores = combine.combine(
         {m: read_scores(run, m) for m in members},
         {m: weights[m] for m in members},
@@ -520,8 +638,15 @@ def evaluate(run: Run) -> Evaluation:
     compute AUC (source), AUC (target) and pAUC per section where the test names carry ground
     truth, and write ``metrics.csv`` (long) and ``table2.csv`` (the paper's layout)."""
     root = run.paths.output_root / "systems"
-    found = sorted(p.name for p in root.iterdir() if any(p.glob("anomaly_score_*.csv")))
-    names = registry.ordered(found)
+    found = root.iterdir() if root.is_dir() else []
+    names = registry.ordered(sorted(p.name for p in found if any(p.glob("anomaly_score_*.csv"))))
+    if not names:
+        raise errors.RunError(
+            f"nothing scored in {root} to evaluate: run `asd score` (after `asd embed`), "
+            "`asd baseline` or `asd frozen` first"
+        )
+    for system in names:
+        check_made(run, system)
     scores = pd.concat(
         [official.read_system_scores(root / s).assign(system=s) for s in names], ignore_index=True
     )
@@ -541,10 +666,17 @@ def package(run: Run, systems: list[str] | None = None, label: str | None = None
     its folder, or ``None`` when none of them ran."""
     from asd_utils import submission
 
+    if not systems and not written(run):
+        raise errors.RunError(
+            f"nothing scored in {run.paths.output_root / 'systems'} to package: run the "
+            "stages before `asd package` first (`asd run` makes them all)"
+        )
     chosen = systems or [s for s in run.profile["submission"]["systems"] if s in written(run)]
     if not chosen:
         log.info("package: none of the submission systems ran; no package")
         return None
+    for system in chosen:
+        check_made(run, system)
     folder = submission.write_package(
         run.paths.output_root,
         run.paths.data_root,
@@ -559,15 +691,45 @@ def package(run: Run, systems: list[str] | None = None, label: str | None = None
 
 # --- all of them ---------------------------------------------------------------------------------
 
+DERIVED = (
+    "systems",
+    "metrics.csv",
+    "table2.csv",
+    "backends.csv",
+    "submission",
+    "executed",
+    "book_source",
+)
+"""What a run derives in its output folder and a new full run (``asd run``, ``asd report``)
+removes first (``training/``, the cached training runs and embeddings keyed by their inputs,
+stays)."""
+
+
+def clear_derived(output_root: Path) -> list[str]:
+    """Remove the results of an earlier run (:data:`DERIVED`) so that tables, the ensemble, the
+    package and the book show only what this run computes. Returns what was removed."""
+    removed = []
+    for name in DERIVED:
+        path = output_root / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+        else:
+            continue
+        removed.append(name)
+    return removed
+
 
 def run_all(
     run: Run, progress: bool = True, seconds: dict | None = None, on_stage=None
 ) -> Evaluation:
-    """Every stage in order, no notebook: prepare, the baseline, every fine-tuned system the data
-    can feed (train, embed; the ablations the profile asks for), score, System 0 and the floor,
-    the ensemble, evaluate, package. What ``asd run`` does; the report's notebooks call the same
-    functions. ``seconds`` receives each stage's time as it ends; ``on_stage(name)`` is called
-    as each begins."""
+    """Every stage in order, no notebook, after the previous run's derived results are
+    removed (:func:`clear_derived`, as the report does): prepare, the baseline, every
+    fine-tuned system the data can feed (train, embed; the ablations the profile asks for),
+    score, System 0 and the floor, the ensemble, evaluate, package. What ``asd run`` does; the
+    report's notebooks call the same functions. ``seconds`` receives each stage's time as it
+    ends; ``on_stage(name)`` is called as each begins."""
     seconds = {} if seconds is None else seconds
 
     def stage(name, function, *args, **kwargs):
@@ -578,6 +740,9 @@ def run_all(
         seconds[name] = round(seconds.get(name, 0.0) + time.perf_counter() - start, 1)
         return out
 
+    removed = clear_derived(run.paths.output_root)
+    if removed:
+        log.info("removed the previous run's %s", ", ".join(removed))
     stage("prepare", prepare, run)
     stage("baseline", baseline, run, progress=progress)
     for system in trainable(run):
@@ -662,6 +827,13 @@ def new_clips(paths, channels: int = 1, machine_type: str = "", section: str = "
     return pd.DataFrame(rows, columns=data.COLUMNS)
 
 
+DETECTED = ("file", "path", "part", "start", "end", "anomaly_score", "decision")
+"""The columns :func:`detect` writes (its header: how a later ``detect`` knows its own file)."""
+LONG_FACTOR = 1.5
+"""A new recording longer than this many times the reference clips' length is scored in
+windows of that length (:func:`detect`)."""
+
+
 def detect(
     run: Run,
     system: str,
@@ -674,7 +846,14 @@ def detect(
     scored against the training clips of ``machine_type`` / ``section`` (default: the run's only
     ones) with the profile's back end, and decided with that section's threshold (the profile's
     decision rule on its training clips' scores, as the official files). Writes ``output``
-    (``file, path, anomaly_score, decision``) and returns it.
+    (:data:`DETECTED`) and returns it.
+
+    A recording up to :data:`LONG_FACTOR` times the reference clips' length is one row
+    (``part`` "recording"). A longer one (a 10-minute take) is cut into consecutive windows of
+    the reference length (the last one ends at the recording's end), each scored as a clip (a
+    row ``part`` "window", ``start``/``end`` in seconds); its "recording" row holds the mean of
+    its windows' scores, decided by the same threshold. ``output`` is written only when it is
+    new, empty, or an earlier ``detect`` output (:func:`claim_output`).
     """
     entry = registry.get(system)
     if not entry.trainable or system != entry.name:
@@ -682,24 +861,23 @@ def detect(
             f"detect scores with a fine-tuned system ({', '.join(registry.of_kind('fine-tuned'))}),"
             f" not {system!r}"
         )
+    output = claim_output(run, output)
     part, machine_type, section = _detect_reference(run, system, machine_type, section)
     new = new_clips(paths, 2 if entry.needs_far else 1, machine_type, section)
-    scores = _detect_scores(run, system, part, new)
+    with tempfile.TemporaryDirectory(prefix="asd-detect-") as folder:
+        windows = _windows(new, float(part["duration"].max()), Path(folder))
+        scores = _detect_scores(run, system, part, windows[data.COLUMNS])
     train_scores = scores.loc[scores["split"] == "train", "anomaly_score"]
     threshold = metrics.decision_threshold(train_scores, **run.profile["decision"])
-    found = scores[scores["dataset"] == "new"]
-    out = pd.DataFrame(
-        {
-            "file": found["file_name"],
-            "path": found["path"],
-            "anomaly_score": found["anomaly_score"],
-            "decision": (found["anomaly_score"] > threshold).astype(int),
-        }
+    found = windows.assign(
+        anomaly_score=scores.loc[scores["dataset"] == "new", "anomaly_score"].to_numpy()
     )
+    out = _detected(new, found)
+    out["decision"] = (out["anomaly_score"] > threshold).astype(int)
     write_table(out, output)
     log.info(
-        "detect: %d clips scored by %s against %s section %s (threshold %.6g): %s",
-        len(out),
+        "detect: %d recordings scored by %s against %s section %s (threshold %.6g): %s",
+        len(new),
         system,
         machine_type,
         section,
@@ -707,6 +885,76 @@ def detect(
         output,
     )
     return out
+
+
+def claim_output(run: Run, output: str | Path) -> Path:
+    """``output`` (normalised) if :func:`detect` may write it: a new or empty file, or one an
+    earlier ``detect`` wrote (its header :data:`DETECTED`); never a folder, a file inside the
+    data root, or any other file (the run's own ``clips.csv`` included)."""
+    from asd_utils.files import refuse_protected
+
+    protected = {"the data root": run.paths.data_root, "the output root": run.paths.output_root}
+    path = refuse_protected(output, "--output", protected)
+    if not path.exists() or (path.is_file() and path.stat().st_size == 0):
+        return path
+    try:
+        with open(path, encoding="utf-8") as f:
+            header = f.readline().strip()
+    except (OSError, UnicodeDecodeError):
+        header = None
+    if header != ",".join(DETECTED):
+        raise errors.RunError(
+            f"--output {path} exists and is not a file `asd detect` wrote; it is never "
+            "overwritten: choose a new file name"
+        )
+    return path
+
+
+def _windows(new: pd.DataFrame, length: float, folder: Path) -> pd.DataFrame:
+    """The clip table of what :func:`detect` embeds: each recording of ``new`` whole, or, when
+    longer than :data:`LONG_FACTOR` × ``length`` seconds, its windows of ``length`` seconds
+    (written as WAV files under ``folder``, in the recording's encoding); with ``recording``
+    (the row of ``new``), ``start`` and ``end`` (seconds)."""
+    import soundfile as sf
+
+    rows = []
+    for n, clip in enumerate(new.to_dict("records")):
+        if clip["duration"] <= LONG_FACTOR * length:
+            rows.append({**clip, "recording": n, "start": 0.0, "end": clip["duration"]})
+            continue
+        size = int(round(length * clip["sample_rate"]))
+        starts = list(range(0, clip["frames"] - size + 1, size))
+        starts += [clip["frames"] - size] if starts[-1] + size < clip["frames"] else []
+        subtype = sf.info(clip["path"]).subtype
+        for k, first in enumerate(starts):
+            audio, rate = sf.read(clip["path"], start=first, frames=size, always_2d=True)
+            target = folder / f"{n:05d}_{k:05d}.wav"
+            sf.write(target, audio, rate, subtype=subtype, format="WAV")
+            begin = first / rate
+            rows.append(
+                {**clip, "path": str(target), "frames": size, "duration": size / rate,
+                 "recording": n, "start": begin, "end": begin + size / rate}
+            )  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def _detected(new: pd.DataFrame, found: pd.DataFrame) -> pd.DataFrame:
+    """:func:`detect`'s rows (less the decision) from the scored parts ``found``: one
+    "recording" row per recording of ``new`` (a windowed one: the mean of its windows), then
+    its "window" rows."""
+    rows = []
+    for n, clip in enumerate(new.to_dict("records")):
+        parts = found[found["recording"] == n]
+        about = {"file": clip["file_name"], "path": clip["path"]}
+        whole = {"part": "recording", "start": 0.0, "end": clip["duration"]}
+        rows.append({**about, **whole, "anomaly_score": parts["anomaly_score"].mean()})
+        if len(parts) > 1 or parts["path"].iloc[0] != clip["path"]:
+            rows += [
+                {**about, "part": "window", "start": w.start, "end": w.end,
+                 "anomaly_score": w.anomaly_score}
+                for w in parts.itertuples()
+            ]  # fmt: skip
+    return pd.DataFrame(rows, columns=list(DETECTED[:-1]))
 
 
 def _detect_reference(

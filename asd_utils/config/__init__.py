@@ -19,8 +19,9 @@ from pathlib import Path
 import pydantic
 import yaml
 
+from asd_utils import registry
 from asd_utils.config import schema as schema
-from asd_utils.errors import UserError
+from asd_utils.errors import RunError, UserError
 from asd_utils.files import atomic_write_text
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -192,13 +193,24 @@ def freeze_profile(profile: dict, path: str | os.PathLike) -> Path:
 
 def _from_repo(path: str | os.PathLike) -> Path:
     path = Path(path).expanduser()
-    return path if path.is_absolute() else REPO_ROOT / path
+    return Path(os.path.normpath(path if path.is_absolute() else REPO_ROOT / path))
 
 
 def _from_user(path: str | os.PathLike) -> Path:
     """A path the user typed (argument or environment variable): relative to the current
-    directory, made absolute (the notebooks run elsewhere)."""
-    return Path(path).expanduser().absolute()
+    directory, made absolute (the notebooks run elsewhere) and normalised (``x/../DATA`` is
+    ``DATA``: one folder, one key)."""
+    return Path(os.path.normpath(Path(path).expanduser().absolute()))
+
+
+def absolute_checkpoints() -> None:
+    """Make a relative ``$EAT_CHECKPOINT`` / ``$BEATS_CHECKPOINT`` absolute (from the current
+    directory, as the user meant it) in this process's environment, which the notebooks'
+    kernels inherit (they run from the repository)."""
+    for variable in registry.CHECKPOINT_ENV.values():
+        value = os.environ.get(variable)
+        if value and not Path(value).expanduser().is_absolute():
+            os.environ[variable] = str(_from_user(value))
 
 
 @dataclass(frozen=True)
@@ -223,7 +235,10 @@ def resolve_paths(
 ) -> RunPaths:
     """Resolve the run's data and output roots (argument > environment > profile default);
     a given relative path is taken from the current directory, a profile default from the
-    repository root."""
+    repository root; both normalised. An output root inside the data root (which is only read)
+    is a :class:`~asd_utils.errors.RunError`; a relative checkpoint variable is made absolute
+    (:func:`absolute_checkpoints`)."""
+    absolute_checkpoints()
     given = data_root or os.environ.get("DATA_ROOT") or None
     synthetic_root = _from_repo(profile["data"]["synthetic_root"])
     data = _from_user(given) if given else synthetic_root
@@ -231,4 +246,9 @@ def resolve_paths(
     out = _from_user(out) if out else _from_repo(f"outputs/{profile['name']}")
     # The pipeline hands the resolved root to each notebook: the same root is still synthetic.
     synthetic = data.resolve() == synthetic_root.resolve()
+    if data.resolve() in (out.resolve(), *out.resolve().parents):
+        raise RunError(
+            f"output root {out} is inside the data root {data}, which is only read: choose an "
+            "--output-root outside it"
+        )
     return RunPaths(data_root=data, output_root=out, synthetic=synthetic)

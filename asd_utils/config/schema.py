@@ -282,7 +282,8 @@ class Submission(Section):
 class Profile(Section):
     """A whole profile."""
 
-    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+$")]
+    # a folder name (outputs/<name>, data/synthetic/<name>): not "." or "..", nothing hidden
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-][A-Za-z0-9_.-]*$")]
     seed: int
     data: Data
     synth: Synth

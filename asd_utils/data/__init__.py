@@ -152,8 +152,26 @@ def dataset_of(folder: Path) -> str:
     )
 
 
+def _refuse_too_deep(data_root: Path) -> None:
+    """A DataError when ``data_root`` is a folder inside a DCASE tree (one holding ``raw/``,
+    or a machine type folder holding ``train/``/``test/``), naming the root to give instead."""
+    if (data_root / "raw").is_dir():
+        inner, parent = "raw/", data_root.parent
+    elif any((data_root / split).is_dir() for split in SPLITS):
+        inner = "train/ or test/"
+        parent = data_root.parents[2] if data_root.parent.name == "raw" else data_root.parent
+    else:
+        return
+    raise DataError(
+        f"data_root {str(data_root)!r} is a folder inside a DCASE tree (it holds {inner}): give "
+        f"the tree's root, e.g. --data-root {parent}; expected {EXPECTED_LAYOUT}"
+    )
+
+
 def _machine_type_dirs(data_root: Path) -> list[Path]:
-    """Every machine type folder (one with train/ or test/) under ``data_root``."""
+    """Every machine type folder (one with train/ or test/) under ``data_root``; a root one or
+    more levels too deep is refused (:func:`_refuse_too_deep`)."""
+    _refuse_too_deep(data_root)
     dirs = []
     for root in _raw_roots(data_root):
         for folder in sorted(p for p in root.iterdir() if p.is_dir() and p.name[0] != "."):
@@ -175,6 +193,13 @@ def machine_types(data_root: str | os.PathLike) -> list[str]:
     sorted case-insensitively."""
     names = {folder.name for folder in _machine_type_dirs(Path(data_root).expanduser())}
     return sorted(names, key=lambda n: (n.lower(), n))
+
+
+def clip_paths(data_root: str | os.PathLike) -> list[str]:
+    """The paths of every clip under ``data_root`` as :func:`index_dataset` names them, from a
+    folder listing alone (no file is opened)."""
+    root = Path(data_root).expanduser().absolute()
+    return [str(path) for *_, path in _clip_files(_machine_type_dirs(root), None)]
 
 
 def _truncation(path: Path) -> str | None:
@@ -746,12 +771,17 @@ def prepare_data(profile: dict, paths, progress: bool = True) -> Path:
     """Make sure the run's dataset exists: generate the synthetic one if needed (idempotent).
 
     A user-given data root is never written to; it must already hold a DCASE tree. The
-    profile's own synthetic root is made again when its settings or the generator changed.
+    profile's own synthetic root is made again when its settings or the generator changed, and
+    only when it is the generator's (never a real tree, the output root or the checkout).
     ``paths``: the run's :class:`asd_utils.config.RunPaths`.
     """
     if paths.synthetic:
+        from asd_utils.config import REPO_ROOT
         from asd_utils.data.synth import SynthConfig, generate_dataset
+        from asd_utils.files import refuse_protected
 
+        protected = {"the output root": paths.output_root, "the checkout": REPO_ROOT}
+        refuse_protected(paths.data_root, "the synthetic data root", protected)
         generate_dataset(
             paths.data_root,
             SynthConfig.from_dict(profile["synth"]),

@@ -41,7 +41,7 @@ from scipy import signal
 from tqdm import tqdm
 
 from asd_utils.data import write_wav
-from asd_utils.files import atomic_write_text
+from asd_utils.files import atomic_write_text, claim_folder, write_marker
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +65,7 @@ EVAL_CLIP_SECONDS = {
 16 s; which type gets which length is our choice (the public listing gives names, not lengths)."""
 
 MANIFEST = "synth_config.json"
+DATASET_FOLDERS = ("dev_data", "eval_data")  # what the generator writes beside its MANIFEST
 
 
 @dataclass(frozen=True)
@@ -796,11 +797,15 @@ def generate_dataset(
     starts again. A root holding a dataset made with another config (or an older generator
     version) is never silently reused: it is an error, or with ``replace=True`` (a profile's own
     synthetic root, which only this function writes) its ``dev_data`` and ``eval_data`` trees
-    are deleted and made again. ``workers`` processes render the clips (default: one per core
-    for more than 100 clips); the files do not depend on it.
+    are deleted and made again. A root holding anything else (a real DCASE tree, the user's
+    files: :func:`asd_utils.files.claim_folder`) is refused before anything is written or
+    deleted; the generator marks its root first. ``workers`` processes render the clips
+    (default: one per core for more than 100 clips); the files do not depend on it.
     """
     root = Path(root)
     manifest = root / MANIFEST
+    own = (MANIFEST, *DATASET_FOLDERS)
+    claim_folder(root, "the synthetic data root", own if manifest.is_file() else ())
     if manifest.exists():
         found = json.loads(manifest.read_text())
         if found.get("fingerprint") == config.fingerprint():
@@ -814,8 +819,10 @@ def generate_dataset(
             raise FileExistsError(f"{why}; delete it or choose another data_root")
         log.info("%s: making it again", why)
         manifest.unlink()
-        for part in ("dev_data", "eval_data"):
+        for part in DATASET_FOLDERS:
             shutil.rmtree(root / part, ignore_errors=True)
+    root.mkdir(parents=True, exist_ok=True)
+    write_marker(root, own)  # first: a crash leaves a root the next call may finish
     start = time.perf_counter()
     plan = clip_plan(config)
     _render_clips(root, config, plan, workers, progress)

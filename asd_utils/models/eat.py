@@ -35,6 +35,8 @@ from torch import nn
 
 from asd_utils.frontends.features import eat_normalize, kaldi_fbank
 from asd_utils.models.common import (
+    FRAME_LENGTH,
+    FRAME_SHIFT,
     CheckpointError,
     DropPath,
     autocast_off,
@@ -128,15 +130,42 @@ class EATConfig:
         if unknown:
             warnings.warn(f"EAT config: ignoring unknown fields {unknown}", stacklevel=2)
         values = {key: value for key, value in cfg.items() if key in names}
+        for field in dataclasses.fields(cls):
+            if field.name in values and not _same_kind(values[field.name], field.default):
+                got = values[field.name]
+                raise CheckpointError(
+                    f"EAT config: {field.name} must be of type {type(field.default).__name__} "
+                    f"(as {field.default!r}), got {got!r} ({type(got).__name__})"
+                )
         if "img_size" in values:
             values["img_size"] = tuple(values["img_size"])
         return cls(**values)
+
+    def max_seconds(self, sample_rate: int = 16000) -> float:
+        """The longest clip the position table takes, in seconds: ``max_length`` time patches
+        of ``stride`` 10 ms fbank frames (25 ms window)."""
+        frames = self.max_length * self.stride
+        return ((frames - 1) * FRAME_SHIFT + FRAME_LENGTH) / sample_rate
 
     def to_dict(self) -> dict[str, Any]:
         """Every field, JSON-ready (``img_size`` as a list)."""
         values = dataclasses.asdict(self)
         values["img_size"] = list(values["img_size"])
         return values
+
+
+def _same_kind(value: Any, default: Any) -> bool:
+    """Whether a ``config.json`` value has the type of a field's default (an int for a float;
+    a list of ints for a pair; never a bool for a number)."""
+    if isinstance(default, bool) or isinstance(value, bool):
+        return isinstance(value, bool) and isinstance(default, bool)
+    if isinstance(default, float):
+        return isinstance(value, int | float)
+    if isinstance(default, tuple):
+        return isinstance(value, list | tuple) and all(
+            isinstance(v, int) and not isinstance(v, bool) for v in value
+        )
+    return isinstance(value, type(default))
 
 
 def sincos_positions(embed_dim: int, n_time: int, n_freq: int) -> torch.Tensor:
@@ -492,7 +521,11 @@ class EAT(nn.Module):
             raise CheckpointError(
                 f"{weights_path}: not a safetensors file ({error}); expected EAT's weights"
             ) from error
-        model = cls(EATConfig.from_dict(cfg), target_length=target_length)
+        try:
+            config = EATConfig.from_dict(cfg)
+        except CheckpointError as error:
+            raise CheckpointError(f"{config_path}: {error}") from None
+        model = cls(config, target_length=target_length)
         load_strict(model._prefixed(), tensors, str(weights_path))
         return model.eval()
 

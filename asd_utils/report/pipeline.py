@@ -25,7 +25,7 @@ from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 
-from asd_utils import data, errors, runs
+from asd_utils import data, errors, runs, stages
 from asd_utils.config import (
     REPO_ROOT,
     RunPaths,
@@ -62,6 +62,20 @@ def notebooks() -> list[Path]:
     if not found:
         raise FileNotFoundError(f"no notebooks in {NOTEBOOK_DIR}")
     return found
+
+
+def check_only(only: list[str] | None) -> None:
+    """A :class:`~asd_utils.errors.UserError` when an ``--only`` value names no notebook (by
+    number or name), listing those there are."""
+    if not only:
+        return
+    known = [(nb.stem[:2], nb.stem) for nb in notebooks()]
+    unknown = [o for o in only if not any(o in pair for pair in known)]
+    if unknown:
+        raise errors.UserError(
+            f"--only {' '.join(unknown)}: no such notebook; choose numbers or "
+            f"names of {', '.join(stem for _, stem in known)}"
+        )
 
 
 def git_commit() -> str:
@@ -105,6 +119,7 @@ def preflight(paths: RunPaths, profile: dict | None = None) -> dict:
     skipped = systems.unavailable(clips)
     if profile is not None:
         systems.check_checkpoints(profile, skip=set(skipped))
+        systems.check_clip_lengths(profile, clips, skip=set(skipped))
     _, no_truth = metrics.labelled(clips)
     sets = {
         name: sorted(part["machine_type"].unique(), key=metrics.machine_sort_key)
@@ -122,33 +137,8 @@ def preflight(paths: RunPaths, profile: dict | None = None) -> dict:
     return {"machine_types": sets, "no_ground_truth": no_truth, "systems_skipped": skipped}
 
 
-DERIVED = (
-    "systems",
-    "metrics.csv",
-    "table2.csv",
-    "backends.csv",
-    "submission",
-    "executed",
-    "book_source",
-)
-"""What a run derives in its output folder and a new full run removes first (``training/``,
-the cached training runs and embeddings keyed by their inputs, stays)."""
-
-
-def clear_derived(output_root: Path) -> list[str]:
-    """Remove the results of an earlier run (:data:`DERIVED`) so that tables, the ensemble, the
-    package and the book show only what this run computes. Returns what was removed."""
-    removed = []
-    for name in DERIVED:
-        path = output_root / name
-        if path.is_dir():
-            shutil.rmtree(path)
-        elif path.exists():
-            path.unlink()
-        else:
-            continue
-        removed.append(name)
-    return removed
+DERIVED = stages.DERIVED  # what a new full run removes first (asd run does the same)
+clear_derived = stages.clear_derived
 
 
 def run_record(
@@ -377,6 +367,7 @@ def run(
     ``<output_root>/profile.yaml`` of the validated profile. Ctrl-C or SIGTERM records
     ``interrupted at <chapter>`` and raises :class:`asd_utils.errors.Interrupted` saying so.
     """
+    check_only(only)
     profile = load_profile(profile_name)
     paths = resolve_paths(profile, data_root, output_root)
     runs.check_output_root(paths.output_root)

@@ -22,8 +22,8 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from asd_utils import data
-from asd_utils.files import atomic_path, write_table
+from asd_utils import data, errors
+from asd_utils.files import atomic_path, unescape_formulas, write_table
 from asd_utils.frontends.views import load_waveform
 
 # --- embeddings ----------------------------------------------------------------------------------
@@ -106,7 +106,7 @@ def extract_embeddings(
         key = embedding_cache_key(model, table, channel, preprocess_key, autocast)
         cache = Path(cache_dir) / f"embeddings_{key[:32]}.npy"
         if cache.is_file():
-            return np.load(cache)
+            return load_array(cache, len(table))
     parameter = next(iter(model.parameters()), None)
     device = parameter.device if parameter is not None else torch.device("cpu")
     frames = table["frames"].to_numpy() if "frames" in table else np.zeros(len(table))
@@ -416,8 +416,23 @@ def load_embeddings(directory: str | os.PathLike) -> tuple[pd.DataFrame, np.ndar
         keep_default_na=False,
         na_values=[""],
     )
+    table = unescape_formulas(table)
     table["attributes"] = table["attributes"].fillna("")
-    embeddings = np.load(directory / EMBEDDINGS)
-    if len(table) != len(embeddings):
-        raise ValueError(f"{directory}: {len(embeddings)} embeddings for {len(table)} clips")
-    return table, embeddings
+    return table, load_array(directory / EMBEDDINGS, len(table))
+
+
+def load_array(path: str | os.PathLike, rows: int) -> np.ndarray:
+    """An embeddings file (``.npy``): a float array of ``rows`` rows, never a pickled object
+    array (refused unread). Else a :class:`~asd_utils.errors.RunError` naming it."""
+    try:
+        array = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as err:
+        problem = errors.one_line(err)
+    else:
+        if array.dtype.kind == "f" and array.ndim >= 1 and len(array) == rows:
+            return array
+        problem = f"{array.dtype} array of shape {array.shape}, expected {rows} float rows"
+    raise errors.RunError(
+        f"embeddings file {path} cannot be used ({problem}); it is not one this project "
+        "wrote: delete it and run the stage again"
+    )

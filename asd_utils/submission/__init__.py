@@ -66,7 +66,13 @@ from asd_utils import config, data, errors, registry
 from asd_utils.evaluation import official
 from asd_utils.evaluation.metrics import METRICS, describe_decision, machine_sort_key
 from asd_utils.evaluation.official import KINDS, SubmissionError, csv_name
-from asd_utils.files import atomic_write_text
+from asd_utils.files import (
+    atomic_write_text,
+    claim_folder,
+    refuse_protected,
+    unescape_formulas,
+    write_marker,
+)
 
 log = logging.getLogger(__name__)
 
@@ -601,6 +607,7 @@ def _read_metrics(output_root: Path) -> pd.DataFrame | None:
     if not path.is_file():
         return None
     table = pd.read_csv(path, dtype={"section": str, "machine_type": str, "system": str})
+    table = unescape_formulas(table)
     missing = [c for c in ("machine_type", "system", *METRICS) if c not in table.columns]
     if missing:
         raise SubmissionError(f"{path} lacks columns {missing}")
@@ -699,6 +706,21 @@ def _replace_dir(new: Path, destination: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
+def _destination(output_root: Path, data_root, destination) -> Path:
+    """Where the package goes: ``<output_root>/submission`` (the run's own), or a
+    ``destination`` that is new, empty or a package this project wrote (its marker and nothing
+    else), and never the output root, the data root, the checkout or a folder holding one."""
+    if not destination:
+        return output_root / "submission"
+    protected = {
+        "the output root": output_root,
+        "the data root": Path(data_root),
+        "the checkout": config.REPO_ROOT,
+    }
+    destination = refuse_protected(destination, "--destination", protected)
+    return claim_folder(destination, "--destination")
+
+
 def write_package(
     output_root: str | os.PathLike,
     data_root: str | os.PathLike,
@@ -729,8 +751,8 @@ def write_package(
         raise SubmissionError(
             f"label {label!r} is not <Lastname>_<Institute> (letters, digits and '-', one '_')"
         )
+    destination = _destination(output_root, data_root, destination)
     chosen = choose_systems(output_root, profile, systems)
-    destination = Path(destination) if destination else output_root / "submission"
     clips = data.index_dataset(data_root) if clips is None else clips
     train_sets = set(clips.loc[clips["split"] == "train", "dataset"])
     clips = clips[clips["split"] == "test"]
@@ -752,7 +774,8 @@ def write_package(
             folders.append(f"{folder} = {system}")
             system_dir = output_root / "systems" / system
             info = _read_json(system_dir / "system.json")
-            meta = build_meta(folder, system, profile, info, metrics_table, development_data)
+            made = {**profile, **info.get("made_with", {})}  # the settings it was made with
+            meta = build_meta(folder, system, made, info, metrics_table, development_data)
             notes += [f"{folder}: {note}" for note in meta_notes(meta)]
             _write_system_folder(build, folder, system, meta, system_dir, clips)
         check_package(build / "task2", eval_clips)
@@ -763,6 +786,7 @@ def write_package(
             write_ground_truth(dev_clips, build / "ground_truth")
         if zip:
             _zip(build / "task2", build / f"{label}_task2.zip")
+        write_marker(build, [p.name for p in build.iterdir()])
         _replace_dir(build, destination)
     except BaseException:
         shutil.rmtree(build, ignore_errors=True)

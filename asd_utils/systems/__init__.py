@@ -147,6 +147,40 @@ def parameter_count(model: nn.Module) -> int:
     return int(sum(p.numel() for p in model.parameters()))
 
 
+def max_seconds(profile: dict, system: str) -> float | None:
+    """The longest clip ``system``'s encoder takes whole, in seconds (EAT: its position table,
+    :meth:`asd_utils.models.eat.EATConfig.max_seconds`); ``None`` for no limit (BEATs' relative
+    positions, the models without a backbone)."""
+    section = registry.get(system).section
+    values = settings(profile, system) if section in profile else {}
+    if values.get("backbone") != "eat":
+        return None
+    if not values["checkpoint"]:
+        return getattr(EATConfig, values["size"])().max_seconds()
+    path = Path(values["checkpoint"]) / "config.json"
+    try:
+        return EATConfig.from_dict(json.loads(path.read_text())).max_seconds()
+    except (OSError, ValueError, CheckpointError) as err:
+        raise errors.RunError(f"{system}: {path}: {errors.one_line(err)}") from None
+
+
+def check_clip_lengths(profile: dict, clips: pd.DataFrame, skip: Iterable[str] = ()) -> None:
+    """The door for clip lengths: a :class:`~asd_utils.data.DataError` naming the longest clip
+    and the limit in seconds when it is longer than an encoder of the profile's systems (less
+    ``skip``) takes whole (:func:`max_seconds`), before anything trains."""
+    if clips.empty:
+        return
+    longest = clips.loc[clips["duration"].idxmax()]
+    for system in registry.of_kind("fine-tuned", "frozen"):
+        limit = None if system in set(skip) else max_seconds(profile, system)
+        if limit is not None and longest["duration"] > limit:
+            raise data.DataError(
+                f"{longest['path']!r} is {longest['duration']:.1f} s long, longer than "
+                f"{system}'s EAT encoder takes ({limit:.1f} s, its position table): cut the "
+                f"clips into parts of at most {limit:.0f} s"
+            )
+
+
 def write_info(directory: str | Path, system: str, parameters: int, **extra) -> Path:
     """``<directory>/system.json``: the system's name, parameter count and ``extra`` (e.g.
     ``members`` of an ensemble, ``classes``), read by :mod:`asd_utils.submission`."""
