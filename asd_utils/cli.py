@@ -99,7 +99,7 @@ def _dispatch(args) -> None:
     if args.command == "report":
         from asd_utils.report import pipeline
 
-        pipeline.run(
+        record = pipeline.run(
             args.profile,
             args.data_root,
             args.output_root,
@@ -108,6 +108,7 @@ def _dispatch(args) -> None:
             args.only,
             args.kernel,
         )
+        _say_scores(record["output_root"])
         return
     if args.command == "train":
         from asd_utils.systems import train
@@ -126,11 +127,12 @@ def _dispatch(args) -> None:
         return
     if args.command == "status":
         profile = config.load_profile(args.profile)
-        print(
-            runs.status(config.resolve_paths(profile, args.data_root, args.output_root).output_root)
-        )
+        output_root = config.resolve_paths(profile, args.data_root, args.output_root).output_root
+        print(runs.status(output_root))
+        _say_scores(output_root)
         return
-    run = stages.open_run(args.profile, args.data_root, args.output_root, progress=not args.quiet)
+    progress = errors.progress_bars(not args.quiet)
+    run = stages.open_run(args.profile, args.data_root, args.output_root, progress=progress)
     if args.command == "detect":  # reads the run; writes only its --output
         stages.detect(run, args.system, args.clips, args.output, args.machine_type, args.section)
         return
@@ -139,13 +141,23 @@ def _dispatch(args) -> None:
         if lock.taken_over is not None:
             log.warning(runs.takeover_note(lock.taken_over, run.paths.output_root))
         _stage(args, run)
+    if args.command in ("run", "evaluate"):
+        _say_scores(run.paths.output_root)
+
+
+def _say_scores(output_root) -> None:
+    """The headline on standard output: one line per system's official score, the best and the
+    log-mel floor marked (:func:`asd_utils.report.headline.score_lines`)."""
+    from asd_utils.report import headline
+
+    print("\n".join(headline.score_lines(output_root)), flush=True)
 
 
 def _stage(args, run) -> None:
     """One stage sub-command (or all of them, ``run``) on the locked output root."""
     from asd_utils import stages
 
-    progress = not args.quiet
+    progress = errors.progress_bars(not args.quiet)
     if args.command == "run":
         _run_recorded(run, progress)
     elif args.command == "prepare":
