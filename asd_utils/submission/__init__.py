@@ -810,7 +810,7 @@ def _say_written(
     log.info("wrote %s: %s", destination, "; ".join(folders))
     readme = destination / "task2" / "README.txt"
     if notes:
-        log.info("to do before submitting: %d notes (FILL IN values …): %s", len(notes), readme)
+        log.info("to do before submitting (%d FILL IN notes): see %s", len(notes), readme)
     if no_eval:
         log.info("no evaluation machine types in the data: the task2/ folders hold only meta files")
     if no_dev:
@@ -885,7 +885,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "write":
             profile = config.load_profile(args.profile)
             paths = config.resolve_paths(profile, args.data_root, args.output_root)
-            write_package(
+            written = write_package(
                 paths.output_root,
                 paths.data_root,
                 profile,
@@ -894,6 +894,8 @@ def main(argv: list[str] | None = None) -> int:
                 destination=args.destination,
                 zip=args.zip,
             )
+            if (written / "ground_truth").is_dir():  # asked for the package: say how to score it
+                log.info("official evaluator on the dev folders:\n%s", evaluator_command(written))
         else:
             data_root = args.data_root or os.environ.get("DATA_ROOT")
             if args.profile:
