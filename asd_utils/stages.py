@@ -374,7 +374,8 @@ def train(
         classes=len(classes),
         **extra,
     )
-    log.info("train: %s: %s", name or system, result.summary)
+    if not result.reused:  # a found run is said once, by the training loop
+        log.info("train: %s: %s", name or system, result.summary)
     return result
 
 

@@ -661,8 +661,8 @@ def _reuse_finished(
     steps, seconds = record["steps"], record["seconds"]
     summary = f"found the finished run ({steps} steps, trained in {seconds:.0f} s) in {output_dir}"
     summary += f" ({chosen.name})" if chosen is not None else ""
-    if accelerator.is_main_process:  # the caller says it (``result.summary``), once
-        log.debug(summary)
+    if accelerator.is_main_process:
+        log.info(summary)
     return TrainResult(
         ema_model=ema.module.eval(),
         model=model,
