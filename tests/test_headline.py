@@ -100,7 +100,8 @@ def test_machine_reads_model_and_speed_flags():
     assert "flags avx2" in line and "BLAS mkl, AVX512" in line
 
 
-def test_warnings_become_one_log_line(caplog):
+def test_warnings_become_one_log_line(caplog, monkeypatch):
+    monkeypatch.setenv(errors.LOG_LEVEL_ENV, "INFO")  # restored after: configure_logging sets it
     errors.configure_logging()
     logger = logging.getLogger("asd_utils")
     logger.addHandler(caplog.handler)
@@ -119,3 +120,14 @@ def test_progress_bars_only_on_a_terminal(monkeypatch):
     assert errors.progress_bars(True) is False
     monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)
     assert errors.progress_bars(True) is True and errors.progress_bars(False) is False
+
+
+def test_glue_prints_in_jupyterlab_only(monkeypatch, capsys):
+    from asd_utils.report import notebook
+
+    monkeypatch.delenv(errors.LOG_LEVEL_ENV, raising=False)
+    notebook.glue("verdict", "System 4 is best")
+    assert capsys.readouterr().out == "[verdict] System 4 is best\n"
+    monkeypatch.setenv(errors.LOG_LEVEL_ENV, "INFO")  # a kernel an asd command started
+    notebook.glue("verdict", "System 4 is best")
+    assert capsys.readouterr().out == ""

@@ -95,7 +95,7 @@ def meaning(scores: pd.Series, members: list[str] | None = None) -> list[str]:
             f"({scores[floor]:.2f} %, no model)" + (f": {', '.join(above)}." if above else ".")
         )
     for ensemble in [n for n in registry.of_kind("ensemble") if n in scores]:
-        said.append(_ensemble_sentence(ensemble, scores, members or []))
+        said.append(ensemble_sentence(ensemble, scores, members or []))
     return said
 
 
@@ -103,7 +103,7 @@ def _count(some: list, of: list) -> str:
     return f"{len(some) or 'None'} of the {len(of)} systems"
 
 
-def _ensemble_sentence(ensemble: str, scores: pd.Series, members: list[str]) -> str:
+def ensemble_sentence(ensemble: str, scores: pd.Series, members: list[str]) -> str:
     """The ensemble's score against each member's here, and the same in the paper."""
     present = [m for m in members if m in scores]
     if not present:
