@@ -90,9 +90,10 @@ def meaning(scores: pd.Series, members: list[str] | None = None) -> list[str]:
     if floor in scores:
         learned = [n for n in scores.index if n != floor]
         above = [n for n in learned if scores[n] > scores[floor]]
+        named = f": {', '.join(above)}." if 0 < len(above) < len(learned) else "."
         said.append(
             f"{_count(above, learned)} clear{'s' if len(above) == 1 else ''} the log-mel floor "
-            f"({scores[floor]:.2f} %, no model)" + (f": {', '.join(above)}." if above else ".")
+            f"({scores[floor]:.2f} %, no model){named}"
         )
     for ensemble in [n for n in registry.of_kind("ensemble") if n in scores]:
         said.append(ensemble_sentence(ensemble, scores, members or []))
@@ -100,6 +101,8 @@ def meaning(scores: pd.Series, members: list[str] | None = None) -> list[str]:
 
 
 def _count(some: list, of: list) -> str:
+    if len(some) == len(of):
+        return f"All {len(of)} systems"
     return f"{len(some) or 'None'} of the {len(of)} systems"
 
 
