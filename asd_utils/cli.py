@@ -93,7 +93,9 @@ def parser() -> argparse.ArgumentParser:
     return top
 
 
-def _dispatch(args) -> None:
+def _dispatch(args):
+    """Run the sub-command; returns the output root whose scores it ends with (``run``,
+    ``evaluate``, ``report``, ``status``), else ``None``."""
     from asd_utils import config, runs, stages
 
     if args.command == "report":
@@ -108,8 +110,7 @@ def _dispatch(args) -> None:
             args.only,
             args.kernel,
         )
-        _say_scores(record["output_root"])
-        return
+        return record["output_root"]
     if args.command == "train":
         from asd_utils.systems import train
 
@@ -129,8 +130,7 @@ def _dispatch(args) -> None:
         profile = config.load_profile(args.profile)
         output_root = config.resolve_paths(profile, args.data_root, args.output_root).output_root
         print(runs.status(output_root))
-        _say_scores(output_root)
-        return
+        return output_root
     progress = errors.progress_bars(not args.quiet)
     run = stages.open_run(args.profile, args.data_root, args.output_root, progress=progress)
     if args.command == "detect":  # reads the run; writes only its --output
@@ -142,7 +142,8 @@ def _dispatch(args) -> None:
             log.warning(runs.takeover_note(lock.taken_over, run.paths.output_root))
         _stage(args, run)
     if args.command in ("run", "evaluate"):
-        _say_scores(run.paths.output_root)
+        return run.paths.output_root
+    return None
 
 
 def _say_scores(output_root) -> None:
@@ -214,8 +215,10 @@ def _main(argv) -> None:
     args = parser().parse_args(argv)
     errors.configure_logging(args.quiet, args.verbose)
     start = time.perf_counter()
-    _dispatch(args)
+    scored = _dispatch(args)
     log.info("asd %s: done in %.0f s", args.command, time.perf_counter() - start)
+    if scored is not None:  # the headline last, after everything else the command said
+        _say_scores(scored)
 
 
 def main(argv: list[str] | None = None) -> int:

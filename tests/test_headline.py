@@ -131,3 +131,12 @@ def test_glue_prints_in_jupyterlab_only(monkeypatch, capsys):
     monkeypatch.setenv(errors.LOG_LEVEL_ENV, "INFO")  # a kernel an asd command started
     notebook.glue("verdict", "System 4 is best")
     assert capsys.readouterr().out == ""
+
+
+def test_asd_status_ends_with_the_score_lines(run_folder, capsys, monkeypatch):
+    from asd_utils import cli
+
+    monkeypatch.setenv(errors.LOG_LEVEL_ENV, "INFO")  # restored after: the command sets it
+    assert cli.main(["status", "--profile", "smoke", "--output-root", str(run_folder)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[-6].startswith("official score") and out[-1].split()[:2] == ["log-mel", "floor"]
