@@ -1,5 +1,5 @@
 """What machine made the numbers: the CPU's model, the flags that change speed or numerics, and
-the BLAS torch multiplies with, for ``run_record.json`` and the book's run table.
+the BLAS torch multiplies with, for ``run_record.json`` (the book's run table shows it).
 
 The same profile and seed give different official scores on different CPUs (float32 sums in
 another order: measured, quick profile, System 5 53.12 on an AMD EPYC against 51.34 on an Intel
@@ -85,18 +85,6 @@ def describe() -> dict:
         "blas": blas(),
         "threads": torch.get_num_threads() if torch is not None else None,
     }
-
-
-def one_line(machine: dict) -> str:
-    """``machine`` (:func:`describe`, or an older record's) as the book's run table shows it."""
-    flags = machine.get("cpu_flags") or []
-    parts = [
-        machine.get("processor") or "CPU not recorded",
-        f"{machine.get('cpus')} CPUs" if machine.get("cpus") else "",
-        f"flags {' '.join(flags)}" if flags else "",
-        f"BLAS {machine['blas']}" if machine.get("blas") else "",
-    ]
-    return "; ".join(p for p in parts if p)
 
 
 def _cpuinfo() -> str:
