@@ -7,7 +7,7 @@ PROFILE ?= quick
 KERNEL := asd-xju
 export DATA_ROOT OUTPUT_ROOT
 
-.PHONY: setup report run test test-fast lab train bench rehearsal seeds noise-study submission clean
+.PHONY: setup strip-outputs report run test test-fast lab train bench rehearsal seeds noise-study submission clean
 
 $(VENV)/.installed: requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -15,9 +15,16 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e . \
 	  || $(PY) -m pip install --quiet --disable-pip-version-check --no-deps -e .
 	$(PY) -m ipykernel install --sys-prefix --name $(KERNEL) --display-name "Python (asd-xju)" >/dev/null
+	$(MAKE) --no-print-directory strip-outputs
 	touch $@
 
 setup: $(VENV)/.installed
+
+strip-outputs:  ## git strips notebook outputs on commit (nbstripout, .gitattributes); cell ids kept
+	@git rev-parse --git-dir >/dev/null 2>&1 || exit 0; \
+	git config filter.nbstripout.clean "$(abspath $(PY)) -m nbstripout --keep-id" && \
+	git config filter.nbstripout.smudge cat && \
+	git config diff.ipynb.textconv "$(abspath $(PY)) -m nbstripout -t --keep-id"
 
 report: setup  ## synthetic data (if needed), every notebook with papermill, then the book
 	$(VENV)/bin/asd report --profile $(PROFILE) --kernel $(KERNEL)
@@ -39,8 +46,8 @@ test-fast: setup  ## the edit loop: lint, the layering and the tests not marked 
 train: setup  ## train one fine-tuned system into the run folder the notebooks find; SYSTEM="System 1"
 	$(VENV)/bin/asd train --profile $(PROFILE) --system "$(SYSTEM)"
 
-lab: setup  ## JupyterLab on the notebooks, with the project's kernel
-	$(VENV)/bin/jupyter lab notebooks/
+lab: setup  ## JupyterLab on the notebooks (kernel asd-xju); a notebook's empty profile is $(PROFILE)
+	ASD_PROFILE=$(PROFILE) $(VENV)/bin/jupyter lab notebooks/
 
 bench: setup  ## speed benchmarks (not part of make test)
 	$(PY) -m pip install --quiet --disable-pip-version-check -r benchmarks/requirements.txt

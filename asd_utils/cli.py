@@ -95,13 +95,15 @@ def parser() -> argparse.ArgumentParser:
     return top
 
 
-def _dispatch(args) -> None:
+def _dispatch(args):
+    """Run the sub-command; returns the output root whose scores it ends with (``run``,
+    ``evaluate``, ``report``, ``status``), else ``None``."""
     from asd_utils import config, runs, stages
 
     if args.command == "report":
         from asd_utils.report import pipeline
 
-        pipeline.run(
+        record = pipeline.run(
             args.profile,
             args.data_root,
             args.output_root,
@@ -110,7 +112,7 @@ def _dispatch(args) -> None:
             args.only,
             args.kernel,
         )
-        return
+        return record["output_root"]
     if args.command == "train":
         from asd_utils.systems import train
 
@@ -128,11 +130,11 @@ def _dispatch(args) -> None:
         return
     if args.command == "status":
         profile = config.load_profile(args.profile)
-        print(
-            runs.status(config.resolve_paths(profile, args.data_root, args.output_root).output_root)
-        )
-        return
-    run = stages.open_run(args.profile, args.data_root, args.output_root, progress=not args.quiet)
+        output_root = config.resolve_paths(profile, args.data_root, args.output_root).output_root
+        print(runs.status(output_root))
+        return output_root
+    progress = errors.progress_bars(not args.quiet)
+    run = stages.open_run(args.profile, args.data_root, args.output_root, progress=progress)
     if args.command == "detect":  # reads the run; writes only its --output
         stages.detect(run, args.system, args.clips, args.output, args.machine_type, args.section)
         return
@@ -141,13 +143,24 @@ def _dispatch(args) -> None:
         if lock.taken_over is not None:
             log.warning(runs.takeover_note(lock.taken_over, run.paths.output_root))
         _stage(args, run)
+    if args.command in ("run", "evaluate"):
+        return run.paths.output_root
+    return None
+
+
+def _say_scores(output_root) -> None:
+    """The headline on standard output: one line per system's official score, the best and the
+    log-mel floor marked (:func:`asd_utils.report.headline.score_lines`)."""
+    from asd_utils.report import headline
+
+    print("\n".join(headline.score_lines(output_root)), flush=True)
 
 
 def _stage(args, run) -> None:
     """One stage sub-command (or all of them, ``run``) on the locked output root."""
     from asd_utils import stages
 
-    progress = not args.quiet
+    progress = errors.progress_bars(not args.quiet)
     if args.command == "run":
         _run_recorded(run, progress)
     elif args.command == "prepare":
@@ -204,8 +217,10 @@ def _main(argv) -> None:
     args = parser().parse_args(argv)
     errors.configure_logging(args.quiet, args.verbose)
     start = time.perf_counter()
-    _dispatch(args)
+    scored = _dispatch(args)
     log.info("asd %s: done in %.0f s", args.command, time.perf_counter() - start)
+    if scored is not None:  # the headline last, after everything else the command said
+        _say_scores(scored)
 
 
 def main(argv: list[str] | None = None) -> int:

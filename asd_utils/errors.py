@@ -20,6 +20,7 @@ import re
 import signal
 import sys
 import traceback
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 
@@ -147,6 +148,12 @@ def interrupt_on_signals() -> Iterator[None]:
             signal.signal(signum, old)
 
 
+def progress_bars(wanted: bool = True) -> bool:
+    """Whether to draw progress bars: when ``wanted`` and standard error is a terminal. In a log
+    file, a pipe or a notebook kernel a bar's carriage returns are noise, so none is drawn."""
+    return wanted and sys.stderr.isatty()
+
+
 def add_debug_option(parser) -> None:
     """The ``--debug`` option every command has (read by :func:`debug_requested`)."""
     parser.add_argument(
@@ -178,7 +185,17 @@ def configure_logging(
     package.handlers[:] = [handler]
     package.setLevel(level)
     package.propagate = False
+    warnings.showwarning = _warning_as_line
     os.environ[LOG_LEVEL_ENV] = logging.getLevelName(level)
+
+
+def _warning_as_line(message, category, filename, lineno, file=None, line=None) -> None:
+    """A Python warning (ours or a library's) as one log line of the package's logger, with its
+    kind and the first line of its message: no file path, no echoed source line."""
+    text = str(message).strip().splitlines()
+    logging.getLogger("asd_utils").warning(
+        "%s: %s", category.__name__, text[0] if text else "(no message)"
+    )
 
 
 def configure_from_environment(prefix: str = "") -> None:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import tempfile
 import time
@@ -82,8 +83,12 @@ class Run:
         return self._clips.copy()
 
 
+PROFILE_ENV = "ASD_PROFILE"  # the profile of a notebook opened by hand (``make lab PROFILE=…``)
+DEFAULT_PROFILE = "quick"
+
+
 def open_run(
-    profile: str | Path,
+    profile: str | Path | None,
     data_root: str | Path | None = None,
     output_root: str | Path | None = None,
     progress: bool = True,
@@ -91,7 +96,9 @@ def open_run(
     """The run of ``profile`` (a name or a YAML path) on ``data_root`` into ``output_root``
     (argument > ``$DATA_ROOT`` / ``$OUTPUT_ROOT`` > the profile's defaults): the profile
     validated, the synthetic data made when it is the run's data (idempotent), the validated
-    profile frozen to ``<output root>/profile.yaml`` (written only when it changed)."""
+    profile frozen to ``<output root>/profile.yaml`` (written only when it changed). An empty
+    ``profile`` is ``$ASD_PROFILE``, else ``quick`` (a notebook's parameters cell left empty)."""
+    profile = profile or os.environ.get(PROFILE_ENV) or DEFAULT_PROFILE
     settings = config.load_profile(profile)
     paths = config.resolve_paths(
         settings,
@@ -359,7 +366,7 @@ def frozen(run: Run, progress: bool = False) -> FrozenOutcome:
 
     clips = run.clips
     cache = run.paths.output_root / "training" / "frozen"
-    start = time.perf_counter()
+    start, wall = time.perf_counter(), time.time()
     embeddings, encoder, section = training_free.embed(
         run.profile, clips, cache_dir=cache, progress=progress
     )
@@ -380,10 +387,10 @@ def frozen(run: Run, progress: bool = False) -> FrozenOutcome:
         scores = _score(clips, vector, k, backend, options, run.seed)
         write_system(run, name, scores, parameters, view=what, backend=backend)
     log.info(
-        "frozen: %s and the %s in %.1f s (%s view)",
+        "frozen: %s and the %s %s (%s view)",
         system,
         floor_name,
-        sum(seconds.values()),
+        _took(sum(seconds.values()), cache, ("frozen_*.npy", "logmel_*.npy"), wall),
         view,
     )
     return outcome
@@ -445,7 +452,8 @@ def train(
         **extra,
         **made(run, name or system),
     )
-    log.info("train: %s: %s", name or system, result.summary)
+    if not result.reused:  # a found run is said once, by the training loop
+        log.info("train: %s: %s", name or system, result.summary)
     return result
 
 
@@ -459,7 +467,7 @@ def embed(run: Run, system: str, result=None, name: str | None = None, progress:
     result = result if result is not None else train(run, system, progress=progress)
     clips = run.clips
     channel, preprocess, key = systems.front_end(run.profile, system)
-    start = time.perf_counter()
+    start, wall = time.perf_counter(), time.time()
     embeddings = scoring.extract_embeddings(
         result.ema_model,
         clips,
@@ -473,12 +481,24 @@ def embed(run: Run, system: str, result=None, name: str | None = None, progress:
     )
     scoring.save_embeddings(run.system_dir(name or system), clips, embeddings)
     log.info(
-        "embed: %s, %s clips in %.1f s",
+        "embed: %s, %s clips %s",
         name or system,
         f"{len(clips):,}",
-        time.perf_counter() - start,
+        _took(time.perf_counter() - start, result.output_dir, ("embeddings_*.npy",), wall),
     )
     return embeddings
+
+
+def _took(seconds: float, cache_dir: Path, patterns: tuple[str, ...], since: float) -> str:
+    """``"in 12.3 s"``, or ``"(cached)"`` when no file of ``patterns`` in ``cache_dir`` was
+    written since ``since`` (a wall-clock time): the work was found, not done."""
+    written = [
+        path.stat().st_mtime
+        for pattern in patterns
+        for path in Path(cache_dir).glob(pattern)
+        if path.stat().st_mtime >= since - 1  # a coarse file-system clock
+    ]
+    return f"in {seconds:.1f} s" if written else "(cached)"
 
 
 # --- score, ensemble, evaluate, package -----------------------------------------------------------

@@ -52,6 +52,25 @@ RENDERED = """async () => {
 }"""
 
 
+# What a reader at 1280 px sees of the figures and blocks: each figure's displayed width over
+# its natural width (a figure made for the column is shown at its own size), and every block
+# whose content is wider than the box that shows it (a reader would have to scroll sideways).
+# Inline formulas are left out: MathJax's inline boxes overhang by a few pixels by design.
+LAYOUT = """() => {
+  const main = document.querySelector("article") || document.body;
+  const figures = [...main.querySelectorAll(".cell_output img")].filter(i => i.naturalWidth > 0)
+    .map(i => ({src: i.src.split("/").pop(), scale: i.clientWidth / i.naturalWidth}));
+  const clipped = [...main.querySelectorAll("*")].filter(e => {
+    if (e.closest("span.math, mjx-assistive-mml, details:not([open])")) return false;
+    const overflow = getComputedStyle(e).overflowX;
+    return ["auto", "scroll", "hidden"].includes(overflow) && e.scrollWidth > e.clientWidth + 2;
+  }).map(e => `${e.tagName}.${e.className}: ${e.scrollWidth - e.clientWidth} px ` +
+                e.innerText.slice(0, 50).replace(/\\s+/g, " "));
+  return {figures, clipped};
+}"""
+MIN_FIGURE_SCALE = 0.9  # 10 pt figure text (14 px at 100 dpi) stays above 12 px on the page
+
+
 def _chromium() -> str | None:
     return shutil.which("chromium") or shutil.which("chromium-browser")
 
@@ -140,6 +159,28 @@ def test_every_page_renders_its_formulas_images_and_nothing_from_outside(browser
     assert sum(formulas.values()) >= 50, formulas
 
 
+def test_figures_fit_the_column_and_no_block_is_clipped(browser, served_book):
+    """At 1280 px no figure is scaled below 90 % (its text stays at least ~12 px, the figures
+    are drawn for the column: :mod:`asd_utils.report.plots`), and no table, equation or
+    output is wider than the column."""
+    html, base = served_book
+    figures = 0
+    for path in sorted(html.glob("**/*.html")):
+        name = path.relative_to(html).as_posix()
+        if name.startswith("_") or path.name == "index.html":
+            continue
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        page.goto(f"{base}/{name}", wait_until="load")
+        page.evaluate(RENDERED)  # formulas typeset first: they change the layout
+        layout = page.evaluate(LAYOUT)
+        page.close()
+        small = [f for f in layout["figures"] if f["scale"] < MIN_FIGURE_SCALE]
+        assert not small, f"{name}: figures shown below {MIN_FIGURE_SCALE:.0%}: {small}"
+        assert not layout["clipped"], f"{name}: blocks wider than the column: {layout['clipped']}"
+        figures += len(layout["figures"])
+    assert figures >= 10, "not vacuous: the chapters' figures were measured"
+
+
 def test_the_book_renders_from_file_too(browser, served_book):
     """Opened from the disk (a reader double-clicking index.html), as over HTTP."""
     html, _ = served_book
@@ -164,12 +205,13 @@ def test_no_live_code_or_launch_buttons_offline(served_book):
 
 
 def test_screenshots_for_a_reader(browser, served_book, tmp_path):
-    """The landing page, the OSSCL chapter and the methods page as PNGs (kept where
-    ``ASD_SCREENSHOTS`` points, for a person to look at)."""
+    """The landing page, the OSSCL chapter, the methods page, the ensemble and the results as
+    PNGs (kept where ``ASD_SCREENSHOTS`` points, for a person to look at)."""
     html, base = served_book
     keep = Path(os.environ.get("ASD_SCREENSHOTS", tmp_path))
     keep.mkdir(parents=True, exist_ok=True)
-    for name in ("book/intro.html", "notebooks/30_osscl_training.html", "book/methods.html"):
+    shown = ("book/intro", "notebooks/30_osscl_training", "book/methods", "notebooks/60_ensemble")
+    for name in [f"{page}.html" for page in (*shown, "notebooks/70_results")]:
         page = browser.new_page(viewport={"width": 1280, "height": 1600})
         page.goto(f"{base}/{name}", wait_until="load")
         page.evaluate(RENDERED)

@@ -39,6 +39,7 @@ FIGURES = {
     "score_distributions": lambda: plots.score_distributions(_scores(), "System 1"),
     "roc_by_machine": lambda: plots.roc_by_machine(_scores(), ["System 1"]),
     "table2_bars": lambda: plots.table2_bars(_wide()),
+    "table2_heatmap": lambda: plots.table2_heatmap(_wide()),
     "training_history": lambda: plots.training_history(
         pd.DataFrame({"system": "System 1", "step": range(5), "loss": RNG.random(5)}), ["loss"]
     ),

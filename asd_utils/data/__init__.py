@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 import soundfile as sf
 
+from asd_utils import errors
 from asd_utils.errors import UserError
 from asd_utils.files import atomic_path, atomic_write_text
 
@@ -250,9 +251,8 @@ MAX_SILENT_WARNINGS = 10  # silent clips named one warning each; the rest are co
 def _progress(items: Sequence, desc: str):
     """A progress bar over many files, shown only when the loop is slow (a fast local disk
     indexes thousands of clips in a second)."""
-    return tqdm(
-        items, desc=desc, unit="file", disable=len(items) <= PROGRESS_MIN, delay=PROGRESS_DELAY
-    )
+    hidden = len(items) <= PROGRESS_MIN or not errors.progress_bars()
+    return tqdm(items, desc=desc, unit="file", disable=hidden, delay=PROGRESS_DELAY)
 
 
 def _wav_files(folder: Path) -> list[Path]:
@@ -666,7 +666,12 @@ def read_clips(
         raise DataError("read_clips was given no paths")
     batch = None
     for i, path in enumerate(
-        tqdm(paths, desc="reading clips", unit="clip", disable=len(paths) <= PROGRESS_MIN)
+        tqdm(
+            paths,
+            desc="reading clips",
+            unit="clip",
+            disable=len(paths) <= PROGRESS_MIN or not errors.progress_bars(),
+        )
     ):
         clip = read_audio(path, channels=channels, expected_sample_rate=expected_sample_rate)
         if batch is None:
@@ -785,7 +790,7 @@ def prepare_data(profile: dict, paths, progress: bool = True) -> Path:
         generate_dataset(
             paths.data_root,
             SynthConfig.from_dict(profile["synth"]),
-            progress=progress,
+            progress=errors.progress_bars(progress),
             replace=True,
         )
     elif not paths.data_root.is_dir():

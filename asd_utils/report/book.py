@@ -13,7 +13,9 @@ that ``jupyter-book`` builds, and on the way
   repository when they lie inside it), the repository ``<repository>``, any other absolute
   path its last two parts;
 - writes the run's headline into the landing page (:func:`headline`): computed from the run's
-  own files, never typed;
+  own files, never typed: the scores beside the paper's, what they mean
+  (:mod:`asd_utils.report.headline`), the CPU that made them, and how to get the seed spread
+  and the noise study where they have not run;
 - copies MathJax 3 (the files of the ``sphinx-mathjax-offline`` package of
   ``requirements.txt``: the CommonHTML bundle, its fonts and TeX extensions) where Sphinx copies
   it into the built book's ``_static/``, so that formulas render with no network
@@ -33,6 +35,7 @@ import pandas as pd
 
 from asd_utils import config, registry
 from asd_utils.evaluation import metrics
+from asd_utils.report import headline as headline_
 
 BOOK_FILES = ("_config.yml", "_toc.yml", "book")
 HEADLINE_MARKER = "<!-- run headline -->"
@@ -139,7 +142,22 @@ def headline(paths: config.RunPaths, profile: dict) -> str:
     )
     lines = ["## This run", "", _what_ran(paths, profile, record), ""]
     lines += _score_table(out / "metrics.csv")
-    lines += _seed_spread(out / "bench_seeds.csv", paths.data_root)
+    scores = headline_.official_scores(out)
+    if not scores.empty:
+        members = (profile.get("ensemble") or {}).get("members", [])
+        lines += [" ".join(headline_.meaning(scores, members)), ""]
+        lines += [headline_.cpu_sentence((record.get("machine") or {}).get("processor")), ""]
+    lines += _seed_spread(out / "bench_seeds.csv", paths.data_root) or [
+        f"No seed spread for this data yet: `make seeds PROFILE={profile['name']}` trains "
+        "System 1 and the autoencoder again with other seeds, and the next build shows it here.",
+        "",
+    ]
+    if not (out / "noise_study.csv").exists():
+        lines += [
+            f"System 5's noise study has not run: `make noise-study PROFILE={profile['name']}` "
+            "runs it, and the next build shows it in the fusion chapter.",
+            "",
+        ]
     return "\n".join(lines)
 
 
@@ -180,6 +198,7 @@ def _score_table(metrics_path: Path) -> list[str]:
     if not metrics_path.exists():
         return []
     table = pd.read_csv(metrics_path, dtype={"section": str})
+    reported = headline_.reported()
     rows = []
     for system in [*registry.paper(), *registry.beyond()]:
         part = table[table["system"] == system]
@@ -189,9 +208,11 @@ def _score_table(metrics_path: Path) -> list[str]:
         entry = registry.REGISTRY[system]
         name = f"[{system}](../notebooks/{entry.chapter}.ipynb)"
         where = "paper" if entry.paper else "beyond the paper"
+        told = f"{reported[system]:.2f}" if system in reported else ""
         rows.append(
             f"| {name} | {where} | {100 * summary['hmean']:.2f} | "
-            f"{100 * summary['hmean_source']:.2f} | {100 * summary['hmean_target']:.2f} |"
+            f"{100 * summary['hmean_source']:.2f} | {100 * summary['hmean_target']:.2f} | "
+            f"{told} |"
         )
     if not rows:
         return ["No machine type of this run has ground truth: nothing to score.", ""]
@@ -199,10 +220,11 @@ def _score_table(metrics_path: Path) -> list[str]:
         "Official score (harmonic mean of AUC-s, AUC-t and pAUC over the machine types "
         "with ground truth) and the harmonic means of the source and target AUCs, in %, "
         "computed from the submission files this run wrote "
-        "([the results](../notebooks/70_results.ipynb)):",
+        "([the results](../notebooks/70_results.ipynb)), beside the official score the paper "
+        "reports for its systems (real development set, pre-trained weights):",
         "",
-        "| system | | official score | AUC source (hmean) | AUC target (hmean) |",
-        "| --- | --- | ---: | ---: | ---: |",
+        "| system | | official score | AUC source (hmean) | AUC target (hmean) | paper reports |",
+        "| --- | --- | ---: | ---: | ---: | ---: |",
         *rows,
         "",
     ]

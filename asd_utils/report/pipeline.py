@@ -25,7 +25,7 @@ from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 
-from asd_utils import data, errors, runs, stages
+from asd_utils import data, errors, machine, runs, stages
 from asd_utils.config import (
     REPO_ROOT,
     RunPaths,
@@ -149,7 +149,8 @@ def run_record(
     status: str = "running",
     chapter: str | None = None,
 ) -> dict:
-    """What ran: profile (in full), seed, data, commit, package versions, machine, stage times,
+    """What ran: profile (in full), seed, data, commit, package versions, the machine (CPU model,
+    speed flags, BLAS: :func:`asd_utils.machine.describe`), stage times,
     each system's precision as resolved here (:func:`asd_utils.systems.precisions`: ``auto`` →
     bf16 or float32, and why), ``status`` (``running``, ``finished``, ``failed at <chapter>:
     <error>`` or ``interrupted at <chapter>``), the ``chapter`` running or last run, and the
@@ -174,11 +175,7 @@ def run_record(
         "git_commit": git_commit(),
         "python": sys.version.split()[0],
         "packages": versions,
-        "machine": {
-            "platform": platform.platform(),
-            "processor": platform.processor(),
-            "cpus": os.cpu_count(),
-        },
+        "machine": machine.describe(),
         "precision": systems.precisions(profile),
         "status": status,
         "chapter": chapter,

@@ -1,4 +1,10 @@
-"""Figures that more than one chapter draws. Each function returns a matplotlib Figure."""
+"""Figures that more than one chapter draws. Each function returns a matplotlib Figure.
+
+One book-wide style (:data:`STYLE`, set by :func:`book_style` when this module is imported):
+every figure is at most :data:`COLUMN_INCHES` wide at :data:`DPI`, the width of the book's text
+column, so the browser shows it at its own size and a 10 pt font stays 10 pt on the page (as
+d2l's ``set_figsize``). A figure asked wider is scaled down to the column (:func:`subplots`).
+"""
 
 from __future__ import annotations
 
@@ -8,6 +14,49 @@ import pandas as pd
 from sklearn.metrics import roc_curve
 
 from asd_utils.evaluation.metrics import machine_sort_key
+
+COLUMN_INCHES = 6.8  # the book's text column at 1280 px (688 px, measured) at DPI
+DPI = 100
+STYLE = {
+    "figure.dpi": DPI,
+    "savefig.dpi": DPI,
+    "figure.figsize": (COLUMN_INCHES, 3.2),
+    "font.size": 10,
+    "axes.titlesize": 10,
+    "axes.labelsize": 10,
+    "xtick.labelsize": 10,
+    "ytick.labelsize": 10,
+    "legend.fontsize": 10,
+    "legend.title_fontsize": 10,
+    "figure.titlesize": 11,
+    "legend.frameon": False,
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+}
+
+
+def book_style() -> None:
+    """Set :data:`STYLE` for every figure drawn after it (also in a notebook's inline backend,
+    whose resolution it fixes at :data:`DPI`)."""
+    plt.rcParams.update(STYLE)
+    try:  # the inline backend keeps its own rc, applied when a figure is shown
+        from matplotlib_inline.backend_inline import InlineBackend
+
+        InlineBackend.instance().rc.update({"figure.dpi": DPI})
+    except (ImportError, AttributeError, RuntimeError):  # pragma: no cover - outside IPython
+        pass
+
+
+def subplots(*args, figsize: tuple[float, float] | None = None, **kwargs):
+    """``plt.subplots`` with ``figsize`` scaled down to the column width (aspect kept, height
+    no lower than 60 % of what was asked, so small multiples keep their panels)."""
+    if figsize is not None and figsize[0] > COLUMN_INCHES:
+        scale = COLUMN_INCHES / figsize[0]
+        figsize = (COLUMN_INCHES, figsize[1] * max(scale, 0.6))
+    return plt.subplots(*args, figsize=figsize, **kwargs)
+
+
+book_style()
 
 
 def _db_spectrogram(x: np.ndarray, sample_rate: int, n_fft: int = 1024) -> tuple:
@@ -20,7 +69,7 @@ def _db_spectrogram(x: np.ndarray, sample_rate: int, n_fft: int = 1024) -> tuple
 def near_far(audio: np.ndarray, sample_rate: int, title: str) -> plt.Figure:
     """Waveforms (top) and spectrograms (bottom) of a two-channel clip (2, samples), or mono."""
     names = ["ch0 (near mic)", "ch1 (far mic)"][: len(audio)]
-    fig, axes = plt.subplots(
+    fig, axes = subplots(
         2,
         len(audio),
         figsize=(5 * len(audio), 4.5),
@@ -48,7 +97,7 @@ def training_curves(
     columns: tuple[str, ...] = ("train_loss", "val_loss"),
 ) -> plt.Figure:
     """Loss per epoch (or step) for every ``group`` (one panel per loss column)."""
-    fig, axes = plt.subplots(
+    fig, axes = subplots(
         1, len(columns), figsize=(5 * len(columns), 3.2), squeeze=False, constrained_layout=True
     )
     x = "epoch" if "epoch" in history else "step"
@@ -56,7 +105,7 @@ def training_curves(
         for name, part in history.groupby(group, sort=False):
             ax.plot(part[x], part[column], label=name)
         ax.set(xlabel=x, ylabel=column.replace("_", " "), yscale="log")
-    axes[0, -1].legend(fontsize=7, ncol=2)
+    axes[0, -1].legend(ncol=2)
     return fig
 
 
@@ -67,10 +116,16 @@ def roc_by_machine(scores: pd.DataFrame, systems: list[str] | None = None) -> pl
     """
     machine_types = sorted(scores["machine_type"].unique(), key=machine_sort_key)
     systems = systems or list(dict.fromkeys(scores["system"]))
-    cols = min(4, len(machine_types))
+    cols = min(3, len(machine_types))
     rows = int(np.ceil(len(machine_types) / cols))
-    fig, axes = plt.subplots(
-        rows, cols, figsize=(3.2 * cols, 3.0 * rows), squeeze=False, constrained_layout=True
+    fig, axes = subplots(
+        rows,
+        cols,
+        figsize=(2.4 * cols, 2.3 * rows + 0.5),
+        squeeze=False,
+        sharex=True,
+        sharey=True,
+        constrained_layout=True,
     )
     for ax, machine_type in zip(axes.flat, machine_types, strict=False):
         part = scores[scores["machine_type"] == machine_type]
@@ -84,18 +139,25 @@ def roc_by_machine(scores: pd.DataFrame, systems: list[str] | None = None) -> pl
         ax.set(title=machine_type, xlabel="false positive rate", ylabel="true positive rate")
     for ax in axes.flat[len(machine_types) :]:
         ax.axis("off")
-    axes.flat[0].legend(fontsize=7)
+    _legend_below(fig, axes.flat[0])
     return fig
+
+
+def _legend_below(fig: plt.Figure, ax: plt.Axes, ncol: int = 4) -> None:
+    """One legend for all panels, under them (it covers no data)."""
+    handles, labels = ax.get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, labels, loc="outside lower center", ncol=min(ncol, len(handles)))
 
 
 def score_distributions(scores: pd.DataFrame, system: str) -> plt.Figure:
     """Per machine type: test scores of one system by domain and label (strip of histograms)."""
     part = scores[scores["system"] == system]
     machine_types = sorted(part["machine_type"].unique(), key=machine_sort_key)
-    cols = min(4, len(machine_types))
+    cols = min(3, len(machine_types))
     rows = int(np.ceil(len(machine_types) / cols))
-    fig, axes = plt.subplots(
-        rows, cols, figsize=(3.2 * cols, 2.6 * rows), squeeze=False, constrained_layout=True
+    fig, axes = subplots(
+        rows, cols, figsize=(2.4 * cols, 2.0 * rows + 0.8), squeeze=False, constrained_layout=True
     )
     styles = {
         ("source", "normal"): ("tab:blue", "-"),
@@ -112,7 +174,7 @@ def score_distributions(scores: pd.DataFrame, system: str) -> plt.Figure:
         ax.set(title=machine_type, xlabel="anomaly score", ylabel="test clips")
     for ax in axes.flat[len(machine_types) :]:
         ax.axis("off")
-    axes.flat[0].legend(fontsize=7)
+    _legend_below(fig, axes.flat[0])
     fig.suptitle(f"{system}: test-clip scores by domain and label")
     return fig
 
@@ -120,15 +182,44 @@ def score_distributions(scores: pd.DataFrame, system: str) -> plt.Figure:
 def table2_bars(wide: pd.DataFrame) -> plt.Figure:
     """Grouped bars of a Table-2 layout frame: per machine type and metric, one bar per system."""
     body = wide.drop(index=[i for i in wide.index if i[1] in ("hmean", "amean")])
-    fig, ax = plt.subplots(figsize=(max(8, 0.45 * len(body)), 3.6), constrained_layout=True)
+    fig, ax = subplots(figsize=(max(8, 0.45 * len(body)), 3.6), constrained_layout=True)
     x = np.arange(len(body))
     width = 0.8 / len(body.columns)
     for i, system in enumerate(body.columns):
         ax.bar(x + i * width - 0.4 + width / 2, body[system], width, label=system)
-    ax.set_xticks(x, [f"{m}\n{k}" for m, k in body.index], fontsize=7)
+    ax.set_xticks(
+        x,
+        [f"{m}\n{k}" for m, k in body.index],
+    )
     ax.axhline(50, c="grey", lw=0.8, ls=":")
     ax.set(ylabel="AUC or pAUC (%)", ylim=(0, 100))
-    ax.legend(fontsize=7, ncol=len(body.columns))
+    ax.legend(ncol=len(body.columns))
+    return fig
+
+
+def table2_heatmap(wide: pd.DataFrame, reference: float = 50.0) -> plt.Figure:
+    """Table 2 as an annotated heat map: one row per (machine type, metric) and the official
+    score, one column per system, each cell its value in %; colour is the distance from
+    ``reference`` (chance), so the differences between systems show where bars looked flat."""
+    body = wide.drop(index=[i for i in wide.index if i[1] == "amean"]).astype(float)
+    rows = [f"{m} {k}" if k != "hmean" else "official score" for m, k in body.index]
+    span = max(10.0, float(np.nanmax(np.abs(body.to_numpy() - reference))))
+    fig, ax = subplots(
+        figsize=(min(COLUMN_INCHES, 2.6 + 0.95 * body.shape[1]), 0.8 + 0.27 * len(body)),
+        constrained_layout=True,
+    )
+    ax.imshow(
+        body.to_numpy(), cmap="RdBu_r", vmin=reference - span, vmax=reference + span, aspect="auto"
+    )
+    for (i, j), value in np.ndenumerate(body.to_numpy()):
+        if np.isfinite(value):
+            bold = "bold" if rows[i] == "official score" else "normal"
+            ax.text(j, i, f"{value:.1f}", ha="center", va="center", fontweight=bold)
+    ax.set_xticks(np.arange(body.shape[1]), body.columns, rotation=30, ha="right")
+    ax.set_yticks(np.arange(len(rows)), rows)
+    ax.tick_params(length=0)
+    ax.spines[:].set_visible(False)
+    ax.set(xlabel="system (red above 50 %, chance; blue below)", ylabel="machine type, metric")
     return fig
 
 
@@ -140,7 +231,7 @@ def spectrogram_panels(
     n = len(signals)
     cols = columns or (2 if n == 4 else min(n, 3))
     rows = int(np.ceil(n / cols))
-    fig, axes = plt.subplots(
+    fig, axes = subplots(
         rows,
         cols,
         figsize=(4.2 * cols, 2.8 * rows),
@@ -190,7 +281,7 @@ def anc_sweep(
     line: value}`` of a setting to mark with a star.
     """
     means = table.groupby([line, x])[list(metrics)].mean().reset_index()
-    fig, axes = plt.subplots(
+    fig, axes = subplots(
         1, len(metrics), figsize=(4.6 * len(metrics), 3.4), squeeze=False, constrained_layout=True
     )
     colours = plt.cm.viridis(np.linspace(0, 0.9, means[line].nunique()))
@@ -205,7 +296,7 @@ def anc_sweep(
         ticks = np.unique(means[x])
         ax.set_xticks(ticks, [f"{t:g}" for t in ticks], minor=False)
         ax.minorticks_off()
-    axes[0, -1].legend(title=line.replace("_", " "), fontsize=7, title_fontsize=8)
+    axes[0, -1].legend(title=line.replace("_", " "))
     return fig
 
 
@@ -219,7 +310,7 @@ def anc_convergence(
     rows with
     a ``group`` column added), against the window centre ``time_s``; a black line is the mean
     over all clips (over the windows that every clip has)."""
-    fig, axes = plt.subplots(
+    fig, axes = subplots(
         1, len(metrics), figsize=(4.6 * len(metrics), 3.2), squeeze=False, constrained_layout=True
     )
     groups = sorted(curve[group].unique(), key=machine_sort_key)
@@ -231,7 +322,7 @@ def anc_convergence(
         overall = common.groupby("time_s")[metric].mean()
         ax.plot(overall.index, overall.to_numpy(), c="k", lw=2.2, label="all clips")
         ax.set(xlabel="time in clip (s)", ylabel=_ANC_LABELS.get(metric, metric))
-    axes[0, -1].legend(fontsize=7, ncol=2)
+    axes[0, -1].legend(ncol=2)
     return fig
 
 
@@ -245,7 +336,7 @@ def embedding_map(
     """A 2-D map of embeddings (``points`` (N, 2), e.g. PCA or t-SNE, whose axes
     ``axes_names`` name), coloured by one label (e.g. attribute class) and marked by another
     (e.g. domain: ● source, ▲ target)."""
-    fig, ax = plt.subplots(figsize=(6.5, 5), constrained_layout=True)
+    fig, ax = subplots(figsize=(6.5, 5), constrained_layout=True)
     colours = {c: plt.cm.tab20(i % 20) for i, c in enumerate(sorted(pd.unique(colour)))}
     markers = dict(
         zip(sorted(pd.unique(marker)) if marker is not None else [None], "o^sDvP", strict=False)
@@ -269,7 +360,7 @@ def embedding_map(
         handles += [
             plt.Line2D([], [], ls="", marker=markers[m], color="k", label=m) for m in markers
         ]
-    ax.legend(handles=handles, fontsize=6, ncol=2, loc="center left", bbox_to_anchor=(1, 0.5))
+    ax.legend(handles=handles, ncol=2, loc="center left", bbox_to_anchor=(1, 0.5))
     ax.set(title=title, xticks=[], yticks=[], xlabel=axes_names[0], ylabel=axes_names[1])
     return fig
 
@@ -279,7 +370,7 @@ def score_scales(tables: dict[str, pd.DataFrame], title: str) -> plt.Figure:
     machine_types = sorted(
         {m for t in tables.values() for m in t["machine_type"]}, key=machine_sort_key
     )
-    fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(machine_types)), 3.2), constrained_layout=True)
+    fig, ax = subplots(figsize=(max(6, 1.2 * len(machine_types)), 3.2), constrained_layout=True)
     width = 0.8 / len(tables)
     for i, (system, table) in enumerate(tables.items()):
         data = [table.loc[table["machine_type"] == m, "anomaly_score"] for m in machine_types]
@@ -290,9 +381,12 @@ def score_scales(tables: dict[str, pd.DataFrame], title: str) -> plt.Figure:
         for box in parts["boxes"]:
             box.set_facecolor(plt.cm.tab10(i))
         ax.plot([], [], color=plt.cm.tab10(i), lw=6, label=system)
-    ax.set_xticks(np.arange(len(machine_types)), machine_types, fontsize=8)
+    ax.set_xticks(
+        np.arange(len(machine_types)),
+        machine_types,
+    )
     ax.set(ylabel="anomaly score", title=title)
-    ax.legend(fontsize=7)
+    ax.legend()
     return fig
 
 
@@ -301,7 +395,7 @@ def training_history(
 ) -> plt.Figure:
     """Per-step training curves (one panel per column, one line per ``group``), smoothed with a
     running mean over ``smooth`` steps."""
-    fig, axes = plt.subplots(
+    fig, axes = subplots(
         1, len(columns), figsize=(3.6 * len(columns), 3.0), squeeze=False, constrained_layout=True
     )
     for ax, column in zip(axes[0], columns, strict=True):
@@ -311,7 +405,7 @@ def training_history(
                 ax.plot(part["step"], values, label=name)
         name = column.replace("_", " ")
         ax.set(xlabel="optimizer step", ylabel=name, title=name)
-    axes[0, 0].legend(fontsize=7)
+    axes[0, 0].legend()
     return fig
 
 
@@ -322,7 +416,7 @@ def backend_comparison(
     of bars per row of the frames (a system or view) and one bar per column (a back end), in %.
     ``floor``: the row drawn as dashed lines across both panels (one per back end), so every
     other bar is read against it."""
-    fig, axes = plt.subplots(
+    fig, axes = subplots(
         1, 2, figsize=(max(8, 1.3 * len(official)), 3.4), sharey=True, constrained_layout=True
     )
     colours = plt.cm.tab10(np.arange(len(official.columns)))
@@ -344,25 +438,23 @@ def backend_comparison(
                     ls="--",
                     lw=1,
                 )
-        ax.set_xticks(x, rows, fontsize=8, rotation=20)
+        ax.set_xticks(x, rows, rotation=20)
         ax.axhline(50, c="grey", lw=0.8, ls=":")
         ax.set(title=title, ylabel="%")
-    axes[0].legend(
-        fontsize=7, title="back end" + (f" (dashed: {floor})" if floor else ""), title_fontsize=7
-    )
+    axes[0].legend(title="back end" + (f" (dashed: {floor})" if floor else ""))
     return fig
 
 
 def sweep_lines(table: pd.DataFrame, x: str, title: str, mark=None) -> plt.Figure:
     """Official score and target-domain hmean (columns ``hmean``, ``hmean_target``, in %)
     against ``x``; ``mark``: the profile's value of ``x``, a dotted line."""
-    fig, ax = plt.subplots(figsize=(4.8, 3), constrained_layout=True)
+    fig, ax = subplots(figsize=(4.8, 3), constrained_layout=True)
     ax.plot(table[x], table["hmean"], "o-", label="official score")
     ax.plot(table[x], table["hmean_target"], "s--", label="AUC (target), hmean")
     if mark is not None:
         ax.axvline(mark, c="grey", ls=":")
     ax.set(xlabel=x, ylabel="%", title=title)
-    ax.legend(fontsize=7)
+    ax.legend()
     return fig
 
 
@@ -377,7 +469,8 @@ def snr_bands(table: pd.DataFrame, systems: list[str]) -> plt.Figure:
         "hmean_target": "AUC (target)",
         "hmean_pauc": "pAUC",
     }
-    fig, axes = plt.subplots(1, 4, figsize=(15, 3.4), sharex=True, constrained_layout=True)
+    fig, axes = subplots(2, 2, figsize=(COLUMN_INCHES, 5.6), sharex=True, constrained_layout=True)
+    axes = axes.flatten()
     for ax, (column, title) in zip(axes, panels.items(), strict=True):
         for system in systems:
             part = table[table["system"] == system].groupby("snr_db")[column]
@@ -386,5 +479,5 @@ def snr_bands(table: pd.DataFrame, systems: list[str]) -> plt.Figure:
             ax.fill_between(mean.index, mean - std, mean + std, alpha=0.2)
         ax.axhline(50, c="grey", lw=0.8, ls=":")
         ax.set(title=title, xlabel="near-microphone SNR (dB)", ylabel="%")
-    axes[0].legend(fontsize=7)
+    _legend_below(fig, axes[0])
     return fig

@@ -659,7 +659,15 @@ def _copy_csvs(source: Path, target: Path, test_clips: pd.DataFrame, system: str
             shutil.copyfile(path, target / path.name)
 
 
-def _readme(label: str, folders: Sequence[str], has_eval: bool) -> str:
+def _readme(
+    label: str,
+    folders: Sequence[str],
+    has_eval: bool,
+    notes: Sequence[str] = (),
+    has_dev: bool = False,
+) -> str:
+    """The package's ``task2/README.txt``: what is left to do before submitting (every note of
+    :func:`meta_notes`), and the official evaluator's commands for the development folders."""
     lines = [
         f"DCASE 2026 Task 2 submission package of {label}, written by asd_utils.submission.",
         "",
@@ -673,6 +681,14 @@ def _readme(label: str, folders: Sequence[str], has_eval: bool) -> str:
         "",
         "Systems: " + ", ".join(folders),
     ]
+    if notes:
+        lines += ["", "Left to fill in:", *(f"- {note}" for note in notes)]
+    if has_dev:
+        lines += [
+            "",
+            "The official evaluator on the development folders (from this folder):",
+            evaluator_command(Path("..")),
+        ]
     if not has_eval:
         lines += [
             "",
@@ -779,9 +795,8 @@ def write_package(
             notes += [f"{folder}: {note}" for note in meta_notes(meta)]
             _write_system_folder(build, folder, system, meta, system_dir, clips)
         check_package(build / "task2", eval_clips)
-        atomic_write_text(
-            build / "task2" / "README.txt", _readme(label, folders, not eval_clips.empty)
-        )
+        readme = _readme(label, folders, not eval_clips.empty, notes, not dev_clips.empty)
+        atomic_write_text(build / "task2" / "README.txt", readme)
         if not dev_clips.empty:
             write_ground_truth(dev_clips, build / "ground_truth")
         if zip:
@@ -814,16 +829,18 @@ def _write_system_folder(
 def _say_written(
     destination: Path, folders: list[str], notes: list[str], no_eval: bool, no_dev: bool
 ) -> None:
-    """What :func:`write_package` wrote, what is left to fill in, and the evaluator's command."""
+    """What :func:`write_package` wrote, in a line or two: what is left to fill in and the
+    evaluator's commands are in the package's ``task2/README.txt`` (said once, not per folder)."""
     log.info("wrote %s: %s", destination, "; ".join(folders))
-    for note in notes:
-        log.warning("to do: %s", note)
+    readme = destination / "task2" / "README.txt"
+    if notes:
+        log.info("to do before submitting (%d FILL IN notes): see %s", len(notes), readme)
     if no_eval:
         log.info("no evaluation machine types in the data: the task2/ folders hold only meta files")
     if no_dev:
         log.info("no development machine types in the data: no dev/ folders and no ground truth")
     else:
-        log.info("official evaluator on the dev folders:\n%s", evaluator_command(destination))
+        log.debug("the official evaluator's commands: %s", readme)
 
 
 # --- command line --------------------------------------------------------------------------------
@@ -892,7 +909,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "write":
             profile = config.load_profile(args.profile)
             paths = config.resolve_paths(profile, args.data_root, args.output_root)
-            write_package(
+            written = write_package(
                 paths.output_root,
                 paths.data_root,
                 profile,
@@ -901,6 +918,8 @@ def main(argv: list[str] | None = None) -> int:
                 destination=args.destination,
                 zip=args.zip,
             )
+            if (written / "ground_truth").is_dir():  # asked for the package: say how to score it
+                log.info("official evaluator on the dev folders:\n%s", evaluator_command(written))
         else:
             data_root = args.data_root or os.environ.get("DATA_ROOT")
             if args.profile:
