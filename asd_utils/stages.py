@@ -384,14 +384,16 @@ def entry_check(
     (:func:`asd_utils.data.index_dataset`: names, headers, samples; the sample checks cached
     under ``<output root>/cache``), check what the stages will need (every machine type with
     train and test clips and training clips of both domains, the checkpoints ``profile``
-    names), and write the clip manifest ``<output root>/clips.csv`` with ``clips.json``.
-    Returns the clip table and the systems the data cannot feed, each with the reason."""
-    from asd_utils import systems
+    names, the back ends' options), and write the clip manifest ``<output root>/clips.csv``
+    with ``clips.json``. Returns the clip table and the systems the data cannot feed, each with
+    the reason."""
+    from asd_utils import scoring, systems
 
     clips = data.index_dataset(paths.data_root, cache_dir=paths.output_root / "cache")
     data.check_machine_types(clips)  # the door: train and test, both domains in training
     skipped = systems.unavailable(clips)
     if profile is not None:
+        scoring.check(profile["backends"])  # the back end and its options
         systems.check_checkpoints(profile, skip=set(skipped))
     write_manifest(paths.output_root, paths.data_root, clips)
     return clips, skipped
@@ -555,14 +557,13 @@ def frozen(run: Run, progress: bool = False) -> FrozenOutcome:
     view = section["view"] if section["view"] in views else "near"
     outcome = FrozenOutcome(embeddings, encoder, section, views, view, mono_note, floor, seconds)
     system, floor_name = registry.of_kind("frozen")[0], registry.of_kind("floor")[0]
-    backend, options = backend_settings(run.profile)
-    k = int(section["knn_k"])
+    scorer = backend(run, system)
     for name, vector, parameters, what in (
         (system, outcome.vector(), parameter_count(encoder), view),
         (floor_name, floor, 0, "log-mel statistics"),
     ):
-        scores = _score(clips, vector, k, backend, options, run.seed)
-        write_system(run, name, scores, parameters, view=what, backend=backend)
+        scores = _score(clips, vector, scorer)
+        write_system(run, name, scores, parameters, view=what, backend=scorer.name)
     log.info(
         "frozen: %s and the %s in %.1f s (%s view)",
         system,
@@ -678,10 +679,18 @@ def knn_k(profile: dict, name: str) -> int:
     return int(registry.settings(profile, name)["knn_k"])
 
 
-def _score(clips, embeddings, k, backend, options, seed) -> pd.DataFrame:
+def backend(run: Run, system: str):
+    """The profile's default scoring back end (:func:`asd_utils.scoring.make`) for ``system``
+    (its K, :func:`knn_k`; the run's seed), unfitted."""
     from asd_utils import scoring
 
-    return scoring.score_system(clips, embeddings, k, backend, options, seed)
+    return scoring.make(run.profile["backends"], k=knn_k(run.profile, system), seed=run.seed)
+
+
+def _score(clips, embeddings, scorer) -> pd.DataFrame:
+    from asd_utils import scoring
+
+    return scoring.score_system(clips, embeddings, scorer)
 
 
 def embedded(run: Run) -> list[str]:
@@ -701,16 +710,51 @@ def score(run: Run, systems: list[str] | None = None) -> dict[str, pd.DataFrame]
     ``{system: scores}``."""
     from asd_utils import scoring
 
-    backend, options = backend_settings(run.profile)
     out = {}
     for system in systems if systems is not None else embedded(run):
         clips, embeddings = scoring.load_embeddings(run.system_dir(system))
-        scores = _score(clips, embeddings, knn_k(run.profile, system), backend, options, run.seed)
+        scorer = backend(run, system)
+        scores = _score(clips, embeddings, scorer)
         official.write_submission(scores, run.system_dir(system), **run.profile["decision"])
         write_table(scores, run.system_dir(system) / SCORES)
         out[system] = scores
-        log.info("score: %s, %s clips by %s", system, f"{len(clips):,}", backend)
+        log.info("score: %s, %s clips by %s", system, f"{len(clips):,}", scorer.name)
     return out
+
+
+COMPARISON = "backends.csv"  # every back end on every embedding of the run: compare_backends
+
+
+def compare_backends(run: Run, frozen: FrozenOutcome | None = None) -> pd.DataFrame:
+    """Every back end of the table (:data:`asd_utils.scoring.BACKENDS`) on every embedding this
+    run made: each view of System 0 and the log-mel floor (from ``frozen``, :func:`frozen`;
+    left out without it), then each embedded fine-tuned system. One row per (system,
+    embedding, back end) with its summary (:func:`asd_utils.evaluation.metrics.summarise`);
+    written to ``backends.csv``. An analysis: it reads test labels to measure, never to choose."""
+    from asd_utils import scoring
+
+    embeddings = []
+    if frozen is not None:
+        (system,), (floor,) = registry.of_kind("frozen"), registry.of_kind("floor")
+        embeddings += [(system, view, frozen.vector(view), system) for view in frozen.views]
+        embeddings.append((floor, "log-mel statistics", frozen.floor, system))
+    for system in registry.of_kind("fine-tuned"):
+        if (run.system_dir(system) / scoring.EMBEDDINGS).is_file():
+            table, vector = scoring.load_embeddings(run.system_dir(system))
+            if not table["path"].equals(run.clips["path"]):
+                raise ValueError(f"{system}'s embeddings are of other clips than this run's")
+            embeddings.append((system, "fine-tuned", vector, system))
+    rows = []
+    for system, embedding, vector, k_of in embeddings:
+        for name in scoring.BACKENDS:
+            scorer = scoring.make(run.profile["backends"], name, knn_k(run.profile, k_of), run.seed)
+            scores = _score(run.clips, vector, scorer)
+            summary = metrics.summarise(metrics.evaluate(metrics.labelled(scores)[0]))
+            rows.append({"system": system, "embedding": embedding, "backend": name, **summary})
+    grid = pd.DataFrame(rows)
+    write_table(grid, run.paths.output_root / COMPARISON)
+    log.info("backends: %d back ends on %d embeddings", len(scoring.BACKENDS), len(embeddings))
+    return grid
 
 
 def read_scores(run: Run, system: str) -> pd.DataFrame:
@@ -826,9 +870,9 @@ def run_all(
 ) -> Evaluation:
     """Every stage in order, no notebook: prepare, the baseline, every fine-tuned system the data
     can feed (train, embed; the ablations the profile asks for), score, System 0 and the floor,
-    the ensemble, evaluate, package. What ``asd run`` does; the report's notebooks call the same
-    functions. ``seconds`` receives each stage's time as it ends; ``on_stage(name)`` is called
-    as each begins."""
+    every back end compared (``backends.csv``), the ensemble, evaluate, package. What ``asd
+    run`` does; the report's notebooks call the same functions. ``seconds`` receives each
+    stage's time as it ends; ``on_stage(name)`` is called as each begins."""
     seconds = {} if seconds is None else seconds
 
     def stage(name, function, *args, **kwargs):
@@ -846,7 +890,8 @@ def run_all(
             result = stage(f"train {name}", train, run, system, overrides, name, progress=progress)
             stage(f"embed {name}", embed, run, system, result, name, progress=progress)
     stage("score", score, run)
-    stage("frozen", frozen, run, progress=progress)
+    outcome = stage("frozen", frozen, run, progress=progress)
+    stage("backends", compare_backends, run, outcome)
     stage("ensemble", ensemble, run)
     evaluation = stage("evaluate", evaluate, run)
     stage("package", package, run)
@@ -1027,15 +1072,7 @@ def _detect_scores(run: Run, system: str, part: pd.DataFrame, new: pd.DataFrame)
         result.ema_model, new, batch, channel, preprocess, autocast, progress=False
     )
     table = pd.concat([part, new], ignore_index=True)
-    backend, options = backend_settings(run.profile)
-    return _score(
-        table,
-        np.concatenate([reference, queries]),
-        knn_k(run.profile, system),
-        backend,
-        options,
-        run.seed,
-    )
+    return _score(table, np.concatenate([reference, queries]), backend(run, system))
 
 
 def _only(values: pd.Series, what: str) -> str:
