@@ -53,6 +53,8 @@ def test_the_command_line_stages_write_the_reports_files_byte_for_byte(cli_run):
     for name in ("metrics.csv", "table2.csv"):
         assert (out / name).read_bytes() == (report / name).read_bytes(), name
     assert (out / "submission" / "task2").is_dir()
+    # every back end on every embedding: a stage asd run writes, as the report's chapter 55
+    assert (out / "backends.csv").read_bytes() == (report / "backends.csv").read_bytes()
 
 
 def test_a_finished_training_run_is_found_not_redone(cli_run):
