@@ -48,12 +48,14 @@ _TEXT_COLUMNS = ("dataset", "machine_type", "section", "attributes", "file_name"
 @dataclass
 class Run:
     """What every stage receives: ``profile`` (validated), ``paths``, ``profile_file`` (the frozen
-    copy every notebook and training process loads) and the clip manifest (:attr:`clips`)."""
+    copy every notebook and training process loads; a read-only run's own profile file) and the
+    clip manifest (:attr:`clips`). ``writes``: False for a read-only run (``asd detect``)."""
 
     profile: dict
     paths: config.RunPaths
     profile_file: Path
     _clips: pd.DataFrame | None = field(default=None, repr=False)
+    writes: bool = True
 
     @property
     def seed(self) -> int:
@@ -65,9 +67,15 @@ class Run:
     @property
     def clips(self) -> pd.DataFrame:
         """The run's clip table: the manifest :func:`prepare` wrote (prepared now if absent or
-        written for another data root). A copy: callers may change it."""
+        written for another data root; a read-only run refuses instead). A copy: callers may
+        change it."""
         if self._clips is None:
             manifest = read_manifest(self.paths.output_root, self.paths.data_root)
+            if manifest is None and not self.writes:
+                raise errors.UserError(
+                    f"no clip manifest of {self.paths.data_root} in {self.paths.output_root}: "
+                    "run `asd prepare` (same profile, data and output root) first"
+                )
             self._clips = manifest if manifest is not None else prepare(self)
         return self._clips.copy()
 
@@ -88,15 +96,17 @@ def open_run(
     ``<output root>/profile.yaml``; under a run that holds it (a notebook of ``asd report``)
     nothing is written: that run made both. Commands open runs with :class:`Session`."""
     run = _located(profile, data_root, output_root)
-    if write:
-        try:
-            lock = runs.OutputLock(run.paths.output_root).acquire()
-        except runs.OutputBusy:
-            return run
-        try:
-            _make(run, profile, progress)
-        finally:
-            lock.release()
+    if not write:  # the profile as given, never the output root's frozen copy
+        run.profile_file, run.writes = config.profile_path(profile), False
+        return run
+    try:
+        lock = runs.OutputLock(run.paths.output_root).acquire()
+    except runs.OutputBusy:
+        return run
+    try:
+        _make(run, profile, progress)
+    finally:
+        lock.release()
     return run
 
 
@@ -1053,7 +1063,14 @@ def _detect_scores(run: Run, system: str, part: pd.DataFrame, new: pd.DataFrame)
     together by the profile's back end: the scores table of both."""
     from asd_utils import scoring, systems
 
-    result = train(run, system)  # found finished: loads its EMA weights, trains nothing
+    result = systems.train_system(  # found finished: loads its EMA weights, writes nothing
+        run.paths.data_root,
+        run.profile_file,
+        system,
+        run.paths.output_root,
+        progress=False,
+        clips=run.clips,
+    )
     channel, preprocess, key = systems.front_end(run.profile, system)
     batch = systems.settings(run.profile, system)["embed_batch_size"]
     autocast = result.precision.autocast
@@ -1067,6 +1084,7 @@ def _detect_scores(run: Run, system: str, part: pd.DataFrame, new: pd.DataFrame)
         progress=False,
         cache_dir=result.output_dir,
         preprocess_key=key,
+        write_cache=run.writes,
     )
     queries = scoring.extract_embeddings(
         result.ema_model, new, batch, channel, preprocess, autocast, progress=False

@@ -95,7 +95,9 @@ def test_new_recordings_of_any_name_get_the_scores_of_the_official_files(cli_run
     names = _new_recordings(run, tmp_path / "new")
     argv = ["detect", "--profile", str(out / "profile.yaml"), "--output-root", str(out)]
     argv += ["--system", "System 1", "--machine-type", "fan", "--section", "00", "-q"]
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
     assert cli.main([*argv, str(tmp_path / "new"), "--output", str(tmp_path / "d.csv")]) == 0
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()} == before  # read only
     found = pd.read_csv(tmp_path / "d.csv")
     assert sorted(found["file"]) == sorted(names)
     assert set(found["decision"]) <= {0, 1}

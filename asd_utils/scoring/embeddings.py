@@ -74,6 +74,7 @@ def extract_embeddings(
     progress: bool = True,
     cache_dir: str | os.PathLike | None = None,
     preprocess_key: str | None = None,
+    write_cache: bool = True,
 ) -> np.ndarray:
     """Utterance embeddings of every clip of ``table``, (len(table), D) float32, row-aligned.
 
@@ -88,7 +89,8 @@ def extract_embeddings(
     are float32 either way. ``cache_dir``: reuse or write ``embeddings_<key>.npy`` under it,
     keyed by :func:`embedding_cache_key` (the autocast dtype included); with ``preprocess``
     this needs a ``preprocess_key`` string that names the preprocessing and all its settings
-    (a callable cannot be hashed reliably).
+    (a callable cannot be hashed reliably); ``write_cache=False`` reuses a cached file but
+    never writes one (a read-only command).
     """
     if table.empty:
         raise ValueError("extract_embeddings was given an empty table")
@@ -124,7 +126,7 @@ def extract_embeddings(
             embeddings[rows] = batch
     finally:
         model.train(was_training)
-    if cache is not None:
+    if cache is not None and write_cache:
         with atomic_path(cache) as tmp, open(tmp, "wb") as f:
             np.save(f, embeddings)
     return embeddings
