@@ -12,8 +12,10 @@
 Every sub-command takes the same ``--profile``, ``--data-root`` and ``--output-root``
 (default: ``$DATA_ROOT`` / ``$OUTPUT_ROOT``, else the profile's synthetic data and
 ``outputs/<profile>``) and reads what the stages before it wrote there; a finished stage is found,
-not redone. ``-q`` says only warnings, ``-v`` says more; an error is one line (``--debug`` or
-``ASD_DEBUG=1`` for the traceback).
+not redone. Every command that writes opens its run with :class:`asd_utils.stages.Session` (the
+output root's lock before any write, the run record, interruptions); ``status``, ``profile`` and
+``detect`` only read. ``-q`` says only warnings, ``-v`` says more; an error is one line
+(``--debug`` or ``ASD_DEBUG=1`` for the traceback).
 """
 
 from __future__ import annotations

@@ -14,11 +14,13 @@ the log-mel floor). Which stage makes a system is the registry's ``kind``
 (:mod:`asd_utils.registry`), never a list of names here.
 
 A :class:`Run` is what every stage receives: the validated profile, the run's paths, the profile
-file the notebooks and the training command run (``<output root>/profile.yaml``) and the clip
+file the notebooks and training processes load (``<output root>/profile.yaml``) and the clip
 manifest (``<output root>/clips.csv``, written by :func:`prepare`, read by every later stage and
-notebook: the tree is indexed once per run). Finished work is found, not redone: training runs
-and embeddings are cached under ``<output root>/training``, keyed by everything that changes
-them.
+notebook: the tree is indexed once per run). A command opens its run with :class:`Session`, the
+one wrapper of ``asd run``, ``asd report`` and every stage command: the output root's lock
+before anything is written, the run record, interruptions. Finished work is found, not redone:
+training runs and embeddings are cached under ``<output root>/training``, keyed by everything
+that changes them.
 """
 
 from __future__ import annotations
