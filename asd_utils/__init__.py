@@ -11,10 +11,10 @@ below it (``.importlinter``, checked by ``make test``), and ``config``, ``data``
                       frozen, ensemble, evaluate, package, detect
     submission/       the DCASE package: meta files, ground truth, the checks
     systems/          how each system is made: build and run folder of the fine-tuned ones,
-                      train (the command, also under accelerate launch), baseline (the
-                      autoencoder), training_free (System 0, the log-mel floor), ensemble
+                      baseline (the autoencoder), training_free (System 0, the log-mel
+                      floor), ensemble
     scoring/          embeddings and their cache, the back ends (KNN and others)
-    training/         the training loop, checkpoints and resume (``python -m asd_utils.training``)
+    training/         the training loop, checkpoints and resume (``asd train``)
     models/           EAT, BEATs, the fusion modules, heads, losses, the autoencoder, precision
     frontends/        fbank and log-mel, SpecAugment, the ANC, channel views
     data/             DCASE names, the index and its checks, audio I/O; synth (the synthetic set)

@@ -3,7 +3,7 @@
     asd run      --profile quick                      # every stage; no notebook, no book
     asd report   --profile quick                      # the notebooks (calling the stages), book
     asd prepare  --profile paper --data-root /data/dcase2026
-    asd train    --profile paper --system "System 1"  # accelerate launch: asd_utils.systems.train
+    asd train    --profile paper --system "System 1"  # or: accelerate launch -m asd_utils.cli
     asd embed    --profile paper --system "System 1"
     asd score | ensemble | evaluate | package  --profile paper
     asd detect   --profile paper --system "System 1" NEW_CLIPS/ --output scores.csv
@@ -12,14 +12,15 @@
 Every sub-command takes the same ``--profile``, ``--data-root`` and ``--output-root``
 (default: ``$DATA_ROOT`` / ``$OUTPUT_ROOT``, else the profile's synthetic data and
 ``outputs/<profile>``) and reads what the stages before it wrote there; a finished stage is found,
-not redone. ``-q`` says only warnings, ``-v`` says more; an error is one line (``--debug`` or
-``ASD_DEBUG=1`` for the traceback).
+not redone. Every command that writes opens its run with :class:`asd_utils.stages.Session` (the
+output root's lock before any write, the run record, interruptions); ``status``, ``profile`` and
+``detect`` only read. ``-q`` says only warnings, ``-v`` says more; an error is one line
+(``--debug`` or ``ASD_DEBUG=1`` for the traceback).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 import time
@@ -109,15 +110,6 @@ def _dispatch(args) -> None:
             args.kernel,
         )
         return
-    if args.command == "train":
-        from asd_utils.systems import train
-
-        argv = ["--profile", args.profile, "--system", *args.system]
-        for flag, value in (("--data-root", args.data_root), ("--output-root", args.output_root)):
-            if value:
-                argv += [flag, value]
-        train.main(argv)
-        return
     if args.command == "profile":
         import yaml
 
@@ -130,72 +122,50 @@ def _dispatch(args) -> None:
             runs.status(config.resolve_paths(profile, args.data_root, args.output_root).output_root)
         )
         return
-    run = stages.open_run(args.profile, args.data_root, args.output_root, progress=not args.quiet)
     if args.command == "detect":  # reads the run; writes only its --output
+        run = stages.open_run(args.profile, args.data_root, args.output_root, write=False)
         stages.detect(run, args.system, args.clips, args.output, args.machine_type, args.section)
         return
-    runs.check_output_root(run.paths.output_root)
-    with runs.OutputLock(run.paths.output_root) as lock:  # one run per output root
-        if lock.taken_over is not None:
-            log.warning(runs.takeover_note(lock.taken_over, run.paths.output_root))
-        _stage(args, run)
+    session = stages.Session(
+        args.profile,
+        args.data_root,
+        args.output_root,
+        progress=not args.quiet,
+        distributed=args.command == "train",  # accelerate launch: one process prepares
+        add_to_record=args.command != "run",
+    )
+    with session:
+        _stage(args, session)
 
 
-def _stage(args, run) -> None:
+def _stage(args, session) -> None:
     """One stage sub-command (or all of them, ``run``) on the locked output root."""
     from asd_utils import stages
 
-    progress = not args.quiet
+    run, progress = session.run, not args.quiet
     if args.command == "run":
-        _run_recorded(run, progress)
+        stages.run_all(run, progress, session.seconds, on_stage=session.begin)
     elif args.command == "prepare":
-        stages.prepare(run)
+        session.timed("prepare", stages.prepare, run)
     elif args.command == "baseline":
-        stages.baseline(run, progress=progress)
+        session.timed("baseline", stages.baseline, run, progress=progress)
+    elif args.command == "train":
+        for system in args.system:
+            main = session.main_process
+            session.timed(f"train {system}", stages.train, run, system, progress=progress and main)
     elif args.command == "embed":
         for system in args.system:
-            stages.embed(run, system, progress=progress)
+            session.timed(f"embed {system}", stages.embed, run, system, progress=progress)
     elif args.command == "score":
-        stages.score(run, args.system)
+        session.timed("score", stages.score, run, args.system)
     elif args.command == "frozen":
-        stages.frozen(run, progress=progress)
+        session.timed("frozen", stages.frozen, run, progress=progress)
     elif args.command == "ensemble":
-        stages.ensemble(run)
+        session.timed("ensemble", stages.ensemble, run)
     elif args.command == "evaluate":
-        stages.evaluate(run)
+        session.timed("evaluate", stages.evaluate, run)
     elif args.command == "package":
-        stages.package(run, args.systems, args.label)
-
-
-def _run_recorded(run, progress: bool) -> None:
-    """``asd run``: every stage, with ``run_record.json`` as the report keeps it (status, the
-    stage running, each stage's seconds; failed or interrupted at a stage)."""
-    from asd_utils import stages
-    from asd_utils.files import atomic_write_text
-    from asd_utils.report import pipeline
-
-    seconds: dict[str, float] = {}
-    now = {"stage": None}
-
-    def record(status: str) -> None:
-        written = pipeline.run_record(run.profile, run.paths, seconds, None, status, now["stage"])
-        atomic_write_text(run.paths.output_root / "run_record.json", json.dumps(written, indent=2))
-
-    def begin(name: str) -> None:
-        now["stage"] = name
-        record("running")
-
-    try:
-        stages.run_all(run, progress, seconds, on_stage=begin)
-    except KeyboardInterrupt:
-        record(f"interrupted at {now['stage']}")
-        raise errors.Interrupted(
-            f"interrupted in stage {now['stage']}; run the same command to resume"
-        ) from None
-    except Exception as err:
-        record(f"failed at {now['stage']}: {errors.one_line(err)}")
-        raise
-    record("finished")
+        session.timed("package", stages.package, run, args.systems, args.label)
 
 
 def _main(argv) -> None:

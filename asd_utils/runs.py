@@ -201,10 +201,3 @@ def holder_alive(holder: dict) -> bool:
     if holder.get("host") != platform.node():
         return True
     return _alive(int(holder["pid"]))
-
-
-def dead_run_note(output_root: str | os.PathLike) -> str | None:
-    """One line when the record of ``output_root`` says ``running`` but no process holds its
-    lock: the earlier run died without recording it (None otherwise)."""
-    line = status(output_root)
-    return line.replace(": dead:", ": an earlier run died:", 1) if ": dead:" in line else None

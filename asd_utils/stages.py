@@ -14,11 +14,13 @@ the log-mel floor). Which stage makes a system is the registry's ``kind``
 (:mod:`asd_utils.registry`), never a list of names here.
 
 A :class:`Run` is what every stage receives: the validated profile, the run's paths, the profile
-file the notebooks and the training command run (``<output root>/profile.yaml``) and the clip
+file the notebooks and training processes load (``<output root>/profile.yaml``) and the clip
 manifest (``<output root>/clips.csv``, written by :func:`prepare`, read by every later stage and
-notebook: the tree is indexed once per run). Finished work is found, not redone: training runs
-and embeddings are cached under ``<output root>/training``, keyed by everything that changes
-them.
+notebook: the tree is indexed once per run). A command opens its run with :class:`Session`, the
+one wrapper of ``asd run``, ``asd report`` and every stage command: the output root's lock
+before anything is written, the run record, interruptions. Finished work is found, not redone:
+training runs and embeddings are cached under ``<output root>/training``, keyed by everything
+that changes them.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from asd_utils import config, data, errors, registry
+from asd_utils import config, data, errors, registry, runs
 from asd_utils.evaluation import metrics, official
 from asd_utils.files import atomic_write_text, write_table
 
@@ -48,12 +50,14 @@ _TEXT_COLUMNS = ("dataset", "machine_type", "section", "attributes", "file_name"
 @dataclass
 class Run:
     """What every stage receives: ``profile`` (validated), ``paths``, ``profile_file`` (the frozen
-    copy every notebook and training process loads) and the clip manifest (:attr:`clips`)."""
+    copy every notebook and training process loads; a read-only run's own profile file) and the
+    clip manifest (:attr:`clips`). ``writes``: False for a read-only run (``asd detect``)."""
 
     profile: dict
     paths: config.RunPaths
     profile_file: Path
     _clips: pd.DataFrame | None = field(default=None, repr=False)
+    writes: bool = True
 
     @property
     def seed(self) -> int:
@@ -65,9 +69,15 @@ class Run:
     @property
     def clips(self) -> pd.DataFrame:
         """The run's clip table: the manifest :func:`prepare` wrote (prepared now if absent or
-        written for another data root). A copy: callers may change it."""
+        written for another data root; a read-only run refuses instead). A copy: callers may
+        change it."""
         if self._clips is None:
             manifest = read_manifest(self.paths.output_root, self.paths.data_root)
+            if manifest is None and not self.writes:
+                raise errors.UserError(
+                    f"no clip manifest of {self.paths.data_root} in {self.paths.output_root}: "
+                    "run `asd prepare` (same profile, data and output root) first"
+                )
             self._clips = manifest if manifest is not None else prepare(self)
         return self._clips.copy()
 
@@ -77,11 +87,33 @@ def open_run(
     data_root: str | Path | None = None,
     output_root: str | Path | None = None,
     progress: bool = True,
+    write: bool = True,
 ) -> Run:
     """The run of ``profile`` (a name or a YAML path) on ``data_root`` into ``output_root``
-    (argument > ``$DATA_ROOT`` / ``$OUTPUT_ROOT`` > the profile's defaults): the profile
-    validated, the synthetic data made when it is the run's data (idempotent), the validated
-    profile frozen to ``<output root>/profile.yaml`` (written only when it changed)."""
+    (argument > ``$DATA_ROOT`` / ``$OUTPUT_ROOT`` > the profile's defaults), the profile validated.
+
+    ``write=False`` writes nothing (``asd detect`` reading a finished run). Otherwise, while no
+    other run holds the output root (:class:`asd_utils.runs.OutputLock`, held for the moment),
+    the synthetic data is made when it is the run's data (idempotent) and the profile frozen to
+    ``<output root>/profile.yaml``; under a run that holds it (a notebook of ``asd report``)
+    nothing is written: that run made both. Commands open runs with :class:`Session`."""
+    run = _located(profile, data_root, output_root)
+    if not write:  # the profile as given, never the output root's frozen copy
+        run.profile_file, run.writes = config.profile_path(profile), False
+        return run
+    try:
+        lock = runs.OutputLock(run.paths.output_root).acquire()
+    except runs.OutputBusy:
+        return run
+    try:
+        _make(run, profile, progress)
+    finally:
+        lock.release()
+    return run
+
+
+def _located(profile: str | Path, data_root, output_root) -> Run:
+    """The run of ``profile`` with its paths resolved; reads the profile, writes nothing."""
     settings = config.load_profile(profile)
     paths = config.resolve_paths(
         settings,
@@ -89,11 +121,15 @@ def open_run(
         str(output_root) if output_root else None,
     )
     _console()
-    data.prepare_data(settings, paths, progress=progress)
-    frozen = paths.output_root / "profile.yaml"
-    if Path(profile).resolve() != frozen.resolve():
-        config.freeze_profile(settings, frozen)
-    return Run(settings, paths, frozen)
+    return Run(settings, paths, paths.output_root / "profile.yaml")
+
+
+def _make(run: Run, profile: str | Path, progress: bool) -> None:
+    """On the locked output root: the run's synthetic data (idempotent) and the validated
+    profile frozen to ``run.profile_file`` (written only when it changed)."""
+    data.prepare_data(run.profile, run.paths, progress=progress)
+    if Path(profile).resolve() != run.profile_file.resolve():
+        config.freeze_profile(run.profile, run.profile_file)
 
 
 def _console() -> None:
@@ -103,30 +139,247 @@ def _console() -> None:
     errors.configure_from_environment(prefix="    ")
 
 
+# --- the one way a command opens a run: lock, record, interrupt ----------------------------------
+
+PACKAGES = (
+    "torch",
+    "numpy",
+    "scipy",
+    "scikit-learn",
+    "pandas",
+    "soundfile",
+    "papermill",
+    "jupyter-book",
+    "matplotlib",
+)
+
+
+class Session:
+    """A command's run, opened for writing (a context manager; ``asd run``, ``asd report`` and
+    every stage command).
+
+    On entry the output root's lock is taken (:class:`asd_utils.runs.OutputLock`: a second run
+    into it is refused, naming this one) BEFORE anything is written; then the synthetic data is
+    made, the profile frozen and ``run_record.json`` says ``running``. :meth:`begin` records the
+    stage (or chapter) starting; on exit the record says ``finished``, ``failed at <stage>:
+    <error>`` or ``interrupted at <stage>`` (Ctrl-C, SIGTERM: raised again as one line,
+    :class:`asd_utils.errors.Interrupted`), and the lock is released. ``distributed`` (``asd
+    train`` under ``accelerate launch``): the main process does all of this and writes the clip
+    manifest; the others wait for it, read the manifest and write nothing. :attr:`seconds`
+    receives each stage's time (:meth:`timed`; with ``add_to_record`` after those the record of
+    the same settings holds), :attr:`summary` joins the record."""
+
+    def __init__(
+        self,
+        profile: str | Path,
+        data_root: str | Path | None = None,
+        output_root: str | Path | None = None,
+        progress: bool = True,
+        distributed: bool = False,
+        unit: str = "stage",
+        add_to_record: bool = False,
+    ) -> None:
+        self._args = (profile, data_root, output_root)
+        self.progress, self.distributed, self.unit = progress, distributed, unit
+        self.add_to_record = add_to_record
+        self.seconds: dict[str, float] = {}
+        self.summary: dict = {}
+        self.stage: str | None = None
+        self.main_process = True
+        self._lock: runs.OutputLock | None = None
+        self._signals = None
+
+    def __enter__(self) -> Session:
+        self.run = _located(*self._args)
+        state = None
+        if self.distributed:
+            from accelerate import PartialState
+            from accelerate.utils import parse_flag_from_env
+
+            state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))  # as training
+            self.main_process = state.is_main_process
+        if self.main_process:
+            self._lock = runs.OutputLock(self.run.paths.output_root).acquire()
+            if self._lock.taken_over is not None:
+                log.warning(runs.takeover_note(self._lock.taken_over, self.run.paths.output_root))
+            self._signals = errors.interrupt_on_signals()
+            self._signals.__enter__()
+            if self.add_to_record:
+                self.seconds.update(_earlier_seconds(self.run))
+            try:
+                _make(self.run, self._args[0], self.progress)
+                if state is not None:
+                    self.run.clips  # noqa: B018 - the manifest, for the other processes
+            except BaseException:
+                self._release()
+                raise
+            self.record("running")
+        if state is not None:
+            state.wait_for_everyone()
+            if not self.main_process:
+                self.run._clips = _manifest_of(self.run)
+        return self
+
+    def begin(self, stage: str) -> None:
+        """Record ``stage`` as the one running."""
+        self.stage = stage
+        self.record("running")
+
+    def timed(self, stage: str, function, *args, **kwargs):
+        """``function(*args, **kwargs)`` as ``stage`` (:meth:`begin`); its seconds added to
+        :attr:`seconds`."""
+        self.begin(stage)
+        start = time.perf_counter()
+        out = function(*args, **kwargs)
+        self.seconds[stage] = round(self.seconds.get(stage, 0.0) + time.perf_counter() - start, 1)
+        return out
+
+    def record(self, status: str) -> dict | None:
+        """Write ``run_record.json`` (:func:`run_record`) with ``status`` (main process only)."""
+        if not self.main_process:
+            return None
+        written = run_record(
+            self.run.profile, self.run.paths, self.seconds, self.summary, status, self.stage
+        )
+        path = self.run.paths.output_root / runs.RECORD_NAME
+        atomic_write_text(path, json.dumps(written, indent=2))
+        return written
+
+    def __exit__(self, kind, err, traceback) -> None:
+        try:
+            if err is None:
+                self.record("finished")
+                return
+            self.stage = getattr(err, "chapter", self.stage)
+            if isinstance(err, KeyboardInterrupt):
+                self.record(f"interrupted at {self.stage}")
+                where = self.stage or "the run"
+                if where not in ("the run", "notebooks", "book"):
+                    where = f"{self.unit} {where}"
+                raise errors.Interrupted(
+                    f"interrupted in {where}; run the same command to resume"
+                ) from None
+            self.record(f"failed at {self.stage}: {errors.one_line(err)}")
+        finally:
+            self._release()
+
+    def _release(self) -> None:
+        if self._signals is not None:
+            self._signals.__exit__(None, None, None)
+            self._signals = None
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
+
+def _earlier_seconds(run: Run) -> dict[str, float]:
+    """Stage times of the record in the run's output root when it ran the same settings on the
+    same data root (a command that adds to that run); otherwise none."""
+    try:
+        earlier = json.loads((run.paths.output_root / runs.RECORD_NAME).read_text())
+    except (OSError, ValueError):
+        return {}
+    same = earlier.get("settings") == run.profile
+    same = same and earlier.get("data_root") == str(run.paths.data_root)
+    return dict(earlier.get("stage_seconds", {})) if same else {}
+
+
+def _manifest_of(run: Run) -> pd.DataFrame:
+    """The manifest the main process wrote, for another process of ``accelerate launch``."""
+    clips = read_manifest(run.paths.output_root, run.paths.data_root)
+    if clips is None:
+        raise errors.RunError(
+            f"no clip manifest for {run.paths.data_root} in {run.paths.output_root} after the "
+            "main process prepared the run"
+        )
+    return clips
+
+
+def git_commit() -> str:
+    """The checked-out commit, with ``-dirty`` when tracked files have uncommitted changes."""
+    import subprocess
+
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", *args], cwd=config.REPO_ROOT, capture_output=True, text=True, check=True
+        ).stdout.strip()
+
+    try:
+        commit = git("rev-parse", "HEAD")
+        return commit + ("-dirty" if git("status", "--porcelain", "--untracked-files=no") else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown (not a git checkout)"
+
+
+def run_record(
+    profile: dict,
+    paths: config.RunPaths,
+    seconds: dict[str, float],
+    data_summary: dict | None = None,
+    status: str = "running",
+    chapter: str | None = None,
+) -> dict:
+    """What ran: profile (in full), seed, data, commit, package versions, machine, stage times,
+    each system's precision as resolved here (:func:`asd_utils.systems.precisions`: ``auto`` →
+    bf16 or float32, and why), ``status`` (``running``, ``finished``, ``failed at <chapter>:
+    <error>`` or ``interrupted at <chapter>``), the ``chapter`` (stage) running or last run, and
+    the ``pid`` and ``host`` of the run (with the output root's lock they tell a dead run from a
+    live one)."""
+    import os
+    import platform
+    import sys
+    from datetime import UTC, datetime
+    from importlib import metadata
+
+    from asd_utils import systems
+
+    versions = {}
+    for package in PACKAGES:
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = None
+    return {
+        "profile": profile["name"],
+        "seed": profile["seed"],
+        "settings": profile,
+        "data_root": str(paths.data_root),
+        "data": "synthetic (asd_utils.data.synth)" if paths.synthetic else "user-given DCASE tree",
+        **(data_summary or {}),
+        "output_root": str(paths.output_root),
+        "git_commit": git_commit(),
+        "python": sys.version.split()[0],
+        "packages": versions,
+        "machine": {
+            "platform": platform.platform(),
+            "processor": platform.processor(),
+            "cpus": os.cpu_count(),
+        },
+        "precision": systems.precisions(profile),
+        "status": status,
+        "chapter": chapter,
+        "pid": os.getpid(),
+        "host": platform.node(),
+        "written": datetime.now(UTC).isoformat(timespec="seconds"),
+        "stage_seconds": seconds,
+    }
+
+
 # --- prepare -------------------------------------------------------------------------------------
 
 
 def prepare(run: Run) -> pd.DataFrame:
-    """The door and the manifest: index and check every clip of the run's data
-    (:func:`asd_utils.data.index_dataset`: names, headers, samples; the sample checks cached
-    under ``<output root>/cache``), check what the stages will need (every machine type with
-    train and test clips and training clips of both domains, the checkpoints the profile names:
-    the report's pre-flight checks), say which machine types get no metrics and which systems
-    the data cannot feed, and write the clip manifest ``<output root>/clips.csv`` with
-    ``clips.json`` (data root, fingerprint). Returns the clip table."""
-    from asd_utils import systems
-
+    """The door and the manifest (:func:`entry_check`); says which machine types get no metrics
+    and which systems the data cannot feed. Returns the clip table."""
     start = time.perf_counter()
-    clips = data.index_dataset(run.paths.data_root, cache_dir=run.paths.output_root / "cache")
-    data.check_machine_types(clips)  # the door: train and test, both domains in training
-    skipped = systems.unavailable(clips)
-    systems.check_checkpoints(run.profile, skip=set(skipped))
-    write_manifest(run.paths.output_root, run.paths.data_root, clips)
+    clips, skipped = entry_check(run.paths, run.profile)
     run._clips = clips
     _, no_truth = metrics.labelled(clips)
     if no_truth:
         log.info("prepare: %s", metrics.no_ground_truth_note(no_truth))
     if skipped:
+        from asd_utils import systems
+
         log.info("prepare: %s", systems.skip_notice(skipped))
     log.info(
         "prepare: %s clips indexed and checked in %.1f s",
@@ -134,6 +387,28 @@ def prepare(run: Run) -> pd.DataFrame:
         time.perf_counter() - start,
     )
     return clips.copy()
+
+
+def entry_check(
+    paths: config.RunPaths, profile: dict | None
+) -> tuple[pd.DataFrame, dict[str, str]]:
+    """The one entry check: index and check every clip of the run's data
+    (:func:`asd_utils.data.index_dataset`: names, headers, samples; the sample checks cached
+    under ``<output root>/cache``), check what the stages will need (every machine type with
+    train and test clips and training clips of both domains, the checkpoints ``profile``
+    names, the back ends' options), and write the clip manifest ``<output root>/clips.csv``
+    with ``clips.json``. Returns the clip table and the systems the data cannot feed, each with
+    the reason."""
+    from asd_utils import scoring, systems
+
+    clips = data.index_dataset(paths.data_root, cache_dir=paths.output_root / "cache")
+    data.check_machine_types(clips)  # the door: train and test, both domains in training
+    skipped = systems.unavailable(clips)
+    if profile is not None:
+        scoring.check(profile["backends"])  # the back end and its options
+        systems.check_checkpoints(profile, skip=set(skipped))
+    write_manifest(paths.output_root, paths.data_root, clips)
+    return clips, skipped
 
 
 def write_manifest(output_root: str | Path, data_root: str | Path, clips: pd.DataFrame) -> Path:
@@ -294,14 +569,13 @@ def frozen(run: Run, progress: bool = False) -> FrozenOutcome:
     view = section["view"] if section["view"] in views else "near"
     outcome = FrozenOutcome(embeddings, encoder, section, views, view, mono_note, floor, seconds)
     system, floor_name = registry.of_kind("frozen")[0], registry.of_kind("floor")[0]
-    backend, options = backend_settings(run.profile)
-    k = int(section["knn_k"])
+    scorer = backend(run, system)
     for name, vector, parameters, what in (
         (system, outcome.vector(), parameter_count(encoder), view),
         (floor_name, floor, 0, "log-mel statistics"),
     ):
-        scores = _score(clips, vector, k, backend, options, run.seed)
-        write_system(run, name, scores, parameters, view=what, backend=backend)
+        scores = _score(clips, vector, scorer)
+        write_system(run, name, scores, parameters, view=what, backend=scorer.name)
     log.info(
         "frozen: %s and the %s in %.1f s (%s view)",
         system,
@@ -345,7 +619,7 @@ def train(
         )
     reason = skipped(run).get(system)
     if reason:
-        raise data.DataError(f"{system} cannot run on this data: {reason}")
+        raise data.DataError(systems.skip_notice({system: reason}))
     clips = run.clips
     classes = systems.class_names(clips[clips["split"] == "train"], run.profile, system)[1]
     result = systems.train_system(
@@ -417,10 +691,18 @@ def knn_k(profile: dict, name: str) -> int:
     return int(registry.settings(profile, name)["knn_k"])
 
 
-def _score(clips, embeddings, k, backend, options, seed) -> pd.DataFrame:
+def backend(run: Run, system: str):
+    """The profile's default scoring back end (:func:`asd_utils.scoring.make`) for ``system``
+    (its K, :func:`knn_k`; the run's seed), unfitted."""
     from asd_utils import scoring
 
-    return scoring.score_system(clips, embeddings, k, backend, options, seed)
+    return scoring.make(run.profile["backends"], k=knn_k(run.profile, system), seed=run.seed)
+
+
+def _score(clips, embeddings, scorer) -> pd.DataFrame:
+    from asd_utils import scoring
+
+    return scoring.score_system(clips, embeddings, scorer)
 
 
 def embedded(run: Run) -> list[str]:
@@ -440,16 +722,51 @@ def score(run: Run, systems: list[str] | None = None) -> dict[str, pd.DataFrame]
     ``{system: scores}``."""
     from asd_utils import scoring
 
-    backend, options = backend_settings(run.profile)
     out = {}
     for system in systems if systems is not None else embedded(run):
         clips, embeddings = scoring.load_embeddings(run.system_dir(system))
-        scores = _score(clips, embeddings, knn_k(run.profile, system), backend, options, run.seed)
+        scorer = backend(run, system)
+        scores = _score(clips, embeddings, scorer)
         official.write_submission(scores, run.system_dir(system), **run.profile["decision"])
         write_table(scores, run.system_dir(system) / SCORES)
         out[system] = scores
-        log.info("score: %s, %s clips by %s", system, f"{len(clips):,}", backend)
+        log.info("score: %s, %s clips by %s", system, f"{len(clips):,}", scorer.name)
     return out
+
+
+COMPARISON = "backends.csv"  # every back end on every embedding of the run: compare_backends
+
+
+def compare_backends(run: Run, frozen: FrozenOutcome | None = None) -> pd.DataFrame:
+    """Every back end of the table (:data:`asd_utils.scoring.BACKENDS`) on every embedding this
+    run made: each view of System 0 and the log-mel floor (from ``frozen``, :func:`frozen`;
+    left out without it), then each embedded fine-tuned system. One row per (system,
+    embedding, back end) with its summary (:func:`asd_utils.evaluation.metrics.summarise`);
+    written to ``backends.csv``. An analysis: it reads test labels to measure, never to choose."""
+    from asd_utils import scoring
+
+    embeddings = []
+    if frozen is not None:
+        (system,), (floor,) = registry.of_kind("frozen"), registry.of_kind("floor")
+        embeddings += [(system, view, frozen.vector(view), system) for view in frozen.views]
+        embeddings.append((floor, "log-mel statistics", frozen.floor, system))
+    for system in registry.of_kind("fine-tuned"):
+        if (run.system_dir(system) / scoring.EMBEDDINGS).is_file():
+            table, vector = scoring.load_embeddings(run.system_dir(system))
+            if not table["path"].equals(run.clips["path"]):
+                raise ValueError(f"{system}'s embeddings are of other clips than this run's")
+            embeddings.append((system, "fine-tuned", vector, system))
+    rows = []
+    for system, embedding, vector, k_of in embeddings:
+        for name in scoring.BACKENDS:
+            scorer = scoring.make(run.profile["backends"], name, knn_k(run.profile, k_of), run.seed)
+            scores = _score(run.clips, vector, scorer)
+            summary = metrics.summarise(metrics.evaluate(metrics.labelled(scores)[0]))
+            rows.append({"system": system, "embedding": embedding, "backend": name, **summary})
+    grid = pd.DataFrame(rows)
+    write_table(grid, run.paths.output_root / COMPARISON)
+    log.info("backends: %d back ends on %d embeddings", len(scoring.BACKENDS), len(embeddings))
+    return grid
 
 
 def read_scores(run: Run, system: str) -> pd.DataFrame:
@@ -565,9 +882,9 @@ def run_all(
 ) -> Evaluation:
     """Every stage in order, no notebook: prepare, the baseline, every fine-tuned system the data
     can feed (train, embed; the ablations the profile asks for), score, System 0 and the floor,
-    the ensemble, evaluate, package. What ``asd run`` does; the report's notebooks call the same
-    functions. ``seconds`` receives each stage's time as it ends; ``on_stage(name)`` is called
-    as each begins."""
+    every back end compared (``backends.csv``), the ensemble, evaluate, package. What ``asd
+    run`` does; the report's notebooks call the same functions. ``seconds`` receives each
+    stage's time as it ends; ``on_stage(name)`` is called as each begins."""
     seconds = {} if seconds is None else seconds
 
     def stage(name, function, *args, **kwargs):
@@ -585,7 +902,8 @@ def run_all(
             result = stage(f"train {name}", train, run, system, overrides, name, progress=progress)
             stage(f"embed {name}", embed, run, system, result, name, progress=progress)
     stage("score", score, run)
-    stage("frozen", frozen, run, progress=progress)
+    outcome = stage("frozen", frozen, run, progress=progress)
+    stage("backends", compare_backends, run, outcome)
     stage("ensemble", ensemble, run)
     evaluation = stage("evaluate", evaluate, run)
     stage("package", package, run)
@@ -747,7 +1065,14 @@ def _detect_scores(run: Run, system: str, part: pd.DataFrame, new: pd.DataFrame)
     together by the profile's back end: the scores table of both."""
     from asd_utils import scoring, systems
 
-    result = train(run, system)  # found finished: loads its EMA weights, trains nothing
+    result = systems.train_system(  # found finished: loads its EMA weights, writes nothing
+        run.paths.data_root,
+        run.profile_file,
+        system,
+        run.paths.output_root,
+        progress=False,
+        clips=run.clips,
+    )
     channel, preprocess, key = systems.front_end(run.profile, system)
     batch = systems.settings(run.profile, system)["embed_batch_size"]
     autocast = result.precision.autocast
@@ -761,20 +1086,13 @@ def _detect_scores(run: Run, system: str, part: pd.DataFrame, new: pd.DataFrame)
         progress=False,
         cache_dir=result.output_dir,
         preprocess_key=key,
+        write_cache=run.writes,
     )
     queries = scoring.extract_embeddings(
         result.ema_model, new, batch, channel, preprocess, autocast, progress=False
     )
     table = pd.concat([part, new], ignore_index=True)
-    backend, options = backend_settings(run.profile)
-    return _score(
-        table,
-        np.concatenate([reference, queries]),
-        knn_k(run.profile, system),
-        backend,
-        options,
-        run.seed,
-    )
+    return _score(table, np.concatenate([reference, queries]), backend(run, system))
 
 
 def _only(values: pd.Series, what: str) -> str:

@@ -116,7 +116,7 @@ def test_errors_are_one_line_and_a_traceback_only_when_asked(tmp_path, capsys, m
 
 
 def test_the_training_command_gives_one_line_errors(tmp_path):
-    command = [sys.executable, "-m", "asd_utils.systems.train", "--profile", "smoke"]
+    command = [sys.executable, "-m", "asd_utils.cli", "train", "--profile", "smoke"]
     command += ["--system", "System 1", "--data-root", str(tmp_path / "missing")]
     command += ["--output-root", str(tmp_path / "out")]
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}

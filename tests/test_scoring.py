@@ -6,8 +6,9 @@ import pytest
 import torch
 from torch import nn
 
-from asd_utils import data, scoring
+from asd_utils import config, data, scoring
 from asd_utils.evaluation import metrics, official
+from asd_utils.scoring import embeddings as embedding_files
 
 
 def brute_force(train, domain, queries, k, leave_one_out=False):
@@ -90,7 +91,7 @@ def clip_table() -> pd.DataFrame:
 def test_score_system_per_section(tmp_path):
     table = clip_table()
     emb = np.random.default_rng(1).standard_normal((len(table), 6))
-    scores = scoring.score_system(table, emb, k=2)
+    scores = scoring.score_system(table, emb, scoring.KNN(k=2))
     assert list(scores.columns) == [*table.columns, "anomaly_score"]
     assert (scores.index == table.index).all()
     for (_, _), group in table.reset_index(drop=True).groupby(["machine_type", "section"]):
@@ -100,7 +101,7 @@ def test_score_system_per_section(tmp_path):
         got = scores["anomaly_score"].to_numpy()
         np.testing.assert_allclose(got[test], brute_force(emb[train], domain, emb[test], 2))
         np.testing.assert_allclose(got[train], brute_force(emb[train], domain, emb[train], 2, True))
-    from_column = scoring.score_system(table.assign(embedding=list(emb)), k=2)
+    from_column = scoring.score_system(table.assign(embedding=list(emb)), None, scoring.KNN(k=2))
     pd.testing.assert_frame_equal(from_column, scores)
     written = official.write_submission(scores, tmp_path)
     assert list(written["n_test"]) == [4, 4]
@@ -171,7 +172,7 @@ def test_embedding_cache_is_keyed_by_the_weights(wav_table, tmp_path, monkeypatc
     def no_audio(*_args, **_kwargs):
         raise AssertionError("read audio although the cache holds these embeddings")
 
-    monkeypatch.setattr(scoring, "load_waveform", no_audio)
+    monkeypatch.setattr(embedding_files, "load_waveform", no_audio)
     np.testing.assert_array_equal(
         scoring.extract_embeddings(model, wav_table, cache_dir=tmp_path, progress=False), first
     )
@@ -190,13 +191,30 @@ def test_embedding_cache_key_is_the_version_not_the_source_files(wav_table, monk
     model = Framer()
     key = scoring.embedding_cache_key(model, wav_table, 0, None, None)
     # every source file now reads differently (a moved or re-documented module): the same key
-    monkeypatch.setattr(scoring.Path, "read_bytes", lambda self: b"# a docstring changed")
+    monkeypatch.setattr(embedding_files.Path, "read_bytes", lambda self: b"# a docstring changed")
     assert scoring.embedding_cache_key(model, wav_table, 0, None, None) == key
-    monkeypatch.setattr(scoring, "EMBEDDING_VERSION", scoring.EMBEDDING_VERSION + "+")
+    monkeypatch.setattr(embedding_files, "EMBEDDING_VERSION", scoring.EMBEDDING_VERSION + "+")
     assert scoring.embedding_cache_key(model, wav_table, 0, None, None) != key
 
 
 # --- the back ends, on hand-made embeddings whose answer is known --------------------------------
+
+
+# the paper profile's options of every back end: what the old code dict held
+PAPER = config.load_profile("paper")["backends"]
+
+
+def backend_scores(reference, domain, queries, name="knn", k=1, options=None, seed=0):
+    """Scores of ``queries`` by back end ``name`` fitted on ``reference`` (the paper's options,
+    ``options`` over them)."""
+    section = {**PAPER, name: {**PAPER.get(name, {}), **(options or {})}}
+    return scoring.make(section, name, k, seed).fit(reference, domain).score(queries)
+
+
+def training_scores(reference, domain, name="knn", k=1, options=None, seed=0):
+    """The reference's own scores by back end ``name`` (leave-one-out or out-of-fold)."""
+    section = {**PAPER, name: {**PAPER.get(name, {}), **(options or {})}}
+    return scoring.make(section, name, k, seed).fit(reference, domain).training_scores()
 
 
 def on_circle(degrees):
@@ -211,13 +229,13 @@ def cosine_distance(degrees):
 
 def test_unknown_backend_is_named():
     with pytest.raises(ValueError, match="unknown back end 'knnn'.*kmeans"):
-        scoring.backend_scores(on_circle([0, 1]), None, on_circle([0]), "knnn")
+        backend_scores(on_circle([0, 1]), None, on_circle([0]), "knnn")
 
 
 def test_knn_backend_is_the_paper_knn(embeddings):
     train, domain, queries = embeddings
     np.testing.assert_array_equal(
-        scoring.backend_scores(train, domain, queries, "knn", k=3),
+        backend_scores(train, domain, queries, "knn", k=3),
         scoring.knn_scores(train, domain, queries, k=3),
     )
 
@@ -229,13 +247,11 @@ def test_kmeans_scores_against_source_centroids_and_target_clips():
     reference = np.concatenate([source, target])
     domain = np.array(["source"] * 6 + ["target"])
     queries = on_circle([0, 45, 200, 210])
-    got = scoring.backend_scores(
-        reference, domain, queries, "kmeans", options={"kmeans_centroids": 2}
-    )
+    got = backend_scores(reference, domain, queries, "kmeans", options={"centroids": 2})
     # the centroids lie at 0 and 90 degrees: a query there scores ~0 (a source clip at 2 degrees
     # would give the KNN 1 - cos 2); 45 degrees is 45 from both; the target clip is kept as is
     np.testing.assert_allclose(got, cosine_distance([0, 45, 0, 10]), atol=1e-12)
-    knn = scoring.backend_scores(reference, domain, queries, "knn")
+    knn = backend_scores(reference, domain, queries, "knn")
     np.testing.assert_allclose(knn, cosine_distance([0, 43, 0, 10]), atol=1e-12)
 
 
@@ -245,21 +261,17 @@ def test_smote_fills_the_space_between_target_clips():
     reference = np.concatenate([source, target])
     domain = np.array(["source", "source", "target", "target"])
     midway = on_circle([45])
-    knn = scoring.backend_scores(reference, domain, midway, "knn")
+    knn = backend_scores(reference, domain, midway, "knn")
     np.testing.assert_allclose(knn, cosine_distance([45]))
-    smote = scoring.backend_scores(
-        reference, domain, midway, "smote", options={"smote_per_clip": 200}, seed=0
-    )
+    smote = backend_scores(reference, domain, midway, "smote", options={"per_clip": 200}, seed=0)
     assert smote[0] < 1e-3 < knn[0]  # interpolations between 0 and 90 degrees pass through 45
     # a query beyond the target clips is no closer than before: SMOTE stays between them
     outside = on_circle([-30])
     np.testing.assert_allclose(
-        scoring.backend_scores(reference, domain, outside, "smote", seed=0),
+        backend_scores(reference, domain, outside, "smote", seed=0),
         cosine_distance([30]),
     )
-    again = scoring.backend_scores(
-        reference, domain, midway, "smote", options={"smote_per_clip": 200}, seed=0
-    )
+    again = backend_scores(reference, domain, midway, "smote", options={"per_clip": 200}, seed=0)
     np.testing.assert_array_equal(again, smote)  # seeded
 
 
@@ -270,12 +282,12 @@ def test_local_rescales_by_the_neighbourhood_of_the_nearest_clip():
     reference = np.concatenate([dense, sparse])
     domain = np.array(["source"] * 4 + ["target"] * 4)
     queries = on_circle([-5, 95])  # 5 degrees from the nearest clip of each domain
-    got = scoring.backend_scores(reference, domain, queries, "local", options={"local_k": 1})
+    got = backend_scores(reference, domain, queries, "local", options={"neighbours": 1})
     # the nearest clips (0 and 100 degrees) have their own nearest neighbours 1 and 10 degrees away
     expected = cosine_distance([5, 5]) / cosine_distance([1, 10])
     np.testing.assert_allclose(got, expected, rtol=1e-9)
     assert got[0] > 10 * got[1]  # 5 degrees is far for the dense domain, near for the sparse one
-    knn = scoring.backend_scores(reference, domain, queries, "knn")
+    knn = backend_scores(reference, domain, queries, "knn")
     np.testing.assert_allclose(knn[0], knn[1])  # the KNN cannot tell them apart
 
 
@@ -284,14 +296,12 @@ def test_training_scores_of_fitted_backends_are_out_of_fold():
     points = on_circle(np.arange(0, 100, 10))
     reference = np.concatenate([points, points])
     for backend in ("kmeans", "smote", "local"):
-        options = {"folds": 2, "kmeans_centroids": 40}  # as many centroids as clips: the clips
-        scores = scoring.training_scores(reference, None, backend, options=options)
+        options = {"folds": 2, **({"centroids": 40} if backend == "kmeans" else {})}  # the clips
+        scores = training_scores(reference, None, backend, options=options)
         assert scores.shape == (20,) and np.isfinite(scores).all()
     # 2 folds dealt in turn: clip i and its copy i + 10 sit in the same fold, so no clip sees
     # itself: every score is the distance to a 10-degree neighbour at least
-    kmeans = scoring.training_scores(
-        reference, None, "kmeans", options={"folds": 2, "kmeans_centroids": 40}
-    )
+    kmeans = training_scores(reference, None, "kmeans", options={"folds": 2, "centroids": 40})
     assert kmeans.min() > 0.5 * cosine_distance(10)
 
 
@@ -299,7 +309,7 @@ def test_training_scores_of_fitted_backends_are_out_of_fold():
 def test_score_system_takes_every_backend(backend):
     table = clip_table()
     emb = np.random.default_rng(1).standard_normal((len(table), 6))
-    scores = scoring.score_system(table, emb, backend=backend, seed=3)
+    scores = scoring.score_system(table, emb, scoring.make(PAPER, backend, seed=3))
     assert np.isfinite(scores["anomaly_score"]).all()
-    again = scoring.score_system(table, emb, backend=backend, seed=3)
+    again = scoring.score_system(table, emb, scoring.make(PAPER, backend, seed=3))
     pd.testing.assert_frame_equal(scores, again)

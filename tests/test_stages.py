@@ -53,6 +53,8 @@ def test_the_command_line_stages_write_the_reports_files_byte_for_byte(cli_run):
     for name in ("metrics.csv", "table2.csv"):
         assert (out / name).read_bytes() == (report / name).read_bytes(), name
     assert (out / "submission" / "task2").is_dir()
+    # every back end on every embedding: a stage asd run writes, as the report's chapter 55
+    assert (out / "backends.csv").read_bytes() == (report / "backends.csv").read_bytes()
 
 
 def test_a_finished_training_run_is_found_not_redone(cli_run):
@@ -93,7 +95,9 @@ def test_new_recordings_of_any_name_get_the_scores_of_the_official_files(cli_run
     names = _new_recordings(run, tmp_path / "new")
     argv = ["detect", "--profile", str(out / "profile.yaml"), "--output-root", str(out)]
     argv += ["--system", "System 1", "--machine-type", "fan", "--section", "00", "-q"]
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
     assert cli.main([*argv, str(tmp_path / "new"), "--output", str(tmp_path / "d.csv")]) == 0
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()} == before  # read only
     found = pd.read_csv(tmp_path / "d.csv")
     assert sorted(found["file"]) == sorted(names)
     assert set(found["decision"]) <= {0, 1}

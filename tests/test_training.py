@@ -1,5 +1,5 @@
 """The training loop: classes, schedule, EMA, data order, accumulation, exact resume, damaged
-checkpoints, finished runs, CLI."""
+checkpoints, finished runs, in processes of their own."""
 
 import json
 import logging
@@ -72,7 +72,7 @@ def clips(tmp_path_factory) -> pd.DataFrame:
 
 
 def build_tiny(root, dropout=0.1, kill_after=None, seed=0):
-    """(model, loss, dataset) for the tests and the CLI; kill_after: SIGKILL at that draw."""
+    """(model, loss, dataset) for the tests and :func:`trainer`; kill_after: SIGKILL then."""
     table = data.index_dataset(root, min_seconds=0)
     ids, names = data.attribute_classes(table)
     torch.manual_seed(seed)
@@ -82,6 +82,30 @@ def build_tiny(root, dropout=0.1, kill_after=None, seed=0):
     if kill_after is not None:
         dataset = Killing(dataset, kill_after, lambda: os.kill(os.getpid(), signal.SIGKILL))
     return model, loss, dataset
+
+
+TRAINER = """
+import json, sys
+sys.path.insert(0, sys.argv[1])
+from test_training import build_tiny
+from asd_utils import training
+spec = json.loads(open(sys.argv[2]).read())
+model, loss_fn, dataset = build_tiny(**spec["builder_args"])
+config = training.TrainConfig.from_dict(spec["train"])
+training.train(model, loss_fn, dataset, config, spec["output_dir"], resume=spec["resume"],
+               progress=False)
+"""
+
+
+def trainer(tmp_path, builder_args, config, output_dir, resume=False) -> list[str]:
+    """A command that trains :func:`build_tiny` in its own process (killable, or one of several
+    under torchrun): ``[python, script, tests folder, spec]``."""
+    spec = {"builder_args": builder_args, "train": config.to_dict(),
+            "output_dir": str(output_dir), "resume": resume}  # fmt: skip
+    (tmp_path / "spec.json").write_text(json.dumps(spec))
+    (tmp_path / "trainer.py").write_text(TRAINER)
+    folder = str(Path(__file__).resolve().parent)
+    return [sys.executable, str(tmp_path / "trainer.py"), folder, str(tmp_path / "spec.json")]
 
 
 class Killing(torch.utils.data.Dataset):
@@ -598,17 +622,12 @@ def test_cli_survives_sigkill_and_resumes(clips, tmp_path):
     model, loss_fn, dataset = build_tiny(root)
     full = training.train(model, loss_fn, dataset, config, tmp_path / "full", progress=False)
 
-    builder = f"{Path(__file__).resolve()}:build_tiny"
-    run_file = training.write_run_file(
-        tmp_path / "run.yaml", builder, {"root": str(root), "kill_after": 27}, config,
-        tmp_path / "cli",
-    )  # fmt: skip
-    command = [sys.executable, "-m", "asd_utils.training", str(run_file), "--no-progress"]
+    command = trainer(tmp_path, {"root": str(root), "kill_after": 27}, config, tmp_path / "cli")
     killed = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True)
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     assert training.latest_checkpoint(tmp_path / "cli").name == "step_00000002"
-    training.write_run_file(run_file, builder, {"root": str(root)}, config, tmp_path / "cli")
-    done = subprocess.run([*command, "--resume"], cwd=tmp_path, capture_output=True, text=True)
+    command = trainer(tmp_path, {"root": str(root)}, config, tmp_path / "cli", resume=True)
+    done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     reloaded = training.load_weights(EmbeddingModel(TinyBackbone(), 4), tmp_path / "cli")
     assert_same(state(reloaded), state(full.ema_model))
@@ -640,16 +659,9 @@ def test_two_processes_train_like_one(clips, tmp_path):
     config = small_config(steps=3, checkpoint_every=0, spec_augment_time=0, spec_augment_freq=0)
     model, loss_fn, dataset = build_tiny(root, dropout=0.0)
     one = training.train(model, loss_fn, dataset, config, tmp_path / "one", progress=False)
-    builder = f"{Path(__file__).resolve()}:build_tiny"
-    run_file = training.write_run_file(
-        tmp_path / "run.yaml",
-        builder,
-        {"root": str(root), "dropout": 0.0},
-        config,
-        tmp_path / "two",
-    )
+    script = trainer(tmp_path, {"root": str(root), "dropout": 0.0}, config, tmp_path / "two")[1:]
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
-               "2", "-m", "asd_utils.training", str(run_file), "--no-progress"]  # fmt: skip
+               "2", *script]  # fmt: skip
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
     done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]

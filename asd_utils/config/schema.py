@@ -212,14 +212,21 @@ class Frozen(Section):
 
 
 class Backends(Section):
-    """The scoring back ends (:func:`asd_utils.scoring.backend_scores`)."""
+    """The scoring back ends (:mod:`asd_utils.scoring.backends`): ``default`` names the one that
+    scores every system; each other key is a back end's name and holds its options, which
+    that back end's own typed model checks (:func:`asd_utils.scoring.backends.check`, at the
+    door: this layer does not know the table)."""
 
-    default: Literal["knn", "kmeans", "smote", "local"]
-    kmeans_centroids: PositiveInt
-    smote_per_clip: NonNegativeInt
-    smote_neighbours: PositiveInt
-    local_k: PositiveInt
-    folds: Annotated[int, Field(ge=2)]
+    model_config = ConfigDict(extra="allow", strict=True, frozen=True)
+
+    default: str
+
+    @model_validator(mode="after")
+    def _options_are_mappings(self):
+        for name, options in (self.model_extra or {}).items():
+            if not isinstance(options, dict):
+                raise ValueError(f"{name}: a back end's options are a mapping, not {options!r}")
+        return self
 
 
 class NoiseStudy(Section):

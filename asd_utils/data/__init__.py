@@ -20,17 +20,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import soundfile as sf
+from tqdm import tqdm
 
 from asd_utils.errors import UserError
 from asd_utils.files import atomic_path, atomic_write_text
-
-try:
-    from tqdm import tqdm
-except ImportError:  # progress bars are a nicety, never a requirement
-
-    def tqdm(iterable, **_kwargs):
-        return iterable
-
 
 COLUMNS = [
     "dataset",

@@ -1,5 +1,6 @@
-"""Analyses the chapters show beside the stages: every back end on one set of embeddings, every
-combination of systems, a sweep of ensemble weights. They read test labels to *measure*, so
+"""Analyses the chapters show beside the stages: every combination of systems, a sweep of
+ensemble weights (every back end on every embedding is a stage:
+:func:`asd_utils.stages.compare_backends`). They read test labels to *measure*, so
 their results are labelled analysis in the book and never choose a profile setting.
 """
 
@@ -8,10 +9,8 @@ from __future__ import annotations
 import itertools
 from collections.abc import Mapping
 
-import numpy as np
 import pandas as pd
 
-from asd_utils import scoring
 from asd_utils.evaluation import metrics
 from asd_utils.systems import ensemble
 
@@ -20,17 +19,6 @@ def summary(scores: pd.DataFrame) -> dict[str, float]:
     """The official score and the harmonic means of one system's clip scores (fractions),
     over the machine types with ground truth (:func:`asd_utils.evaluation.metrics.summarise`)."""
     return metrics.summarise(metrics.evaluate(metrics.labelled(scores)[0]))
-
-
-def backend_summaries(
-    clips: pd.DataFrame, embeddings: np.ndarray, k: int, options: dict, seed: int
-) -> dict[str, dict[str, float]]:
-    """``{back end: summary}`` of one set of embeddings of ``clips``, every back end of
-    :data:`asd_utils.scoring.BACKENDS` (``k`` for the KNN-based ones)."""
-    return {
-        backend: summary(scoring.score_system(clips, embeddings, k, backend, options, seed))
-        for backend in scoring.BACKENDS
-    }
 
 
 def combinations(

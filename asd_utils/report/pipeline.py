@@ -21,35 +21,15 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import UTC, datetime
-from importlib import metadata
 from pathlib import Path
 
-from asd_utils import data, errors, runs
-from asd_utils.config import (
-    REPO_ROOT,
-    RunPaths,
-    freeze_profile,
-    load_profile,
-    resolve_paths,
-)
-from asd_utils.files import atomic_write_text
+from asd_utils import data, errors, runs, stages
+from asd_utils.config import REPO_ROOT, RunPaths, load_profile, resolve_paths
 from asd_utils.report import book
 
 log = logging.getLogger(__name__)
 
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
-PACKAGES = (
-    "torch",
-    "numpy",
-    "scipy",
-    "scikit-learn",
-    "pandas",
-    "soundfile",
-    "papermill",
-    "jupyter-book",
-    "matplotlib",
-)
 
 
 class NotebookFailed(errors.RunError, RuntimeError):
@@ -64,47 +44,18 @@ def notebooks() -> list[Path]:
     return found
 
 
-def git_commit() -> str:
-    """The checked-out commit, with ``-dirty`` when tracked files have uncommitted changes."""
-
-    def git(*args: str) -> str:
-        return subprocess.run(
-            ["git", *args], cwd=REPO_ROOT, capture_output=True, text=True, check=True
-        ).stdout.strip()
-
-    try:
-        commit = git("rev-parse", "HEAD")
-        return commit + ("-dirty" if git("status", "--porcelain", "--untracked-files=no") else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown (not a git checkout)"
-
-
 def preflight(paths: RunPaths, profile: dict | None = None) -> dict:
-    """Check at the door, before any notebook runs, everything the profile's stages will need,
-    so that a run fails in seconds, naming the file or machine type and what was expected:
-
-    - the data, indexed once (:func:`asd_utils.data.index_dataset`: a malformed name, a corrupt
-      or truncated WAV, a wrong sample rate, NaN samples, an empty folder …), sample checks
-      cached under ``<output_root>/cache``;
-    - every machine type with train and test clips and training clips of both domains
-      (:func:`asd_utils.data.check_machine_types`);
-    - the backbone checkpoints the ``profile`` names, loaded once each
-      (:func:`asd_utils.systems.check_checkpoints`).
-
-    Decides which systems can run on the data (:func:`asd_utils.systems.unavailable`) and which
-    machine types get no metrics (anonymous test clips, or labelled ones without anomalies or
-    normals: :func:`asd_utils.evaluation.metrics.labelled`). Prints one line on the data and one per
-    skipped system or machine type without metrics; returns what the run record keeps of it.
+    """Check at the door, before any notebook runs, everything the profile's stages will need
+    (:func:`asd_utils.stages.entry_check`: the data indexed once and checked, the checkpoints
+    ``profile`` names, the clip manifest written), so that a run fails in seconds, naming the
+    file or machine type and what was expected. Prints one line on the data and one per
+    skipped system or machine type without metrics (:func:`asd_utils.evaluation.metrics.
+    labelled`); returns what the run record keeps of it.
     """
-    from asd_utils import stages, systems
+    from asd_utils import systems
     from asd_utils.evaluation import metrics
 
-    clips = data.index_dataset(paths.data_root, cache_dir=paths.output_root / "cache")
-    stages.write_manifest(paths.output_root, paths.data_root, clips)  # what every chapter reads
-    data.check_machine_types(clips)
-    skipped = systems.unavailable(clips)
-    if profile is not None:
-        systems.check_checkpoints(profile, skip=set(skipped))
+    clips, skipped = stages.entry_check(paths, profile)
     _, no_truth = metrics.labelled(clips)
     sets = {
         name: sorted(part["machine_type"].unique(), key=metrics.machine_sort_key)
@@ -149,54 +100,6 @@ def clear_derived(output_root: Path) -> list[str]:
             continue
         removed.append(name)
     return removed
-
-
-def run_record(
-    profile: dict,
-    paths: RunPaths,
-    stages: dict[str, float],
-    data_summary: dict | None = None,
-    status: str = "running",
-    chapter: str | None = None,
-) -> dict:
-    """What ran: profile (in full), seed, data, commit, package versions, machine, stage times,
-    each system's precision as resolved here (:func:`asd_utils.systems.precisions`: ``auto`` →
-    bf16 or float32, and why), ``status`` (``running``, ``finished``, ``failed at <chapter>:
-    <error>`` or ``interrupted at <chapter>``), the ``chapter`` running or last run, and the
-    ``pid`` and ``host`` of the run (with the output root's lock, :mod:`asd_utils.runs`, they
-    tell a dead run from a live one)."""
-    from asd_utils import systems
-
-    versions = {}
-    for package in PACKAGES:
-        try:
-            versions[package] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            versions[package] = None
-    return {
-        "profile": profile["name"],
-        "seed": profile["seed"],
-        "settings": profile,
-        "data_root": str(paths.data_root),
-        "data": "synthetic (asd_utils.data.synth)" if paths.synthetic else "user-given DCASE tree",
-        **(data_summary or {}),
-        "output_root": str(paths.output_root),
-        "git_commit": git_commit(),
-        "python": sys.version.split()[0],
-        "packages": versions,
-        "machine": {
-            "platform": platform.platform(),
-            "processor": platform.processor(),
-            "cpus": os.cpu_count(),
-        },
-        "precision": systems.precisions(profile),
-        "status": status,
-        "chapter": chapter,
-        "pid": os.getpid(),
-        "host": platform.node(),
-        "written": datetime.now(UTC).isoformat(timespec="seconds"),
-        "stage_seconds": stages,
-    }
 
 
 def _kernel_manager(connection_dir: Path):
@@ -347,17 +250,6 @@ def build_book(paths: RunPaths, profile: dict, build_dir: Path) -> Path:
     return build_dir / "_build" / "html"
 
 
-def _earlier_stages(record_path: Path, profile: dict, paths: RunPaths) -> dict[str, float]:
-    """Stage times of the previous run into the same folder, for an ``--only`` run that adds to
-    it (same profile settings and data root); otherwise none."""
-    try:
-        earlier = json.loads(record_path.read_text())
-    except (OSError, ValueError):
-        return {}
-    same = earlier.get("settings") == profile and earlier.get("data_root") == str(paths.data_root)
-    return dict(earlier.get("stage_seconds", {})) if same else {}
-
-
 def run(
     profile_name: str,
     data_root: str | None = None,
@@ -369,82 +261,48 @@ def run(
 ) -> dict:
     """The whole job; returns the run record (also written to ``<output_root>/run_record.json``).
 
-    The profile is validated first (:func:`asd_utils.config.load_profile`), then the output
-    root is checked and locked (:class:`asd_utils.runs.OutputLock`: a second run into it is
-    refused, naming this one), then the data is indexed and checked (:func:`preflight`), all
-    before anything trains. A full run starts by removing the previous run's derived results
-    (:func:`clear_derived`); an ``--only`` run adds to them. Every notebook runs the frozen copy
-    ``<output_root>/profile.yaml`` of the validated profile. Ctrl-C or SIGTERM records
-    ``interrupted at <chapter>`` and raises :class:`asd_utils.errors.Interrupted` saying so.
+    The run is opened by :class:`asd_utils.stages.Session` (the profile validated, the output
+    root locked before anything is written: a second run into it is refused, naming this one;
+    the record kept; Ctrl-C or SIGTERM recorded as ``interrupted at <chapter>``), then the data
+    is indexed and checked (:func:`preflight`), all before anything trains. A full run starts
+    by removing the previous run's derived results (:func:`clear_derived`); an ``--only`` run
+    adds to them. Every notebook runs the frozen copy ``<output_root>/profile.yaml``.
     """
-    profile = load_profile(profile_name)
-    paths = resolve_paths(profile, data_root, output_root)
-    runs.check_output_root(paths.output_root)
-    with runs.OutputLock(paths.output_root) as lock, errors.interrupt_on_signals():
-        if lock.taken_over is not None:
-            log.warning(runs.takeover_note(lock.taken_over, paths.output_root))
-        return _run_locked(profile, paths, build_dir, book, only, kernel)
+    session = stages.Session(
+        profile_name, data_root, output_root, unit="chapter", add_to_record=bool(only)
+    )
+    with session:
+        _run_locked(session, build_dir, book, only, kernel)
+    return json.loads((session.run.paths.output_root / runs.RECORD_NAME).read_text())
 
 
-def _run_locked(profile, paths, build_dir, book, only, kernel) -> dict:
+def _run_locked(session: stages.Session, build_dir, book, only, kernel) -> None:
     """:func:`run` once the output root is locked."""
+    profile, paths = session.run.profile, session.run.paths
     log.info(
         "profile %s · data %s · outputs %s", profile["name"], paths.data_root, paths.output_root
     )
-    record_path = paths.output_root / runs.RECORD_NAME
-    stages = _earlier_stages(record_path, profile, paths) if only else {}
-    start = time.perf_counter()
-    data.prepare_data(profile, paths)
-    summary = preflight(paths, profile)
-    stages["prepare_data"] = round(time.perf_counter() - start, 1)
+    session.summary = session.timed("prepare_data", preflight, paths, profile)
     if not only:
         removed = clear_derived(paths.output_root)
         if removed:
             log.info("removed the previous run's %s from %s", ", ".join(removed), paths.output_root)
-    profile_file = freeze_profile(profile, paths.output_root / "profile.yaml")
-    current = "notebooks"
-
-    def record(status: str) -> dict:
-        written = run_record(profile, paths, stages, summary, status, current)
-        atomic_write_text(record_path, json.dumps(written, indent=2))
-        return written
-
-    def started(chapter: str) -> None:
-        nonlocal current
-        current = chapter
-        record("running")
-
-    record("running")
-    try:
-        execute_notebooks(
-            profile,
-            paths,
-            paths.output_root / "executed",
-            kernel,
-            only,
-            profile_file,
-            seconds=stages,
-            on_start=started,
+    session.begin("notebooks")
+    execute_notebooks(
+        profile,
+        paths,
+        paths.output_root / "executed",
+        kernel,
+        only,
+        session.run.profile_file,
+        seconds=session.seconds,
+        on_start=session.begin,
+    )
+    if book:
+        html = session.timed(
+            "book", build_book, paths, profile, Path(build_dir) if build_dir else REPO_ROOT
         )
-        if book:
-            current = "book"
-            record("running")
-            start = time.perf_counter()
-            html = build_book(paths, profile, Path(build_dir) if build_dir else REPO_ROOT)
-            stages["book"] = round(time.perf_counter() - start, 1)
-            log.info("book built in %.0f s: %s", stages["book"], html / "index.html")
-    except KeyboardInterrupt as err:
-        current = getattr(err, "chapter", current)
-        record(f"interrupted at {current}")
-        where = f"chapter {current}" if current not in ("notebooks", "book") else current
-        raise errors.Interrupted(
-            f"interrupted in {where}; run the same command to resume"
-        ) from None
-    except BaseException as err:
-        current = getattr(err, "chapter", current)
-        record(f"failed at {current}: {errors.one_line(err)}")
-        raise
-    return record("finished")
+        log.info("book built in %.0f s: %s", session.seconds["book"], html / "index.html")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -116,7 +116,6 @@ def run(
     rows = read(csv).to_dict("records") if csv.exists() else []
     rows = [r for r in rows if r.get("study_key") == this_key]  # settings changed: measured anew
     done = {(r["snr_db"], r["seed"], r["system"]) for r in rows}
-    backend, options = stages.backend_settings(profile)
     middle = sorted(study["near_snr_db"])[len(study["near_snr_db"]) // 2]
     for snr in study["near_snr_db"]:
         root = folder / "data" / f"snr_{snr:+g}dB"
@@ -149,7 +148,8 @@ def run(
                     k = stages.knn_k(derived, system)
                     if registry.get(system).reads == registry.NEAR_FAR:
                         extra["gates"] = json.dumps(result.ema_model.backbone.gates())
-                scores = scoring.score_system(clips, vector, k, backend, options, seed)
+                scorer = scoring.make(profile["backends"], k=k, seed=seed)
+                scores = scoring.score_system(clips, vector, scorer)
                 rows.append({
                     "study_key": this_key, "snr_db": snr, "seed": seed, "system": name,
                     **_summary(scores),

@@ -13,9 +13,9 @@ System 5 goes beyond the paper: cross-channel modules inside the encoder
 System 0 (``frozen``, :mod:`asd_utils.systems.training_free`) trains nothing; :func:`settings` and
 :func:`asd_utils.stages.knn_k` serve it too.
 
-:func:`build` turns (data root, profile, system) — primitives only — into ``(model, loss_fn,
-dataset)`` for :func:`asd_utils.training.train`; the same call is what ``accelerate launch -m
-asd_utils.training RUN.yaml`` makes in every process (:func:`write_run_file`).
+:func:`build` turns (data root, profile, system) into ``(model, loss_fn, dataset)`` for
+:func:`asd_utils.training.train`; :func:`asd_utils.stages.train` calls it through
+:func:`train_system`, in every process of ``accelerate launch -m asd_utils.cli train``.
 """
 
 from __future__ import annotations
@@ -319,18 +319,6 @@ def random_init_warning(settings_: dict, system: str) -> str | None:
     )
     warnings.warn(message, stacklevel=2)
     return message
-
-
-def run_file(data_root: str | Path, profile: str, system: str, output_dir: str | Path) -> Path:
-    """Write ``output_dir/run.yaml`` for ``accelerate launch -m asd_utils.training``."""
-    train = train_config(config.load_profile(profile), system)
-    return training.write_run_file(
-        Path(output_dir) / "run.yaml",
-        "asd_utils.systems:build",
-        {"data_root": str(data_root), "profile": str(profile), "system": system},
-        train,
-        output_dir,
-    )
 
 
 def run_dir(

@@ -7,10 +7,11 @@ linear warm-up steps then inverse-sqrt decay, SpecAugment 80, weight EMA 0.9995.
 model, a loss and a data set handed to :func:`train`; the loop is the same for all of them.
 
 The same function runs in-process (a notebook) and under ``accelerate launch`` (one process per
-GPU, DDP): the CLI at the bottom builds the model, loss and data set in every process from a run
-file and calls :func:`train`::
+GPU, DDP): ``asd train`` (:func:`asd_utils.stages.train`) builds the model, loss and data set in
+every process and calls :func:`train`::
 
-    accelerate launch --multi_gpu --num_processes 4 -m asd_utils.training run.yaml [--resume]
+    accelerate launch --multi_gpu --num_processes 4 -m asd_utils.cli train --profile paper \
+        --system "System 1"
 
 ``batch_size`` is the GLOBAL micro-batch (accelerate's ``split_batches``: each of W processes
 gets ``batch_size / W`` clips), so one step sees the same clips on 1 or W GPUs, the schedule
@@ -19,11 +20,8 @@ counts optimizer steps, and a resumed run continues with the very same clips.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import hashlib
-import importlib
-import importlib.util
 import json
 import logging
 import math
@@ -41,7 +39,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-import yaml
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState, GradientState
 from accelerate.utils import DataLoaderConfiguration, set_seed
@@ -1114,64 +1111,4 @@ def _finish(
         data_seconds=data_seconds,
         loop_seconds=loop_seconds,
         precision=chosen,
-    )
-
-
-# --- command line (what `accelerate launch` runs) ------------------------------------------------
-
-
-def _import(target: str) -> Callable:
-    """``"package.module:function"`` or ``"path/to/file.py:function"``."""
-    where, _, name = target.rpartition(":")
-    if not where or not name:
-        raise ValueError(f"builder must look like 'module:function', got {target!r}")
-    if where.endswith(".py"):
-        spec = importlib.util.spec_from_file_location(Path(where).stem, where)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    else:
-        module = importlib.import_module(where)
-    return getattr(module, name)
-
-
-def write_run_file(
-    path: str | os.PathLike,
-    builder: str,
-    builder_args: dict,
-    config: TrainConfig,
-    output_dir: str | os.PathLike,
-) -> Path:
-    """Write the YAML run file that ``python -m asd_utils.training`` (or ``accelerate launch
-    -m asd_utils.training``) reads: ``builder(**builder_args)`` must return ``(model, loss_fn,
-    dataset)`` and is called in every process; primitives only in ``builder_args``."""
-    spec = {
-        "builder": builder,
-        "builder_args": builder_args,
-        "train": config.to_dict(),
-        "output_dir": str(output_dir),
-    }
-    atomic_write_text(path, yaml.safe_dump(spec, sort_keys=False))
-    return Path(path)
-
-
-def main(argv: Sequence[str] | None = None) -> TrainResult:
-    parser = argparse.ArgumentParser(
-        prog="python -m asd_utils.training",
-        description="Train one system from a run file (see write_run_file); for several GPUs: "
-        "accelerate launch --multi_gpu --num_processes N -m asd_utils.training RUN.yaml",
-    )
-    parser.add_argument("run_file", type=Path)
-    parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
-    parser.add_argument("--no-progress", action="store_true")
-    args = parser.parse_args(argv)
-    spec = yaml.safe_load(args.run_file.read_text())
-    model, loss_fn, dataset = _import(spec["builder"])(**spec.get("builder_args", {}))
-    return train(
-        model,
-        loss_fn,
-        dataset,
-        TrainConfig.from_dict(spec.get("train", {})),
-        spec["output_dir"],
-        resume=args.resume,
-        progress=not args.no_progress,
     )

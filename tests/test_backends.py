@@ -1,0 +1,109 @@
+"""A new scoring back end is a class in the table and its options in the profile: added here
+inside the test (a Gaussian: Mahalanobis distance to each domain's mean, the minimum kept) and
+run through the door, score, evaluate and the back-end comparison on synthetic data."""
+
+from typing import Annotated
+
+import numpy as np
+import pytest
+from pydantic import Field
+
+from asd_utils import config, registry, scoring, stages
+from asd_utils.data import synth
+from asd_utils.scoring import backends
+
+
+class Gaussian(backends.Backend):
+    """Mahalanobis distance to each domain's mean (covariance shrunk toward the identity by
+    ``shrinkage``), the minimum over domains."""
+
+    name = "gaussian"
+    description = "Mahalanobis distance to each domain's mean"
+
+    class Options(backends.Options):
+        shrinkage: Annotated[float, Field(ge=0, le=1)]
+        folds: backends.Folds
+
+    def fit(self, reference, domains):
+        super().fit(reference, domains)
+        labels = np.zeros(len(reference)) if domains is None else self.domains
+        self.models = []
+        for value in np.unique(labels):
+            points = self.reference[labels == value]
+            mean = points.mean(0)
+            covariance = np.cov(points, rowvar=False) if len(points) > 1 else 0.0
+            a = self.options.shrinkage
+            shrunk = (1 - a) * covariance + a * np.eye(points.shape[1])
+            self.models.append((mean, np.linalg.inv(shrunk)))
+        return self
+
+    def score(self, queries):
+        distances = [
+            np.sqrt(np.einsum("nd,de,ne->n", queries - m, p, queries - m)) for m, p in self.models
+        ]
+        return np.min(distances, axis=0)
+
+
+class Bands(backends.KNN):
+    name, takes = "bands", "bands"
+
+
+@pytest.fixture
+def run(tmp_path, monkeypatch):
+    """A run on a small synthetic tree whose profile (made in memory) scores by the Gaussian;
+    System 1's embeddings saved as the embed stage saves them."""
+    monkeypatch.setitem(backends.BACKENDS, Gaussian.name, Gaussian)
+    settings = synth.SynthConfig(
+        machine_types=("fan",), n_train_source=6, n_train_target=3, n_test=4,
+        clip_seconds={"default": 1.0},
+    )  # fmt: skip
+    synth.generate_dataset(tmp_path / "data", settings, progress=False)
+    profile = config.load_profile("smoke")
+    section = {**profile["backends"], "default": "gaussian"}
+    section["gaussian"] = {"shrinkage": 0.5, "folds": 3}
+    profile = config.validate_profile({**profile, "backends": section})
+    paths = config.RunPaths(tmp_path / "data", tmp_path / "out", False)
+    run = stages.Run(profile, paths, paths.output_root / "profile.yaml")
+    clips = stages.prepare(run)  # the door checks the new back end's options
+    embeddings = np.random.default_rng(0).standard_normal((len(clips), 5))
+    scoring.save_embeddings(run.system_dir("System 1"), clips, embeddings)
+    return run, embeddings
+
+
+def test_a_new_backend_runs_through_score_evaluate_and_the_comparison(run):
+    run, embeddings = run
+    scores = stages.score(run)["System 1"]
+    clips = run.clips
+    for (_, _), group in clips.groupby(["machine_type", "section"]):
+        train = group.index[group["split"] == "train"].to_numpy()
+        test = group.index[group["split"] == "test"].to_numpy()
+        fitted = Gaussian(Gaussian.Options(shrinkage=0.5, folds=3))
+        fitted.fit(embeddings[train], clips.loc[train, "domain"].to_numpy())
+        np.testing.assert_allclose(
+            scores.loc[test, "anomaly_score"], fitted.score(embeddings[test])
+        )
+    knn = scoring.score_system(clips, embeddings, scoring.KNN())
+    assert not np.allclose(knn["anomaly_score"], scores["anomaly_score"])
+    assert np.isfinite(scores["anomaly_score"]).all()  # out-of-fold training scores too
+    evaluation = stages.evaluate(run)
+    assert evaluation.systems == ["System 1"]
+    assert np.isfinite(evaluation.tables["System 1"]["auc_source"]).all()
+    grid = stages.compare_backends(run)
+    assert list(grid["backend"]) == list(backends.BACKENDS)  # gaussian joined the table
+    assert (run.paths.output_root / stages.COMPARISON).is_file()
+
+
+def test_a_misspelt_option_is_refused_at_the_door_naming_its_key(run):
+    run, _ = run
+    section = {**run.profile["backends"], "gaussian": {"shrinkge": 0.5, "folds": 3}}
+    with pytest.raises(config.ProfileError, match="backends.gaussian.shrinkage"):
+        backends.check(section)
+    with pytest.raises(config.ProfileError, match="backends: unknown back end 'gauss'"):
+        backends.check({**section, "default": "gauss"})
+
+
+def test_a_backend_declares_what_it_takes(run):
+    run, embeddings = run
+    with pytest.raises(ValueError, match="takes bands embeddings"):
+        scoring.score_system(run.clips, embeddings, Bands())
+    assert registry.get("System 1").trainable  # the system whose embeddings were scored
