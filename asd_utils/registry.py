@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from asd_utils.errors import UserError
 
 # what a system reads of a clip
-NEAR, ANC, NEAR_FAR = "near", "anc", "near+far"
+NEAR, ANC, NEAR_FAR, W1 = "near", "anc", "near+far", "w1"
 # the environment variables that name the official backbone weights (over a profile's checkpoint)
 CHECKPOINT_ENV = {"eat": "EAT_CHECKPOINT", "beats": "BEATS_CHECKPOINT"}
 # how a system is made, in the order a run makes them
@@ -30,7 +30,9 @@ class System:
     """One system of the house.
 
     ``section``: the profile section holding its settings (``None``: none of its own);
-    ``reads``: ``near`` (channel 0), ``anc`` (the ANC-denoised near channel) or ``near+far``;
+    ``reads``: ``near`` (channel 0), ``anc`` (the ANC-denoised near channel), ``w1`` (the near
+    channel less the far one through a fixed per-bin filter, :func:`asd_utils.frontends.
+    twochannel.w1`) or ``near+far``;
     ``kind``: how it is made (:data:`KINDS`): the autoencoder baseline, a backbone fine-tuned by
     the common training loop, a frozen encoder, the log-mel floor (no model), or an ensemble of
     other systems' scores; ``chapter``: the notebook that makes it; ``paper``: a system of the
@@ -44,11 +46,15 @@ class System:
     chapter: str
     paper: bool
     title: str
+    source: str = ""  # where a recipe beyond the paper comes from (cited in the meta file)
 
     @property
     def needs_far(self) -> bool:
-        """Whether the system needs the far microphone (channel 1): not on mono data."""
-        return self.reads in (ANC, NEAR_FAR)
+        """Whether the system needs the far microphone (channel 1): not on mono data. A frozen
+        encoder on ``near+far`` (System 0) does not: on mono clips it keeps the near view."""
+        if self.reads == NEAR_FAR:
+            return self.kind != "frozen"
+        return self.reads in (ANC, W1)
 
     @property
     def trainable(self) -> bool:
@@ -130,6 +136,18 @@ REGISTRY: dict[str, System] = {
             "55_training_free",
             False,
             "a frozen pre-trained encoder on a view of both microphones, no training",
+        ),
+        System(
+            "System 6",
+            "w1_beats",
+            W1,
+            "frozen",
+            "55_training_free",
+            False,
+            "frozen BEATs on W1 audio, RDP(4) band tokens, BEAM + VarMin: the training-free "
+            "2026 state of the art",
+            "kasahart/asd-experiments (W1, RDP), MERL's BEAM + VarMin (kasahart/dcase-asd-toolkit"
+            ", docs/methods/beam_rdp_varmin.md)",
         ),
         System(
             "log-mel floor",

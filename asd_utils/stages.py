@@ -599,8 +599,10 @@ def baseline(run: Run, progress: bool = False) -> BaselineOutcome:
 
 @dataclass
 class FrozenOutcome:
-    """What :func:`frozen` made: the embeddings of every channel, the encoder and its settings,
-    the view scored, the log-mel floor's vectors and the seconds each took."""
+    """What :func:`frozen` made of one frozen system: the embeddings of every channel it read,
+    the encoder and its settings, the views they allow, the view scored, the log-mel floor's
+    vectors and the seconds each took; ``others``: the other frozen systems' outcomes (System 6),
+    by name."""
 
     embeddings: dict[str, np.ndarray]
     encoder: object
@@ -608,14 +610,21 @@ class FrozenOutcome:
     views: list[str]
     view: str
     mono_note: str
-    floor: np.ndarray
+    floor: np.ndarray | None
     seconds: dict[str, float]
+    system: str = ""
+    others: dict[str, FrozenOutcome] = field(default_factory=dict)
 
     @property
     def position(self) -> int:
         from asd_utils.systems import training_free
 
         return training_free.layer_position(self.encoder, self.section["layer"])
+
+    @property
+    def bands(self) -> int:
+        """Frequency bands in a vector: 8 for the band-preserving poolings, else 1."""
+        return self.encoder.n_freq if self.section["pooling"].startswith("time_") else 1
 
     def vector(self, view: str | None = None, alpha: float | None = None, position=None):
         """The embeddings of one view (default: the one scored) at one block."""
@@ -629,41 +638,67 @@ class FrozenOutcome:
         )
 
 
-def frozen(run: Run, progress: bool = False) -> FrozenOutcome:
-    """System 0 (a frozen encoder, no training: :mod:`asd_utils.systems.training_free`) and the
-    log-mel
-    floor: every channel the clips allow embedded once (cached under ``training/frozen``), the
-    profile's view and the floor scored by the default back end and written as systems."""
+def _frozen_system(run: Run, system: str, progress: bool) -> FrozenOutcome:
+    """One frozen system embedded (cached under ``training/frozen``), its view scored by its
+    back end and written."""
     from asd_utils.systems import parameter_count, training_free
 
-    clips = run.clips
-    cache = run.paths.output_root / "training" / "frozen"
-    start, wall = time.perf_counter(), time.time()
-    embeddings, encoder, section = training_free.embed(
-        run.profile, clips, cache_dir=cache, progress=progress
-    )
-    seconds = {"embed": time.perf_counter() - start}
     start = time.perf_counter()
-    floor = training_free.floor_embeddings(clips, cache, progress=progress)
-    seconds["floor"] = time.perf_counter() - start
-    views, mono_note = training_free.available_views(clips)
-    view = section["view"] if section["view"] in views else "near"
-    outcome = FrozenOutcome(embeddings, encoder, section, views, view, mono_note, floor, seconds)
-    system, floor_name = registry.of_kind("frozen")[0], registry.of_kind("floor")[0]
-    scorer = backend(run, system)
-    for name, vector, parameters, what in (
-        (system, outcome.vector(), parameter_count(encoder), view),
-        (floor_name, floor, 0, "log-mel statistics"),
-    ):
-        scores = _score(clips, vector, scorer)
-        write_system(run, name, scores, parameters, view=what, backend=scorer.name)
-    log.info(
-        "frozen: %s and the %s %s (%s view)",
-        system,
-        floor_name,
-        _took(sum(seconds.values()), cache, ("frozen_*.npy", "logmel_*.npy"), wall),
-        view,
+    embeddings, encoder, section = training_free.embed(
+        run.profile,
+        run.clips,
+        cache_dir=run.paths.output_root / "training" / "frozen",
+        progress=progress,
+        system=system,
     )
+    available, mono_note = training_free.available_views(run.clips)
+    views = [v for v in training_free.VIEWS if v in available and v in _made(embeddings)]
+    view = section["view"] if section["view"] in views else "near"
+    seconds = {"embed": time.perf_counter() - start}
+    outcome = FrozenOutcome(
+        embeddings, encoder, section, views, view, mono_note, None, seconds, system
+    )
+    scorer = backend(run, system)
+    scores = _score(run.clips, outcome.vector(), scorer, outcome.bands)
+    write_system(run, system, scores, parameter_count(encoder), view=view, backend=scorer.name)
+    return outcome
+
+
+def _made(embeddings: dict) -> list[str]:
+    """The views whose channels are all in ``embeddings``."""
+    from asd_utils.systems import training_free
+
+    return [v for v, c in training_free.VIEW_CHANNELS.items() if set(c) <= set(embeddings)]
+
+
+def frozen(run: Run, progress: bool = False) -> FrozenOutcome:
+    """The frozen-encoder systems (no training: :mod:`asd_utils.systems.training_free`; System
+    0, then the others the data allows, e.g. System 6) and the log-mel floor: each system's
+    channels embedded once (cached under ``training/frozen``), its view scored by its back end
+    and written; the floor scored by the default back end. Returns System 0's outcome, the
+    others in its ``others``."""
+    from asd_utils.systems import training_free
+
+    first, *rest = registry.of_kind("frozen")
+    wall = time.time()
+    outcome = _frozen_system(run, first, progress)
+    start = time.perf_counter()
+    cache = run.paths.output_root / "training" / "frozen"
+    outcome.floor = training_free.floor_embeddings(run.clips, cache, progress=progress)
+    outcome.seconds["floor"] = time.perf_counter() - start
+    floor_name = registry.of_kind("floor")[0]
+    scorer = backend(run, floor_name)
+    scores = _score(run.clips, outcome.floor, scorer)
+    write_system(run, floor_name, scores, 0, view="log-mel statistics", backend=scorer.name)
+    for system in rest:
+        if system in skipped(run):
+            log.info("frozen: %s is skipped: %s", system, skipped(run)[system])
+            continue
+        outcome.others[system] = _frozen_system(run, system, progress)
+    seconds = sum(sum(o.seconds.values()) for o in (outcome, *outcome.others.values()))
+    took = _took(seconds, cache, ("frozen_*.npy", "logmel_*.npy"), wall)
+    made = ", ".join([first, *outcome.others])
+    log.info("frozen: %s and the %s %s (%s view)", made, floor_name, took, outcome.view)
     return outcome
 
 
@@ -782,22 +817,33 @@ def backend_settings(profile: dict) -> tuple[str, dict]:
 
 
 def knn_k(profile: dict, name: str) -> int:
-    """K of the KNN score of a system by its output name (an ablation uses its system's)."""
+    """K of the KNN score of a system by its output name (an ablation uses its system's; a
+    system without a section of its own, the log-mel floor, System 0's)."""
+    if registry.get(name).section is None:
+        name = registry.of_kind("frozen")[0]
     return int(registry.settings(profile, name)["knn_k"])
 
 
 def backend(run: Run, system: str):
-    """The profile's default scoring back end (:func:`asd_utils.scoring.make`) for ``system``
-    (its K, :func:`knn_k`; the run's seed), unfitted."""
+    """The scoring back end (:func:`asd_utils.scoring.make`) of ``system``: its section's
+    ``backend`` where it names one, else the profile's default; its K (:func:`knn_k`) and the
+    run's seed; unfitted."""
     from asd_utils import scoring
 
-    return scoring.make(run.profile["backends"], k=knn_k(run.profile, system), seed=run.seed)
+    section = registry.settings(run.profile, system) if registry.get(system).section else {}
+    name = section.get("backend", "default")
+    return scoring.make(
+        run.profile["backends"],
+        None if name == "default" else name,
+        k=knn_k(run.profile, system),
+        seed=run.seed,
+    )
 
 
-def _score(clips, embeddings, scorer) -> pd.DataFrame:
+def _score(clips, embeddings, scorer, bands: int = 1) -> pd.DataFrame:
     from asd_utils import scoring
 
-    return scoring.score_system(clips, embeddings, scorer)
+    return scoring.score_system(clips, embeddings, scorer, bands)
 
 
 def embedded(run: Run) -> list[str]:
@@ -873,20 +919,22 @@ def compare_backends(run: Run, frozen: FrozenOutcome | None = None) -> pd.DataFr
 
     embeddings = []
     if frozen is not None:
-        (system,), (floor,) = registry.of_kind("frozen"), registry.of_kind("floor")
-        embeddings += [(system, view, frozen.vector(view), system) for view in frozen.views]
-        embeddings.append((floor, "log-mel statistics", frozen.floor, system))
+        for made in (frozen, *frozen.others.values()):
+            embeddings += [(made.system, v, made.vector(v), made.bands) for v in made.views]
+        embeddings.append((registry.of_kind("floor")[0], "log-mel statistics", frozen.floor, 1))
     for system in registry.of_kind("fine-tuned"):
         if (run.system_dir(system) / scoring.EMBEDDINGS).is_file():
             table, vector = scoring.load_embeddings(run.system_dir(system))
             if not table["path"].equals(run.clips["path"]):
                 raise ValueError(f"{system}'s embeddings are of other clips than this run's")
-            embeddings.append((system, "fine-tuned", vector, system))
+            embeddings.append((system, "fine-tuned", vector, 1))
     rows = []
-    for system, embedding, vector, k_of in embeddings:
+    for system, embedding, vector, bands in embeddings:
         for name in scoring.BACKENDS:
-            scorer = scoring.make(run.profile["backends"], name, knn_k(run.profile, k_of), run.seed)
-            scores = _score(run.clips, vector, scorer)
+            scorer = scoring.make(
+                run.profile["backends"], name, knn_k(run.profile, system), run.seed
+            )
+            scores = _score(run.clips, vector, scorer, bands)
             summary = metrics.summarise(metrics.evaluate(metrics.labelled(scores)[0]))
             rows.append({"system": system, "embedding": embedding, "backend": name, **summary})
     grid = pd.DataFrame(rows)

@@ -45,7 +45,17 @@ class Gaussian(backends.Backend):
 
 
 class Bands(backends.KNN):
+    """A band back end that records the shape it was given."""
+
     name, takes = "bands", "bands"
+    seen: list = []
+
+    def fit(self, reference, domains):
+        Bands.seen.append(np.shape(reference))
+        return super().fit(np.reshape(reference, (len(reference), -1)), domains)
+
+    def score(self, queries):
+        return super().score(np.reshape(queries, (len(queries), -1)))
 
 
 @pytest.fixture
@@ -104,6 +114,12 @@ def test_a_misspelt_option_is_refused_at_the_door_naming_its_key(run):
 
 def test_a_backend_declares_what_it_takes(run):
     run, embeddings = run
-    with pytest.raises(ValueError, match="takes bands embeddings"):
-        scoring.score_system(run.clips, embeddings, Bands())
+    Bands.seen.clear()
+    dim = embeddings.shape[1]
+    scoring.score_system(run.clips, embeddings, Bands(), bands=dim)  # [N, D] as D bands of 1
+    assert Bands.seen and all(s[1:] == (dim, 1) for s in Bands.seen)
+    with pytest.raises(ValueError, match=f"do not split into {dim + 1} bands"):
+        scoring.score_system(run.clips, embeddings, Bands(), bands=dim + 1)
+    flat = scoring.as_taken(embeddings.reshape(len(embeddings), dim, 1), "clip")
+    np.testing.assert_array_equal(flat, embeddings)  # bands side by side for a clip back end
     assert registry.get("System 1").trainable  # the system whose embeddings were scored

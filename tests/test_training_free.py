@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from asd_utils import config, data, stages, systems
-from asd_utils.frontends import anc
+from asd_utils.frontends import anc, twochannel
 from asd_utils.models.beats import BEATs, BEATsConfig
 from asd_utils.models.eat import EAT, EATConfig
 from asd_utils.models.frozen import FrozenEncoder, block_numbers
@@ -145,11 +145,13 @@ def test_embed_channels_one_pass_cached_and_anc_as_system3(tmp_path, monkeypatch
             "near": audio[0],
             "far": audio[1],
             "anc": torch.from_numpy(preprocess(audio.numpy())),
+            "w1": torch.from_numpy(twochannel.w1(audio[0].numpy(), audio[1].numpy())),
+            "ss": torch.from_numpy(twochannel.ss(audio[0].numpy(), audio[1].numpy())),
         }
         for channel, waveform in expected.items():
             alone = encoder.embed(waveform[None])[0].numpy()
             np.testing.assert_allclose(out[channel][i], alone, rtol=1e-4, atol=1e-4)
-    assert len(list(cache.glob("frozen_*.npy"))) == 3
+    assert len(list(cache.glob("frozen_*.npy"))) == len(training_free.CHANNELS)
 
     def no_audio(*_args, **_kwargs):
         raise AssertionError("read audio although every channel is cached")

@@ -186,21 +186,28 @@ class BEATsGRL(FineTuned):
     ablation_lambda_zero: bool
 
 
+View = Literal["near", "far", "residual", "concat", "anc", "w1", "ss"]
+
+
 class Frozen(Section):
-    """System 0 (:mod:`asd_utils.systems.training_free`): a frozen encoder on both channels."""
+    """A frozen-encoder system (:mod:`asd_utils.systems.training_free`): System 0 on every view of
+    both channels, System 6 on W1 audio with RDP band tokens."""
 
     backbone: Literal["eat", "beats"]
     size: Literal["tiny", "base"]
     checkpoint: str
     layer: int  # block number, 1 = first; -1 = last
-    pooling: Literal["time_mean", "mean", "max", "cls"]
-    view: Literal["near", "far", "residual", "concat", "anc"]
+    pooling: Literal["time_mean", "time_rdp", "mean", "max", "cls"]
+    gamma: Annotated[float, Field(ge=0)]  # the RDP exponent of ``time_rdp`` (0: the mean)
+    view: View
     alpha: float
+    backend: str  # a back end of the ``backends`` table, or "default" (its ``default``)
     knn_k: PositiveInt
     embed_batch_size: PositiveInt
     mixed_precision: Literal["no", "bf16", "auto"]  # asd_utils.models.precision
     sweep_layers: list[int]  # analysis only: stored beside ``layer``
     sweep_alpha: list[float]  # analysis only
+    sweep_views: list[View]  # analysis only: embedded beside ``view`` where the clips allow
 
     @model_validator(mode="after")
     def _known_layers(self):
@@ -300,6 +307,7 @@ class Profile(Section):
     beats_grl: BEATsGRL
     fusion: Fusion
     frozen: Frozen
+    w1_beats: Frozen
     backends: Backends
     noise_study: NoiseStudy
     decision: Decision

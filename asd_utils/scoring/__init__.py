@@ -7,6 +7,7 @@ from asd_utils.scoring.backends import (
     BACKENDS,
     KNN,
     Backend,
+    as_taken,
     check,
     knn_scores,
     make,
@@ -26,6 +27,7 @@ from asd_utils.scoring.embeddings import (
 
 __all__ = [
     "BACKENDS",
+    "as_taken",
     "CLIPS",
     "EMBEDDINGS",
     "EMBEDDING_VERSION",

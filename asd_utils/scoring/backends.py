@@ -268,7 +268,97 @@ class Local(_PerDomain):
         return distance[np.arange(len(queries)), nearest] / np.maximum(radius[nearest], 1e-9)
 
 
-BACKENDS: dict[str, type[Backend]] = {b.name: b for b in (KNN, KMeans, SMOTE, Local)}
+# --- the frequency-preserving back ends and the label-free combination -----------------------
+
+
+class BEAM(Backend):
+    """BEAM over band embeddings ``[N, B, D]`` (:class:`asd_utils.scoring.beam.Beam`): per band
+    the scaled cosine distance to the nearest reference, the mean over bands; source and target
+    references in one memory. Training scores: each reference against the others."""
+
+    name = "beam"
+    description = "per-band nearest-reference distance, the mean over bands (MERL's BEAM)"
+    takes = "bands"
+    varmin = False
+
+    class Options(Options):
+        chunk_size: Annotated[int, Field(gt=0)]
+
+    def fit(self, reference: np.ndarray, domains: np.ndarray | None) -> Backend:
+        from asd_utils.scoring.beam import Beam
+
+        super().fit(reference, domains)
+        neighbours = getattr(self.options, "neighbours", 1)
+        self.model = Beam(self.varmin, neighbours, self.options.chunk_size)
+        self.model.fit(self.reference, self.domains)
+        return self
+
+    def score(self, queries: np.ndarray) -> np.ndarray:
+        return self.model.score(queries).astype(np.float64)
+
+    def training_scores(self) -> np.ndarray:
+        return self.model.training_scores().astype(np.float64)
+
+
+class BEAMVarMin(BEAM):
+    """:class:`BEAM` with VarMin: each reference's distance offset by α · its local density
+    (``neighbours`` nearest references; α per band fitted leave-one-out on the references)."""
+
+    name = "beam_varmin"
+    description = "BEAM with variance-minimising rescaling by each reference's local density"
+    varmin = True
+
+    class Options(Options):
+        neighbours: Annotated[int, Field(gt=0)]
+        chunk_size: Annotated[int, Field(gt=0)]
+
+
+class ZMin(Backend):
+    """Z-MIN (:mod:`asd_utils.scoring.fusion`): each member back end's scores z-normalised by its
+    own out-of-fold training scores, then ``rule`` over members (``min``; ``mean``/``max`` for
+    the ablation). No test label, no choice per machine type. Takes band embeddings and hands a
+    member that takes one vector per clip the bands side by side."""
+
+    name = "zmin"
+    description = "the members' scores z-normalised by their training scores, the minimum"
+    takes = "bands"
+
+    class Options(Options):
+        members: list[str] = Field(min_length=1)
+        rule: Literal["min", "mean", "max"]
+
+    members: list[Backend] = []
+
+    def fresh(self) -> Backend:
+        out = super().fresh()
+        out.members = [m.fresh() for m in self.members]
+        return out
+
+    @staticmethod
+    def _as(member: Backend, x: np.ndarray) -> np.ndarray:
+        return x.reshape(len(x), -1) if member.takes == "clip" else x
+
+    def fit(self, reference: np.ndarray, domains: np.ndarray | None) -> Backend:
+        from asd_utils.scoring import fusion
+
+        super().fit(reference, domains)
+        for member in self.members:
+            member.fit(self._as(member, self.reference), self.domains)
+        self._training = {m.name: m.training_scores() for m in self.members}
+        self._combine = fusion.combine
+        return self
+
+    def score(self, queries: np.ndarray) -> np.ndarray:
+        scores = {m.name: m.score(self._as(m, np.asarray(queries))) for m in self.members}
+        return self._combine(scores, self._training, self.options.rule)[0]
+
+    def training_scores(self) -> np.ndarray:
+        return self._combine(self._training, self._training, self.options.rule)[1]
+
+
+BACKENDS: dict[str, type[Backend]] = {
+    b.name: b for b in (KNN, KMeans, SMOTE, Local, BEAM, BEAMVarMin, ZMin)
+}
 """Every back end, keyed by the name a profile's ``backends.default`` gives."""
 
 
@@ -288,7 +378,12 @@ def make(section: dict, name: str | None = None, k: int = 1, seed: int = 0) -> B
         first = err.errors()[0]
         where = ".".join(str(p) for p in ("backends", name, *first["loc"]))
         raise ProfileError(f"{where}: {first['msg']}") from None
-    return cls(options, k, seed)
+    backend = cls(options, k, seed)
+    for member in getattr(options, "members", ()):  # a combination of other back ends
+        if member == name or BACKENDS.get(member) is ZMin:
+            raise ProfileError(f"backends.{name}.members: {member!r} cannot be a member")
+        backend.members = [*backend.members, make(section, member, k, seed)]
+    return backend
 
 
 def check(section: dict) -> None:
@@ -300,14 +395,33 @@ def check(section: dict) -> None:
             make(section, name)
 
 
+def as_taken(embeddings: np.ndarray, takes: str, bands: int = 1) -> np.ndarray:
+    """Embeddings in the shape a back end takes: ``[N, D]`` for ``"clip"`` (band matrices laid
+    side by side), ``[N, B, D]`` for ``"bands"`` (a vector of ``bands`` bands laid side by side,
+    band-major, as :class:`asd_utils.models.frozen.FrozenEncoder` writes them; ``bands=1``: the
+    whole vector is one band)."""
+    embeddings = np.asarray(embeddings)
+    if takes == "clip":
+        return embeddings.reshape(len(embeddings), -1) if embeddings.ndim == 3 else embeddings
+    if embeddings.ndim == 2:
+        if embeddings.shape[1] % bands:
+            raise ValueError(f"{embeddings.shape[1]} values do not split into {bands} bands")
+        return embeddings.reshape(len(embeddings), bands, -1)
+    return embeddings
+
+
 def score_system(
-    table: pd.DataFrame, embeddings: np.ndarray | None = None, backend: Backend | None = None
+    table: pd.DataFrame,
+    embeddings: np.ndarray | None = None,
+    backend: Backend | None = None,
+    bands: int = 1,
 ) -> pd.DataFrame:
     """Scores of every clip, per (machine_type, section), for any embedding model.
 
     ``table``: clip table rows (train and test); ``embeddings`` row-aligned, ``[N, D]`` or
-    ``[N, B, D]`` as ``backend`` takes (:attr:`Backend.takes`), or None to take them from an
-    ``embedding`` column of arrays. Per section a fresh copy of ``backend`` (default: the KNN,
+    ``[N, B, D]``, brought to what ``backend`` takes by :func:`as_taken` (``bands``: how many
+    frequency bands an ``[N, D]`` vector holds), or None to take them from an ``embedding``
+    column of arrays. Per section a fresh copy of ``backend`` (default: the KNN,
     K = 1) is fitted on its training clips (domains: source/target); test clips get its
     :meth:`~Backend.score`, training clips its :meth:`~Backend.training_scores`. Returns the
     table's columns (without ``embedding``) plus ``anomaly_score``, same rows and index: the
@@ -316,7 +430,7 @@ def score_system(
     backend = KNN() if backend is None else backend
     if embeddings is None:
         embeddings = np.stack(table["embedding"].to_numpy())
-    embeddings = np.asarray(embeddings)
+    embeddings = as_taken(embeddings, backend.takes, bands)
     if len(embeddings) != len(table):
         raise ValueError(f"{len(embeddings)} embeddings for {len(table)} clips")
     expected = {"clip": 2, "bands": 3}[backend.takes]

@@ -374,6 +374,8 @@ def _describe(system: str, profile: dict, members: Sequence[str]) -> tuple[dict,
         described, checkpoints = _describe_ensemble(profile, members)
     elif kind == "autoencoder":
         described = _describe_autoencoder(base, profile)
+    elif kind == "frozen":
+        described, checkpoints = _describe_frozen(entry, profile)
     else:
         described = {f: f"{FILL_IN}: {f.replace('_', ' ')}" for f in DESCRIPTION_FIELDS[1:]}
     fields.update(described)
@@ -426,6 +428,50 @@ def _describe_beats_grl(system: str, profile: dict) -> tuple[dict, list[str]]:
         external_data_usage="pre-trained BEATs checkpoint" if _checkpoint(section) else None,
     )
     return fields, ["beats"] if _checkpoint(section) else []
+
+
+FRONT_ENDS = {
+    "near": NEAR,
+    "far": "the far microphone (channel 1)",
+    "residual": "near - alpha x far embeddings of the two microphones",
+    "concat": "near and far embeddings side by side",
+    "anc": "the near channel after the adaptive far-microphone canceller (FBLMS)",
+    "w1": (
+        "W1: the near channel less the far one through a fixed per-bin complex filter fitted "
+        "over the clip (STFT 1024/512)"
+    ),
+    "ss": "the near channel's magnitude spectrum less the far one's (spectral subtraction)",
+}
+
+
+def _describe_frozen(entry, profile: dict) -> tuple[dict, list[str]]:
+    """:func:`_describe` of a frozen-encoder system (System 0, System 6), from its section."""
+    section = registry.settings(profile, entry.name)
+    backend = section.get("backend", "default")
+    if backend == "default":
+        backend = profile.get("backends", {}).get("default", "knn")
+    pooling = section.get("pooling")
+    if pooling == "time_rdp":
+        pooling = (
+            f"relative-deviation pooling over time per frequency band (gamma {section['gamma']})"
+        )
+    fields = dict(
+        acoustic_features=FBANK,
+        front_end=FRONT_ENDS.get(section.get("view"), section.get("view")),
+        embeddings=_embeddings(section),
+        machine_learning_method=(
+            f"no training: a frozen pre-trained encoder; anomaly score by the {backend} back end"
+            + (f" (after {entry.source})" if entry.source else "")
+        ),
+        aggregation_method=f"block {section.get('layer')} output tokens, {pooling}",
+        attribute_usage="none",
+        external_data_usage=(
+            f"pre-trained {BACKBONE_NAMES.get(section['backbone'])} checkpoint"
+            if _checkpoint(section)
+            else None
+        ),
+    )
+    return fields, [section["backbone"]] if _checkpoint(section) else []
 
 
 def _describe_ensemble(profile: dict, members: Sequence[str]) -> tuple[dict, list[str]]:

@@ -59,7 +59,7 @@ def settings(profile: dict, system: str) -> dict:
 
 
 def unavailable(clips: pd.DataFrame) -> dict[str, str]:
-    """The fine-tuned systems that cannot run on these clips, each with the reason.
+    """The fine-tuned and frozen systems that cannot run on these clips, each with the reason.
 
     Decided from the clip table (:func:`asd_utils.data.index_dataset`, WAV headers only), so a
     run knows before anything trains: a system with an ANC front-end needs the far channel,
@@ -67,11 +67,13 @@ def unavailable(clips: pd.DataFrame) -> dict[str, str]:
     """
     reasons = {}
     mono = clips[clips["channels"] < 2]
-    for system in registry.of_kind("fine-tuned"):
+    for system in registry.of_kind("fine-tuned", "frozen"):
         entry = registry.REGISTRY[system]
         if entry.needs_far and len(mono):
             needs = (
-                "its ANC front-end needs" if entry.reads == registry.ANC else "its encoder fuses"
+                "its encoder fuses"
+                if entry.reads == registry.NEAR_FAR
+                else f"its {entry.reads.upper()} front-end needs"
             )
             reasons[system] = (
                 f"{needs} the far microphone (channel 1), but {len(mono):,} of "

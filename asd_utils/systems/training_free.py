@@ -38,13 +38,15 @@ from asd_utils.models.frozen import FrozenEncoder, block_numbers, transformer_bl
 
 SYSTEM = registry.of_kind("frozen")[0]  # System 0
 FLOOR = registry.of_kind("floor")[0]  # the log-mel floor
-CHANNELS = ("near", "far", "anc")
+CHANNELS = ("near", "far", "anc", "w1", "ss")
 VIEWS = {
     "near": "the near microphone",
     "far": "the far microphone",
     "residual": "near − α · far: what the near microphone has that the far one does not",
     "concat": "[near, far]: both embeddings side by side",
     "anc": "the ANC-denoised near channel (System 3's front-end)",
+    "w1": "the near channel less the far one through a fixed per-bin filter (W1)",
+    "ss": "the near channel's magnitude less the far one's (spectral subtraction)",
 }
 VIEW_CHANNELS = {
     "near": ("near",),
@@ -52,6 +54,8 @@ VIEW_CHANNELS = {
     "residual": ("near", "far"),
     "concat": ("near", "far"),
     "anc": ("anc",),
+    "w1": ("w1",),
+    "ss": ("ss",),
 }
 
 
@@ -101,17 +105,20 @@ def stored_layers(section: dict) -> list[int]:
     return [section["layer"], *section.get("sweep_layers", [])]
 
 
-def build_encoder(profile: dict, seed: int | None = None) -> tuple[FrozenEncoder, dict]:
-    """System 0's encoder from the profile's ``frozen`` section, and the section (checkpoint
-    resolved as for Systems 1–2: ``$EAT_CHECKPOINT`` / ``$BEATS_CHECKPOINT`` first). Without a
-    checkpoint the backbone has random weights drawn from the profile's seed."""
-    section = systems.settings(profile, SYSTEM)
+def build_encoder(
+    profile: dict, seed: int | None = None, system: str = SYSTEM
+) -> tuple[FrozenEncoder, dict]:
+    """A frozen system's encoder (default System 0, the profile's ``frozen`` section), and its
+    section (checkpoint resolved as for Systems 1–2: ``$EAT_CHECKPOINT`` / ``$BEATS_CHECKPOINT``
+    first). Without a checkpoint the backbone has random weights drawn from the profile's seed."""
+    section = systems.settings(profile, system)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(profile["seed"] if seed is None else seed)
         backbone = systems.build_backbone(
             section["backbone"], section["size"], section["checkpoint"]
         )
-    return FrozenEncoder(backbone, stored_layers(section), section["pooling"]), section
+    encoder = FrozenEncoder(backbone, stored_layers(section), section["pooling"], section["gamma"])
+    return encoder, section
 
 
 def layer_position(encoder: FrozenEncoder, layer: int) -> int:
@@ -148,10 +155,21 @@ def _batches(
 
 def _channel_key(encoder: nn.Module, table, channel: str, anc_settings: dict, autocast) -> str:
     front = "anc:" + ",".join(f"{k}={v}" for k, v in sorted(anc_settings.items()))
-    preprocess = {"near": "near", "far": "far", "anc": front}[channel]
+    ss = f"ss:beta={twochannel.SS_BETA},gamma={twochannel.SS_GAMMA}"
+    preprocess = {"near": "near", "far": "far", "anc": front, "w1": "w1", "ss": ss}[channel]
     return scoring.embedding_cache_key(
         encoder, table, CHANNELS.index(channel), preprocess, autocast
     )
+
+
+def _per_clip(front, audio: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """A whole-clip two-channel front end (:mod:`asd_utils.frontends.twochannel`) of each clip
+    of a zero-padded batch ``(B, channels, samples)``, on its own samples: ``(B, samples)``."""
+    out = torch.zeros(audio.shape[0], audio.shape[2])
+    for j, n in enumerate(lengths.tolist()):
+        clip = audio[j, :2, :n].numpy()
+        out[j, :n] = torch.from_numpy(front(clip[0], clip[1]))
+    return out
 
 
 def embed_channels(
@@ -207,6 +225,9 @@ def embed_channels(
         if "anc" in todo:
             denoised = anc.denoise(audio[:, :2], **anc_settings).float()
             inputs["anc"] = denoised.masked_fill(~prefix_mask(lengths, denoised.shape[1]), 0.0)
+        for name in ("w1", "ss"):
+            if name in todo:  # fitted over the whole clip: each on its own samples, no padding
+                inputs[name] = _per_clip(getattr(twochannel, name), audio, lengths)
         for channel, waveform in inputs.items():
             with torch.autocast(device.type, dtype=autocast, enabled=autocast is not None):
                 result[channel][rows] = (
@@ -225,8 +246,10 @@ def embed(
     table: pd.DataFrame,
     cache_dir: str | os.PathLike | None = None,
     progress: bool = True,
+    system: str = SYSTEM,
 ) -> tuple[dict[str, np.ndarray], FrozenEncoder, dict]:
-    """System 0 for a run: the encoder of the profile, every channel the clips allow, on the GPU
+    """A frozen system for a run (default System 0): the encoder of its section, on the channels
+    of its ``view`` and ``sweep_views`` (an analysis) that the clips allow, on the GPU
     when there is one, in the precision ``mixed_precision`` resolves to there
     (:func:`asd_utils.models.precision.resolve`; the fbank, the ANC and the pooling stay float32).
     bf16 is autocast on a GPU; on a CPU it is a copy of the encoder with bf16 weights (a frozen
@@ -236,8 +259,8 @@ def embed(
     ``precision`` (the decision, :meth:`asd_utils.models.precision.Precision.to_dict`, and ``how``)
     added; see :func:`embed_channels` (the cache key holds the weights' dtype and the
     autocast)."""
-    encoder, section = build_encoder(profile)
-    chosen = systems.resolved_precision(profile, SYSTEM)
+    encoder, section = build_encoder(profile, system=system)
+    chosen = systems.resolved_precision(profile, system)
     device = precision.default_device()
     encoder.to(device)
     runner, autocast, how = encoder, chosen.autocast, "bf16 autocast" if chosen.bf16 else "float32"
@@ -245,6 +268,7 @@ def embed(
         runner, autocast, how = copy.deepcopy(encoder).to(torch.bfloat16), None, "bf16 weights"
     section["precision"] = {**chosen.to_dict(), "how": how}
     views, _ = available_views(table)
+    views = [v for v in (section["view"], *section["sweep_views"]) if v in views]
     embeddings = embed_channels(
         runner,
         table,
