@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from pydantic import Field
 
-from asd_utils import config, registry, scoring, stages
+from asd_utils import config, registry, scoring, stages, systems
 from asd_utils.data import synth
 from asd_utils.scoring import backends
 
@@ -77,6 +77,7 @@ def run(tmp_path, monkeypatch):
     clips = stages.prepare(run)  # the door checks the new back end's options
     embeddings = np.random.default_rng(0).standard_normal((len(clips), 5))
     scoring.save_embeddings(run.system_dir("System 1"), clips, embeddings)
+    systems.write_info(run.system_dir("System 1"), "System 1", 0, **stages.made(run, "System 1"))
     return run, embeddings
 
 
