@@ -88,6 +88,10 @@ def test_a_new_edition_is_one_entry_and_indexes_as_the_old_layout(tree_2027):
     with pytest.raises(data.DataError, match="neither train/ nor test/") as err:
         data.index_dataset(new, edition="dcase2026")  # read as a bare 2026 tree
     assert "dev_data/raw" in str(err.value)
+    for inner in (new / "development", new / "development" / "fan"):  # auto: the root named
+        with pytest.raises(data.DataError, match=f"e.g. --data-root {new}; expected") as err:
+            data.index_dataset(inner)
+        assert "<data_root>/development/<machine_type>/{training,evaluation}" in str(err.value)
 
 
 def test_a_new_edition_runs_through_prepare_the_floor_and_evaluate(tree_2027, tmp_path):

@@ -123,13 +123,15 @@ class Edition:
 
     def too_deep(self, data_root: Path) -> tuple[str, Path] | None:
         """``(what it holds, the root to give instead)`` when ``data_root`` is a folder inside
-        a tree of this edition (part of a dataset folder's path, or a machine type folder);
-        else None."""
+        a tree of this edition (part of a dataset folder's path, a dataset folder when a bare
+        tree is not accepted, or a machine type folder); else None."""
         for path in self.datasets.values():
             parts = Path(path).parts
             for k in range(1, len(parts)):
                 if (data_root / Path(*parts[k:])).is_dir():
                     return f"{parts[k]}/", data_root.parents[k - 1]
+            if not self.bare and data_root.parts[-len(parts) :] == parts:  # a dataset folder
+                return "machine type folders", data_root.parents[len(parts) - 1]
         if not any((data_root / folder).is_dir() for folder in self.splits.values()):
             return None
         parent = data_root.parent
@@ -184,13 +186,15 @@ def get(name: str) -> Edition:
 
 def family(data_root: str | os.PathLike, name: str = AUTO) -> list[Edition]:
     """The editions ``data_root`` may be read as: ``[get(name)]``, or for :data:`AUTO` every
-    edition of the layout first found in the tree (table order; the first edition's layout
-    when none is found), fewest channels first. The first of them reads the tree."""
+    edition of the layout first found in the tree (table order; else of the first edition
+    whose tree holds ``data_root``, so that it is refused as too deep; else the first edition's
+    layout), fewest channels first. The first of them reads the tree."""
     if name != AUTO:
         return [get(name)]
     root = Path(data_root).expanduser()
     table = list(EDITIONS.values())
-    first = next((edition for edition in table if edition.finds(root)), table[0])
+    first = next((edition for edition in table if edition.finds(root)), None)
+    first = first or next((edition for edition in table if edition.too_deep(root)), table[0])
     same = [edition for edition in table if edition.same_layout(first)]
     return sorted(same, key=lambda edition: len(edition.channels))
 
