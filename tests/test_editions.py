@@ -123,6 +123,12 @@ def test_a_new_edition_runs_through_prepare_the_floor_and_evaluate(tree_2027, tm
     assert list(evaluation.no_truth) == ["gearboxEmu"]  # the eval type: anonymous names
 
 
+def test_an_edition_states_where_its_ground_truth_lies():
+    assert {e.ground_truth for e in editions.EDITIONS.values()} == {"names"}
+    with pytest.raises(ValueError, match="ground_truth 'csv'"):
+        editions.Edition("x", {"dev": "d"}, {"train": "t"}, ("near",), "mono", ground_truth="csv")
+
+
 def test_the_profile_names_the_edition():
     assert config.load_profile("paper")["data"]["edition"] == "auto"
     assert config.load_profile("smoke")["data"]["edition"] == "auto"  # data is never inherited

@@ -39,6 +39,7 @@ DCASE_NAME_HELP = (
     "or section_<NN>_<NNNN>.wav (.wav in any letter case)"
 )
 FIELDS = ("section", "domain", "split", "label", "index", "attributes")
+GROUND_TRUTH = ("names",)  # the kinds of ground truth the indexing knows (test names' fields)
 
 
 @dataclass(frozen=True, eq=False)
@@ -66,6 +67,12 @@ class Edition:
     name_help: str = DCASE_NAME_HELP
     bare: str | None = "dev"
     ground_truth: str = "names"
+
+    def __post_init__(self):
+        if self.ground_truth not in GROUND_TRUTH:
+            raise ValueError(
+                f"{self.name}: ground_truth {self.ground_truth!r}: one of {GROUND_TRUTH}"
+            )
 
     @property
     def layout(self) -> str:
