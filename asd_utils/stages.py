@@ -396,8 +396,9 @@ def prepare(run: Run) -> pd.DataFrame:
 
         log.info("prepare: %s", systems.skip_notice(skipped))
     log.info(
-        "prepare: %s clips indexed and checked in %.1f s",
+        "prepare: %s clips (%s) indexed and checked in %.1f s",
         f"{len(clips):,}",
+        data.edition_of(run.paths.data_root, clips, run.paths.edition).name,
         time.perf_counter() - start,
     )
     return clips.copy()
@@ -415,24 +416,30 @@ def entry_check(
     the reason."""
     from asd_utils import scoring, systems
 
-    clips = data.index_dataset(paths.data_root, cache_dir=paths.output_root / "cache")
+    cache = paths.output_root / "cache"
+    clips = data.index_dataset(paths.data_root, cache_dir=cache, edition=paths.edition)
     data.check_machine_types(clips)  # the door: train and test, both domains in training
     skipped = systems.unavailable(clips)
     if profile is not None:
         scoring.check(profile["backends"])  # the back end and its options
         systems.check_checkpoints(profile, skip=set(skipped))
         systems.check_clip_lengths(profile, clips, skip=set(skipped))
-    write_manifest(paths.output_root, paths.data_root, clips)
+    edition = data.edition_of(paths.data_root, clips, paths.edition).name
+    write_manifest(paths.output_root, paths.data_root, clips, edition)
     return clips, skipped
 
 
-def write_manifest(output_root: str | Path, data_root: str | Path, clips: pd.DataFrame) -> Path:
-    """Write the clip manifest ``clips.csv`` of ``clips`` (indexed from ``data_root``) and its
-    ``clips.json`` (data root, count, fingerprint) into ``output_root``; atomically."""
+def write_manifest(
+    output_root: str | Path, data_root: str | Path, clips: pd.DataFrame, edition: str = "auto"
+) -> Path:
+    """Write the clip manifest ``clips.csv`` of ``clips`` (indexed from ``data_root`` as
+    ``edition`` lays it out) and its ``clips.json`` (data root, edition, count, fingerprint)
+    into ``output_root``; atomically."""
     output_root = Path(output_root)
     write_table(clips, output_root / MANIFEST)
     about = {
         "data_root": str(data_root),
+        "edition": edition,
         "clips": len(clips),
         "fingerprint": data.clip_fingerprint(clips),
     }
@@ -459,16 +466,17 @@ def read_manifest(output_root: str | Path, data_root: str | Path) -> pd.DataFram
     except (OSError, ValueError, KeyError):
         return None
     clips = unescape_formulas(clips[data.COLUMNS])
-    _refuse_changed_listing(clips, Path(data_root))
+    _refuse_changed_listing(clips, Path(data_root), about.get("edition", "auto"))
     if data.clip_fingerprint(clips) != about["fingerprint"]:
         return None
     return clips
 
 
-def _refuse_changed_listing(clips: pd.DataFrame, data_root: Path) -> None:
+def _refuse_changed_listing(clips: pd.DataFrame, data_root: Path, edition: str) -> None:
     """A :class:`~asd_utils.data.DataError` when the clips under ``data_root`` (a folder
-    listing) are not the manifest's ``clips``: some added or removed since it was written."""
-    listed = set(data.clip_paths(data_root))
+    listing, as ``edition`` lays it out) are not the manifest's ``clips``: some added or
+    removed since it was written."""
+    listed = set(data.clip_paths(data_root, edition))
     added, removed = sorted(listed - set(clips["path"])), sorted(set(clips["path"]) - listed)
     if added or removed:
         example = (added or removed)[0]

@@ -218,12 +218,14 @@ class RunPaths:
     """Where a run reads data and writes results.
 
     ``synthetic`` is True when ``data_root`` is the profile's embedded synthetic dataset (made on
-    demand); False for a dataset the user pointed at, which is only ever read.
+    demand); False for a dataset the user pointed at, which is only ever read. ``edition``: how
+    the tree is read (the profile's ``data.edition``; :mod:`asd_utils.data.editions`).
     """
 
     data_root: Path
     output_root: Path
     synthetic: bool
+    edition: str = "auto"
 
     def system_dir(self, system: str) -> Path:
         """Directory of one system's official CSVs and score table."""
@@ -251,4 +253,5 @@ def resolve_paths(
             f"output root {out} is inside the data root {data}, which is only read: choose an "
             "--output-root outside it"
         )
-    return RunPaths(data_root=data, output_root=out, synthetic=synthetic)
+    edition = profile["data"].get("edition", "auto")
+    return RunPaths(data_root=data, output_root=out, synthetic=synthetic, edition=edition)

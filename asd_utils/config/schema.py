@@ -37,7 +37,13 @@ class Section(BaseModel):
 
 
 class Data(Section):
+    """Where the synthetic data goes, and how a data tree is read: ``edition`` names an entry
+    of :data:`asd_utils.data.editions.EDITIONS` (checked when the tree is indexed), or
+    ``auto`` (the tree's folders and channel counts decide). Never inherited (``extends``),
+    so its default is here."""
+
     synthetic_root: str
+    edition: Annotated[str, Field(min_length=1)] = "auto"
 
 
 class Synth(Section):

@@ -3,7 +3,8 @@
 A clip table (:func:`index_dataset`) has one row per WAV file; audio is read as float32 arrays of
 shape ``(channels, samples)``. DCASE 2026 clips are stereo (channel 0 = near microphone, channel
 1 = far microphone); 2020–2025 clips are mono, and their one channel equals the 2026 near mic.
-This module knows nothing of features.
+A tree is walked as its edition lays it out (:mod:`asd_utils.data.editions`: folders, names,
+channel map). This module knows nothing of features.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 import struct
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
@@ -23,6 +23,8 @@ import soundfile as sf
 from tqdm import tqdm
 
 from asd_utils import errors
+from asd_utils.data import editions
+from asd_utils.data.editions import AUTO, Edition
 from asd_utils.errors import UserError
 from asd_utils.files import atomic_path, atomic_write_text
 
@@ -46,28 +48,6 @@ SPLITS = ("train", "test")
 PROGRESS_MIN = 500  # show a progress bar above this many files
 PROGRESS_DELAY = 2.0  # … and only once the loop has taken this many seconds (fast local disks)
 
-EXPECTED_LAYOUT = (
-    "<data_root>/dev_data/raw/<machine_type>/{train,test}/*.wav, "
-    "<data_root>/eval_data/raw/<machine_type>/{train,test}/*.wav, "
-    "or <data_root>/<machine_type>/{train,test}/*.wav"
-)
-NAME_PATTERN = (
-    "section_<NN>_<source|target>_<train|test>_<normal|anomaly>_<NNNN>[_<key>_<value>...].wav "
-    "or section_<NN>_<NNNN>.wav (.wav in any letter case)"
-)
-_NAME_RE = re.compile(
-    r"""
-    ^section_(?P<section>\d+)_
-    (?:
-        (?P<domain>source|target)_(?P<split>train|test)_(?P<label>normal|anomaly)_(?P<index>\d+)
-        (?:_(?P<attributes>[^_\s](?:\S*[^_\s])?))?
-      | (?P<anonymous_index>\d+)
-    )
-    \.(?i:wav)$
-    """,
-    re.VERBOSE,
-)
-
 
 class DataError(UserError, ValueError):
     """Bad input data: a misnamed, missing, corrupt or unexpected file or folder."""
@@ -77,8 +57,9 @@ class DataWarning(UserWarning):
     """Suspicious but usable input data, e.g. a clip whose samples are all exactly 0."""
 
 
-def parse_file_name(name: str | os.PathLike) -> dict:
-    """Split a DCASE clip name into its fields.
+def parse_file_name(name: str | os.PathLike, edition: Edition | None = None) -> dict:
+    """Split a DCASE clip name into its fields (``edition``'s pattern; default: the first of
+    :data:`~asd_utils.data.editions.EDITIONS`).
 
     ``section_00_source_train_normal_0000_car_A2_spd_28V.wav`` gives ``{"section": "00",
     "domain": "source", "split": "train", "label": "normal", "index": 0, "attributes":
@@ -87,19 +68,11 @@ def parse_file_name(name: str | os.PathLike) -> dict:
     (``section_00_0000.wav``) give ``domain``, ``split`` and ``label`` None. A path is accepted;
     only its last component is parsed.
     """
-    match = _NAME_RE.match(Path(name).name)
-    if match is None:
-        raise DataError(f"{str(name)!r} is not a DCASE clip name; expected {NAME_PATTERN}")
-    fields = match.groupdict()
-    attributes = fields["attributes"] or ""
-    return {
-        "section": fields["section"],
-        "domain": fields["domain"],
-        "split": fields["split"],
-        "label": fields["label"],
-        "index": int(fields["index"] or fields["anonymous_index"]),
-        "attributes": "" if attributes == "noAttribute" else attributes,
-    }
+    edition = edition or next(iter(editions.EDITIONS.values()))
+    fields = edition.parse(name)
+    if fields is None:
+        raise DataError(f"{str(name)!r} is not a DCASE clip name; expected {edition.name_help}")
+    return fields
 
 
 def parse_attributes(attributes: str) -> dict[str, str]:
@@ -126,74 +99,59 @@ def parse_attributes(attributes: str) -> dict[str, str]:
     return pairs
 
 
-DATASETS = ("dev", "eval")
+def _layout(data_root: Path, edition: str | Edition) -> Edition:
+    """The edition whose folders ``data_root`` is walked by (:func:`editions.family`)."""
+    return edition if isinstance(edition, Edition) else editions.family(data_root, edition)[0]
 
 
-def _raw_roots(data_root: Path) -> list[Path]:
-    if not data_root.is_dir():
-        raise DataError(f"data_root {str(data_root)!r} is not a folder; expected {EXPECTED_LAYOUT}")
-    raw = [data_root / f"{part}_data" / "raw" for part in DATASETS]
-    return [root for root in raw if root.is_dir()] or [data_root]
-
-
-def dataset_of(folder: Path) -> str:
-    """``"eval"`` for a machine type folder under ``eval_data/raw``, else ``"dev"`` (a bare
-    ``<machine_type>/`` tree counts as development data)."""
-    return (
-        "eval"
-        if folder.parent.name == "raw" and folder.parent.parent.name == "eval_data"
-        else "dev"
-    )
-
-
-def _refuse_too_deep(data_root: Path) -> None:
+def _refuse_too_deep(data_root: Path, edition: Edition) -> None:
     """A DataError when ``data_root`` is a folder inside a DCASE tree (one holding ``raw/``,
     or a machine type folder holding ``train/``/``test/``), naming the root to give instead."""
-    if (data_root / "raw").is_dir():
-        inner, parent = "raw/", data_root.parent
-    elif any((data_root / split).is_dir() for split in SPLITS):
-        inner = "train/ or test/"
-        parent = data_root.parents[2] if data_root.parent.name == "raw" else data_root.parent
-    else:
+    found = edition.too_deep(data_root)
+    if found is None:
         return
+    inner, parent = found
     raise DataError(
         f"data_root {str(data_root)!r} is a folder inside a DCASE tree (it holds {inner}): give "
-        f"the tree's root, e.g. --data-root {parent}; expected {EXPECTED_LAYOUT}"
+        f"the tree's root, e.g. --data-root {parent}; expected {edition.layout}"
     )
 
 
-def _machine_type_dirs(data_root: Path) -> list[Path]:
-    """Every machine type folder (one with train/ or test/) under ``data_root``; a root one or
-    more levels too deep is refused (:func:`_refuse_too_deep`)."""
-    _refuse_too_deep(data_root)
+def _machine_type_dirs(data_root: Path, edition: Edition) -> list[Path]:
+    """Every machine type folder (one with a split folder) under ``data_root`` as ``edition``
+    lays it out; a root one or more levels too deep is refused (:func:`_refuse_too_deep`)."""
+    if not data_root.is_dir():
+        raise DataError(f"data_root {str(data_root)!r} is not a folder; expected {edition.layout}")
+    _refuse_too_deep(data_root, edition)
     dirs = []
-    for root in _raw_roots(data_root):
+    for root in edition.roots(data_root):
         for folder in sorted(p for p in root.iterdir() if p.is_dir() and p.name[0] != "."):
-            if not any((folder / split).is_dir() for split in SPLITS):
+            if not any((folder / split).is_dir() for split in edition.splits.values()):
                 raise DataError(
-                    f"machine type folder {str(folder)!r} has neither train/ nor test/; "
-                    f"expected {EXPECTED_LAYOUT}"
+                    f"machine type folder {str(folder)!r} has neither "
+                    f"{' nor '.join(f'{name}/' for name in edition.splits.values())}; "
+                    f"expected {edition.layout}"
                 )
             dirs.append(folder)
     if not dirs:
-        raise DataError(
-            f"no machine type folders in {str(data_root)!r}; expected {EXPECTED_LAYOUT}"
-        )
+        raise DataError(f"no machine type folders in {str(data_root)!r}; expected {edition.layout}")
     return sorted(dirs, key=lambda p: (p.name.lower(), p.name, str(p)))
 
 
-def machine_types(data_root: str | os.PathLike) -> list[str]:
-    """The machine types found under ``data_root`` (any layout of :func:`index_dataset`),
-    sorted case-insensitively."""
-    names = {folder.name for folder in _machine_type_dirs(Path(data_root).expanduser())}
+def machine_types(data_root: str | os.PathLike, edition: str | Edition = AUTO) -> list[str]:
+    """The machine types found under ``data_root`` (laid out as ``edition``, default detected:
+    :mod:`asd_utils.data.editions`), sorted case-insensitively."""
+    root = Path(data_root).expanduser()
+    names = {folder.name for folder in _machine_type_dirs(root, _layout(root, edition))}
     return sorted(names, key=lambda n: (n.lower(), n))
 
 
-def clip_paths(data_root: str | os.PathLike) -> list[str]:
-    """The paths of every clip under ``data_root`` as :func:`index_dataset` names them, from a
-    folder listing alone (no file is opened)."""
+def clip_paths(data_root: str | os.PathLike, edition: str | Edition = AUTO) -> list[str]:
+    """The paths of every clip under ``data_root`` as :func:`index_dataset` names them (same
+    ``edition``), from a folder listing alone (no file is opened)."""
     root = Path(data_root).expanduser().absolute()
-    return [str(path) for *_, path in _clip_files(_machine_type_dirs(root), None)]
+    layout = _layout(root, edition)
+    return [str(path) for *_, path in _clip_files(_machine_type_dirs(root, layout), None, layout)]
 
 
 def _truncation(path: Path) -> str | None:
@@ -258,31 +216,35 @@ def _wav_files(folder: Path) -> list[Path]:
     )
 
 
-def _clip_files(folders: Sequence[Path], split: str | None) -> list[tuple[str, str, str, Path]]:
-    """``(dataset, machine_type, split, path)`` of every clip in the machine type ``folders``,
-    filtered by ``split`` (None = both). A machine type without any ``.wav`` file, or with an
-    existing but empty ``train/`` or ``test/`` folder, is a DataError naming the folder."""
+def _clip_files(
+    folders: Sequence[Path], split: str | None, edition: Edition
+) -> list[tuple[str, str, str, Path]]:
+    """``(dataset, machine_type, split, path)`` of every clip in the machine type ``folders``
+    (laid out as ``edition``), filtered by ``split`` (None = both). A machine type without any
+    ``.wav`` file, or with an existing but empty split folder, is a DataError naming the
+    folder."""
     files = []
     for folder in folders:
         found = {
-            folder_split: _wav_files(folder / folder_split)
-            for folder_split in SPLITS
-            if (folder / folder_split).is_dir()
+            folder_split: _wav_files(folder / name)
+            for folder_split, name in edition.splits.items()
+            if (folder / name).is_dir()
         }
         if not any(found.values()):
             raise DataError(
-                f"machine type folder {str(folder)!r} has no .wav files in train/ or test/; "
-                f"expected {EXPECTED_LAYOUT}"
+                f"machine type folder {str(folder)!r} has no .wav files in "
+                f"{edition.split_help}; expected {edition.layout}"
             )
         for folder_split, paths in found.items():
             if not paths:
+                name = edition.splits[folder_split]
                 raise DataError(
-                    f"{folder_split}/ folder {str(folder / folder_split)!r} of machine type "
+                    f"{name}/ folder {str(folder / name)!r} of machine type "
                     f"{folder.name!r} has no .wav files; expected its {folder_split} clips "
-                    f"(add them, or remove the empty folder), as in {EXPECTED_LAYOUT}"
+                    f"(add them, or remove the empty folder), as in {edition.layout}"
                 )
         files += [
-            (dataset_of(folder), folder.name, folder_split, path)
+            (edition.dataset_of(folder), folder.name, folder_split, path)
             for folder_split, paths in found.items()
             if split in (None, folder_split)
             for path in paths
@@ -292,7 +254,8 @@ def _clip_files(folders: Sequence[Path], split: str | None) -> list[tuple[str, s
 
 def _check_header(path: Path, channels: int, sample_rate: int, frames: int, expected: dict) -> None:
     """Refuse a clip whose WAV header breaks ``expected`` (``sample_rate``: Hz or None for any;
-    ``min_seconds``): a DataError naming the file and what was expected."""
+    ``min_seconds``; ``editions``: those the tree may be, fewest channels first, whose largest
+    channel map bounds the channels): a DataError naming the file and what was expected."""
     wanted_rate = expected["sample_rate"]
     if wanted_rate is not None and sample_rate != wanted_rate:
         raise DataError(
@@ -300,11 +263,11 @@ def _check_header(path: Path, channels: int, sample_rate: int, frames: int, expe
             f"resample the clip to {wanted_rate} Hz, the rate of every DCASE edition (from "
             "Python, index_dataset(sample_rate=None) indexes clips of any rate)"
         )
-    if channels > 2:
-        raise DataError(
-            f"{str(path)!r} has {channels} channels; expected 1 (mono, editions before 2026) "
-            "or 2 (stereo, 2026: channel 0 near microphone, channel 1 far microphone)"
-        )
+    family = expected["editions"]
+    if channels > len(family[-1].channels):
+        kinds = " or ".join(f"{len(e.channels)} ({e.channel_help})" for e in family)
+        chosen = f" (data.edition: {family[0].name})" if len(family) == 1 else ""
+        raise DataError(f"{str(path)!r} has {channels} channels; expected {kinds}{chosen}")
     if frames < expected["min_seconds"] * sample_rate:
         raise DataError(
             f"{str(path)!r} lasts {frames / sample_rate:.3f} s ({frames} frames at "
@@ -318,11 +281,14 @@ def _header_row(
     dataset: str, machine_type: str, folder_split: str, path: Path, expected: dict
 ) -> dict:
     """One clip-table row (:data:`COLUMNS`) from a clip's name, folder and WAV header; every
-    refusal (misnamed, misfiled, corrupt, wrong rate, > 2 channels, too short) a DataError."""
-    fields = parse_file_name(path)
+    refusal (misnamed, misfiled, corrupt, wrong rate, too many channels, too short) a
+    DataError. ``expected``: as :func:`_check_header`; its first edition reads the names."""
+    layout = expected["editions"][0]
+    fields = parse_file_name(path, layout)
     if fields["split"] not in (None, folder_split):
         raise DataError(
-            f"{str(path)!r} is named as a {fields['split']} clip but lies in {folder_split}/"
+            f"{str(path)!r} is named as a {fields['split']} clip but lies in "
+            f"{layout.splits[folder_split]}/"
         )
     with _open_checked(path) as audio:
         channels, sample_rate, frames = audio.channels, audio.samplerate, audio.frames
@@ -493,20 +459,25 @@ def index_dataset(
     min_seconds: float = MIN_SECONDS,
     cache_dir: str | os.PathLike | None = None,
     check_samples: bool = True,
+    edition: str | Edition = AUTO,
 ) -> pd.DataFrame:
     """One row per clip under ``data_root`` (columns :data:`COLUMNS`), every clip checked.
 
-    Accepts ``dev_data/raw/<machine_type>/{train,test}``, ``eval_data/raw/<machine_type>/...``
-    (both are indexed when both exist) or a bare ``<machine_type>/{train,test}`` tree; clips are
-    the ``.wav`` files (any letter case of the extension). ``dataset`` is ``"dev"`` or
-    ``"eval"`` (:func:`dataset_of`). ``split`` comes from the folder (anonymous eval names carry
-    none); ``channels``, ``sample_rate``, ``frames`` and ``duration`` (seconds) come from each
-    WAV header. Rows are sorted by machine_type (case-insensitively), split and file_name.
-    ``split`` ("train" or "test") and ``machine_types`` filter the table.
+    The tree is read as ``edition`` lays it out (a name of
+    :data:`~asd_utils.data.editions.EDITIONS`, or ``auto``: detected, :func:`edition_of`). The
+    DCASE editions accept ``dev_data/raw/<machine_type>/{train,test}``,
+    ``eval_data/raw/<machine_type>/...`` (both are indexed when both exist) or a bare
+    ``<machine_type>/{train,test}`` tree; clips are the ``.wav`` files (any letter case of the
+    extension). ``dataset`` is ``"dev"`` or ``"eval"`` (:meth:`Edition.dataset_of`). ``split``
+    comes from the folder (anonymous eval names carry none); ``channels``, ``sample_rate``,
+    ``frames`` and ``duration`` (seconds) come from each WAV header. Rows are sorted by
+    machine_type (case-insensitively), split and file_name. ``split`` ("train" or "test") and
+    ``machine_types`` filter the table.
 
     Refused up front, each with a DataError naming the file or folder and what was expected: a
     malformed name, a clip in the wrong split folder, a corrupt or truncated file, a sample rate
-    other than ``sample_rate`` Hz (None = any), more than 2 channels, a clip shorter than
+    other than ``sample_rate`` Hz (None = any), more channels than the edition's channel map
+    (``auto``: 2), a clip shorter than
     ``min_seconds`` (default :data:`MIN_SECONDS`, the front-ends' floor), an existing but empty
     ``train/`` or ``test/`` folder, a clip found twice, and (``check_samples``) NaN or infinite
     samples. A silent clip (every sample exactly 0) is a :class:`DataWarning`.
@@ -521,7 +492,8 @@ def index_dataset(
     if min_seconds < 0:
         raise ValueError(f"min_seconds must be >= 0, not {min_seconds!r}")
     data_root = Path(data_root).expanduser().absolute()
-    folders = _machine_type_dirs(data_root)
+    family = [edition] if isinstance(edition, Edition) else editions.family(data_root, edition)
+    folders = _machine_type_dirs(data_root, family[0])
     cache_path = _sample_cache_file(cache_dir, data_root) if check_samples else None
     if machine_types is not None:
         wanted = [machine_types] if isinstance(machine_types, str) else list(machine_types)
@@ -533,11 +505,11 @@ def index_dataset(
             )
         folders = [folder for folder in folders if folder.name in wanted]
 
-    files = _clip_files(folders, split)
+    files = _clip_files(folders, split, family[0])
     if not files:
-        raise DataError(f"no {split} clips in {str(data_root)!r}; expected {EXPECTED_LAYOUT}")
+        raise DataError(f"no {split} clips in {str(data_root)!r}; expected {family[0].layout}")
 
-    expected = {"sample_rate": sample_rate, "min_seconds": min_seconds}
+    expected = {"sample_rate": sample_rate, "min_seconds": min_seconds, "editions": family}
     rows = [_header_row(*entry, expected) for entry in _progress(files, "indexing clips")]
     table = pd.DataFrame(rows, columns=COLUMNS)
     table = table.sort_values(
@@ -550,6 +522,15 @@ def index_dataset(
     if check_samples:
         _check_samples(table, data_root, cache_path)
     return table
+
+
+def edition_of(data_root: str | os.PathLike, clips: pd.DataFrame, edition: str = AUTO) -> Edition:
+    """The edition of the tree ``data_root`` whose clip table (:func:`index_dataset`, same
+    ``edition``) is ``clips``: the named one, or (``auto``) of the editions of the layout the
+    tree has, the one with the fewest channels that holds the clips' (a mono DCASE 2023 tree
+    is ``dcase2022-2025``; a stereo or mixed one ``dcase2026``)."""
+    channels = int(clips["channels"].max()) if len(clips) else 1
+    return editions.choose(Path(data_root).expanduser().absolute(), edition, channels)
 
 
 def _refuse_duplicates(table: pd.DataFrame, data_root: Path) -> None:
