@@ -204,13 +204,14 @@ def test_chapter_00_runs_in_lab_on_smoke_without_error_or_raw_role(lab):
         page.set_default_timeout(PAGE_S * 1000)
         page.goto(f"{base}/lab/tree/{CHAPTER}?token={token}", wait_until="load")
         page.locator(".jp-Notebook .jp-Cell").first.wait_for()
-        page.wait_for_function(
-            "() => document.querySelector('.jp-Notebook-ExecutionIndicator')"
-            "?.getAttribute('data-status') === 'idle'"
-        )  # the kernel started
+        # the kernel started: the status bar names it, idle
+        page.locator(".jp-StatusBar-Widget", has_text=re.compile(r"asd-xju\) \| Idle")).wait_for()
         _run_all(page, playwright.TimeoutError)
         shown = _wait_finished(page)
-        page.screenshot(path=str(tmp / "chapter00.png"), full_page=True)
+        keep = Path(os.environ.get("ASD_SCREENSHOTS", tmp))  # for a person to look at
+        keep.mkdir(parents=True, exist_ok=True)
+        page.locator(".jp-Notebook .jp-Cell").nth(4).scroll_into_view_if_needed()
+        page.screenshot(path=str(keep / "lab_00_data_exploration.png"))
         browser.close()
     log = (tmp / "lab.log").read_text()
     assert KERNEL in shown["kernel"], f"not on the {KERNEL} kernel: {shown['kernel']}"
