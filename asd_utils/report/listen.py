@@ -25,7 +25,7 @@ def players(clips: Mapping[str, np.ndarray], sample_rate: int, seconds: float = 
         audio = np.atleast_2d(np.asarray(clip, dtype=np.float64))[:, : int(seconds * sample_rate)]
         audio = audio * (0.9 / max(float(np.abs(audio).max()), 1e-9))
         cells = "".join(
-            f'<td><audio controls preload="none" style="width: 100%" '
+            f'<td><audio controls preload="metadata" style="width: 100%" '
             f'src="{Audio(channel, rate=sample_rate, normalize=False).src_attr()}"></audio></td>'
             for channel in audio
         )

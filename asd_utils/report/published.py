@@ -17,7 +17,7 @@ PUBLISHED = "published_2026.csv"
 TABLES = ("front_ends", "ladder", "systems")
 COLUMNS = ("step", "front_end", "back_end", "dev", "eval", "source")
 OTHERS = (
-    "Others' results on the **real** DCASE 2026 Task 2 data with **official pre-trained weights** "
+    "Others' results on the real DCASE 2026 Task 2 data with official pre-trained weights "
     "(official score, hmean %, as published: not run here)"
 )
 
