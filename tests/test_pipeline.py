@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from asd_utils import config, data, submission
+from asd_utils import config, data, scoring, submission
 from asd_utils.data import synth
 from asd_utils.evaluation import metrics, official
 from asd_utils.report import pipeline
@@ -187,8 +187,8 @@ def test_system0_and_the_floor_run_beside_the_paper_and_every_backend(smoke_run)
         assert info["backend"] == "knn" and (info["parameters"] > 0) == (name == "System 0")
     grid = pd.read_csv(out / "backends.csv")
     views = set(grid.loc[grid["system"] == "System 0", "embedding"])
-    assert views == {"near", "far", "residual", "concat", "anc"}
-    assert set(grid["backend"]) == {"knn", "kmeans", "smote", "local"}
+    assert views == {"near", "far", "residual", "concat", "anc", "w1", "ss"}
+    assert set(grid["backend"]) == set(scoring.BACKENDS)
     assert {"System 1", "System 2", "System 3", "log-mel floor"} <= set(grid["system"])
     assert grid["hmean"].between(0, 1).all()
     # System 0's official files hold the default back end's scores of its default view
@@ -299,3 +299,27 @@ def test_a_failed_run_says_where_and_keeps_the_stage_times(tmp_path, monkeypatch
     assert saved["status"].startswith("failed at 10_broken: notebook 10_broken.ipynb failed")
     assert "broken on purpose" in saved["status"]
     assert {"prepare_data", "00_fine"} <= set(saved["stage_seconds"])
+
+
+def test_the_book_shows_front_ends_back_ends_clips_and_the_pipeline(smoke_run):
+    """Chapter 10 states System 0's score on each front end as backends.csv has it, beside
+    others' published figures; chapter 55 shows System 6 and MERL's ladder; chapter 00 plays
+    clips from the page; the landing page draws the pipeline."""
+    tmp, _ = smoke_run
+    html = tmp / "build" / "_build" / "html"
+    grid = pd.read_csv(tmp / "out" / "backends.csv")
+    system0 = grid[(grid["system"] == "System 0") & (grid["backend"] == "knn")]
+    anc = html / "notebooks" / "10_anc_denoising.html"
+    chapter = anc.read_text()
+    for view in ("near", "anc", "w1", "ss", "residual"):
+        hmean = system0.loc[system0["embedding"] == view, "hmean"].item()
+        assert f"{100 * hmean:.2f}" in chapter, view
+    assert "Others’ results on the" in chapter or "Others' results on the" in chapter
+    assert "67.48" in chapter and "62.33" in chapter
+    backends = (html / "notebooks" / "55_training_free.html").read_text()
+    assert "System 6" in backends and "62.02" in backends and "Z-MIN" in backends
+    assert "System 6" in (html / "notebooks" / "70_results.html").read_text()
+    data = (html / "notebooks" / "00_data_exploration.html").read_text()
+    assert data.count("<audio") == 4 and data.count('src="data:audio/wav;base64,') == 4
+    assert "pipeline.svg" in (html / "book" / "intro.html").read_text()
+    assert (html / "_images" / "pipeline.svg").is_file()

@@ -48,6 +48,13 @@ FIGURES = {
             val_loss=[3, 2, 2]
         )
     ),
+    "view_dots": lambda: plots.view_dots(
+        pd.DataFrame({"knn": [55.0, 60.0]}, index=pd.Index(["near", "w1"], name="front end"))
+    ),
+    "backend_heatmap": lambda: plots.backend_heatmap(
+        {"official score": pd.DataFrame({"knn": [55.0], "beam": [57.0]}, index=["System 6"])},
+        reference="knn",
+    ),
     "embedding_map": lambda: plots.embedding_map(
         RNG.normal(size=(8, 2)), pd.Series(["fan", "ToyCar"] * 4), pd.Series(["source"] * 8)
     ),

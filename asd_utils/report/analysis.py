@@ -7,12 +7,18 @@ their results are labelled analysis in the book and never choose a profile setti
 from __future__ import annotations
 
 import itertools
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import pandas as pd
 
+from asd_utils import scoring, stages
 from asd_utils.evaluation import metrics
 from asd_utils.systems import ensemble
+
+# System 0's views of the two microphones, by the front-end names of
+# :mod:`asd_utils.frontends.twochannel` (its ``anc`` view is the ``fblms`` canceller's output;
+# its ``residual`` is near − α · far of the two embeddings)
+FRONT_ENDS = {"near": "near", "anc": "fblms", "w1": "w1", "ss": "ss", "residual": "residual"}
 
 
 def summary(scores: pd.DataFrame) -> dict[str, float]:
@@ -54,3 +60,29 @@ def weight_sweep(
         )
         rows.append({"w": w, "hmean": 100 * summary(combined)["hmean"]})
     return pd.DataFrame(rows)
+
+
+def view_scores(
+    run: stages.Run,
+    outcome: stages.FrozenOutcome,
+    backends: Sequence[str],
+    views: Mapping[str, str] = FRONT_ENDS,
+) -> pd.DataFrame:
+    """The official score (%) of a frozen system (``outcome``, :func:`asd_utils.stages.frozen`)
+    on each of its ``views`` ({view: name shown}) the run made, scored by each of ``backends``
+    (names of :data:`asd_utils.scoring.BACKENDS`, with the profile's options): one row per view
+    (index "front end", the shown name), one column per back end. Reads test labels: analysis."""
+    k = stages.knn_k(run.profile, outcome.system)
+    rows = {}
+    for view, name in views.items():
+        if view not in outcome.views:
+            continue
+        vector = outcome.vector(view)
+        rows[name] = {}
+        for backend in backends:
+            scorer = scoring.make(run.profile["backends"], backend, k, run.seed)
+            scores = scoring.score_system(run.clips, vector, scorer, outcome.bands)
+            rows[name][backend] = 100 * summary(scores)["hmean"]
+    return pd.DataFrame.from_dict(rows, orient="index", columns=list(backends)).rename_axis(
+        "front end"
+    )

@@ -40,9 +40,11 @@ from asd_utils.report import headline as headline_
 BOOK_FILES = ("_config.yml", "_toc.yml", "book")
 HEADLINE_MARKER = "<!-- run headline -->"
 HIDDEN_TAGS = {"injected-parameters", "parameters"}
+PIPELINE_FIGURE = "pipeline.svg"  # drawn into the staged book/, beside intro.md
 FOLD_LINES = 12  # a longer code cell shows its output with its source folded
 MATHJAX_DIR = "_mathjax/mathjax"  # not _static/: jupyter-book loads every .js file there
 _GLUE = re.compile(r"\{glue(?::\w+)?\}`[^`]*`")
+_DATA_URI = re.compile(r"(data:[\w/+.-]+;base64,[A-Za-z0-9+/=]+)")
 _ABSOLUTE = re.compile(r"(?<![\w:/.~<>\-])/(?:[^\s/'\"<>()\[\]]+/)+([^\s/'\"<>()\[\]]+)")
 
 
@@ -60,7 +62,14 @@ def path_replacements(paths: config.RunPaths) -> list[tuple[str, str]]:
 
 
 def scrub(text: str, replacements: list[tuple[str, str]]) -> str:
-    """``text`` with no absolute path of this machine left in it."""
+    """``text`` with no absolute path of this machine left in it; embedded data (``data:…;
+    base64,…``, e.g. a chapter's audio players) is left as it is: its ``/`` are not paths."""
+    pieces = _DATA_URI.split(text)  # text, data, text, …
+    pieces[::2] = [_scrub_paths(piece, replacements) for piece in pieces[::2]]
+    return "".join(pieces)
+
+
+def _scrub_paths(text: str, replacements: list[tuple[str, str]]) -> str:
     for old, new in replacements:
         text = text.replace(old, new)
     return _ABSOLUTE.sub(lambda m: f"…/{m.group(0).rstrip('/').split('/')[-2]}/{m.group(1)}", text)
@@ -248,6 +257,23 @@ def _seed_spread(spread_path: Path, data_root: Path) -> list[str]:
     ]
 
 
+def draw_pipeline(target: Path) -> Path:
+    """The landing page's pipeline diagram (:func:`asd_utils.report.plots.pipeline_diagram`)
+    as an SVG at ``target``: drawn by code at each build, the column's width, 10 pt text."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display here; the notebooks keep their own backend
+    import matplotlib.pyplot as plt
+
+    from asd_utils.report import plots
+
+    figure = plots.pipeline_diagram()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(target, format="svg", metadata={"Date": None})
+    plt.close(figure)
+    return target
+
+
 def stage(paths: config.RunPaths, profile: dict, executed_dir: Path, stage_dir: Path) -> Path:
     """Fill ``stage_dir`` with what ``jupyter-book build`` reads (see the module docstring)."""
     stage_dir.mkdir(parents=True, exist_ok=True)
@@ -265,6 +291,7 @@ def stage(paths: config.RunPaths, profile: dict, executed_dir: Path, stage_dir: 
             book_notebook(executed[source.name], target, replacements)
         else:  # an --only run into a fresh folder: the chapter's text and code, no outputs
             not_run(source, target)
+    draw_pipeline(stage_dir / "book" / PIPELINE_FIGURE)
     intro = stage_dir / "book" / "intro.md"
     text = intro.read_text()
     summary = scrub(headline(paths, profile), replacements)

@@ -481,3 +481,112 @@ def snr_bands(table: pd.DataFrame, systems: list[str]) -> plt.Figure:
         ax.set(title=title, xlabel="near-microphone SNR (dB)", ylabel="%")
     _legend_below(fig, axes[0])
     return fig
+
+
+def view_dots(scores: pd.DataFrame, reference: str | None = None) -> plt.Figure:
+    """A dot plot of official scores (%): one row per index entry of ``scores`` (e.g. a front
+    end), one marker per column (e.g. a back end). The axis spans the data (not 0-100), so the
+    differences show; ``reference``: the row drawn as a dotted line per column, read against;
+    chance (50 %) is marked where it falls in the span."""
+    fig, ax = subplots(figsize=(COLUMN_INCHES, 0.9 + 0.38 * len(scores)), constrained_layout=True)
+    y = np.arange(len(scores))[::-1]
+    values = scores.to_numpy(dtype=float)
+    low, high = np.nanmin(values), np.nanmax(values)
+    pad = max(1.0, 0.08 * (high - low))
+    for i, (column, marker) in enumerate(zip(scores.columns, "osD^v", strict=False)):
+        colour = plt.cm.tab10(i)
+        ax.plot(scores[column], y, marker, ms=7, color=colour, label=column)
+        if reference is not None and reference in scores.index:
+            ax.axvline(scores.loc[reference, column], color=colour, ls=":", lw=1)
+    if low - pad < 50 < high + pad:
+        ax.axvline(50, color="grey", lw=0.8, ls="--")
+    ax.set_yticks(y, scores.index)
+    ax.set_xlim(low - pad, high + pad)
+    ax.grid(axis="y", color="0.9")
+    where = f" (dotted: {reference})" if reference is not None else ""
+    ax.set(xlabel=f"official score (%){where}", ylabel=scores.index.name or "")
+    _legend_below(fig, ax)
+    return fig
+
+
+def backend_heatmap(frames: dict[str, pd.DataFrame], reference: str) -> plt.Figure:
+    """Back ends against each other as annotated heat maps, one panel per ``frames`` item
+    (title: a frame of %, rows systems, columns back ends): each cell shows its value, its
+    colour the difference from the same row's ``reference`` column (red above, blue below, in
+    points), so that a few points' differences show where bars from 0 looked flat."""
+    n = len(frames)
+    rows = max(len(f) for f in frames.values())
+    width = min(COLUMN_INCHES, 1.6 + n * (0.8 + 0.62 * max(f.shape[1] for f in frames.values())))
+    fig, axes = subplots(
+        1, n, figsize=(width, 1.5 + 0.3 * rows), squeeze=False, sharey=True, layout="constrained"
+    )
+    diffs = {t: f.sub(f[reference], axis=0) for t, f in frames.items()}
+    span = max(1.0, max(float(np.nanmax(np.abs(d.to_numpy(dtype=float)))) for d in diffs.values()))
+    for ax, (title, frame) in zip(axes[0], frames.items(), strict=True):
+        ax.imshow(
+            diffs[title].to_numpy(dtype=float), cmap="RdBu_r", vmin=-span, vmax=span, aspect="auto"
+        )
+        for (i, j), value in np.ndenumerate(frame.to_numpy(dtype=float)):
+            if np.isfinite(value):
+                dark = abs(diffs[title].iat[i, j]) > 0.6 * span  # white text on deep colour
+                ax.text(j, i, f"{value:.1f}", ha="center", va="center", c="w" if dark else "k")
+        ax.set_xticks(np.arange(frame.shape[1]), frame.columns, rotation=30, ha="right")
+        ax.set_yticks(np.arange(len(frame)), frame.index)
+        ax.tick_params(length=0)
+        ax.spines[:].set_visible(False)
+        ax.set(title=title, xlabel="back end")
+    axes[0, 0].set_ylabel("system")
+    fig.supxlabel(f"colour: points above (red) or below (blue) the same system's {reference}")
+    return fig
+
+
+PIPELINE = (
+    ("stereo clip", "near microphone (ch 0), far microphone (ch 1)"),
+    ("front end", "near · fblms (adaptive ANC) · w1 (fixed canceller) · ss · far"),
+    (
+        "encoder",
+        "EAT or BEATs, fine-tuned (Systems 1-3, 5) or frozen (0, 6);\n"
+        "autoencoder (baselines); log-mel statistics (floor)",
+    ),
+    ("pooling", "a vector per clip, or one per frequency band (mean, RDP)"),
+    (
+        "back end",
+        "KNN · k-means · SMOTE · local · BEAM (+ VarMin) · Z-MIN,\n"
+        "fitted on the normal training clips of each section",
+    ),
+    (
+        "decision",
+        "anomaly score > threshold (training scores' quantile);\n"
+        "System 4 combines normalised scores of its members",
+    ),
+)
+
+
+def pipeline_diagram(stages: tuple[tuple[str, str], ...] = PIPELINE) -> plt.Figure:
+    """The detector's pipeline, top to bottom: one box per stage (``stages``: name, what it
+    holds) joined by arrows, the stage's choices beside it; drawn for the column (10 pt)."""
+    height = 0.62 * len(stages) + 0.1
+    fig = plt.figure(figsize=(COLUMN_INCHES, height))
+    ax = fig.add_axes((0, 0, 1, 1))
+    ax.set(xlim=(0, COLUMN_INCHES), ylim=(height, 0))
+    ax.axis("off")
+    for i, (name, text) in enumerate(stages):
+        y = 0.35 + 0.62 * i
+        ax.text(
+            0.75,
+            y,
+            name,
+            ha="center",
+            va="center",
+            fontweight="bold",
+            bbox={"boxstyle": "round,pad=0.35", "fc": "#e8f0fa", "ec": "#4a78b0"},
+        )
+        ax.text(1.65, y, text, ha="left", va="center", linespacing=1.25)
+        if i + 1 < len(stages):
+            ax.annotate(
+                "",
+                xy=(0.75, y + 0.44),
+                xytext=(0.75, y + 0.18),
+                arrowprops={"arrowstyle": "-|>", "color": "#4a78b0", "lw": 1.2},
+            )
+    return fig
