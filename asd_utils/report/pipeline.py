@@ -232,6 +232,13 @@ def _kernel_manager(connection_dir: Path, env: dict | None = None, live: set | N
                 live.add(self)
             return await AsyncKernelManager._async_pre_start_kernel(self, **kw)
 
+        async def _async_interrupt_kernel(self) -> None:
+            # jupyter_client interrupts a kernel before asking it to shut down; an idle kernel
+            # then logs "KeyboardInterrupt caught in kernel" on the console (seen when chapters
+            # ran side by side), and a busy one is killed after the shutdown request anyway
+            if not self.shutting_down:
+                await AsyncKernelManager._async_interrupt_kernel(self)
+
         async def shutdown_kernel(self, now: bool = False, restart: bool = False) -> None:
             # after Ctrl-C or SIGTERM, stop the kernel at once: a graceful shutdown of a kernel
             # in the middle of a cell prints ipykernel's "Socket operation on non-socket"
