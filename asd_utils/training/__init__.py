@@ -999,12 +999,15 @@ def _micro_batch(run: _Run, batch: Sequence, micro: int) -> tuple[dict, float]:
 
 def _non_finite_message(run: _Run, means: dict[str, float]) -> str:
     """What a non-finite loss at the step after ``run.step`` says: the loss's parts, the
-    precision, the run folder and the step's clips (this process's draws of the sampler)."""
+    precision, the run folder and the step's clips (the sampler's draws: one process's view)."""
     config = run.config
     clips = config.grad_accumulation * config.batch_size
     draws = ResumableSampler(len(run.loader.dataset), config.seed, start=run.step * clips)
     paths = getattr(run.loader.dataset, "paths", None)
-    names = [str(paths[i]) if paths else f"clip {i}" for i, _ in itertools.islice(draws, clips)]
+    names = [
+        str(paths[i]) if paths is not None else f"clip {i}"
+        for i, _ in itertools.islice(draws, clips)
+    ]
     precision_name = "bf16 (autocast)" if config.mixed_precision == "bf16" else "float32"
     hint = BF16_OFF_HINT if config.mixed_precision == "bf16" else "check the clips and the settings"
     parts = ", ".join(f"{k} {v}" for k, v in means.items())
