@@ -3,9 +3,11 @@ the same files and the same console order as one chapter at a time."""
 
 from __future__ import annotations
 
+import logging
 import re
 from pathlib import Path
 
+import nbformat
 import pytest
 import yaml
 
@@ -67,6 +69,8 @@ def test_side_by_side_writes_the_serial_runs_files_byte_for_byte(tmp_path, capsy
     profile_path = tmp_path / "smoke.yaml"
     profile_path.write_text(yaml.safe_dump(profile))
     stages.open_run(str(profile_path), output_root=str(tmp_path / "prepared"), progress=False)
+    package = logging.getLogger("asd_utils")  # open_run set up a console, as in a kernel
+    package.handlers[:], package.propagate = [], True
     caplog.set_level("INFO", logger="asd_utils")  # the data made above: no run synthesises it
     files, lines, steps = {}, {}, {}
     for workers in (1, 2):
@@ -86,3 +90,42 @@ def test_side_by_side_writes_the_serial_runs_files_byte_for_byte(tmp_path, capsy
     assert not differ, f"side by side changed {differ}"
     assert steps[1] == steps[2] and len(steps[1]) == 2 * len(pipeline.notebooks())
     assert lines[1] == lines[2]  # the chapters' log lines, in the serial order
+
+
+def notebook(folder: Path, name: str, code: str) -> None:
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [
+        nbformat.v4.new_code_cell("profile = ''", metadata={"tags": ["parameters"]}),
+        nbformat.v4.new_code_cell(code),
+    ]
+    nb.metadata["kernelspec"] = {
+        "name": "python3",
+        "display_name": "Python 3",
+        "language": "python",
+    }
+    nbformat.write(nb, folder / f"{name}.ipynb")
+
+
+def test_a_failing_chapter_side_by_side_stops_the_run_in_the_serial_order(tmp_path, monkeypatch):
+    """30 fails while 20 runs beside it: 20 finishes and is timed, 30's failure is raised when
+    its turn comes, with its name; 35 never finishes (stopped or never started)."""
+    folder = tmp_path / "notebooks"
+    folder.mkdir()
+    notebook(
+        folder,
+        "20_slow",
+        "import time\ntime.sleep(3)",
+    )
+    notebook(folder, "30_broken", "raise ValueError('broken on purpose')")
+    notebook(folder, "35_never", "import time\ntime.sleep(60)")
+    monkeypatch.setattr(pipeline, "NOTEBOOK_DIR", folder)
+    paths = config.RunPaths(tmp_path / "data", tmp_path / "out", synthetic=False)
+    seconds, started = {}, []
+    with pytest.raises(pipeline.NotebookFailed, match=r"30_broken.ipynb failed") as caught:
+        pipeline.execute_notebooks(
+            {"name": "x"}, paths, tmp_path / "executed", seconds=seconds,
+            on_start=started.append, workers=2,
+        )  # fmt: skip
+    assert caught.value.chapter == "30_broken"
+    assert list(seconds) == ["20_slow"] and started == ["20_slow", "30_broken"]
+    assert seconds["20_slow"] >= 3
