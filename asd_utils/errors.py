@@ -40,6 +40,16 @@ class RunError(UserError):
     missing checkpoint, data a stage cannot use."""
 
 
+class NonFiniteError(UserError):
+    """A NaN or infinite embedding or loss: the message names the system, the precision it
+    computed in and the clip(s), and how to turn bf16 off (never a silent NaN score)."""
+
+
+BF16_OFF_HINT = (
+    "to turn bf16 off, set mixed_precision: no in the system's train settings of the profile"
+)
+
+
 class Interrupted(KeyboardInterrupt):
     """Ctrl-C or SIGTERM: the message says where the run stopped and how to go on."""
 

@@ -792,6 +792,7 @@ def embed(run: Run, system: str, result=None, name: str | None = None, progress:
         progress=progress,
         cache_dir=result.output_dir,
         preprocess_key=key,
+        name=name or system,
     )
     scoring.save_embeddings(run.system_dir(name or system), clips, embeddings)
     log.info(
@@ -1409,9 +1410,10 @@ def _detect_scores(run: Run, system: str, part: pd.DataFrame, new: pd.DataFrame)
         cache_dir=result.output_dir,
         preprocess_key=key,
         write_cache=run.writes,
+        name=system,
     )
     queries = scoring.extract_embeddings(
-        result.ema_model, new, batch, channel, preprocess, autocast, progress=False
+        result.ema_model, new, batch, channel, preprocess, autocast, progress=False, name=system
     )
     table = pd.concat([part, new], ignore_index=True)
     return _score(table, np.concatenate([reference, queries]), backend(run, system))

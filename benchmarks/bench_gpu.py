@@ -1,9 +1,12 @@
 """Training and embedding speed of the fine-tuned systems at paper size, on one GPU.
 
-For each trained system (``--systems``; default Systems 1, 2, 3 and 5) with its ``paper``
-profile section (base backbones, batch 16 x accumulation 8, bf16 on CUDA), on a synthetic set
-with the real development set's clip lengths (12 s ToyCar, 10 s the others): ``--steps``
-optimizer steps through the project's own training loop, then
+One prepared, short script for the minutes a GPU is lent (issue 37). First the batched fbank
+on the device against the CPU's (largest difference, clips/s of each). Then for each trained
+system (``--systems``; default Systems 1 and 2) and each precision (``--precisions``; default
+bf16 and fp32 on CUDA, fp32 on a CPU) with its ``paper`` profile section (base backbones,
+batch 16 x accumulation 8), on a synthetic set with the real development set's clip lengths
+(12 s ToyCar, 10 s the others): ``--steps`` optimizer steps through the project's own
+training loop, then
 
 - optimizer steps/s and clips/s, and the extrapolated wall time of the profile's full run;
 - peak GPU memory (``torch.cuda.max_memory_allocated``);
@@ -12,13 +15,15 @@ optimizer steps through the project's own training loop, then
 - embedding throughput of the trained model (clips/s, whole clips, batch 16);
 - kill and resume: the same run stopped after half its steps and resumed must end with the
   uninterrupted run's weights (the largest difference is printed: 0 on a CPU; on a GPU
-  non-deterministic kernels may leave float noise).
+  non-deterministic kernels may leave float noise);
+- ``non_finite``: empty, or the message of the NaN guard (a non-finite loss or embedding,
+  :class:`asd_utils.errors.NonFiniteError`) — the row's other numbers are then missing.
 
 ``--size tiny`` with a few steps runs the same on a CPU in about a minute (a test does). The
 machine's load is recorded (``machine.load_recorded``). Results: a table on stdout and
 ``bench_gpu.csv`` in ``--output``.
 
-    python benchmarks/bench_gpu.py                      # on a GPU machine (about 8 minutes)
+    python benchmarks/bench_gpu.py                      # on a GPU machine (a few minutes)
     python benchmarks/bench_gpu.py --size tiny --steps 2 --batch 2 --accumulation 2
 """
 
@@ -37,8 +42,10 @@ from machine import load_recorded
 
 from asd_utils import config, data, registry, scoring, systems, training
 from asd_utils.data import synth
+from asd_utils.errors import NonFiniteError
+from asd_utils.frontends.features import beats_fbank
 
-DEFAULT_SYSTEMS = ("System 1", "System 2", "System 3", "System 5")
+DEFAULT_SYSTEMS = ("System 1", "System 2")
 
 
 class Stop(Exception):
@@ -59,8 +66,32 @@ class StopAfter(torch.utils.data.Dataset):
         return self.dataset[key]
 
 
-def bench_profile(args, device: str) -> dict:
-    """The paper profile, at ``--size``, with ``--steps`` and the batch settings asked."""
+def fbank_check(device: str, clips: int = 64, seconds: float = 10.0) -> dict:
+    """BEATs' batched fbank of ``clips`` random clips on ``device`` against the CPU's: the
+    largest absolute difference and clips/s of each (the device's timed after a warm-up)."""
+    waveform = 0.1 * torch.randn(clips, int(seconds * 16000), generator=torch.Generator())
+    rates = {}
+    for where in dict.fromkeys(("cpu", device)):
+        moved = waveform.to(where)
+        beats_fbank(moved[:2])  # warm-up (cuFFT plans)
+        if where == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        out = beats_fbank(moved)
+        if where == "cuda":
+            torch.cuda.synchronize()
+        rates[where] = (clips / (time.perf_counter() - start), out.cpu())
+    difference = float((rates[device][1] - rates["cpu"][1]).abs().max())
+    return {
+        "fbank_max_abs_diff": difference,
+        "fbank_cpu_clips_per_s": rates["cpu"][0],
+        "fbank_device_clips_per_s": rates[device][0],
+    }
+
+
+def bench_profile(args, device: str, precision: str = "fp32") -> dict:
+    """The paper profile, at ``--size``, with ``--steps``, the batch settings asked and
+    ``precision`` (bf16 or fp32)."""
     profile = copy.deepcopy(config.load_profile("paper"))
     for section in ("osscl", "beats_grl", "fusion"):
         profile[section]["size"] = args.size
@@ -70,7 +101,7 @@ def bench_profile(args, device: str) -> dict:
             steps=args.steps,
             warmup_steps=max(1, args.steps // 4),
             checkpoint_every=max(1, args.steps // 2),
-            mixed_precision="bf16" if device == "cuda" else "no",
+            mixed_precision="bf16" if precision == "bf16" else "no",
         )
         if args.batch:
             train["batch_size"] = args.batch
@@ -82,6 +113,14 @@ def bench_profile(args, device: str) -> dict:
 
 
 def run_system(system: str, profile_path: Path, profile: dict, root: Path, out: Path, device):
+    """One system's row; a non-finite loss or embedding gives a row that says so."""
+    try:
+        return measure_system(system, profile_path, profile, root, out, device)
+    except NonFiniteError as err:
+        return {"system": system, "non_finite": str(err)}
+
+
+def measure_system(system: str, profile_path: Path, profile: dict, root: Path, out: Path, device):
     settings = systems.train_config(profile, system)
     clips_per_step = settings.batch_size * settings.grad_accumulation
     if device == "cuda":
@@ -94,9 +133,11 @@ def run_system(system: str, profile_path: Path, profile: dict, root: Path, out: 
     clips = data.index_dataset(root)
     channel, preprocess, _ = systems.front_end(profile, system)
     model = result.ema_model.to(device)
-    autocast = torch.bfloat16 if device == "cuda" else None
+    autocast = result.precision.autocast
     start = time.perf_counter()
-    scoring.extract_embeddings(model, clips, 16, channel, preprocess, autocast, progress=False)
+    scoring.extract_embeddings(
+        model, clips, 16, channel, preprocess, autocast, progress=False, name=system
+    )
     embed_rate = len(clips) / (time.perf_counter() - start)
 
     # kill after half the steps (past the checkpoint there), then resume in a new call
@@ -128,6 +169,7 @@ def run_system(system: str, profile_path: Path, profile: dict, root: Path, out: 
         "embed_clips_per_s": embed_rate,
         "resumed_from": resumed.start_step,
         "resume_max_abs_diff": difference,
+        "non_finite": "",
     }
 
 
@@ -145,14 +187,20 @@ def run(args) -> pd.DataFrame:
             n_test=2, clip_seconds=lengths,
         )  # fmt: skip
         synth.generate_dataset(tmp / "data", tree, progress=False)
-        profile = bench_profile(args, device)
-        profile_path = tmp / "profile.yaml"
-        profile_path.write_text(yaml.safe_dump(profile))
-        rows = [
-            run_system(system, profile_path, profile, tmp / "data", tmp / "out", device)
-            for system in args.systems
-        ]
-    table = pd.DataFrame(rows).assign(device=name, size=args.size)
+        fbank = fbank_check(device)
+        print(", ".join(f"{k} {v:.4g}" for k, v in fbank.items()))
+        rows = []
+        for precision in args.precisions or (("bf16", "fp32") if device == "cuda" else ("fp32",)):
+            profile = bench_profile(args, device, precision)
+            profile_path = tmp / f"profile_{precision}.yaml"
+            profile_path.write_text(yaml.safe_dump(profile))
+            out = tmp / "out" / precision
+            rows += [
+                {**run_system(system, profile_path, profile, tmp / "data", out, device),
+                 "precision": precision}
+                for system in args.systems
+            ]  # fmt: skip
+    table = pd.DataFrame(rows).assign(device=name, size=args.size, **fbank)
     print(table.round(4).to_markdown(index=False))
     if args.output:
         args.output.mkdir(parents=True, exist_ok=True)
@@ -164,7 +212,10 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--systems", nargs="+", default=list(DEFAULT_SYSTEMS))
     parser.add_argument("--size", choices=("base", "tiny"), default="base")
-    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument(
+        "--precisions", nargs="+", choices=("bf16", "fp32"), help="default: both on CUDA"
+    )
     parser.add_argument("--batch", type=int, help="clips per micro-batch (default: the profile's)")
     parser.add_argument("--accumulation", type=int, help="micro-batches per step (the profile's)")
     parser.add_argument("--clips", type=int, default=24, help="training clips per machine type")

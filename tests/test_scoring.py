@@ -154,7 +154,7 @@ def test_extract_embeddings_aligned_batched_eval_mode(wav_table):
         return torch.stack(rows).numpy()
 
     expected = one_by_one()
-    for batch_size in (2, 6):  # 6: one batch of 640- and 960-sample clips, padded + lengths
+    for batch_size in (2, 6):  # 6: batches of one length each (640, then 960 samples)
         got = scoring.extract_embeddings(model, wav_table, batch_size=batch_size, progress=False)
         np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
     assert model.training  # mode restored

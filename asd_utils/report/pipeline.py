@@ -91,12 +91,14 @@ DERIVED = stages.DERIVED  # what a new full run removes first (asd run does the 
 clear_derived = stages.clear_derived
 
 
-def _kernel_manager(connection_dir: Path):
+def _kernel_manager(connection_dir: Path, env: dict | None = None, live: set | None = None):
     """A kernel manager on local IPC sockets in ``connection_dir`` (the run's own folder):
     papermill's kernels then start without ipykernel's "running over TCP without encryption"
     warning, and two runs from one checkout never share a socket. jupyter_client's default puts
     the sockets in the current directory as ``kernel-ipc-<N>``, N the first free number, so two
-    kernels that start at once can take the same N (``Invalid Signature``)."""
+    kernels that start at once can take the same N (``Invalid Signature``). ``env``: variables
+    set in the kernel's environment (its threads); ``live``: a set each manager joins as its
+    kernel starts (to stop the kernels of chapters side by side)."""
     import uuid
 
     from jupyter_client import AsyncKernelManager
@@ -114,6 +116,20 @@ def _kernel_manager(connection_dir: Path):
         @default("ip")
         def _default_ip(self):  # the sockets: <connection file without .json>-ipc-<N>
             return str(Path(self.connection_file).with_suffix("")) + "-ipc"
+
+        async def _async_pre_start_kernel(self, **kw):
+            if env:
+                kw["env"] = {**kw.get("env", os.environ), **env}
+            if live is not None:
+                live.add(self)
+            return await AsyncKernelManager._async_pre_start_kernel(self, **kw)
+
+        async def _async_interrupt_kernel(self) -> None:
+            # jupyter_client interrupts a kernel before asking it to shut down; an idle kernel
+            # then logs "KeyboardInterrupt caught in kernel" on the console (seen when chapters
+            # ran side by side), and a busy one is killed after the shutdown request anyway
+            if not self.shutting_down:
+                await AsyncKernelManager._async_interrupt_kernel(self)
 
         async def shutdown_kernel(self, now: bool = False, restart: bool = False) -> None:
             # after Ctrl-C or SIGTERM, stop the kernel at once: a graceful shutdown of a kernel
@@ -140,6 +156,152 @@ def kernel_dir() -> Path:
     return Path(tempfile.mkdtemp(prefix=f"{KERNEL_DIR_PREFIX}{os.getpid()}-"))
 
 
+INDEPENDENT = ("20", "30", "35", "40")
+"""Chapters that may run side by side: each reads only the manifest, the data and the profile
+that the run and the chapters before it wrote, and writes only its own systems' folders (20
+the baseline, 30 Systems 1 and 3, 35 System 5 and the noise study's table, which it only reads,
+40 System 2); chapters 50 and later read what they wrote."""
+
+WORKERS_ENV = "ASD_REPORT_WORKERS"
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+THREADS_ENV = "ASD_REPORT_THREADS"
+"""Threads per chapter kernel of the :data:`INDEPENDENT` chapters (default: torch's own, as a
+serial run and ``asd run``): the thread count changes float rounding (a reduction split
+differently), so the default keeps every file byte for byte; side by side, the kernels' idle
+threads sleep (``OMP_WAIT_POLICY=PASSIVE``) rather than spin on the other chapter's cores."""
+
+
+def report_workers(workers: int | None = None) -> int:
+    """How many chapters run side by side: ``workers``, else ``$ASD_REPORT_WORKERS``, else
+    2 on a machine with 2 or more CPUs (1 = one chapter at a time)."""
+    if workers is None:
+        workers = int(os.environ.get(WORKERS_ENV) or min(2, os.cpu_count() or 1))
+    if workers < 1:
+        raise errors.UserError(f"{WORKERS_ENV} must be 1 or more, not {workers}")
+    return workers
+
+
+def waves(sources: list[Path]) -> list[list[Path]]:
+    """The notebooks in order, grouped: consecutive :data:`INDEPENDENT` chapters form one wave
+    (run side by side), every other notebook a wave of its own."""
+    grouped: list[list[Path]] = []
+    for source in sources:
+        joins = (
+            grouped and source.stem[:2] in INDEPENDENT and grouped[-1][-1].stem[:2] in INDEPENDENT
+        )
+        if joins:
+            grouped[-1].append(source)
+        else:
+            grouped.append([source])
+    return grouped
+
+
+def thread_env() -> dict[str, str]:
+    """The kernel environment of an :data:`INDEPENDENT` chapter: idle OpenMP threads sleep, and
+    with ``$ASD_REPORT_THREADS`` that many threads (torch, OpenMP, MKL, OpenBLAS)."""
+    env = {"OMP_WAIT_POLICY": "PASSIVE"}
+    threads = os.environ.get(THREADS_ENV)
+    if threads:
+        env.update(dict.fromkeys(THREAD_VARIABLES, threads))
+    return env
+
+
+def _execute(source: Path, target: Path, parameters: dict, kernel: str, manager, stderr) -> None:
+    """One notebook through papermill (its standard error to ``stderr``); a failure becomes
+    :class:`NotebookFailed` (or KeyboardInterrupt), with ``chapter`` set."""
+    import papermill
+    from papermill.exceptions import PapermillExecutionError
+
+    try:
+        papermill.execute_notebook(
+            str(source),
+            str(target),
+            parameters=parameters,
+            kernel_name=kernel,
+            cwd=str(REPO_ROOT),
+            progress_bar=False,
+            log_output=False,
+            stderr_file=stderr,  # the stages' log lines
+            kernel_manager_class=manager,
+        )
+    except PapermillExecutionError as err:
+        if err.ename == "KeyboardInterrupt":  # the kernel itself was interrupted
+            error = KeyboardInterrupt()
+        else:
+            error = NotebookFailed(
+                f"notebook {source.name} failed in cell {err.exec_count} "
+                f"({err.ename}: {err.evalue}); the executed copy with the traceback is {target}"
+            )
+        error.chapter = source.stem
+        raise error from None
+    except KeyboardInterrupt as err:
+        err.chapter = source.stem
+        raise
+
+
+def _relay(path: Path, position: int, until) -> int:
+    """Copy what ``path`` gained past ``position`` to standard error, until ``until()`` is
+    true (then once more); returns the new position."""
+    with open(path, encoding="utf-8", errors="replace") as reader:
+        reader.seek(position)
+        while True:
+            done = until()
+            text = reader.read()
+            if text:
+                sys.stderr.write(text)
+                sys.stderr.flush()
+            if done:
+                return reader.tell()
+            time.sleep(0.2)
+
+
+def _run_wave(wave, numbers, run_one, workers, connection_dir, seconds, on_start) -> None:
+    """The notebooks of ``wave`` side by side, ``workers`` at a time, each kernel with its
+    threads (:func:`thread_env`, also when ``workers`` is 1). The console and
+    ``on_start`` follow the serial order:
+    each chapter's standard error is kept in a file and relayed when the chapters before it
+    have ended (the first running chapter's live). A failure stops the others' kernels."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    env, live = thread_env(), set()
+    manager = _kernel_manager(connection_dir, env, live)
+    logs = {s.stem: connection_dir / f"{s.stem}.stderr" for s in wave}
+    for path in logs.values():
+        path.write_text("", encoding="utf-8")
+
+    def work(source: Path) -> float:
+        start = time.perf_counter()
+        with open(logs[source.stem], "a", encoding="utf-8", buffering=1) as stderr:
+            run_one(source, manager, stderr)
+        return round(time.perf_counter() - start, 1)
+
+    log.info(
+        "chapters %s: %d at a time, %s threads each",
+        ", ".join(s.stem for s in wave),
+        workers,
+        env.get(THREAD_VARIABLES[0], "torch's default"),
+    )
+    with ThreadPoolExecutor(workers, thread_name_prefix="chapter") as pool:
+        futures = {s.stem: pool.submit(work, s) for s in wave}
+        try:
+            for number, source in zip(numbers, wave, strict=True):
+                log.info("%s %s: running …", number, source.stem)
+                if on_start is not None:
+                    on_start(source.stem)
+                future = futures[source.stem]
+                _relay(logs[source.stem], 0, future.done)
+                seconds[source.stem] = future.result()
+                log.info("%s %s: done in %.0f s", number, source.stem, seconds[source.stem])
+        except BaseException:
+            for future in futures.values():
+                future.cancel()
+            for kernel_manager in list(live):  # the chapters still running: stop their kernels
+                process = getattr(kernel_manager.provisioner, "process", None)
+                if process is not None and process.poll() is None:
+                    process.kill()
+            raise
+
+
 def execute_notebooks(
     profile: dict,
     paths: RunPaths,
@@ -149,20 +311,21 @@ def execute_notebooks(
     profile_file: Path | None = None,
     seconds: dict[str, float] | None = None,
     on_start=None,
+    workers: int | None = None,
 ) -> dict[str, float]:
     """Execute each notebook with papermill; stop at the first failure, naming notebook and cell.
 
     Each notebook gets ``profile_file`` (the run's frozen profile, :func:`asd_utils.config.
-    freeze_profile`) as its ``profile`` parameter, or the profile's name without one. The time of
-    every notebook that finished goes into ``seconds`` (also returned) as it finishes, so a
-    failure keeps the times of the chapters before it. ``on_start(chapter)`` is called as each
-    notebook starts. A failure or an interruption carries the chapter (``err.chapter``). The
-    kernels' connection files and sockets live in a private temporary folder
-    (:data:`KERNEL_DIR_PREFIX`), removed at the end, so nothing is left in the repository.
+    freeze_profile`) as its ``profile`` parameter, or the profile's name without one. The
+    :data:`INDEPENDENT` chapters run side by side, :func:`report_workers` at a time with the
+    threads split (:func:`_run_wave`); the console, ``on_start`` and every file are as in a
+    serial run (``workers=1``). The time of every notebook that finished goes into
+    ``seconds`` (also returned) as it finishes, so a failure keeps the times of the chapters
+    before it. ``on_start(chapter)`` is called as each notebook's turn comes. A failure or an
+    interruption carries the chapter (``err.chapter``). The kernels' connection files and
+    sockets live in a private temporary folder (:data:`KERNEL_DIR_PREFIX`), removed at the end,
+    so nothing is left in the repository.
     """
-    import papermill
-    from papermill.exceptions import PapermillExecutionError
-
     executed_dir.mkdir(parents=True, exist_ok=True)
     sources = [nb for nb in notebooks() if not only or nb.stem[:2] in only or nb.stem in only]
     parameters = {
@@ -170,45 +333,29 @@ def execute_notebooks(
         "data_root": str(paths.data_root),
         "output_root": str(paths.output_root),
     }
+    workers = report_workers(workers)
     seconds = {} if seconds is None else seconds
     connection_dir = kernel_dir()
+
+    def run_one(source: Path, manager, stderr) -> None:
+        _execute(source, executed_dir / source.name, parameters, kernel, manager, stderr)
+
     try:
-        for i, source in enumerate(sources, 1):
-            target = executed_dir / source.name
-            log.info("[%d/%d] %s: running …", i, len(sources), source.stem)
-            if on_start is not None:
-                on_start(source.stem)
-            start = time.perf_counter()
-            try:
-                papermill.execute_notebook(
-                    str(source),
-                    str(target),
-                    parameters=parameters,
-                    kernel_name=kernel,
-                    cwd=str(REPO_ROOT),
-                    progress_bar=False,
-                    log_output=False,
-                    stderr_file=sys.stderr,  # the stages' log lines, live on the console
-                    kernel_manager_class=_kernel_manager(connection_dir),
-                )
-            except PapermillExecutionError as err:
-                if err.ename == "KeyboardInterrupt":  # the kernel itself was interrupted
-                    error = KeyboardInterrupt()
-                else:
-                    error = NotebookFailed(
-                        f"notebook {source.name} failed in cell {err.exec_count} "
-                        f"({err.ename}: {err.evalue}); the executed copy with the traceback is "
-                        f"{target}"
-                    )
-                error.chapter = source.stem
-                raise error from None
-            except KeyboardInterrupt as err:
-                err.chapter = source.stem
-                raise
-            seconds[source.stem] = round(time.perf_counter() - start, 1)
-            log.info(
-                "[%d/%d] %s: done in %.0f s", i, len(sources), source.stem, seconds[source.stem]
-            )
+        done = 0
+        for wave in waves(sources):
+            numbers = [f"[{done + i}/{len(sources)}]" for i in range(1, len(wave) + 1)]
+            done += len(wave)
+            if wave[0].stem[:2] in INDEPENDENT:
+                _run_wave(wave, numbers, run_one, workers, connection_dir, seconds, on_start)
+                continue
+            for number, source in zip(numbers, wave, strict=True):
+                log.info("%s %s: running …", number, source.stem)
+                if on_start is not None:
+                    on_start(source.stem)
+                start = time.perf_counter()
+                run_one(source, _kernel_manager(connection_dir), sys.stderr)
+                seconds[source.stem] = round(time.perf_counter() - start, 1)
+                log.info("%s %s: done in %.0f s", number, source.stem, seconds[source.stem])
     finally:
         shutil.rmtree(connection_dir, ignore_errors=True)
     return seconds
@@ -247,6 +394,7 @@ def run(
     book: bool = True,
     only: list[str] | None = None,
     kernel: str = "python3",
+    workers: int | None = None,
 ) -> dict:
     """The whole job; returns the run record (also written to ``<output_root>/run_record.json``).
 
@@ -256,17 +404,18 @@ def run(
     is indexed and checked (:func:`preflight`), all before anything trains. A full run starts
     by removing the previous run's derived results (:func:`clear_derived`); an ``--only`` run
     adds to them. Every notebook runs the frozen copy ``<output_root>/profile.yaml``.
+    ``workers``: chapters side by side (:func:`report_workers`; the files do not change).
     """
     check_only(only)
     session = stages.Session(
         profile_name, data_root, output_root, unit="chapter", add_to_record=bool(only)
     )
     with session:
-        _run_locked(session, build_dir, book, only, kernel)
+        _run_locked(session, build_dir, book, only, kernel, workers)
     return json.loads((session.run.paths.output_root / runs.RECORD_NAME).read_text())
 
 
-def _run_locked(session: stages.Session, build_dir, book, only, kernel) -> None:
+def _run_locked(session: stages.Session, build_dir, book, only, kernel, workers=None) -> None:
     """:func:`run` once the output root is locked."""
     profile, paths = session.run.profile, session.run.paths
     log.info(
@@ -287,6 +436,7 @@ def _run_locked(session: stages.Session, build_dir, book, only, kernel) -> None:
         session.run.profile_file,
         seconds=session.seconds,
         on_start=session.begin,
+        workers=workers,
     )
     if book:
         html = session.timed(

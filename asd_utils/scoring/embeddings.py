@@ -18,6 +18,7 @@ from torch import nn
 from tqdm import tqdm
 
 from asd_utils import data, errors
+from asd_utils.errors import BF16_OFF_HINT, NonFiniteError
 from asd_utils.files import atomic_path, unescape_formulas, write_table
 from asd_utils.frontends.views import load_waveform
 
@@ -63,6 +64,34 @@ def pad_clips(clips: list[torch.Tensor]) -> torch.Tensor:
     return torch.stack([nn.functional.pad(c, (0, longest - c.shape[-1])) for c in clips])
 
 
+def length_batches(lengths: np.ndarray, batch_size: int) -> list[np.ndarray]:
+    """Row indices in batches of at most ``batch_size`` clips of one length each: lengths
+    ascending, table order within a length. A batch of equal clips needs no padding and no
+    mask (BEATs' padding mask is unreliable in batches: microsoft/unilm#1427)."""
+    order = np.argsort(lengths, kind="stable")
+    groups = np.split(order, np.flatnonzero(np.diff(lengths[order])) + 1)
+    return [
+        batch
+        for group in groups
+        for batch in np.split(group, np.arange(batch_size, len(group), batch_size))
+    ]
+
+
+def check_finite(batch: np.ndarray, paths, name: str, autocast) -> None:
+    """Raise :class:`asd_utils.errors.NonFiniteError` when a row of ``batch`` (clips, D) is not
+    finite, naming ``name`` (the system), the precision, the first such clip (``paths``, the
+    batch's) and how to turn bf16 off."""
+    bad = np.flatnonzero(~np.isfinite(batch).all(axis=1))
+    if bad.size == 0:
+        return
+    precision = "bf16 (autocast)" if autocast == torch.bfloat16 else str(autocast or "float32")
+    more = f" and {bad.size - 1} more clip(s) of its batch" if bad.size > 1 else ""
+    hint = BF16_OFF_HINT if autocast is not None else "float32: check the clip and the weights"
+    raise NonFiniteError(
+        f"{name}: non-finite embedding of {paths[bad[0]]}{more}, computed in {precision}; {hint}"
+    )
+
+
 @torch.no_grad()
 def extract_embeddings(
     model: nn.Module,
@@ -75,6 +104,7 @@ def extract_embeddings(
     cache_dir: str | os.PathLike | None = None,
     preprocess_key: str | None = None,
     write_cache: bool = True,
+    name: str = "the model",
 ) -> np.ndarray:
     """Utterance embeddings of every clip of ``table``, (len(table), D) float32, row-aligned.
 
@@ -83,13 +113,16 @@ def extract_embeddings(
     weights (``TrainResult.ema_model``, or :func:`asd_utils.training.load_weights`). Runs in
     eval mode without gradients on the model's device (its mode is restored afterwards); whole
     clips, channel ``channel`` (None: both microphones) or ``preprocess(audio)`` as
-    :func:`asd_utils.frontends.views.load_waveform`. Clips are batched in order of length; a batch
-    of unequal clips is zero-padded and passes ``lengths``. ``autocast``: e.g. ``torch.bfloat16``
-    (a system's :func:`asd_utils.systems.resolved_precision`), on a GPU or a CPU; the outputs
-    are float32 either way. ``cache_dir``: reuse or write ``embeddings_<key>.npy`` under it,
-    keyed by :func:`embedding_cache_key` (the autocast dtype included); with ``preprocess``
-    this needs a ``preprocess_key`` string that names the preprocessing and all its settings
-    (a callable cannot be hashed reliably); ``write_cache=False`` reuses a cached file but
+    :func:`asd_utils.frontends.views.load_waveform`. Clips are batched by length
+    (:func:`length_batches`: equal clips only, no padding; a clip whose audio is not the length
+    the table says is zero-padded with ``lengths``). A non-finite embedding stops with
+    :class:`asd_utils.errors.NonFiniteError` naming ``name`` (the system). ``autocast``: e.g.
+    ``torch.bfloat16`` (a system's :func:`asd_utils.systems.resolved_precision`), on a GPU or a
+    CPU; the outputs are float32 either way. ``cache_dir``: reuse or write
+    ``embeddings_<key>.npy`` under it, keyed by :func:`embedding_cache_key` (the autocast
+    dtype included); with ``preprocess`` this needs a ``preprocess_key`` string that names the
+    preprocessing and all its settings (a callable cannot be hashed reliably);
+    ``write_cache=False`` reuses a cached file but
     never writes one (a read-only command).
     """
     if table.empty:
@@ -105,22 +138,21 @@ def extract_embeddings(
     parameter = next(iter(model.parameters()), None)
     device = parameter.device if parameter is not None else torch.device("cpu")
     frames = table["frames"].to_numpy() if "frames" in table else np.zeros(len(table))
-    order = np.argsort(frames, kind="stable")
     paths = table["path"].to_numpy()
     was_training = model.training
     model.eval()
     embeddings = None
     try:
-        for start in tqdm(
-            range(0, len(order), batch_size), desc="embedding", unit="batch", disable=not progress
+        for rows in tqdm(
+            length_batches(frames, batch_size), desc="embedding", unit="batch", disable=not progress
         ):
-            rows = order[start : start + batch_size]
             clips = [torch.from_numpy(load_waveform(paths[i], channel, preprocess)) for i in rows]
             sizes = torch.tensor([c.shape[-1] for c in clips])
             waveform = pad_clips(clips).to(device)
             lengths = None if (sizes == sizes[0]).all() else sizes.to(device)
             with torch.autocast(device.type, dtype=autocast, enabled=autocast is not None):
                 batch = _embed(model, waveform, lengths).float().cpu().numpy()
+            check_finite(batch, paths[rows], name, autocast)
             if embeddings is None:
                 embeddings = np.empty((len(table), batch.shape[1]), np.float32)
             embeddings[rows] = batch

@@ -406,6 +406,9 @@ def train_system(
     if overrides:
         tag = "-".join(f"{k}{v}" for k, v in sorted(overrides.items()))
         folder = folder.with_name(f"{folder.name}-{tag}")
-    return training.train(
-        model, loss, dataset, train_config(profile, system), folder, resume=True, progress=progress
-    )
+    try:
+        return training.train(
+            model, loss, dataset, train_config(profile, system), folder, True, progress
+        )
+    except errors.NonFiniteError as err:
+        raise errors.NonFiniteError(f"{system}: {err}") from None

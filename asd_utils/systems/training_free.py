@@ -135,15 +135,14 @@ def layer_position(encoder: FrozenEncoder, layer: int) -> int:
 def _batches(
     table: pd.DataFrame, batch_size: int, progress: bool, desc: str
 ) -> Iterator[tuple[np.ndarray, torch.Tensor, torch.Tensor]]:
-    """``(rows, audio (B, channels, samples) zero-padded, lengths (B,))`` in order of length,
-    every clip read once."""
+    """``(rows, audio (B, channels, samples), lengths (B,))``, clips of one length per batch
+    (:func:`asd_utils.scoring.length_batches`; zero-padded only where a clip's audio is not the
+    length the table says), every clip read once."""
     frames = table["frames"].to_numpy() if "frames" in table else np.zeros(len(table))
-    order = np.argsort(frames, kind="stable")
     paths = table["path"].to_numpy()
-    for start in tqdm(
-        range(0, len(order), batch_size), desc=desc, unit="batch", disable=not progress
+    for rows in tqdm(
+        scoring.length_batches(frames, batch_size), desc=desc, unit="batch", disable=not progress
     ):
-        rows = order[start : start + batch_size]
         clips = [torch.from_numpy(data.read_audio(paths[i])) for i in rows]
         lengths = torch.tensor([c.shape[1] for c in clips])
         width = max(c.shape[0] for c in clips)
@@ -210,6 +209,8 @@ def embed_channels(
         return {c: out[c] for c in channels}
     parameter = next(iter(encoder.parameters()), None)
     device = parameter.device if parameter is not None else torch.device("cpu")
+    computed_in = autocast or (parameter.dtype if parameter is not None else None)  # bf16 copy
+    computed_in = None if computed_in == torch.float32 else computed_in
     result = {c: np.empty((len(table), len(encoder.blocks), encoder.dim), np.float32) for c in todo}
     for rows, audio, lengths in _batches(
         table, batch_size, progress, f"embedding {'+'.join(todo)}"
@@ -230,9 +231,10 @@ def embed_channels(
                 inputs[name] = _per_clip(getattr(twochannel, name), audio, lengths)
         for channel, waveform in inputs.items():
             with torch.autocast(device.type, dtype=autocast, enabled=autocast is not None):
-                result[channel][rows] = (
-                    encoder.embed(waveform.to(device), valid).float().cpu().numpy()
-                )
+                batch = encoder.embed(waveform.to(device), valid).float().cpu().numpy()
+            name = f"{SYSTEM} ({channel})"
+            scoring.check_finite(batch, table["path"].to_numpy()[rows], name, computed_in)
+            result[channel][rows] = batch
     for channel in todo:
         if channel in paths:
             with atomic_path(paths[channel]) as tmp, open(tmp, "wb") as f:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import itertools
 import json
 import logging
 import math
@@ -48,6 +49,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm import tqdm
 
+from asd_utils.errors import BF16_OFF_HINT, NonFiniteError
 from asd_utils.files import atomic_path, atomic_write_text, write_table
 from asd_utils.frontends.features import spec_augment
 from asd_utils.frontends.views import load_waveform
@@ -992,13 +994,36 @@ def _micro_batch(run: _Run, batch: Sequence, micro: int) -> tuple[dict, float]:
     return parts, lr
 
 
+def _non_finite_message(run: _Run, means: dict[str, float]) -> str:
+    """What a non-finite loss at the step after ``run.step`` says: the loss's parts, the
+    precision, the run folder and the step's clips (the sampler's draws: one process's view)."""
+    config = run.config
+    clips = config.grad_accumulation * config.batch_size
+    draws = ResumableSampler(len(run.loader.dataset), config.seed, start=run.step * clips)
+    paths = getattr(run.loader.dataset, "paths", None)
+    names = [
+        str(paths[i]) if paths is not None else f"clip {i}"
+        for i, _ in itertools.islice(draws, clips)
+    ]
+    precision_name = "bf16 (autocast)" if config.mixed_precision == "bf16" else "float32"
+    hint = BF16_OFF_HINT if config.mixed_precision == "bf16" else "check the clips and the settings"
+    parts = ", ".join(f"{k} {v}" for k, v in means.items())
+    return (
+        f"non-finite loss ({parts}) at step {run.step + 1} in {run.output_dir}, computed in "
+        f"{precision_name}; the step's clips: {', '.join(names[:3])}"
+        f"{f' and {len(names) - 3} more' if len(names) > 3 else ''}; {hint}"
+    )
+
+
 def _log_step(run: _Run, sums: dict[str, torch.Tensor], lr: float) -> None:
     """After an optimizer step: the step counted, the EMA updated, one log row (the loss's
     parts averaged over micro-batches and processes)."""
-    run.step += 1
-    run.ema.update_parameters(run.model)
     means = run.accelerator.reduce(torch.stack(list(sums.values())), "mean")
     means = (means / run.config.grad_accumulation).tolist()
+    if not all(math.isfinite(value) for value in means):
+        raise NonFiniteError(_non_finite_message(run, dict(zip(sums, means, strict=True))))
+    run.step += 1
+    run.ema.update_parameters(run.model)
     run.history.append({"step": run.step, "lr": lr, **dict(zip(sums, means, strict=True))})
 
 

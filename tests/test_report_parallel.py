@@ -1,0 +1,131 @@
+"""The report's independent chapters side by side: which run together, their threads, and (slow)
+the same files and the same console order as one chapter at a time."""
+
+from __future__ import annotations
+
+import logging
+import re
+from pathlib import Path
+
+import nbformat
+import pytest
+import yaml
+
+from asd_utils import config, errors, stages
+from asd_utils.report import pipeline
+
+
+def test_waves_put_the_independent_chapters_together_in_order():
+    names = ["00_a", "10_b", "20_c", "30_d", "35_e", "40_f", "50_g", "70_h"]
+    grouped = pipeline.waves([Path(f"{n}.ipynb") for n in names])
+    assert [[p.stem for p in wave] for wave in grouped] == [
+        ["00_a"],
+        ["10_b"],
+        ["20_c", "30_d", "35_e", "40_f"],
+        ["50_g"],
+        ["70_h"],
+    ]
+    # an --only run of 30 and 50: 30 alone
+    assert [len(w) for w in pipeline.waves([Path("30_d.ipynb"), Path("50_g.ipynb")])] == [1, 1]
+
+
+def test_workers_from_the_argument_the_environment_or_the_cpus(monkeypatch):
+    monkeypatch.setenv(pipeline.WORKERS_ENV, "1")
+    assert pipeline.report_workers() == 1
+    assert pipeline.report_workers(3) == 3
+    monkeypatch.delenv(pipeline.WORKERS_ENV)
+    monkeypatch.setattr(pipeline.os, "cpu_count", lambda: 2)
+    assert pipeline.report_workers() == 2
+    monkeypatch.delenv(pipeline.THREADS_ENV, raising=False)
+    assert pipeline.thread_env() == {"OMP_WAIT_POLICY": "PASSIVE"}  # torch's threads: same bytes
+    monkeypatch.setenv(pipeline.THREADS_ENV, "1")
+    assert pipeline.thread_env()["OMP_NUM_THREADS"] == "1"
+    monkeypatch.setenv(pipeline.WORKERS_ENV, "0")
+    with pytest.raises(errors.UserError, match=pipeline.WORKERS_ENV):
+        pipeline.report_workers()
+
+
+def official_files(root: Path) -> dict[str, bytes]:
+    """Every score, decision, metrics and submission file of a run, by relative path."""
+    names = ("anomaly_score_*.csv", "decision_result_*.csv", "*.meta.yaml", "scores.csv")
+    found = {p for name in names for p in root.rglob(name) if "executed" not in p.parts}
+    found |= {root / "metrics.csv", root / "table2.csv"}
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(found)}
+
+
+def console(text: str, root: Path) -> list[str]:
+    """The chapters' lines with the run's folder, numbers and kernel names taken out (not the
+    kernel processes' own, ``[IPKernelApp] …``, which are not the chapters')."""
+    text = text.replace(str(root), "<out>")
+    text = re.sub(r"ipykernel_\d+/\d+", "ipykernel", text)
+    lines = [line for line in text.splitlines() if not line.startswith("[IPKernelApp]")]
+    return [re.sub(r"\d+(\.\d+)?", "N", line) for line in lines]
+
+
+@pytest.mark.slow
+def test_side_by_side_writes_the_serial_runs_files_byte_for_byte(tmp_path, capsys, caplog):
+    profile = config.load_profile("smoke")
+    profile["data"]["synthetic_root"] = str(tmp_path / "data")
+    profile_path = tmp_path / "smoke.yaml"
+    profile_path.write_text(yaml.safe_dump(profile))
+    stages.open_run(str(profile_path), output_root=str(tmp_path / "prepared"), progress=False)
+    package = logging.getLogger("asd_utils")  # open_run set up a console, as in a kernel
+    package.handlers[:], package.propagate = [], True
+    caplog.set_level("INFO", logger="asd_utils")  # the data made above: no run synthesises it
+    files, lines, steps = {}, {}, {}
+    for workers in (1, 2):
+        root = tmp_path / f"out{workers}"
+        capsys.readouterr()
+        caplog.clear()
+        pipeline.run(str(profile_path), output_root=str(root), book=False, workers=workers)
+        files[workers] = official_files(root)
+        lines[workers] = console(capsys.readouterr().err, root)
+        steps[workers] = [
+            re.sub(r"in \d+ s", "in N s", r.getMessage())
+            for r in caplog.records
+            if r.getMessage().startswith("[")
+        ]
+    assert len(files[1]) > 40 and files[1].keys() == files[2].keys()
+    differ = [name for name in files[1] if files[1][name] != files[2][name]]
+    assert not differ, f"side by side changed {differ}"
+    assert steps[1] == steps[2] and len(steps[1]) == 2 * len(pipeline.notebooks())
+    assert lines[1] == lines[2]  # the chapters' log lines, in the serial order
+
+
+def notebook(folder: Path, name: str, code: str) -> None:
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [
+        nbformat.v4.new_code_cell("profile = ''", metadata={"tags": ["parameters"]}),
+        nbformat.v4.new_code_cell(code),
+    ]
+    nb.metadata["kernelspec"] = {
+        "name": "python3",
+        "display_name": "Python 3",
+        "language": "python",
+    }
+    nbformat.write(nb, folder / f"{name}.ipynb")
+
+
+def test_a_failing_chapter_side_by_side_stops_the_run_in_the_serial_order(tmp_path, monkeypatch):
+    """30 fails while 20 runs beside it: 20 finishes and is timed, 30's failure is raised when
+    its turn comes, with its name; 35 never finishes (stopped or never started)."""
+    folder = tmp_path / "notebooks"
+    folder.mkdir()
+    notebook(
+        folder,
+        "20_slow",
+        "import time\ntime.sleep(3)",
+    )
+    notebook(folder, "30_broken", "raise ValueError('broken on purpose')")
+    notebook(folder, "35_never", "import time\ntime.sleep(60)")
+    monkeypatch.setattr(pipeline, "NOTEBOOK_DIR", folder)
+    paths = config.RunPaths(tmp_path / "data", tmp_path / "out", synthetic=False)
+    seconds, started = {}, []
+    with pytest.raises(pipeline.NotebookFailed, match=r"30_broken.ipynb failed") as caught:
+        pipeline.execute_notebooks(
+            {"name": "x"}, paths, tmp_path / "executed", seconds=seconds,
+            on_start=started.append, workers=2,
+        )  # fmt: skip
+    assert caught.value.chapter == "30_broken"
+    assert list(seconds) == ["20_slow"] and started == ["20_slow", "30_broken"]
+    assert seconds["20_slow"] >= 3
