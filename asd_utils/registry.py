@@ -47,6 +47,8 @@ class System:
     paper: bool
     title: str
     source: str = ""  # where a recipe beyond the paper comes from (cited in the meta file)
+    recipe: str | type = ""  # a trained system's recipe: a class of asd_utils.systems.recipes
+    # by name, a dotted "module.Class", or the class itself (asd_utils.systems.recipes.of)
 
     @property
     def needs_far(self) -> bool:
@@ -91,6 +93,7 @@ REGISTRY: dict[str, System] = {
             "30_osscl_training",
             True,
             "EAT fine-tuned with one-stage supervised contrastive learning (OSSCL)",
+            recipe="OSSCL",
         ),
         System(
             "System 2",
@@ -100,6 +103,7 @@ REGISTRY: dict[str, System] = {
             "40_beats_grl_training",
             True,
             "BEATs fine-tuned with a margin classifier and a gradient reversal layer",
+            recipe="GRL",
         ),
         System(
             "System 3",
@@ -109,6 +113,7 @@ REGISTRY: dict[str, System] = {
             "30_osscl_training",
             True,
             "System 1 on the ANC-denoised near channel",
+            recipe="OSSCL",
         ),
         System(
             "System 4",
@@ -127,6 +132,7 @@ REGISTRY: dict[str, System] = {
             "35_two_channel_fusion",
             False,
             "EAT whose near channel attends to the far one (gated cross-attention), OSSCL",
+            recipe="Fusion",
         ),
         System(
             "System 0",
@@ -148,6 +154,20 @@ REGISTRY: dict[str, System] = {
             "2026 state of the art",
             "kasahart/asd-experiments (W1, RDP), MERL's BEAM + VarMin (kasahart/dcase-asd-toolkit"
             ", docs/methods/beam_rdp_varmin.md)",
+        ),
+        System(
+            "System 7",
+            "lora_beats",
+            W1,
+            "fine-tuned",
+            "45_lora_beats",
+            False,
+            "LoRA BEATs on W1 audio, pseudo-attributes where names have none, ASP + SCAdaCos + "
+            "mixup, RDP(4) band features scored by BEAM + VarMin: the strongest public recipe",
+            "kasahart/asd-experiments (reproduction/asd03: pseudo-attributes, LoRA BEATs, W1, RDP"
+            "), ASDKit (TakuyaFujimura/dcase-asd-toolkit: LoRA, attentive statistics pooling, "
+            "SCAdaCos), MERL's BEAM + VarMin",
+            recipe="LoRASCAdaCos",
         ),
         System(
             "log-mel floor",
