@@ -79,7 +79,10 @@ def test_pseudo_attributes_come_from_training_clips_only_inside_the_recipe(tree)
     recipe = recipes.of("System 7")
     made = recipe.classes(profile, clips)
     assert made.clustered == (("ToyCar", "00"),)  # fan's names carry attributes
-    assert any("/pseudo-s" in n for n in made.names) and len(made.ids) == (clips.split == "train").sum()
+    assert (
+        any("/pseudo-s" in n for n in made.names)
+        and len(made.ids) == (clips.split == "train").sum()
+    )
     # every test clip changed (here: dropped, or listed in another order): the same classes
     train_only = clips[clips["split"] == "train"]
     shuffled = pd.concat([clips[clips["split"] == "test"].iloc[::-1], train_only])

@@ -191,10 +191,10 @@ class ClassSettings(BaseModel):
     :mod:`asd_utils.systems.classes`).
 
     ``scheme``: :data:`asd_utils.systems.classes.SCHEMES`; ``method``: ``kmeans``
-    (scikit-learn, ``n_init`` restarts from ``seed``) or ``ward`` (agglomerative, deterministic); ``source_clusters`` /
-    ``target_clusters`` per machine type and section (asd03: 7 and 1); ``by_domain``: append the
-    domain to name classes (the profile's ``classes_by_domain``; cluster classes always carry
-    it); ``seed``: None takes the run's seed.
+    (scikit-learn, ``n_init`` restarts from ``seed``) or ``ward`` (agglomerative,
+    deterministic); ``source_clusters`` / ``target_clusters`` per machine type and section
+    (asd03: 7 and 1); ``by_domain``: append the domain to name classes (cluster classes always
+    carry it); ``seed``: None takes the run's seed.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)

@@ -100,8 +100,10 @@ class Recipe:
 
     def classes(self, profile: dict, table: pd.DataFrame, progress: bool = False):
         """The classes of the training rows of ``table`` (:class:`~asd_utils.systems.classes.
-        Classes`): machine type × section × attribute string (× domain), from the names."""
-        train = table[table["split"] == "train"].reset_index(drop=True)
+        Classes`): machine type × section × attribute string (× domain), from the names (a
+        table without ``split`` is all training clips)."""
+        train = table if "split" not in table else table[table["split"] == "train"]
+        train = train.reset_index(drop=True)
         ids, names = data.attribute_classes(train, by_domain=self.by_domain(self.settings(profile)))
         return class_schemes.Classes(np.asarray(ids), list(names), train, ())
 
@@ -314,8 +316,14 @@ class LoRASCAdaCos(Recipe):
     def _features(self, settings: dict, train: pd.DataFrame, seed: int, progress: bool):
         """The frozen base's time-mean band features of the training clips' view, (N, 8 · D)."""
         key = json.dumps(
-            [settings["backbone"], settings["size"], settings["checkpoint"], seed,
-             self.entry.reads, list(train["path"])]
+            [
+                settings["backbone"],
+                settings["size"],
+                settings["checkpoint"],
+                seed,
+                self.entry.reads,
+                list(train["path"]),
+            ]
         )
         key = hashlib.sha256(key.encode()).hexdigest()
         if key not in _FEATURES:
