@@ -310,10 +310,10 @@ class LoRASCAdaCos(Recipe):
         train = table[table["split"] == "train"].reset_index(drop=True)
         features = None
         if scheme.scheme != "names":
-            features = self._features(settings, train, profile["seed"], progress)
+            features = self.features(settings, train, profile["seed"], progress)
         return class_schemes.make_classes(train, features, scheme, seed=profile["seed"])
 
-    def _features(self, settings: dict, train: pd.DataFrame, seed: int, progress: bool):
+    def features(self, settings: dict, train: pd.DataFrame, seed: int, progress: bool = False):
         """The frozen base's time-mean band features of the training clips' view, (N, 8 · D)."""
         key = json.dumps(
             [
