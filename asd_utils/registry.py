@@ -3,8 +3,9 @@ submission package read it (``architecture.md``: "one registry of systems").
 
 A system is a name (the folder of its official files, the column of Table 2), the profile section
 that configures it, what it reads of a clip, how it is made (``kind``), the chapter that shows it,
-and whether it is the paper's. Adding a system is an entry here, a profile section and a model;
-the stages (:mod:`asd_utils.stages`) dispatch on ``kind``, not on names.
+and whether it is the paper's. Adding a trained system is an entry here naming its recipe
+(:mod:`asd_utils.systems.recipes`), a schema section and the profiles' sections; the stages
+(:mod:`asd_utils.stages`) dispatch on ``kind`` and ask the recipe, not on names.
 
 This module imports nothing heavy (no torch), so the schema, the book and the package may read it.
 """
@@ -36,7 +37,9 @@ class System:
     ``kind``: how it is made (:data:`KINDS`): the autoencoder baseline, a backbone fine-tuned by
     the common training loop, a frozen encoder, the log-mel floor (no model), or an ensemble of
     other systems' scores; ``chapter``: the notebook that makes it; ``paper``: a system of the
-    XJU report (else beyond the paper); ``title``: a short line for the book and meta files.
+    XJU report (else beyond the paper); ``title``: a short line for the book and meta files;
+    ``recipe``: a trained system's recipe (:func:`asd_utils.systems.recipes.of`): how its model,
+    loss, classes and front end are built, its run key and its meta-file words.
     """
 
     name: str

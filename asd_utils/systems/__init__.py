@@ -1,21 +1,24 @@
-"""The fine-tuned systems, each a profile section plus a model (architecture.md).
+"""The fine-tuned systems, each a registry entry, a recipe and a profile section (architecture.md).
 
-| system   | profile section | backbone | front-end                  | objective            |
-|----------|-----------------|----------|----------------------------|----------------------|
-| System 1 | ``osscl``       | EAT      | near channel               | OSSCL (:mod:`losses`)|
-| System 2 | ``beats_grl``   | BEATs    | near channel               | margin + GRL         |
-| System 3 | ``osscl``       | EAT      | ANC-denoised near (``anc``)| OSSCL                |
-| System 5 | ``fusion``      | EAT/BEATs| near + far, fused inside   | OSSCL                |
+| system   | profile section | recipe (:mod:`.recipes`) | backbone    | front-end                  |
+|----------|-----------------|--------------------------|-------------|----------------------------|
+| System 1 | ``osscl``       | ``OSSCL``                | EAT         | near channel               |
+| System 2 | ``beats_grl``   | ``GRL``                  | BEATs       | near channel               |
+| System 3 | ``osscl``       | ``OSSCL``                | EAT         | ANC-denoised near (``anc``)|
+| System 5 | ``fusion``      | ``Fusion``               | EAT/BEATs   | near + far, fused inside   |
+| System 7 | ``lora_beats``  | ``LoRASCAdaCos``         | LoRA BEATs  | W1 view of both channels   |
 
 System 5 goes beyond the paper: cross-channel modules inside the encoder
 (:class:`asd_utils.models.fusion.FusionBackbone`) let the near channel attend to the far one.
+System 7 is the strongest public recipe (kasahart/asd-experiments ``reproduction/asd03``).
 
 System 0 (``frozen``, :mod:`asd_utils.systems.training_free`) trains nothing; :func:`settings` and
 :func:`asd_utils.stages.knn_k` serve it too.
 
 :func:`build` turns (data root, profile, system) into ``(model, loss_fn, dataset)`` for
-:func:`asd_utils.training.train`; :func:`asd_utils.stages.train` calls it through
-:func:`train_system`, in every process of ``accelerate launch -m asd_utils.cli train``.
+:func:`asd_utils.training.train`, asking the system's recipe for classes, model, loss and front
+end; :func:`asd_utils.stages.train` calls it through :func:`train_system`, in every process of
+``accelerate launch -m asd_utils.cli train``.
 """
 
 from __future__ import annotations
