@@ -3,6 +3,7 @@ it; System 7 (LoRA BEATs on W1 audio, pseudo-attributes, ASP + SCAdaCos, RDP ban
 BEAM + VarMin) is one of them; a new fine-tuned system is a recipe, an entry and a section."""
 
 import json
+import shutil
 
 import numpy as np
 import pandas as pd
@@ -90,6 +91,20 @@ def test_pseudo_attributes_come_from_training_clips_only_inside_the_recipe(tree)
         again = recipe.classes(profile, other)
         assert again.names == made.names and np.array_equal(again.ids, made.ids)
     assert classes.assignment_key(again) == classes.assignment_key(made)
+
+
+def test_rewritten_test_clips_leave_system7s_classes_as_they_were(tree, tmp_path):
+    """Every test clip replaced by other audio (a copy of the tree): the same assignment."""
+    profile = config.load_profile("smoke")
+    copy = tmp_path / "data"
+    shutil.copytree(tree, copy)
+    rng = np.random.default_rng(1)
+    for path in copy.rglob("test/*.wav"):
+        data.write_wav(path, rng.normal(scale=0.3, size=(2, 16000)).astype(np.float32))
+    before = recipes.of("System 7").classes(profile, data.index_dataset(tree))
+    after = recipes.of("System 7").classes(profile, data.index_dataset(copy))
+    assert after.clustered == before.clustered and after.names == before.names
+    assert np.array_equal(after.ids, before.ids)
 
 
 def test_run_folder_key_carries_system7s_classes(tree, tmp_path):
