@@ -12,7 +12,7 @@ import torch
 import yaml
 from torch import nn
 
-from asd_utils import config, data, registry, stages, systems
+from asd_utils import config, data, registry, scoring, stages, systems
 from asd_utils.config import schema
 from asd_utils.data import synth
 from asd_utils.models import lora
@@ -130,6 +130,10 @@ def test_system7_builds_a_lora_model_that_trains_only_adapters_and_heads(tree):
         config.load_profile("smoke"), "System 7"))  # fmt: skip
     out = embedder.embed(torch.zeros(2, 16000))
     assert out.shape == (2, 8 * model.backbone.embed_dim)
+    other = recipes.BandEmbedder(model.backbone, gamma=2.0)  # a scoring setting: its own cache
+    clips = data.index_dataset(tree).head(2)
+    keys = {scoring.embedding_cache_key(m, clips, None, "w1", None) for m in (embedder, other)}
+    assert len(keys) == 2
 
 
 # --- end to end (slow) ---------------------------------------------------------------------------

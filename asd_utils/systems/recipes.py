@@ -284,6 +284,10 @@ class BandEmbedder(nn.Module):
         self.encoder = FrozenEncoder(lora.merged(backbone), [-1], "time_rdp", gamma)
         self.n_freq = self.encoder.n_freq
 
+    def cache_settings(self) -> dict:
+        """The block, pooling and gamma: part of the embedding cache key beside the weights."""
+        return self.encoder.cache_settings()
+
     @torch.no_grad()
     def embed(self, waveform: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
         return self.encoder.embed(waveform, lengths)[:, -1]
