@@ -3,8 +3,9 @@ submission package read it (``architecture.md``: "one registry of systems").
 
 A system is a name (the folder of its official files, the column of Table 2), the profile section
 that configures it, what it reads of a clip, how it is made (``kind``), the chapter that shows it,
-and whether it is the paper's. Adding a system is an entry here, a profile section and a model;
-the stages (:mod:`asd_utils.stages`) dispatch on ``kind``, not on names.
+and whether it is the paper's. Adding a trained system is an entry here naming its recipe
+(:mod:`asd_utils.systems.recipes`), a schema section and the profiles' sections; the stages
+(:mod:`asd_utils.stages`) dispatch on ``kind`` and ask the recipe, not on names.
 
 This module imports nothing heavy (no torch), so the schema, the book and the package may read it.
 """
@@ -36,7 +37,9 @@ class System:
     ``kind``: how it is made (:data:`KINDS`): the autoencoder baseline, a backbone fine-tuned by
     the common training loop, a frozen encoder, the log-mel floor (no model), or an ensemble of
     other systems' scores; ``chapter``: the notebook that makes it; ``paper``: a system of the
-    XJU report (else beyond the paper); ``title``: a short line for the book and meta files.
+    XJU report (else beyond the paper); ``title``: a short line for the book and meta files;
+    ``recipe``: a trained system's recipe (:func:`asd_utils.systems.recipes.of`): how its model,
+    loss, classes and front end are built, its run key and its meta-file words.
     """
 
     name: str
@@ -47,6 +50,8 @@ class System:
     paper: bool
     title: str
     source: str = ""  # where a recipe beyond the paper comes from (cited in the meta file)
+    recipe: str | type = ""  # a trained system's recipe: a class of asd_utils.systems.recipes
+    # by name, a dotted "module.Class", or the class itself (asd_utils.systems.recipes.of)
 
     @property
     def needs_far(self) -> bool:
@@ -91,6 +96,7 @@ REGISTRY: dict[str, System] = {
             "30_osscl_training",
             True,
             "EAT fine-tuned with one-stage supervised contrastive learning (OSSCL)",
+            recipe="OSSCL",
         ),
         System(
             "System 2",
@@ -100,6 +106,7 @@ REGISTRY: dict[str, System] = {
             "40_beats_grl_training",
             True,
             "BEATs fine-tuned with a margin classifier and a gradient reversal layer",
+            recipe="GRL",
         ),
         System(
             "System 3",
@@ -109,6 +116,7 @@ REGISTRY: dict[str, System] = {
             "30_osscl_training",
             True,
             "System 1 on the ANC-denoised near channel",
+            recipe="OSSCL",
         ),
         System(
             "System 4",
@@ -127,6 +135,7 @@ REGISTRY: dict[str, System] = {
             "35_two_channel_fusion",
             False,
             "EAT whose near channel attends to the far one (gated cross-attention), OSSCL",
+            recipe="Fusion",
         ),
         System(
             "System 0",
@@ -148,6 +157,20 @@ REGISTRY: dict[str, System] = {
             "2026 state of the art",
             "kasahart/asd-experiments (W1, RDP), MERL's BEAM + VarMin (kasahart/dcase-asd-toolkit"
             ", docs/methods/beam_rdp_varmin.md)",
+        ),
+        System(
+            "System 7",
+            "lora_beats",
+            W1,
+            "fine-tuned",
+            "45_lora_beats",
+            False,
+            "LoRA BEATs on W1 audio, pseudo-attributes where names have none, ASP + SCAdaCos + "
+            "mixup, RDP(4) band features scored by BEAM + VarMin: the strongest public recipe",
+            "kasahart/asd-experiments (reproduction/asd03: pseudo-attributes, LoRA BEATs, W1, RDP"
+            "), ASDKit (TakuyaFujimura/dcase-asd-toolkit: LoRA, attentive statistics pooling, "
+            "SCAdaCos), MERL's BEAM + VarMin",
+            recipe="LoRASCAdaCos",
         ),
         System(
             "log-mel floor",

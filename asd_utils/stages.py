@@ -736,6 +736,7 @@ def train(
     ``training/``); ``overrides`` replace keys of its loss settings (an ablation, written as
     ``name``). Writes ``system.json``; returns :class:`asd_utils.training.TrainResult`."""
     from asd_utils import systems
+    from asd_utils.systems import recipes
 
     if not registry.get(system).trainable:
         raise errors.UserError(
@@ -755,15 +756,16 @@ def train(
         overrides=overrides,
         clips=clips,
     )
-    extra = {}
-    if registry.get(system).reads == registry.NEAR_FAR:
-        extra["gates"] = result.ema_model.backbone.gates()
+    recipe = recipes.of(system)
+    description, checkpoints = recipe.describe(name or system, run.profile)
+    extra = {**recipe.info(result.ema_model), "description": description}
     systems.write_info(
         run.system_dir(name or system),
         name or system,
         systems.parameter_count(result.ema_model),
         classes=len(classes),
         **extra,
+        checkpoints=checkpoints,
         **made(run, name or system),
     )
     if not result.reused:  # a found run is said once, by the training loop
@@ -777,13 +779,15 @@ def embed(run: Run, system: str, result=None, name: str | None = None, progress:
     :class:`~asd_utils.training.TrainResult` (found by :func:`train` when not given). Returns
     the embeddings, (clips, dim) float32."""
     from asd_utils import scoring, systems
+    from asd_utils.systems import recipes
 
     result = result if result is not None else train(run, system, progress=progress)
     clips = run.clips
-    channel, preprocess, key = systems.front_end(run.profile, system)
+    recipe = recipes.of(system)
+    channel, preprocess, key = recipe.front_end(run.profile)
     start, wall = time.perf_counter(), time.time()
     embeddings = scoring.extract_embeddings(
-        result.ema_model,
+        recipe.embedder(result.ema_model, recipe.settings(run.profile)),
         clips,
         systems.settings(run.profile, system)["embed_batch_size"],
         channel,
@@ -870,6 +874,7 @@ def score(run: Run, systems: list[str] | None = None) -> dict[str, pd.DataFrame]
     default back end against its training clips, and write its official files
     (:func:`write_system` less ``system.json``, which training wrote). Returns
     ``{system: scores}``."""
+    from asd_utils import systems as systems_
 
     chosen = systems if systems is not None else embedded(run)
     if not chosen:
@@ -882,7 +887,7 @@ def score(run: Run, systems: list[str] | None = None) -> dict[str, pd.DataFrame]
     for system in chosen:
         clips, embeddings, info = _embeddings_of(run, system)
         scorer = backend(run, system)
-        scores = _score(clips, embeddings, scorer)
+        scores = _score(clips, embeddings, scorer, systems_.bands(run.profile, system))
         official.write_submission(scores, run.system_dir(system), **run.profile["decision"])
         write_table(scores, run.system_dir(system) / SCORES)
         info = {**info, **made(run, system)}  # scored now as the profile says
@@ -1387,6 +1392,7 @@ def _detect_scores(run: Run, system: str, part: pd.DataFrame, new: pd.DataFrame)
     (its EMA weights; the reference's embeddings cached in its run folder) and scored
     together by the profile's back end: the scores table of both."""
     from asd_utils import scoring, systems
+    from asd_utils.systems import recipes
 
     result = systems.train_system(  # found finished: loads its EMA weights, writes nothing
         run.paths.data_root,
@@ -1396,11 +1402,13 @@ def _detect_scores(run: Run, system: str, part: pd.DataFrame, new: pd.DataFrame)
         progress=False,
         clips=run.clips,
     )
-    channel, preprocess, key = systems.front_end(run.profile, system)
-    batch = systems.settings(run.profile, system)["embed_batch_size"]
+    recipe = recipes.of(system)
+    channel, preprocess, key = recipe.front_end(run.profile)
+    batch = recipe.settings(run.profile)["embed_batch_size"]
     autocast = result.precision.autocast
+    model = recipe.embedder(result.ema_model, recipe.settings(run.profile))
     reference = scoring.extract_embeddings(
-        result.ema_model,
+        model,
         part,
         batch,
         channel,
@@ -1413,10 +1421,11 @@ def _detect_scores(run: Run, system: str, part: pd.DataFrame, new: pd.DataFrame)
         name=system,
     )
     queries = scoring.extract_embeddings(
-        result.ema_model, new, batch, channel, preprocess, autocast, progress=False, name=system
+        model, new, batch, channel, preprocess, autocast, progress=False, name=system
     )
     table = pd.concat([part, new], ignore_index=True)
-    return _score(table, np.concatenate([reference, queries]), backend(run, system))
+    bands = systems.bands(run.profile, system)
+    return _score(table, np.concatenate([reference, queries]), backend(run, system), bands)
 
 
 def _only(values: pd.Series, what: str) -> str:

@@ -119,7 +119,7 @@ def test_length_bucketed_embeddings_equal_each_clip_alone(kind, two_lengths, mon
 
 def test_a_non_finite_embedding_names_the_system_precision_and_clip(two_lengths, monkeypatch):
     poisoned = two_lengths["path"].iloc[3]
-    load = scoring.load_waveform
+    load = scoring.embeddings.load_waveform
 
     def nan_in_one(path, channel=0, preprocess=None):
         audio = load(path, channel, preprocess)
@@ -128,7 +128,7 @@ def test_a_non_finite_embedding_names_the_system_precision_and_clip(two_lengths,
             audio[..., 100] = np.nan
         return audio
 
-    monkeypatch.setattr(scoring, "load_waveform", nan_in_one)
+    monkeypatch.setattr(scoring.embeddings, "load_waveform", nan_in_one)
     model = tiny("beats")
     with pytest.raises(NonFiniteError) as caught:
         scoring.extract_embeddings(

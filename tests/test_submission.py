@@ -17,6 +17,7 @@ import yaml
 from asd_utils import config, data, submission
 from asd_utils.evaluation import metrics, official
 from asd_utils.submission import SubmissionError
+from asd_utils.systems import recipes
 
 LABEL = "Doe_XJU"
 SYSTEMS = ["System 4", "System 1", "baseline-MSE"]
@@ -39,6 +40,21 @@ PROFILE = {
         "descriptions": {"System 1": {"name": "EAT with OSSCL", "abbreviation": "EAT-OSSCL"}},
     },
 }
+
+
+def _info(system: str, profile: dict) -> dict:
+    """What training keeps in a trained system's ``system.json`` for its meta file: its recipe's
+    description (:func:`asd_utils.stages.train`); an ensemble's members' records."""
+    from asd_utils import registry
+
+    entry = registry.get(system)
+    if entry.kind == "ensemble":
+        members = profile["ensemble"]["members"]
+        return {"members": members, "member_info": {m: _info(m, profile) for m in members}}
+    if not entry.trainable:
+        return {}
+    description, checkpoints = recipes.of(system).describe(system, profile)
+    return {"description": description, "checkpoints": checkpoints}
 
 
 def _wav(path: Path, rng) -> None:
@@ -72,6 +88,8 @@ def tree(tmp_path_factory):
         info = {"system": system, "parameters": 1000 * (k + 1)}
         if system == "System 4":
             info["members"] = ["System 1", "System 2"]
+        elif system != "baseline-MSE":
+            info.update(_info(system, PROFILE))
         (folder / "system.json").write_text(json.dumps(info))
         table = metrics.evaluate(
             official.read_system_scores(folder).query("machine_type == 'ToyCar'")
@@ -174,7 +192,7 @@ def test_meta_content(package, tree):
 
 
 def test_meta_notes():
-    meta = submission.build_meta("Doe_XJU_task2_1", "System 1", PROFILE)
+    meta = submission.build_meta("Doe_XJU_task2_1", "System 1", PROFILE, _info("System 1", PROFILE))
     notes = submission.meta_notes(meta)
     assert len(notes) == 1 and notes[0].startswith("9 FILL IN values (submission.authors.0.")
     meta["submission"]["abbreviation"] = "ABCDEFGHIJK"
@@ -186,7 +204,8 @@ def test_meta_of_the_real_profiles(name):
     """Every system a shipped profile submits gets a meta file (its descriptions' keys pass)."""
     profile = config.load_profile(name)
     for system in (profile.get("submission") or {}).get("systems") or submission.DEFAULT_SYSTEMS:
-        meta = submission.build_meta("Lastname_Institute_task2_1", system, profile)
+        info = _info(system, profile)
+        meta = submission.build_meta("Lastname_Institute_task2_1", system, profile, info)
         assert meta["system"]["description"]["input_sampling_rate"] == "16kHz"
         assert "FILL IN" not in str(meta["system"]["description"])
 

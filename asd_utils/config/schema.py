@@ -192,6 +192,57 @@ class BEATsGRL(FineTuned):
     ablation_lambda_zero: bool
 
 
+class ClassSettings(BaseModel):
+    """How a system's classes are made (a profile's ``classes`` block;
+    :mod:`asd_utils.systems.classes`).
+
+    ``scheme``: :data:`asd_utils.systems.classes.SCHEMES`; ``method``: ``kmeans``
+    (scikit-learn, ``n_init`` restarts from ``seed``) or ``ward`` (agglomerative,
+    deterministic); ``source_clusters`` / ``target_clusters`` per machine type and section
+    (asd03: 7 and 1); ``by_domain``: append the domain to name classes (cluster classes always
+    carry it); ``seed``: None takes the run's seed.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    scheme: Literal["names", "pseudo", "auto"] = "auto"
+    method: Literal["kmeans", "ward"] = "kmeans"
+    source_clusters: PositiveInt = 7
+    target_clusters: PositiveInt = 1
+    by_domain: bool = True
+    n_init: PositiveInt = 10
+    seed: NonNegativeInt | None = None
+
+
+class LoRA(Section):
+    """:func:`asd_utils.models.lora.add_lora`: rank, alpha, dropout and the Linears it wraps."""
+
+    rank: PositiveInt
+    alpha: PositiveFloat
+    dropout: Fraction
+    targets: list[str] = Field(min_length=1)
+
+
+class SCAdaCosLoss(Section):
+    """:class:`asd_utils.models.losses.SCAdaCosLoss`."""
+
+    sub_clusters: PositiveInt
+    trainable: bool
+    dynamic: bool
+
+
+class LoRABEATs(FineTuned):
+    """System 7: LoRA BEATs on W1 audio, classes by :class:`ClassSettings`, attentive statistics
+    pooling + projection, SCAdaCos; scored on RDP(``gamma``) band features of the last block by
+    ``backend``."""
+
+    backbone: Literal["beats"]
+    lora: LoRA
+    classes: ClassSettings
+    loss: SCAdaCosLoss
+    gamma: Annotated[float, Field(ge=0)]
+    backend: str
+
+
 View = Literal["near", "far", "residual", "concat", "anc", "w1", "ss"]
 
 
@@ -314,6 +365,7 @@ class Profile(Section):
     fusion: Fusion
     frozen: Frozen
     w1_beats: Frozen
+    lora_beats: LoRABEATs
     backends: Backends
     noise_study: NoiseStudy
     decision: Decision

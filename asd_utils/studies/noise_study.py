@@ -33,13 +33,15 @@ import pandas as pd
 from asd_utils import config, data, errors, files, registry, scoring, stages, systems
 from asd_utils.data import synth
 from asd_utils.evaluation import metrics
-from asd_utils.systems import training_free
+from asd_utils.systems import recipes, training_free
 
 log = logging.getLogger(__name__)
 
 CSV = "noise_study.csv"
-# the OSSCL systems, one per input: near (System 1), ANC-denoised near (3), near + far (5)
-TRAINED = tuple(s for s in registry.of_kind("fine-tuned") if registry.get(s).section != "beats_grl")
+# the kinds of trained system the study covers (asd_utils.systems.recipes): the OSSCL systems,
+# one per input: near (System 1), ANC-denoised near (3), near + far (5)
+KINDS = (recipes.OSSCL.kind, recipes.Fusion.kind)
+TRAINED = tuple(s for s in registry.of_kind("fine-tuned") if recipes.kind(s) in KINDS)
 FUSION = next(s for s in TRAINED if registry.get(s).reads == registry.NEAR_FAR)  # System 5
 ABLATIONS = {  # name → changes to the fusion section (analysis, at the middle SNR)
     f"{FUSION} (first block)": {"blocks": [1]},

@@ -63,6 +63,7 @@ import pandas as pd
 import yaml
 
 from asd_utils import config, data, errors, registry
+from asd_utils.config import prose
 from asd_utils.evaluation import official
 from asd_utils.evaluation.metrics import METRICS, describe_decision, machine_sort_key
 from asd_utils.evaluation.official import KINDS, SubmissionError, csv_name
@@ -96,7 +97,7 @@ AUDIOSET = {
     "total_audio_length": f"{FILL_IN}: hours of AudioSet audio the checkpoint was trained on",
 }
 CHECKPOINT_ENV = registry.CHECKPOINT_ENV
-BACKBONE_NAMES = {"eat": "EAT", "beats": "BEATs"}
+BACKBONE_NAMES = prose.BACKBONE_NAMES
 DESCRIPTION_FIELDS = (
     "input_sampling_rate",
     "acoustic_features",
@@ -117,9 +118,9 @@ DESCRIPTION_FIELDS = (
 _LABEL = re.compile(r"[A-Za-z][A-Za-z0-9-]*_[A-Za-z0-9-]+")  # matched whole (fullmatch)
 _SYSTEM_FOLDER = re.compile(r"(?P<label>.+)_task2_(?P<n>\d+)")  # matched whole (fullmatch)
 
-FBANK = "log-mel filterbank (Kaldi fbank, 128 bins, 25 ms window, 10 ms hop)"
+FBANK = prose.FBANK
 BASELINE_FEATURES = "log-mel energies (128 bins, n_fft 1024, hop 512), 5 frames stacked (640-dim)"
-NEAR = "near microphone (channel 0) of the stereo clip"
+NEAR = prose.NEAR
 # What an ensemble's meta says member by member (one value when all members agree).
 PER_MEMBER = (
     "acoustic_features",
@@ -286,92 +287,29 @@ def _base(system: str) -> str:
     return system.split(" (", 1)[0]
 
 
-def _checkpoint(section: dict) -> str:
-    """The backbone checkpoint a profile section resolves to (environment over profile)."""
-    return os.environ.get(CHECKPOINT_ENV.get(section.get("backbone", ""), ""), "") or (
-        section.get("checkpoint") or ""
-    )
+_checkpoint, _embeddings = prose.checkpoint, prose.embeddings
 
 
-def _embeddings(section: dict) -> str:
-    backbone = BACKBONE_NAMES.get(section.get("backbone", ""), str(section.get("backbone")))
-    weights = (
-        "from the official pre-trained checkpoint (AudioSet)"
-        if _checkpoint(section)
-        else "from random weights (no pre-trained checkpoint configured)"
-    )
-    return f"{backbone} ({section.get('size', '?')}), {weights}"
-
-
-def _augmentation(section: dict) -> str | None:
-    train = section.get("train", {})
-    time, freq = train.get("spec_augment_time"), train.get("spec_augment_freq")
-    parts = [f"SpecAugment (time mask {time}, frequency mask {freq})"] if time or freq else []
-    if section.get("crop_seconds"):
-        parts.append(f"random {section['crop_seconds']} s crops")
-    if section.get("target_repeats", 1) > 1:
-        parts.append(f"target-domain clips repeated {section['target_repeats']}x")
-    return "; ".join(parts) or None
-
-
-def _training(section: dict) -> str:
-    train = section.get("train", {})
-    return (
-        f"{train.get('steps')} steps, batch {train.get('batch_size')} x "
-        f"{train.get('grad_accumulation')} accumulation, learning rate "
-        f"{train.get('learning_rate')}, EMA weights (decay {train.get('ema_decay')}); "
-        f"anomaly score: cosine KNN distance (k = {section.get('knn_k', 1)}) to the training "
-        "embeddings, the smaller of the source and target distances"
-    )
-
-
-def _osscl(profile: dict) -> dict:
-    section = profile.get("osscl", {})
-    loss = section.get("loss", {})
-    return {
-        "acoustic_features": FBANK,
-        "data_augmentation": _augmentation(section),
-        "embeddings": _embeddings(section),
-        "machine_learning_method": (
-            "fine-tuned audio transformer, OSSCL: sub-center ArcFace (margin "
-            f"{loss.get('margin')}, scale {loss.get('scale')}, {loss.get('sub_centers')} "
-            "sub-centers) + supervised contrastive loss (temperature "
-            f"{loss.get('temperature')}); {_training(section)}"
-        ),
-        "aggregation_method": "CLS token of the EAT encoder",
-        "domain_generalization_method": (
-            "target-domain clips repeated in training; KNN distance taken separately to source "
-            "and target training clips (minimum)"
-            if section.get("target_repeats", 1) > 1
-            else "KNN distance taken separately to source and target training clips (minimum)"
-        ),
-        "attribute_usage": (
-            "classes = machine type x section x attribute string of the file names"
-            + (" x domain" if section.get("classes_by_domain") else "")
-            + " (machine types without attributes: one class per section"
-            + (" and domain)" if section.get("classes_by_domain") else ")")
-        ),
-        "external_data_usage": "pre-trained EAT checkpoint" if _checkpoint(section) else None,
-    }
-
-
-def _describe(system: str, profile: dict, members: Sequence[str]) -> tuple[dict, list[str]]:
+def _describe(
+    system: str, profile: dict, members: Sequence[str], info: dict | None = None
+) -> tuple[dict, list[str]]:
     """``(system.description fields, backbones with a checkpoint)`` of one system, described by
-    what the registry says it is (:mod:`asd_utils.registry`: its kind, section and input), so a
-    new system of a known kind is described without an edit here."""
+    what the registry says it is (:mod:`asd_utils.registry`: its kind and section). A trained
+    system describes itself: its recipe's words, kept in its ``system.json`` (``info``:
+    ``description`` and ``checkpoints``) when it trained; an ensemble's members are described
+    from their own (``info["member_info"]``)."""
     base = _base(system)
     entry = registry.REGISTRY.get(base)
-    kind, section_name = (entry.kind, entry.section) if entry else (None, None)
+    kind = entry.kind if entry else None
+    info = info or {}
     fields = {field: None for field in DESCRIPTION_FIELDS}
     decision = describe_decision(**profile.get("decision", {}))
     fields.update(input_sampling_rate="16kHz", front_end=NEAR, decision_making=decision)
     checkpoints: list[str] = []
-    if kind == "fine-tuned" and section_name == "osscl":
-        described, checkpoints = _describe_osscl(profile, entry.reads)
-    elif kind == "fine-tuned" and section_name == "beats_grl":
-        described, checkpoints = _describe_beats_grl(system, profile)
+    if info.get("description"):
+        described, checkpoints = dict(info["description"]), list(info.get("checkpoints", []))
     elif kind == "ensemble":
-        described, checkpoints = _describe_ensemble(profile, members)
+        described, checkpoints = _describe_ensemble(profile, members, info.get("member_info"))
     elif kind == "autoencoder":
         described = _describe_autoencoder(base, profile)
     elif kind == "frozen":
@@ -380,54 +318,6 @@ def _describe(system: str, profile: dict, members: Sequence[str]) -> tuple[dict,
         described = {f: f"{FILL_IN}: {f.replace('_', ' ')}" for f in DESCRIPTION_FIELDS[1:]}
     fields.update(described)
     return fields, checkpoints
-
-
-def _describe_osscl(profile: dict, reads: str) -> tuple[dict, list[str]]:
-    """:func:`_describe` of an OS-SCL system (Systems 1 and 3: :func:`_osscl`), with the ANC
-    front end when it ``reads`` the denoised near channel."""
-    fields = _osscl(profile)
-    checkpoints = ["eat"] if _checkpoint(profile.get("osscl", {})) else []
-    if reads == registry.ANC:
-        anc = profile.get("anc", {})
-        fields["front_end"] = (
-            "adaptive noise canceller (frequency-domain block LMS): primary = near "
-            "microphone, reference = far microphone, "
-            f"{anc.get('filter_length')} taps, step size {anc.get('step_size')}, block "
-            f"{anc.get('block_size')} samples, leakage {anc.get('leakage')}; the denoised "
-            "near channel is the input"
-        )
-    return fields, checkpoints
-
-
-def _describe_beats_grl(system: str, profile: dict) -> tuple[dict, list[str]]:
-    """:func:`_describe` of a BEATs + gradient reversal system (System 2, its lambda-0
-    ablation)."""
-    section = profile.get("beats_grl", {})
-    loss = section.get("loss", {})
-    ablation = "lambda 0" in system
-    fields = dict(
-        acoustic_features=FBANK,
-        data_augmentation=_augmentation(section),
-        embeddings=_embeddings(section),
-        machine_learning_method=(
-            f"fine-tuned BEATs, margin classifier (ArcFace margin {loss.get('margin')}, scale "
-            f"{loss.get('scale')}) + domain classifier behind a gradient reversal layer "
-            f"(lambda ramped to {0 if ablation else loss.get('lambda_max')}); "
-            f"{_training(section)}"
-        ),
-        aggregation_method="mean of the BEATs encoder's output tokens",
-        domain_generalization_method=(
-            "none (ablation: gradient reversal switched off, lambda = 0)"
-            if ablation
-            else "adversarial domain (source/target) classifier behind a gradient reversal layer"
-        ),
-        attribute_usage=(
-            "classes = machine type x section x attribute string x domain; the domain "
-            "labels train the gradient-reversal domain classifier"
-        ),
-        external_data_usage="pre-trained BEATs checkpoint" if _checkpoint(section) else None,
-    )
-    return fields, ["beats"] if _checkpoint(section) else []
 
 
 FRONT_ENDS = {
@@ -474,14 +364,19 @@ def _describe_frozen(entry, profile: dict) -> tuple[dict, list[str]]:
     return fields, [section["backbone"]] if _checkpoint(section) else []
 
 
-def _describe_ensemble(profile: dict, members: Sequence[str]) -> tuple[dict, list[str]]:
+def _describe_ensemble(
+    profile: dict, members: Sequence[str], member_info: dict | None = None
+) -> tuple[dict, list[str]]:
     """:func:`_describe` of an ensemble (System 4): each of :data:`PER_MEMBER` the members'
-    common value or one per member, the members' checkpoints, how scores are combined."""
+    common value or one per member, the members' checkpoints, how scores are combined.
+    ``member_info``: each member's ``system.json`` (its recipe's words)."""
     ensemble = profile.get("ensemble", {})
     members = list(members) or list(ensemble.get("members", []))
     described, checkpoints = [], []
     for member in members:
-        member_fields, member_checkpoints = _describe(member, profile, ())
+        member_fields, member_checkpoints = _describe(
+            member, profile, (), (member_info or {}).get(member)
+        )
         described.append(member_fields)
         checkpoints += [c for c in member_checkpoints if c not in checkpoints]
     fields = {}
@@ -586,7 +481,9 @@ def build_meta(
     if _base(system) != system and "name" in base:
         name = f"{name} {system[len(_base(system)) :].strip()}"
     abbreviation = base.get("abbreviation", system[:MAX_ABBREVIATION])
-    description, checkpoints = _describe(system, profile, system_info.get("members") or ())
+    description, checkpoints = _describe(
+        system, profile, system_info.get("members") or (), system_info
+    )
     description["development_data_usage"] = development_data
     description.update({k: v for k, v in given.items() if k in DESCRIPTION_FIELDS})
     parameters = system_info.get("parameters")
@@ -836,6 +733,10 @@ def write_package(
             folders.append(f"{folder} = {system}")
             system_dir = output_root / "systems" / system
             info = _read_json(system_dir / "system.json")
+            info["member_info"] = {
+                m: _read_json(output_root / "systems" / m / "system.json")
+                for m in info.get("members") or ()
+            }
             made = {**profile, **info.get("made_with", {})}  # the settings it was made with
             meta = build_meta(folder, system, made, info, metrics_table, development_data)
             notes += [f"{folder}: {note}" for note in meta_notes(meta)]

@@ -1,26 +1,28 @@
-"""The fine-tuned systems, each a profile section plus a model (architecture.md).
+"""The fine-tuned systems, each a registry entry, a recipe and a profile section (architecture.md).
 
-| system   | profile section | backbone | front-end                  | objective            |
-|----------|-----------------|----------|----------------------------|----------------------|
-| System 1 | ``osscl``       | EAT      | near channel               | OSSCL (:mod:`losses`)|
-| System 2 | ``beats_grl``   | BEATs    | near channel               | margin + GRL         |
-| System 3 | ``osscl``       | EAT      | ANC-denoised near (``anc``)| OSSCL                |
-| System 5 | ``fusion``      | EAT/BEATs| near + far, fused inside   | OSSCL                |
+| system   | profile section | recipe (:mod:`.recipes`) | backbone    | front-end                  |
+|----------|-----------------|--------------------------|-------------|----------------------------|
+| System 1 | ``osscl``       | ``OSSCL``                | EAT         | near channel               |
+| System 2 | ``beats_grl``   | ``GRL``                  | BEATs       | near channel               |
+| System 3 | ``osscl``       | ``OSSCL``                | EAT         | ANC-denoised near (``anc``)|
+| System 5 | ``fusion``      | ``Fusion``               | EAT/BEATs   | near + far, fused inside   |
+| System 7 | ``lora_beats``  | ``LoRASCAdaCos``         | LoRA BEATs  | W1 view of both channels   |
 
 System 5 goes beyond the paper: cross-channel modules inside the encoder
 (:class:`asd_utils.models.fusion.FusionBackbone`) let the near channel attend to the far one.
+System 7 is the strongest public recipe (kasahart/asd-experiments ``reproduction/asd03``).
 
 System 0 (``frozen``, :mod:`asd_utils.systems.training_free`) trains nothing; :func:`settings` and
 :func:`asd_utils.stages.knn_k` serve it too.
 
 :func:`build` turns (data root, profile, system) into ``(model, loss_fn, dataset)`` for
-:func:`asd_utils.training.train`; :func:`asd_utils.stages.train` calls it through
-:func:`train_system`, in every process of ``accelerate launch -m asd_utils.cli train``.
+:func:`asd_utils.training.train`, asking the system's recipe for classes, model, loss and front
+end; :func:`asd_utils.stages.train` calls it through :func:`train_system`, in every process of
+``accelerate launch -m asd_utils.cli train``.
 """
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import os
@@ -35,14 +37,12 @@ from torch import nn
 
 from asd_utils import config, data, errors, registry, training
 from asd_utils.files import atomic_write_text
-from asd_utils.frontends import anc
 from asd_utils.models import precision
-from asd_utils.models.beats import BEATs, BEATsConfig
 from asd_utils.models.common import CheckpointError
-from asd_utils.models.eat import EAT, EATConfig
-from asd_utils.models.fusion import FusionBackbone
-from asd_utils.models.heads import EmbeddingModel
-from asd_utils.models.losses import GRLLoss, OSSCLLoss
+from asd_utils.models.eat import EATConfig
+from asd_utils.systems import recipes
+from asd_utils.systems.classes import ASSIGNMENT, write_assignment
+from asd_utils.systems.recipes import build_backbone
 
 INFO = "system.json"  # beside a system's official files: its name and parameter count
 CHECKPOINT_ENV = registry.CHECKPOINT_ENV
@@ -131,17 +131,14 @@ def check_checkpoints(
 
 
 def class_names(table: pd.DataFrame, profile: dict, system: str) -> tuple[np.ndarray, list[str]]:
-    """The classes a system learns from the training clips ``table``: ``(ids, names)``.
-
-    Machine type × section × attribute string (:func:`asd_utils.data.attribute_classes`), × domain
-    for System 2 (its domain head needs it) and for any system whose section sets
-    ``classes_by_domain``. Over the training clips of all twelve 2026 machine types (dev and
-    eval) that gives the paper's 80 classes (dcase2026-task2.md); machine types whose names carry
-    no attribute give one class (two with the domain).
-    """
-    section = settings(profile, system)
-    by_domain = registry.get(system).section == "beats_grl" or section["classes_by_domain"]
-    return data.attribute_classes(table, by_domain=by_domain)
+    """The classes a system learns from the training clips ``table``: ``(ids, names)``, as its
+    recipe makes them (:meth:`asd_utils.systems.recipes.Recipe.classes`): machine type ×
+    section × attribute string (:func:`asd_utils.data.attribute_classes`), × domain where the
+    recipe or its section says so, or pseudo-attributes (System 7). Over the training clips of
+    all twelve 2026 machine types (dev and eval) the name classes are the paper's 80
+    (dcase2026-task2.md)."""
+    classes = recipes.of(system).classes(profile, table)
+    return classes.ids, classes.names
 
 
 def parameter_count(model: nn.Module) -> int:
@@ -190,20 +187,6 @@ def write_info(directory: str | Path, system: str, parameters: int, **extra) -> 
     return atomic_write_text(Path(directory) / INFO, json.dumps(payload, indent=2))
 
 
-def build_backbone(kind: str, size: str = "tiny", checkpoint: str = "") -> nn.Module:
-    """EAT or BEATs: from official weights when ``checkpoint`` names them, else a random-weight
-    ``size`` config ("tiny" or "base"). EAT keeps each clip's length (no 10.24 s pad/crop)."""
-    if kind == "eat":
-        if checkpoint:
-            return EAT.from_pretrained(checkpoint, target_length=None).train()
-        return EAT(getattr(EATConfig, size)(), target_length=None)
-    if kind == "beats":
-        if checkpoint:
-            return BEATs.from_checkpoint(checkpoint).train()
-        return BEATs(getattr(BEATsConfig, size)())
-    raise ValueError(f"unknown backbone {kind!r}; choose eat or beats")
-
-
 def mixed_precision(profile: dict, system: str) -> str:
     """The section's ``mixed_precision`` setting (``train.mixed_precision`` of a fine-tuned
     system, ``mixed_precision`` of System 0): ``no``, ``bf16`` or ``auto``."""
@@ -234,22 +217,17 @@ def train_config(profile: dict, system: str) -> training.TrainConfig:
 
 def front_end(profile: dict, system: str) -> tuple[int | None, Callable | None, str | None]:
     """How a system reads a clip: ``(channel, preprocess, preprocess_key)`` for
-    :class:`asd_utils.training.ClipDataset` and :func:`asd_utils.scoring.extract_embeddings`.
-    System 3 denoises with the ANC chapter's settings (the profile's ``anc`` section); System 5
-    reads both microphones (channel None)."""
-    reads = registry.get(system).reads
-    if reads == registry.NEAR_FAR:
-        return None, None, "near+far"
-    if reads != registry.ANC:
-        return 0, None, None
-    options = anc.denoiser_settings(profile["anc"])
-    key = "anc:" + ",".join(f"{k}={v}" for k, v in sorted(options.items()))
-    return 0, functools.partial(_denoise, **options), key
+    :class:`asd_utils.training.ClipDataset` and :func:`asd_utils.scoring.extract_embeddings`,
+    as its recipe says (:meth:`asd_utils.systems.recipes.Recipe.front_end`): System 3 denoises
+    with the ANC chapter's settings, System 5 reads both microphones (channel None), System 7
+    the W1 view."""
+    return recipes.of(system).front_end(profile)
 
 
-def _denoise(audio: np.ndarray, **options) -> np.ndarray:
-    """(channels, samples) → denoised near channel (samples,), float32."""
-    return anc.denoise(torch.from_numpy(audio), **options).numpy().astype(np.float32)
+def bands(profile: dict, system: str) -> int:
+    """Frequency bands in a trained system's embeddings (1: one vector per clip)."""
+    recipe = recipes.of(system)
+    return recipe.bands(recipe.settings(profile))
 
 
 def repeat_target_clips(table, repeats: int = 1):
@@ -290,46 +268,24 @@ def build(
     """``(model, loss_fn, dataset)`` of one system, trained on the training clips of ``data_root``
     (those of ``clips``, the run's clip manifest, when given).
 
-    Classes: :func:`class_names` over the training clips of every machine type present, dev and
-    eval together (System 2's GRL loss maps its domain classes back to attribute class and
-    domain).
+    The recipe (:mod:`asd_utils.systems.recipes`) makes the classes (over the training clips of
+    every machine type present, dev and eval together), the model and the loss.
     """
     profile_ = config.load_profile(profile)
-    settings_ = settings(profile_, system)
+    recipe = recipes.of(system)
+    settings_ = recipe.settings(profile_)
     table = repeat_target_clips(
         _training_clips(data_root, clips), settings_.get("target_repeats", 1)
     )
-    grl = registry.get(system).section == "beats_grl"
-    targets, names = class_names(table, profile_, system)
+    classes = recipe.classes(profile_, table, progress)
+    targets, names = classes.ids, classes.names
     train = train_config(profile_, system)
-    loss_settings = {**settings_["loss"], **(loss_overrides or {})}
     # Random weights (backbone, heads, class centres) come from the run's seed, not from whatever
     # the global RNG holds at call time: a system's score must not depend on what ran before.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(train.seed)
-        backbone = build_backbone(settings_["backbone"], settings_["size"], settings_["checkpoint"])
-        if registry.get(system).reads == registry.NEAR_FAR:
-            backbone = FusionBackbone(
-                backbone,
-                settings_["blocks"],
-                settings_["width"],
-                settings_["heads"],
-                settings_["freeze_backbone"],
-            )
-        model = EmbeddingModel(backbone, projection_dim=settings_.get("projection_dim", 128))
-        if grl:
-            attribute = [n.rsplit("/", 1)[0] for n in names]
-            labels = np.unique(attribute, return_inverse=True)[1]
-            domains = np.array([0 if n.endswith("/source") else 1 for n in names])
-            loss = GRLLoss(
-                labels,
-                domains,
-                model.embed_dim,
-                total_calls=train.steps * train.grad_accumulation,
-                **loss_settings,
-            )
-        else:
-            loss = OSSCLLoss(len(names), model.embed_dim, **loss_settings)
+        model = recipe.model(settings_)
+        loss = recipe.loss(settings_, model, names, train, loss_overrides)
     channel, preprocess, _ = front_end(profile_, system)
     crop = settings_.get("crop_seconds")
     dataset = training.ClipDataset(
@@ -369,17 +325,20 @@ def run_dir(
     training clips as files, :func:`asd_utils.data.clip_fingerprint`), so a changed profile or
     dataset trains anew and an unchanged one resumes (or finds the run finished). The
     precision enters as resolved (``auto`` → ``bf16`` or ``no``): a run trained in float32 is
-    never reused for bf16, nor the other way round."""
-    not_weights = {"knn_k", "embed_batch_size", "ablation_lambda_zero"}  # scoring settings
-    section = {k: v for k, v in settings(profile, system).items() if k not in not_weights}
+    never reused for bf16, nor the other way round. The recipe adds its own parts (System 7:
+    the class assignment, :func:`asd_utils.systems.classes.assignment_key`)."""
+    recipe = recipes.of(system)
+    section = {k: v for k, v in recipe.settings(profile).items() if k not in recipe.scoring}
     chosen = resolved_precision(profile, system).mixed_precision
     section["train"] = {**section["train"], "mixed_precision": chosen}
+    training_clips = _training_clips(data_root, clips)
     payload = {
         "settings": section,
-        "front_end": front_end(profile, system)[2],
+        "front_end": recipe.front_end(profile)[2],
         "seed": profile["seed"],
         "data_root": str(data_root),
-        "clips": data.clip_fingerprint(_training_clips(data_root, clips)),
+        "clips": data.clip_fingerprint(training_clips),
+        **recipe.key(profile, recipe.classes(profile, training_clips)),
     }
     key = hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
     return Path(output_root) / "training" / f"{system.replace(' ', '_')}-{key[:10]}"
@@ -396,6 +355,7 @@ def train_system(
 ) -> training.TrainResult:
     """Build and train one system (resuming its run folder if it exists); EMA weights inside.
 
+    The run folder gets the class assignment (``classes.csv``, clip → class) first.
     ``overrides`` replace keys of the system's ``loss`` settings (e.g. ``{"lambda_max": 0.0}``
     for the GRL ablation) and give the run its own folder. ``clips``: the run's clip manifest
     (:func:`asd_utils.stages.prepare`), so that nothing indexes the tree again.
@@ -406,6 +366,9 @@ def train_system(
     if overrides:
         tag = "-".join(f"{k}{v}" for k, v in sorted(overrides.items()))
         folder = folder.with_name(f"{folder.name}-{tag}")
+    if not (folder / ASSIGNMENT).is_file():  # a finished run found by a read-only command: as is
+        classes = recipes.of(system).classes(profile, _training_clips(data_root, clips))
+        write_assignment(classes, folder)
     try:
         return training.train(
             model, loss, dataset, train_config(profile, system), folder, True, progress

@@ -29,40 +29,20 @@ import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, NonNegativeInt, PositiveInt
 from sklearn.cluster import AgglomerativeClustering, KMeans
 
 from asd_utils import data
+from asd_utils.config.schema import ClassSettings
 from asd_utils.files import write_table
 
 SCHEMES = ("names", "pseudo", "auto")
 METHODS = ("kmeans", "ward")
+__all__ = ["ClassSettings", "Classes", "make_classes", "write_assignment", "assignment_key"]
 ASSIGNMENT = "classes.csv"  # a run's clip → class file (:func:`write_assignment`)
 ASSIGNMENT_COLUMNS = ["dataset", "machine_type", "section", "domain", "file_name", "class"]
-
-
-class ClassSettings(BaseModel):
-    """How a system's classes are made (a profile's ``classes`` block).
-
-    ``scheme``: :data:`SCHEMES`; ``method``: ``kmeans`` (scikit-learn, ``n_init`` restarts from
-    ``seed``) or ``ward`` (agglomerative, deterministic); ``source_clusters`` /
-    ``target_clusters`` per machine type and section (asd03: 7 and 1); ``by_domain``: append the
-    domain to name classes (the profile's ``classes_by_domain``; cluster classes always carry
-    it); ``seed``: None takes the run's seed.
-    """
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-    scheme: Literal["names", "pseudo", "auto"] = "auto"
-    method: Literal["kmeans", "ward"] = "kmeans"
-    source_clusters: PositiveInt = 7
-    target_clusters: PositiveInt = 1
-    by_domain: bool = True
-    n_init: PositiveInt = 10
-    seed: NonNegativeInt | None = None
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,452 @@
+"""One recipe per kind of trained system (issue 33, item 2; ASDKit names a class in its config).
+
+A registry entry names its recipe (``registry.System.recipe``: a class of this module by name,
+a dotted ``module.Class``, or the class itself); :func:`of` makes it. A recipe knows, for its
+system and a profile: the section (:meth:`Recipe.settings`), the front end (channel or view),
+the classes of the training clips, the model and loss, the parts of the run-folder key, the
+model that embeds for scoring and its frequency bands, and the words of the meta file. The
+stages, :mod:`asd_utils.systems`, the submission and the studies ask the recipe; nothing
+branches on a system or section name.
+
+| recipe          | systems | backbone, head                  | loss            | classes      |
+|-----------------|---------|---------------------------------|-----------------|--------------|
+| :class:`OSSCL`  | 1, 3    | EAT (or BEATs), CLS + projection | OSSCL          | names        |
+| :class:`GRL`    | 2       | BEATs, mean tokens + projection | margin + GRL    | names × domain|
+| :class:`Fusion` | 5       | EAT attending to the far channel| OSSCL           | names        |
+| :class:`LoRASCAdaCos` | 7 | LoRA BEATs, ASP + projection   | SCAdaCos (+ mixup) | ``auto`` |
+
+Adding a fine-tuned system: a subclass here (or anywhere, named by a dotted path), a registry
+entry naming it, a schema section and the profiles' sections.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import importlib
+import json
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from asd_utils import data, registry
+from asd_utils.config import prose
+from asd_utils.config.schema import ClassSettings
+from asd_utils.frontends import anc, twochannel
+from asd_utils.models import lora
+from asd_utils.models.beats import BEATs, BEATsConfig
+from asd_utils.models.eat import EAT, EATConfig
+from asd_utils.models.frozen import FrozenEncoder
+from asd_utils.models.fusion import FusionBackbone
+from asd_utils.models.heads import EmbeddingModel, PooledEmbeddingModel
+from asd_utils.models.losses import GRLLoss, OSSCLLoss, SCAdaCosLoss
+from asd_utils.systems import classes as class_schemes
+
+SCORING = frozenset({"knn_k", "embed_batch_size", "ablation_lambda_zero"})  # not in the key
+
+
+def build_backbone(kind: str, size: str = "tiny", checkpoint: str = "") -> nn.Module:
+    """EAT or BEATs: from official weights when ``checkpoint`` names them, else a random-weight
+    ``size`` config ("tiny" or "base"). EAT keeps each clip's length (no 10.24 s pad/crop)."""
+    if kind == "eat":
+        if checkpoint:
+            return EAT.from_pretrained(checkpoint, target_length=None).train()
+        return EAT(getattr(EATConfig, size)(), target_length=None)
+    if kind == "beats":
+        if checkpoint:
+            return BEATs.from_checkpoint(checkpoint).train()
+        return BEATs(getattr(BEATsConfig, size)())
+    raise ValueError(f"unknown backbone {kind!r}; choose eat or beats")
+
+
+def _denoise(audio: np.ndarray, **options) -> np.ndarray:
+    """(channels, samples) → denoised near channel (samples,), float32."""
+    return anc.denoise(torch.from_numpy(audio), **options).numpy().astype(np.float32)
+
+
+class Recipe:
+    """The recipe of one trained system (``entry``, its registry entry). Subclasses set
+    :meth:`loss` and may change any other step; the defaults are System 1's."""
+
+    kind = "Recipe"
+    scoring = SCORING  # section keys that change the scores, not the weights
+
+    def __init__(self, entry: registry.System):
+        self.entry = entry
+
+    def settings(self, profile: dict) -> dict:
+        """The system's section (a copy), the backbone checkpoint resolved."""
+        return registry.settings(profile, self.entry.name)
+
+    def front_end(self, profile: dict):
+        """``(channel, preprocess, preprocess_key)``: channel 0 (near), both (``near+far``), the
+        ANC-denoised near channel (the profile's ``anc``), or a two-channel view (``w1``)."""
+        reads = self.entry.reads
+        if reads == registry.NEAR_FAR:
+            return None, None, "near+far"
+        if reads == registry.ANC:
+            options = anc.denoiser_settings(profile["anc"])
+            key = "anc:" + ",".join(f"{k}={v}" for k, v in sorted(options.items()))
+            return 0, functools.partial(_denoise, **options), key
+        if reads in twochannel.VIEWS and reads != registry.NEAR:
+            return None, twochannel.preprocess(reads), reads
+        return 0, None, None
+
+    def by_domain(self, settings: dict) -> bool:
+        """Whether name classes carry the domain (the section's ``classes_by_domain``)."""
+        return bool(settings["classes_by_domain"])
+
+    def classes(self, profile: dict, table: pd.DataFrame, progress: bool = False):
+        """The classes of the training rows of ``table`` (:class:`~asd_utils.systems.classes.
+        Classes`): machine type × section × attribute string (× domain), from the names (a
+        table without ``split`` is all training clips)."""
+        train = table if "split" not in table else table[table["split"] == "train"]
+        train = train.reset_index(drop=True)
+        ids, names = data.attribute_classes(train, by_domain=self.by_domain(self.settings(profile)))
+        return class_schemes.Classes(np.asarray(ids), list(names), train, ())
+
+    def backbone(self, settings: dict) -> nn.Module:
+        """The encoder that trains (random weights drawn from the caller's seed)."""
+        return build_backbone(settings["backbone"], settings["size"], settings["checkpoint"])
+
+    def model(self, settings: dict) -> nn.Module:
+        """Backbone and head, as :func:`asd_utils.training.train` takes them."""
+        return EmbeddingModel(
+            self.backbone(settings), projection_dim=settings.get("projection_dim", 128)
+        )
+
+    def loss(self, settings: dict, model: nn.Module, names: list[str], train, overrides=None):
+        """The loss over ``names`` (``overrides`` replace keys of the section's ``loss``)."""
+        raise NotImplementedError
+
+    def key(self, profile: dict, classes) -> dict:
+        """Parts of the run-folder key beside the section, front end, seed and clips."""
+        return {}
+
+    def embedder(self, model: nn.Module, settings: dict) -> nn.Module:
+        """What embeds a clip for scoring (``embed(waveform, lengths)``): the trained model."""
+        return model
+
+    def bands(self, settings: dict) -> int:
+        """Frequency bands in an embedding (1: one vector per clip)."""
+        return 1
+
+    def info(self, model: nn.Module) -> dict:
+        """Extra facts for ``system.json`` from the trained model."""
+        return {}
+
+    def describe(self, system: str, profile: dict) -> tuple[dict, list[str]]:
+        """``(meta-file description fields, backbones with a checkpoint)``."""
+        raise NotImplementedError
+
+
+class OSSCL(Recipe):
+    """Systems 1 and 3 (the paper): EAT, sub-center ArcFace + supervised contrastive loss."""
+
+    kind = "OSSCL"
+
+    def loss(self, settings, model, names, train, overrides=None):
+        return OSSCLLoss(len(names), model.embed_dim, **{**settings["loss"], **(overrides or {})})
+
+    def describe(self, system: str, profile: dict) -> tuple[dict, list[str]]:
+        section = self.settings(profile)
+        loss = section.get("loss", {})
+        fields = {
+            "acoustic_features": prose.FBANK,
+            "data_augmentation": prose.augmentation(section),
+            "embeddings": prose.embeddings(section),
+            "machine_learning_method": (
+                "fine-tuned audio transformer, OSSCL: sub-center ArcFace (margin "
+                f"{loss.get('margin')}, scale {loss.get('scale')}, {loss.get('sub_centers')} "
+                "sub-centers) + supervised contrastive loss (temperature "
+                f"{loss.get('temperature')}); {prose.training(section)}"
+            ),
+            "aggregation_method": "CLS token of the EAT encoder",
+            "domain_generalization_method": (
+                "target-domain clips repeated in training; KNN distance taken separately to "
+                "source and target training clips (minimum)"
+                if section.get("target_repeats", 1) > 1
+                else "KNN distance taken separately to source and target training clips (minimum)"
+            ),
+            "attribute_usage": (
+                "classes = machine type x section x attribute string of the file names"
+                + (" x domain" if section.get("classes_by_domain") else "")
+                + " (machine types without attributes: one class per section"
+                + (" and domain)" if section.get("classes_by_domain") else ")")
+            ),
+            "external_data_usage": (
+                "pre-trained EAT checkpoint" if prose.checkpoint(section) else None
+            ),
+        }
+        if self.entry.reads == registry.ANC:
+            options = profile.get("anc", {})
+            fields["front_end"] = (
+                "adaptive noise canceller (frequency-domain block LMS): primary = near "
+                "microphone, reference = far microphone, "
+                f"{options.get('filter_length')} taps, step size {options.get('step_size')}, "
+                f"block {options.get('block_size')} samples, leakage {options.get('leakage')}; "
+                "the denoised near channel is the input"
+            )
+        return fields, [section["backbone"]] if prose.checkpoint(section) else []
+
+
+class Fusion(OSSCL):
+    """System 5: System 1's recipe on an encoder whose near channel attends to the far one."""
+
+    kind = "Fusion"
+
+    def backbone(self, settings: dict) -> nn.Module:
+        return FusionBackbone(
+            super().backbone(settings),
+            settings["blocks"],
+            settings["width"],
+            settings["heads"],
+            settings["freeze_backbone"],
+        )
+
+    def info(self, model: nn.Module) -> dict:
+        return {"gates": model.backbone.gates()}
+
+    def describe(self, system: str, profile: dict) -> tuple[dict, list[str]]:
+        fields, checkpoints = super().describe(system, profile)
+        section = self.settings(profile)
+        fields["front_end"] = "near and far microphones, fused inside the encoder"
+        fields["machine_learning_method"] = (
+            f"gated cross-attention from the near to the far channel after blocks "
+            f"{section.get('blocks')} (width {section.get('width')}, {section.get('heads')} "
+            f"heads); {fields['machine_learning_method']}"
+        )
+        return fields, checkpoints
+
+
+class GRL(Recipe):
+    """System 2 (the paper): BEATs, margin classifier + domain classifier behind a gradient
+    reversal layer; classes always carry the domain (the domain head needs it)."""
+
+    kind = "GRL"
+
+    def by_domain(self, settings: dict) -> bool:
+        return True
+
+    def loss(self, settings, model, names, train, overrides=None):
+        attribute = [n.rsplit("/", 1)[0] for n in names]
+        labels = np.unique(attribute, return_inverse=True)[1]
+        domains = np.array([0 if n.endswith("/source") else 1 for n in names])
+        return GRLLoss(
+            labels,
+            domains,
+            model.embed_dim,
+            total_calls=train.steps * train.grad_accumulation,
+            **{**settings["loss"], **(overrides or {})},
+        )
+
+    def describe(self, system: str, profile: dict) -> tuple[dict, list[str]]:
+        section = self.settings(profile)
+        loss = section.get("loss", {})
+        ablation = "lambda 0" in system
+        fields = dict(
+            acoustic_features=prose.FBANK,
+            data_augmentation=prose.augmentation(section),
+            embeddings=prose.embeddings(section),
+            machine_learning_method=(
+                f"fine-tuned BEATs, margin classifier (ArcFace margin {loss.get('margin')}, "
+                f"scale {loss.get('scale')}) + domain classifier behind a gradient reversal "
+                f"layer (lambda ramped to {0 if ablation else loss.get('lambda_max')}); "
+                f"{prose.training(section)}"
+            ),
+            aggregation_method="mean of the BEATs encoder's output tokens",
+            domain_generalization_method=(
+                "none (ablation: gradient reversal switched off, lambda = 0)"
+                if ablation
+                else "adversarial domain (source/target) classifier behind a gradient reversal "
+                "layer"
+            ),
+            attribute_usage=(
+                "classes = machine type x section x attribute string x domain; the domain "
+                "labels train the gradient-reversal domain classifier"
+            ),
+            external_data_usage=(
+                "pre-trained BEATs checkpoint" if prose.checkpoint(section) else None
+            ),
+        )
+        return fields, ["beats"] if prose.checkpoint(section) else []
+
+
+class BandEmbedder(nn.Module):
+    """A trained LoRA backbone, adapters merged, as a frozen encoder of its last block pooled
+    per frequency band by RDP(``gamma``) (:class:`asd_utils.models.frozen.FrozenEncoder`):
+    ``embed(waveform (B, samples), lengths)`` → (B, 8 · D), band-major."""
+
+    def __init__(self, backbone: nn.Module, gamma: float):
+        super().__init__()
+        self.encoder = FrozenEncoder(lora.merged(backbone), [-1], "time_rdp", gamma)
+        self.n_freq = self.encoder.n_freq
+
+    def cache_settings(self) -> dict:
+        """The block, pooling and gamma: part of the embedding cache key beside the weights."""
+        return self.encoder.cache_settings()
+
+    @torch.no_grad()
+    def embed(self, waveform: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        return self.encoder.embed(waveform, lengths)[:, -1]
+
+
+_FEATURES: dict[str, np.ndarray] = {}  # pseudo-attribute features by key, once per process
+
+
+class LoRASCAdaCos(Recipe):
+    """System 7, the strongest public recipe (kasahart/asd-experiments ``reproduction/asd03``
+    after ASDKit): LoRA on a frozen BEATs (:func:`asd_utils.models.lora.add_lora`), attentive
+    statistics pooling + projection (:class:`~asd_utils.models.heads.PooledEmbeddingModel`),
+    SCAdaCos over classes made by the section's ``classes`` scheme (pseudo-attributes: k-means
+    of the frozen base's band-mean features of the system's own view of the TRAINING clips);
+    scored on RDP(``gamma``) band features of the merged backbone's last block, before the
+    pooling and projection."""
+
+    kind = "LoRA-SCAdaCos"
+    scoring = SCORING | {"backend", "gamma"}
+
+    def classes(self, profile: dict, table: pd.DataFrame, progress: bool = False):
+        settings = self.settings(profile)
+        scheme = ClassSettings(**settings["classes"])
+        train = table[table["split"] == "train"].reset_index(drop=True)
+        features = None
+        if scheme.scheme != "names":
+            features = self.features(settings, train, profile["seed"], progress)
+        return class_schemes.make_classes(train, features, scheme, seed=profile["seed"])
+
+    def features(self, settings: dict, train: pd.DataFrame, seed: int, progress: bool = False):
+        """The frozen base's time-mean band features of the training clips' view, (N, 8 · D)."""
+        key = json.dumps(
+            [
+                settings["backbone"],
+                settings["size"],
+                settings["checkpoint"],
+                seed,
+                self.entry.reads,
+                list(train["path"]),
+            ]
+        )
+        key = hashlib.sha256(key.encode()).hexdigest()
+        if key not in _FEATURES:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                encoder = FrozenEncoder(super().backbone(settings), [-1], "time_mean")
+            channel = self.entry.reads if self.entry.reads != registry.NEAR_FAR else "near"
+            _FEATURES[key] = class_schemes.frozen_features(
+                encoder, train, channel, progress=progress
+            )
+        return _FEATURES[key]
+
+    def backbone(self, settings: dict) -> nn.Module:
+        options = settings["lora"]
+        return lora.add_lora(
+            super().backbone(settings),
+            options["rank"],
+            options["alpha"],
+            options["dropout"],
+            options["targets"],
+        )
+
+    def model(self, settings: dict) -> nn.Module:
+        return PooledEmbeddingModel(self.backbone(settings), settings["projection_dim"])
+
+    def loss(self, settings, model, names, train, overrides=None):
+        options = {**settings["loss"], **(overrides or {})}
+        return SCAdaCosLoss(len(names), settings["projection_dim"], **options)
+
+    def key(self, profile: dict, classes) -> dict:
+        return {"classes": class_schemes.assignment_key(classes)}
+
+    def embedder(self, model: nn.Module, settings: dict) -> nn.Module:
+        return BandEmbedder(model.backbone, settings["gamma"])
+
+    def bands(self, settings: dict) -> int:
+        return 8  # BEATs' frequency patches per time step
+
+    def describe(self, system: str, profile: dict) -> tuple[dict, list[str]]:
+        section = self.settings(profile)
+        options, loss = section["lora"], section["loss"]
+        scheme = ClassSettings(**section["classes"])
+        mixup = section["train"].get("mixup_alpha") or 0
+        backend = section["backend"]
+        fields = dict(
+            acoustic_features=prose.FBANK,
+            data_augmentation="; ".join(
+                p
+                for p in (
+                    prose.augmentation(section),
+                    f"mixup of the waveforms (lambda ~ Beta({mixup}, {mixup}) per batch)"
+                    if mixup
+                    else None,
+                )
+                if p
+            )
+            or None,
+            front_end=(
+                "W1: the near channel less the far one through a fixed per-bin complex filter "
+                "fitted over the clip (STFT 1024/512)"
+                if self.entry.reads == registry.W1
+                else prose.NEAR
+            ),
+            embeddings=prose.embeddings(section),
+            machine_learning_method=(
+                f"LoRA fine-tuning (rank {options['rank']}, alpha {options['alpha']}, dropout "
+                f"{options['dropout']} on {', '.join(options['targets'])}; the base frozen), "
+                "attentive statistics pooling + "
+                f"{section['projection_dim']}-d projection, SCAdaCos ({loss['sub_clusters']} "
+                f"sub-clusters); "
+                + prose.training(
+                    section,
+                    f"{backend} back end on relative-deviation pooled (gamma "
+                    f"{section['gamma']}) band features of the merged backbone's last block",
+                )
+                + f" (after {self.entry.source})"
+            ),
+            aggregation_method=(
+                f"last block's output tokens, relative-deviation pooling over time per "
+                f"frequency band (gamma {section['gamma']}, 8 bands)"
+            ),
+            domain_generalization_method=(
+                f"{backend}: separate source and target reference distances"
+            ),
+            attribute_usage=(
+                f"classes by scheme '{scheme.scheme}': machine type x section x attribute "
+                "string x domain where file names carry attributes; where they do not, "
+                f"{scheme.method} clusters of frozen features of the training clips only "
+                f"({scheme.source_clusters} source, {scheme.target_clusters} target)"
+            ),
+            external_data_usage=(
+                "pre-trained BEATs checkpoint" if prose.checkpoint(section) else None
+            ),
+        )
+        return fields, ["beats"] if prose.checkpoint(section) else []
+
+
+RECIPES = {cls.__name__: cls for cls in (OSSCL, GRL, Fusion, LoRASCAdaCos)}
+
+
+def recipe_class(entry: registry.System) -> type[Recipe]:
+    """The class ``entry.recipe`` names: one of :data:`RECIPES`, a dotted ``module.Class``, or
+    a class given as is."""
+    named = entry.recipe
+    if isinstance(named, type):
+        return named
+    if named in RECIPES:
+        return RECIPES[named]
+    module, _, name = str(named).rpartition(".")
+    if not module:
+        raise KeyError(f"{entry.name} names no known recipe ({named!r}; known: {list(RECIPES)})")
+    return getattr(importlib.import_module(module), name)
+
+
+def of(system: str) -> Recipe:
+    """The recipe of a trained ``system`` (an ablation, "System 2 (lambda 0)", is its base's)."""
+    return recipe_class(registry.get(system))(registry.get(system))
+
+
+def kind(system: str) -> str:
+    """The kind of recipe a trained system is made by (``"OSSCL"``, ``"LoRA-SCAdaCos"`` …)."""
+    return recipe_class(registry.get(system)).kind
