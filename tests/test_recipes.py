@@ -229,3 +229,20 @@ def test_a_new_fine_tuned_system_is_a_recipe_an_entry_and_a_section(tree, tmp_pa
     assert info["description"]["machine_learning_method"] == "BEATs, plain cross-entropy"
     folder = stages.package(run, systems=["System 9"])
     assert len(list((folder / "dev").glob("*/anomaly_score_*.csv"))) == 2  # ToyCar, fan
+
+
+def test_system3_reads_the_canceller_the_anc_section_names():
+    from asd_utils import systems
+    from asd_utils.frontends import twochannel
+
+    profile = config.load_profile("smoke")
+    channel, preprocess, key = systems.front_end(profile, "System 3")
+    assert key.startswith("anc:") and channel == 0  # the paper's adaptive FBLMS
+    w1 = config.validate_profile({**profile, "anc": {**profile["anc"], "canceller": "w1"}})
+    channel, preprocess, key = systems.front_end(w1, "System 3")
+    assert (channel, key) == (None, "w1")
+    audio = np.random.default_rng(0).standard_normal((2, 4000)).astype(np.float32)
+    np.testing.assert_array_equal(preprocess(audio), twochannel.w1(audio[0], audio[1]))
+    assert systems.front_end(w1, "System 1")[2] is None  # the near channel, unchanged
+    described = recipes.of("System 3").describe("System 3", w1)[0]["front_end"]
+    assert "W1" in described

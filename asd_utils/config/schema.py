@@ -82,9 +82,11 @@ class Baseline(Section):
 
 
 class Anc(Section):
-    """System 3's denoiser (:func:`asd_utils.frontends.anc.fblms`) and the ANC chapter's analysis
-    sizes."""
+    """System 3's denoiser: ``canceller`` the adaptive FBLMS (:func:`asd_utils.frontends.anc.
+    fblms`, with its settings) or the fixed W1 (:func:`asd_utils.frontends.twochannel.w1`), and
+    the ANC chapter's analysis sizes."""
 
+    canceller: Literal["fblms", "w1"]
     filter_length: PositiveInt
     step_size: PositiveFloat
     leakage: NonNegativeFloat

@@ -82,10 +82,13 @@ class Recipe:
 
     def front_end(self, profile: dict):
         """``(channel, preprocess, preprocess_key)``: channel 0 (near), both (``near+far``), the
-        ANC-denoised near channel (the profile's ``anc``), or a two-channel view (``w1``)."""
+        denoised near channel (the profile's ``anc``: its ``canceller``, the adaptive FBLMS with
+        its settings or the fixed W1), or a two-channel view (``w1``)."""
         reads = self.entry.reads
         if reads == registry.NEAR_FAR:
             return None, None, "near+far"
+        if reads == registry.ANC and profile["anc"]["canceller"] == "w1":  # the fixed canceller
+            return None, twochannel.preprocess("w1"), "w1"
         if reads == registry.ANC:
             options = anc.denoiser_settings(profile["anc"])
             key = "anc:" + ",".join(f"{k}={v}" for k, v in sorted(options.items()))
@@ -180,7 +183,12 @@ class OSSCL(Recipe):
                 "pre-trained EAT checkpoint" if prose.checkpoint(section) else None
             ),
         }
-        if self.entry.reads == registry.ANC:
+        if self.entry.reads == registry.ANC and profile["anc"]["canceller"] == "w1":
+            fields["front_end"] = (
+                "fixed far-microphone canceller W1: per frequency bin one complex coefficient "
+                "fitted over the clip (STFT 1024/512), the near channel less the filtered far one"
+            )
+        elif self.entry.reads == registry.ANC:
             options = profile.get("anc", {})
             fields["front_end"] = (
                 "adaptive noise canceller (frequency-domain block LMS): primary = near "
