@@ -62,27 +62,40 @@ def console(text: str, root: Path) -> list[str]:
     return [re.sub(r"\d+(\.\d+)?", "N", line) for line in lines]
 
 
+class Kept(logging.Handler):
+    """Keeps the records it is given."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
 @pytest.mark.slow
-def test_side_by_side_writes_the_serial_runs_files_byte_for_byte(tmp_path, capsys, caplog):
+def test_side_by_side_writes_the_serial_runs_files_byte_for_byte(tmp_path, capsys):
     profile = config.load_profile("smoke")
     profile["data"]["synthetic_root"] = str(tmp_path / "data")
     profile_path = tmp_path / "smoke.yaml"
     profile_path.write_text(yaml.safe_dump(profile))
     stages.open_run(str(profile_path), output_root=str(tmp_path / "prepared"), progress=False)
     package = logging.getLogger("asd_utils")  # open_run set up a console, as in a kernel
-    package.handlers[:], package.propagate = [], True
-    caplog.set_level("INFO", logger="asd_utils")  # the data made above: no run synthesises it
+    package.handlers[:], package.propagate = [], False
+    kept = Kept()  # the run's own console set-up leaves a logger that has a handler alone
+    package.addHandler(kept)
+    package.setLevel("INFO")  # the data made above: no run synthesises it
     files, lines, steps = {}, {}, {}
     for workers in (1, 2):
         root = tmp_path / f"out{workers}"
         capsys.readouterr()
-        caplog.clear()
+        kept.records.clear()
         pipeline.run(str(profile_path), output_root=str(root), book=False, workers=workers)
         files[workers] = official_files(root)
         lines[workers] = console(capsys.readouterr().err, root)
         steps[workers] = [
             re.sub(r"in \d+ s", "in N s", r.getMessage())
-            for r in caplog.records
+            for r in kept.records
             if r.getMessage().startswith("[")
         ]
     assert len(files[1]) > 40 and files[1].keys() == files[2].keys()
