@@ -929,7 +929,7 @@ def compare_backends(run: Run, frozen: FrozenOutcome | None = None) -> pd.DataFr
     left out without it), then each embedded fine-tuned system. One row per (system,
     embedding, back end) with its summary (:func:`asd_utils.evaluation.metrics.summarise`);
     written to ``backends.csv``. An analysis: it reads test labels to measure, never to choose."""
-    from asd_utils import scoring
+    from asd_utils import scoring, systems
 
     embeddings = []
     if frozen is not None:
@@ -941,7 +941,7 @@ def compare_backends(run: Run, frozen: FrozenOutcome | None = None) -> pd.DataFr
             table, vector = scoring.load_embeddings(run.system_dir(system))
             if not table["path"].equals(run.clips["path"]):
                 raise ValueError(f"{system}'s embeddings are of other clips than this run's")
-            embeddings.append((system, "fine-tuned", vector, 1))
+            embeddings.append((system, "fine-tuned", vector, systems.bands(run.profile, system)))
     rows = []
     for system, embedding, vector, bands in embeddings:
         for name in scoring.BACKENDS:
