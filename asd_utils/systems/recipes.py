@@ -61,6 +61,12 @@ def build_backbone(kind: str, size: str = "tiny", checkpoint: str = "") -> nn.Mo
     raise ValueError(f"unknown backbone {kind!r}; choose eat or beats")
 
 
+def _canceller(profile: dict) -> str:
+    """System 3's canceller (the ``anc`` section's ``canceller``; a section written before the
+    key existed, e.g. a frozen record, is the paper's ``fblms``)."""
+    return profile.get("anc", {}).get("canceller", "fblms")
+
+
 def _denoise(audio: np.ndarray, **options) -> np.ndarray:
     """(channels, samples) → denoised near channel (samples,), float32."""
     return anc.denoise(torch.from_numpy(audio), **options).numpy().astype(np.float32)
@@ -87,7 +93,7 @@ class Recipe:
         reads = self.entry.reads
         if reads == registry.NEAR_FAR:
             return None, None, "near+far"
-        if reads == registry.ANC and profile["anc"]["canceller"] == "w1":  # the fixed canceller
+        if reads == registry.ANC and _canceller(profile) == "w1":  # the fixed canceller
             return None, twochannel.preprocess("w1"), "w1"
         if reads == registry.ANC:
             options = anc.denoiser_settings(profile["anc"])
@@ -183,7 +189,7 @@ class OSSCL(Recipe):
                 "pre-trained EAT checkpoint" if prose.checkpoint(section) else None
             ),
         }
-        if self.entry.reads == registry.ANC and profile["anc"]["canceller"] == "w1":
+        if self.entry.reads == registry.ANC and _canceller(profile) == "w1":
             fields["front_end"] = (
                 "fixed far-microphone canceller W1: per frequency bin one complex coefficient "
                 "fitted over the clip (STFT 1024/512), the near channel less the filtered far one"
