@@ -118,7 +118,7 @@ def _dispatch(args):
         import yaml
 
         profile = config.load_profile(args.profile)
-        print(yaml.safe_dump(profile, sort_keys=False), end="")
+        print(yaml.safe_dump(profile.plain(), sort_keys=False), end="")
         return
     if args.command == "status":
         profile = config.load_profile(args.profile)

@@ -16,6 +16,8 @@ import difflib
 import os
 from dataclasses import dataclass
 
+from pydantic import BaseModel
+
 from asd_utils.errors import UserError
 
 # what a system reads of a clip
@@ -228,17 +230,24 @@ def ordered(names) -> list[str]:
     return known + [n for n in names if n not in known]
 
 
-def settings(profile: dict, name: str) -> dict:
-    """The profile section of system ``name`` (a copy), with the backbone checkpoint resolved:
+def settings(profile: BaseModel, name: str) -> BaseModel:
+    """The typed section of system ``name`` in ``profile`` (the validated
+    :class:`asd_utils.config.schema.Profile`), with the backbone checkpoint resolved:
     ``$EAT_CHECKPOINT`` / ``$BEATS_CHECKPOINT`` over the profile's ``checkpoint``; "" = none."""
     system = get(name)
     if system.section is None:
         raise KeyError(f"{system.name} has no profile section")
-    section = dict(profile[system.section])
-    if "backbone" in section:
-        env = os.environ.get(CHECKPOINT_ENV[section["backbone"]], "")
-        section["checkpoint"] = env or section.get("checkpoint") or ""
-    return section
+    section = getattr(profile, system.section)
+    backbone = getattr(section, "backbone", None)
+    if backbone is None:
+        return section
+    env = os.environ.get(CHECKPOINT_ENV[backbone], "")
+    return section.model_copy(update={"checkpoint": env or section.checkpoint or ""})
+
+
+def has_section(profile: BaseModel, section: str | None) -> bool:
+    """Whether ``profile`` holds the section ``section`` (a profile made in a test may add one)."""
+    return section is not None and getattr(profile, section, None) is not None
 
 
 # the profile sections each kind of system is made with, beside its own section
@@ -251,17 +260,23 @@ _MADE_WITH = {
 }
 
 
-def made_with(profile: dict, name: str) -> dict:
+def made_with(profile: BaseModel, name: str) -> dict:
     """The settings system ``name`` is made with under ``profile``: its own section (checkpoint
     resolved, :func:`settings`), the ANC's for a system that reads it, and the shared sections
     its kind depends on (seed, decision rule, back ends). Kept in its ``system.json`` so that a
     later stage can tell a profile changed since (:func:`changed_settings`)."""
     system = get(name)
     keys = [*_MADE_WITH[system.kind], *(["anc"] if system.reads == ANC else [])]
-    made = {key: profile[key] for key in keys if key in profile}
-    if system.section is not None and system.section in profile:
-        made[system.section] = settings(profile, name)
+    made = {key: _plain(getattr(profile, key)) for key in keys if has_section(profile, key)}
+    if has_section(profile, system.section):
+        made[system.section] = _plain(settings(profile, name))
     return made
+
+
+def _plain(value):
+    """A section as its record holds it (:meth:`asd_utils.config.schema.Section.plain`); a
+    number as is."""
+    return value.model_dump(exclude_none=True) if isinstance(value, BaseModel) else value
 
 
 def changed_settings(made: dict, now: dict, keys=None) -> list[str]:

@@ -13,8 +13,9 @@ directly: :func:`baseline` (the autoencoder, per machine type) and :func:`frozen
 the log-mel floor). Which stage makes a system is the registry's ``kind``
 (:mod:`asd_utils.registry`), never a list of names here.
 
-A :class:`Run` is what every stage receives: the validated profile, the run's paths, the profile
-file the notebooks and training processes load (``<output root>/profile.yaml``) and the clip
+A :class:`Run` is what every stage receives: the validated profile (:class:`asd_utils.config.
+schema.Profile`; a derived one is ``profile.model_copy(update=...)``), the run's paths, the
+profile's record the notebooks load (``<output root>/profile.yaml``) and the clip
 manifest (``<output root>/clips.csv``, written by :func:`prepare`, read by every later stage and
 notebook: the tree is indexed once per run). A command opens its run with :class:`Session`, the
 one wrapper of ``asd run``, ``asd report`` and every stage command: the output root's lock
@@ -52,20 +53,21 @@ _TEXT_COLUMNS = ("dataset", "machine_type", "section", "attributes", "file_name"
 
 @dataclass
 class Run:
-    """What every stage receives: ``profile`` (validated), ``paths``, ``profile_file`` (the frozen
-    copy every notebook and training process loads; a read-only run's own profile file) and the
-    clip manifest (:attr:`clips`). ``writes``: False for a read-only run (``asd detect``)."""
+    """What every stage receives: ``profile`` (the validated :class:`asd_utils.config.schema.
+    Profile`), ``paths``, ``profile_file`` (the frozen record every notebook loads; a read-only
+    run's own profile file; None for a run derived in memory, e.g. a study's) and the clip
+    manifest (:attr:`clips`). ``writes``: False for a read-only run (``asd detect``)."""
 
-    profile: dict
+    profile: config.schema.Profile
     paths: config.RunPaths
-    profile_file: Path
+    profile_file: Path | None
     _clips: pd.DataFrame | None = field(default=None, repr=False)
     _fingerprint: str | None = field(default=None, repr=False)
     writes: bool = True
 
     @property
     def seed(self) -> int:
-        return int(self.profile["seed"])
+        return self.profile.seed
 
     def system_dir(self, system: str) -> Path:
         return self.paths.system_dir(system)
@@ -144,7 +146,7 @@ def _located(profile: str | Path, data_root, output_root) -> Run:
 def _make(run: Run, profile: str | Path, progress: bool) -> None:
     """On the locked output root: the run's synthetic data (idempotent) and the validated
     profile frozen to ``run.profile_file`` (written only when it changed)."""
-    data.prepare_data(run.profile, run.paths, progress=progress)
+    data.prepare_data(run.profile.plain(), run.paths, progress=progress)
     if Path(profile).resolve() != run.profile_file.resolve():
         config.freeze_profile(run.profile, run.profile_file)
 
@@ -296,7 +298,7 @@ def _earlier_seconds(run: Run) -> dict[str, float]:
         earlier = json.loads((run.paths.output_root / runs.RECORD_NAME).read_text())
     except (OSError, ValueError):
         return {}
-    same = earlier.get("settings") == run.profile
+    same = earlier.get("settings") == run.profile.plain()
     same = same and earlier.get("data_root") == str(run.paths.data_root)
     return dict(earlier.get("stage_seconds", {})) if same else {}
 
@@ -329,7 +331,7 @@ def git_commit() -> str:
 
 
 def run_record(
-    profile: dict,
+    profile: config.schema.Profile,
     paths: config.RunPaths,
     seconds: dict[str, float],
     data_summary: dict | None = None,
@@ -358,9 +360,9 @@ def run_record(
         except metadata.PackageNotFoundError:
             versions[package] = None
     return {
-        "profile": profile["name"],
-        "seed": profile["seed"],
-        "settings": profile,
+        "profile": profile.name,
+        "seed": profile.seed,
+        "settings": profile.plain(),
         "data_root": str(paths.data_root),
         "data": "synthetic (asd_utils.data.synth)" if paths.synthetic else "user-given DCASE tree",
         **(data_summary or {}),
@@ -405,7 +407,7 @@ def prepare(run: Run) -> pd.DataFrame:
 
 
 def entry_check(
-    paths: config.RunPaths, profile: dict | None
+    paths: config.RunPaths, profile: config.schema.Profile | None
 ) -> tuple[pd.DataFrame, dict[str, str]]:
     """The one entry check: index and check every clip of the run's data
     (:func:`asd_utils.data.index_dataset`: names, headers, samples; the sample checks cached
@@ -421,7 +423,7 @@ def entry_check(
     data.check_machine_types(clips)  # the door: train and test, both domains in training
     skipped = systems.unavailable(clips)
     if profile is not None:
-        scoring.check(profile["backends"])  # the back end and its options
+        scoring.check(profile.backends)  # the back end and its options
         systems.check_checkpoints(profile, skip=set(skipped))
         systems.check_clip_lengths(profile, clips, skip=set(skipped))
     edition = data.edition_of(paths.data_root, clips, paths.edition).name
@@ -499,7 +501,7 @@ def write_system(
     from asd_utils.systems import write_info  # torch: only when a system is written
 
     directory = run.system_dir(system)
-    thresholds = official.write_submission(scores, directory, **run.profile["decision"])
+    thresholds = official.write_submission(scores, directory, **run.profile.decision.plain())
     write_table(scores, directory / SCORES)
     write_info(directory, system, parameters, **info, **made(run, system))
     return thresholds
@@ -577,7 +579,7 @@ def baseline(run: Run, progress: bool = False) -> BaselineOutcome:
     from asd_utils.systems import parameter_count
 
     clips = run.clips
-    training = AETrainConfig(**run.profile["baseline"], seed=run.seed)
+    training = AETrainConfig(**run.profile.baseline.plain(), seed=run.seed)
     features = ae.AEFeatureConfig()
     results = {}
     for machine_type, part in clips.groupby("machine_type", sort=False):
@@ -614,7 +616,7 @@ class FrozenOutcome:
 
     embeddings: dict[str, np.ndarray]
     encoder: object
-    section: dict
+    section: config.schema.Frozen
     views: list[str]
     view: str
     mono_note: str
@@ -627,12 +629,12 @@ class FrozenOutcome:
     def position(self) -> int:
         from asd_utils.systems import training_free
 
-        return training_free.layer_position(self.encoder, self.section["layer"])
+        return training_free.layer_position(self.encoder, self.section.layer)
 
     @property
     def bands(self) -> int:
         """Frequency bands in a vector: 8 for the band-preserving poolings, else 1."""
-        return self.encoder.n_freq if self.section["pooling"].startswith("time_") else 1
+        return self.encoder.n_freq if self.section.pooling.startswith("time_") else 1
 
     def vector(self, view: str | None = None, alpha: float | None = None, position=None):
         """The embeddings of one view (default: the one scored) at one block."""
@@ -641,7 +643,7 @@ class FrozenOutcome:
         return training_free.view(
             self.embeddings,
             view or self.view,
-            self.section["alpha"] if alpha is None else alpha,
+            self.section.alpha if alpha is None else alpha,
             self.position if position is None else position,
         )
 
@@ -661,7 +663,7 @@ def _frozen_system(run: Run, system: str, progress: bool) -> FrozenOutcome:
     )
     available, mono_note = training_free.available_views(run.clips)
     views = [v for v in training_free.VIEWS if v in available and v in _made(embeddings)]
-    view = section["view"] if section["view"] in views else "near"
+    view = section.view if section.view in views else "near"
     seconds = {"embed": time.perf_counter() - start}
     outcome = FrozenOutcome(
         embeddings, encoder, section, views, view, mono_note, None, seconds, system
@@ -749,7 +751,7 @@ def train(
     classes = systems.class_names(clips[clips["split"] == "train"], run.profile, system)[1]
     result = systems.train_system(
         run.paths.data_root,
-        run.profile_file,
+        run.profile,
         system,
         run.paths.output_root,
         progress=progress,
@@ -789,7 +791,7 @@ def embed(run: Run, system: str, result=None, name: str | None = None, progress:
     embeddings = scoring.extract_embeddings(
         recipe.embedder(result.ema_model, recipe.settings(run.profile)),
         clips,
-        systems.settings(run.profile, system)["embed_batch_size"],
+        systems.settings(run.profile, system).embed_batch_size,
         channel,
         preprocess,
         result.precision.autocast,  # as it trained: bf16 where the profile resolved to it
@@ -823,18 +825,18 @@ def _took(seconds: float, cache_dir: Path, patterns: tuple[str, ...], since: flo
 # --- score, ensemble, evaluate, package -----------------------------------------------------------
 
 
-def backend_settings(profile: dict) -> tuple[str, dict]:
+def backend_settings(profile: config.schema.Profile) -> tuple[str, dict]:
     """The profile's default scoring back end and the back ends' settings: ``(name, options)``."""
-    section = dict(profile["backends"])
+    section = profile.backends.plain()
     return section.pop("default"), section
 
 
-def knn_k(profile: dict, name: str) -> int:
+def knn_k(profile: config.schema.Profile, name: str) -> int:
     """K of the KNN score of a system by its output name (an ablation uses its system's; a
     system without a section of its own, the log-mel floor, System 0's)."""
     if registry.get(name).section is None:
         name = registry.of_kind("frozen")[0]
-    return int(registry.settings(profile, name)["knn_k"])
+    return registry.settings(profile, name).knn_k
 
 
 def backend(run: Run, system: str):
@@ -843,10 +845,10 @@ def backend(run: Run, system: str):
     run's seed; unfitted."""
     from asd_utils import scoring
 
-    section = registry.settings(run.profile, system) if registry.get(system).section else {}
-    name = section.get("backend", "default")
+    section = registry.settings(run.profile, system) if registry.get(system).section else None
+    name = getattr(section, "backend", "default")
     return scoring.make(
-        run.profile["backends"],
+        run.profile.backends,
         None if name == "default" else name,
         k=knn_k(run.profile, system),
         seed=run.seed,
@@ -888,7 +890,7 @@ def score(run: Run, systems: list[str] | None = None) -> dict[str, pd.DataFrame]
         clips, embeddings, info = _embeddings_of(run, system)
         scorer = backend(run, system)
         scores = _score(clips, embeddings, scorer, systems_.bands(run.profile, system))
-        official.write_submission(scores, run.system_dir(system), **run.profile["decision"])
+        official.write_submission(scores, run.system_dir(system), **run.profile.decision.plain())
         write_table(scores, run.system_dir(system) / SCORES)
         info = {**info, **made(run, system)}  # scored now as the profile says
         atomic_write_text(run.system_dir(system) / "system.json", json.dumps(info, indent=2))
@@ -945,9 +947,7 @@ def compare_backends(run: Run, frozen: FrozenOutcome | None = None) -> pd.DataFr
     rows = []
     for system, embedding, vector, bands in embeddings:
         for name in scoring.BACKENDS:
-            scorer = scoring.make(
-                run.profile["backends"], name, knn_k(run.profile, system), run.seed
-            )
+            scorer = scoring.make(run.profile.backends, name, knn_k(run.profile, system), run.seed)
             scores = _score(run.clips, vector, scorer, bands)
             summary = metrics.summarise(metrics.evaluate(metrics.labelled(scores)[0]))
             rows.append({"system": system, "embedding": embedding, "backend": name, **summary})
@@ -987,28 +987,28 @@ def ensemble(run: Run, required: bool = False) -> EnsembleOutcome:
     them, nothing is written (``required``: a :class:`RunError` saying what to run first)."""
     from asd_utils.systems import ensemble as combine
 
-    spec = run.profile["ensemble"]
+    spec = run.profile.ensemble
     (name,) = registry.of_kind("ensemble")
     ran = set(written(run))
-    members = [m for m in spec["members"] if m in ran]
-    missing = [m for m in spec["members"] if m not in ran]
-    weights = dict(zip(spec["members"], spec["weights"], strict=True))
+    members = [m for m in spec.members if m in ran]
+    missing = [m for m in spec.members if m not in ran]
+    weights = dict(zip(spec.members, spec.weights, strict=True))
     if not members and required:
         raise errors.RunError(
-            f"none of {name}'s members ({', '.join(spec['members'])}) is scored in "
+            f"none of {name}'s members ({', '.join(spec.members)}) is scored in "
             f"{run.paths.output_root / 'systems'}: run `asd score` (after `asd embed`) or "
             "`asd frozen` first"
         )
     if not members:
-        log.info("ensemble: none of its members (%s) ran", ", ".join(spec["members"]))
+        log.info("ensemble: none of its members (%s) ran", ", ".join(spec.members))
         return EnsembleOutcome(None, [], missing, weights)
     for member in members:
         check_made(run, member)
     scores = combine.combine(
         {m: read_scores(run, m) for m in members},
         {m: weights[m] for m in members},
-        how=spec["how"],
-        method=spec["normalisation"],
+        how=spec.how,
+        method=spec.normalisation,
     )
     info = [json.loads((run.system_dir(m) / "system.json").read_text()) for m in members]
     write_system(run, name, scores, sum(i["parameters"] for i in info), members=members)
@@ -1067,7 +1067,7 @@ def package(run: Run, systems: list[str] | None = None, label: str | None = None
             f"nothing scored in {run.paths.output_root / 'systems'} to package: run the "
             "stages before `asd package` first (`asd run` makes them all)"
         )
-    chosen = systems or [s for s in run.profile["submission"]["systems"] if s in written(run)]
+    chosen = systems or [s for s in run.profile.submission.systems if s in written(run)]
     if not chosen:
         log.info("package: none of the submission systems ran; no package")
         return None
@@ -1076,7 +1076,7 @@ def package(run: Run, systems: list[str] | None = None, label: str | None = None
     folder = submission.write_package(
         run.paths.output_root,
         run.paths.data_root,
-        run.profile,
+        run.profile.plain(),
         systems=chosen,
         label=label,
         clips=run.clips,
@@ -1159,7 +1159,7 @@ def ablations(run: Run, system: str) -> dict[str, dict | None]:
     """The runs of one fine-tuned system: itself (no overrides) and the ablations its profile
     section asks for (``ablation_lambda_zero``: the GRL with lambda 0, "System 2 (lambda 0)")."""
     runs: dict[str, dict | None] = {system: None}
-    if registry.settings(run.profile, system).get("ablation_lambda_zero", False):
+    if getattr(registry.settings(run.profile, system), "ablation_lambda_zero", False):
         runs[f"{system} (lambda 0)"] = {"lambda_max": 0.0}
     return runs
 
@@ -1268,7 +1268,7 @@ def detect(
         windows = _windows(new, float(part["duration"].max()), Path(folder))
         scores = _detect_scores(run, system, part, windows[data.COLUMNS])
     train_scores = scores.loc[scores["split"] == "train", "anomaly_score"]
-    threshold = metrics.decision_threshold(train_scores, **run.profile["decision"])
+    threshold = metrics.decision_threshold(train_scores, **run.profile.decision.plain())
     found = windows.assign(
         anomaly_score=scores.loc[scores["dataset"] == "new", "anomaly_score"].to_numpy()
     )
@@ -1398,7 +1398,7 @@ def _detect_scores(run: Run, system: str, part: pd.DataFrame, new: pd.DataFrame)
 
     result = systems.train_system(  # found finished: loads its EMA weights, writes nothing
         run.paths.data_root,
-        run.profile_file,
+        run.profile,
         system,
         run.paths.output_root,
         progress=False,
@@ -1406,7 +1406,7 @@ def _detect_scores(run: Run, system: str, part: pd.DataFrame, new: pd.DataFrame)
     )
     recipe = recipes.of(system)
     channel, preprocess, key = recipe.front_end(run.profile)
-    batch = recipe.settings(run.profile)["embed_batch_size"]
+    batch = recipe.settings(run.profile).embed_batch_size
     autocast = result.precision.autocast
     model = recipe.embedder(result.ema_model, recipe.settings(run.profile))
     reference = scoring.extract_embeddings(

@@ -151,12 +151,12 @@ def _describe_error(error: dict) -> str:
     return f"{location}: {message[:1].lower()}{message[1:]}{shown}"
 
 
-def validate_profile(values, source: str = "profile") -> dict:
+def validate_profile(values, source: str = "profile") -> schema.Profile:
     """Check a profile's values against :class:`asd_utils.config.schema.Profile`.
 
-    Returns the profile as a plain dict (optional keys left out keep the reading code's
-    default and are absent). Raises :class:`ProfileError` naming ``source``, every offending key
-    path and what was expected, before anything runs.
+    Returns the validated profile, what every stage receives (its dict form for a record or a
+    key: :meth:`~asd_utils.config.schema.Section.plain`). Raises :class:`ProfileError` naming
+    ``source``, every offending key path and what was expected, before anything runs.
     """
     if not isinstance(values, dict):
         raise ProfileError(f"{source}: a profile is a YAML mapping of sections, not {values!r}")
@@ -170,10 +170,10 @@ def validate_profile(values, source: str = "profile") -> dict:
         if len(problems) > 6:  # e.g. a file that is not a profile at all
             problems = [*problems[:6], f"and {len(problems) - 6} more"]
         raise ProfileError(f"{source}: " + "; ".join(problems)) from None
-    return profile.model_dump(exclude_none=True)
+    return profile
 
 
-def load_profile(profile: str | os.PathLike) -> dict:
+def load_profile(profile: str | os.PathLike) -> schema.Profile:
     """Read and validate a profile by name (``profiles/<name>.yaml``) or by path.
 
     Clear errors: a missing file lists the known profiles; a profile that does not match the
@@ -184,11 +184,12 @@ def load_profile(profile: str | os.PathLike) -> dict:
     return validate_profile(read_profile_values(path), str(path))
 
 
-def freeze_profile(profile: dict, path: str | os.PathLike) -> Path:
-    """Write the validated ``profile`` to ``path`` (atomically) for the notebooks of one run:
-    each loads exactly this file, never a name looked up again."""
+def freeze_profile(profile: schema.Profile, path: str | os.PathLike) -> Path:
+    """Write the validated ``profile`` to ``path`` (atomically): the run's record
+    (``<output root>/profile.yaml``), which the notebooks of one run load; nothing else writes
+    a profile to read it back (a derived profile is ``profile.model_copy(update=...)``)."""
     text = "# the profile this run ran with (asd_utils.report.pipeline); do not edit\n"
-    return atomic_write_text(path, text + yaml.safe_dump(profile, sort_keys=False))
+    return atomic_write_text(path, text + yaml.safe_dump(profile.plain(), sort_keys=False))
 
 
 def _from_repo(path: str | os.PathLike) -> Path:
@@ -233,7 +234,7 @@ class RunPaths:
 
 
 def resolve_paths(
-    profile: dict, data_root: str | None = None, output_root: str | None = None
+    profile: schema.Profile, data_root: str | None = None, output_root: str | None = None
 ) -> RunPaths:
     """Resolve the run's data and output roots (argument > environment > profile default);
     a given relative path is taken from the current directory, a profile default from the
@@ -242,10 +243,10 @@ def resolve_paths(
     (:func:`absolute_checkpoints`)."""
     absolute_checkpoints()
     given = data_root or os.environ.get("DATA_ROOT") or None
-    synthetic_root = _from_repo(profile["data"]["synthetic_root"])
+    synthetic_root = _from_repo(profile.data.synthetic_root)
     data = _from_user(given) if given else synthetic_root
     out = output_root or os.environ.get("OUTPUT_ROOT") or None
-    out = _from_user(out) if out else _from_repo(f"outputs/{profile['name']}")
+    out = _from_user(out) if out else _from_repo(f"outputs/{profile.name}")
     # The pipeline hands the resolved root to each notebook: the same root is still synthetic.
     synthetic = data.resolve() == synthetic_root.resolve()
     if data.resolve() in (out.resolve(), *out.resolve().parents):
@@ -253,5 +254,6 @@ def resolve_paths(
             f"output root {out} is inside the data root {data}, which is only read: choose an "
             "--output-root outside it"
         )
-    edition = profile["data"].get("edition", "auto")
-    return RunPaths(data_root=data, output_root=out, synthetic=synthetic, edition=edition)
+    return RunPaths(
+        data_root=data, output_root=out, synthetic=synthetic, edition=profile.data.edition
+    )

@@ -6,11 +6,13 @@ out-of-range value (``quantile: 90``) is one clear error naming the file and the
 never a silent default or a traceback hours later. pydantic does the checking (strict types:
 no string is taken for a number); this module only states what a profile may hold.
 
-Defaults still live in the profiles: a key every shipped profile sets is required here. The
-optional keys (default ``None``) are the few that only some sections or profiles use; left out,
-the code that reads them keeps its own default (``synth.SynthConfig``, ``training.TrainConfig``,
-the loss classes), and :func:`asd_utils.config.load_profile` drops them from the profile it
-returns, so there is one source of each default.
+The validated :class:`Profile` is what every stage, system, recipe and back end receives
+(``Run.profile``); a derived profile is ``profile.model_copy(update=...)``. Defaults still live
+in the profiles: a key every shipped profile sets is required here. The optional keys (default
+``None``) are the few that only some sections or profiles use; left out, the code that reads
+them keeps its own default (``synth.SynthConfig``, ``training.TrainConfig``, the loss
+classes), and :meth:`Section.plain` (the dict form that run keys hash and records keep) leaves
+them out, so there is one source of each default.
 """
 
 from __future__ import annotations
@@ -34,6 +36,11 @@ class Section(BaseModel):
     """A profile section: unknown keys are refused, no value is coerced from another type."""
 
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    def plain(self) -> dict:
+        """The section as its record holds it (``profile.yaml``, ``system.json``) and as run and
+        cache keys hash it: nested dicts, the optional keys left unset (``None``) absent."""
+        return self.model_dump(exclude_none=True)
 
 
 class Data(Section):

@@ -32,6 +32,8 @@ import warnings
 import numpy as np
 import torch
 
+from asd_utils.config.schema import Anc
+
 __all__ = ["DENOISER_SETTINGS", "denoise", "denoiser_settings", "fblms", "nlms"]
 
 
@@ -323,7 +325,8 @@ DENOISER_SETTINGS = ("filter_length", "step_size", "leakage", "block_size", "smo
 chapter's analysis sizes)."""
 
 
-def denoiser_settings(section: dict) -> dict:
+def denoiser_settings(section: Anc) -> dict:
     """The ``fblms`` settings of a profile's ``anc`` section (keys in :data:`DENOISER_SETTINGS`),
-    ready for ``denoise(audio, **denoiser_settings(profile["anc"]))``."""
-    return {key: section[key] for key in DENOISER_SETTINGS if key in section}
+    ready for ``denoise(audio, **denoiser_settings(profile.anc))``."""
+    values = section.plain()
+    return {key: values[key] for key in DENOISER_SETTINGS if key in values}

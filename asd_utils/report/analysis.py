@@ -80,7 +80,7 @@ def view_scores(
         vector = outcome.vector(view)
         rows[name] = {}
         for backend in backends:
-            scorer = scoring.make(run.profile["backends"], backend, k, run.seed)
+            scorer = scoring.make(run.profile.backends, backend, k, run.seed)
             scores = scoring.score_system(run.clips, vector, scorer, outcome.bands)
             rows[name][backend] = 100 * summary(scores)["hmean"]
     return pd.DataFrame.from_dict(rows, orient="index", columns=list(backends)).rename_axis(

@@ -139,7 +139,7 @@ def _mathjax_source() -> Path:
     return Path(root) / "sphinx-mathjax-offline" / "static" / "mathjax"
 
 
-def headline(paths: config.RunPaths, profile: dict) -> str:
+def headline(paths: config.RunPaths, profile: config.schema.Profile) -> str:
     """The landing page's account of this run, from its files: what ran on what, the official
     score and the source / target harmonic means of every system, the seed spread when
     ``make seeds`` wrote one for this data, and where each system is made."""
@@ -153,32 +153,32 @@ def headline(paths: config.RunPaths, profile: dict) -> str:
     lines += _score_table(out / "metrics.csv")
     scores = headline_.official_scores(out)
     if not scores.empty:
-        members = (profile.get("ensemble") or {}).get("members", [])
+        members = profile.ensemble.members
         lines += [" ".join(headline_.meaning(scores, members)), ""]
         lines += [headline_.cpu_sentence((record.get("machine") or {}).get("processor")), ""]
     lines += _seed_spread(out / "bench_seeds.csv", paths.data_root) or [
-        f"No seed spread for this data yet: `make seeds PROFILE={profile['name']}` trains "
+        f"No seed spread for this data yet: `make seeds PROFILE={profile.name}` trains "
         "System 1 and the autoencoder again with other seeds, and the next build shows it here.",
         "",
     ]
     if not (out / "noise_study.csv").exists():
         lines += [
-            f"System 5's noise study has not run: `make noise-study PROFILE={profile['name']}` "
+            f"System 5's noise study has not run: `make noise-study PROFILE={profile.name}` "
             "runs it, and the next build shows it in the fusion chapter.",
             "",
         ]
     return "\n".join(lines)
 
 
-def _what_ran(paths: config.RunPaths, profile: dict, record: dict) -> str:
+def _what_ran(paths: config.RunPaths, profile: config.schema.Profile, record: dict) -> str:
     """One sentence: the profile and seed, the data (with its machine types from
     ``run_record.json``), the weights each near-mic backbone started from."""
     weights = []
     backbones = [n for n, s in registry.REGISTRY.items() if s.kind in ("fine-tuned", "frozen")]
     for system in [n for n in backbones if registry.REGISTRY[n].reads == registry.NEAR]:
         section = registry.settings(profile, system)
-        backbone = {"eat": "EAT", "beats": "BEATs"}[section["backbone"]]
-        kind = "pre-trained" if section["checkpoint"] else f"random {section['size']}"
+        backbone = {"eat": "EAT", "beats": "BEATs"}[section.backbone]
+        kind = "pre-trained" if section.checkpoint else f"random {section.size}"
         weights.append(f"{system} {kind} {backbone} weights")
     data = record.get("data", "synthetic" if paths.synthetic else "user-given DCASE tree")
     types = record.get("machine_types", {})
@@ -188,7 +188,7 @@ def _what_ran(paths: config.RunPaths, profile: dict, record: dict) -> str:
         else ""
     )
     return (
-        f"Profile **{profile['name']}** (seed {profile['seed']}) on the **{data}** data"
+        f"Profile **{profile.name}** (seed {profile.seed}) on the **{data}** data"
         + (f" ({listed})" if listed else "")
         + f"; {'; '.join(weights)}."
         + (
@@ -274,7 +274,9 @@ def draw_pipeline(target: Path) -> Path:
     return target
 
 
-def stage(paths: config.RunPaths, profile: dict, executed_dir: Path, stage_dir: Path) -> Path:
+def stage(
+    paths: config.RunPaths, profile: config.schema.Profile, executed_dir: Path, stage_dir: Path
+) -> Path:
     """Fill ``stage_dir`` with what ``jupyter-book build`` reads (see the module docstring)."""
     stage_dir.mkdir(parents=True, exist_ok=True)
     for name in BOOK_FILES:

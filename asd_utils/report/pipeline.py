@@ -25,6 +25,7 @@ from pathlib import Path
 
 from asd_utils import data, errors, runs, stages
 from asd_utils.config import REPO_ROOT, RunPaths, load_profile, resolve_paths
+from asd_utils.config.schema import Profile
 from asd_utils.report import book
 
 log = logging.getLogger(__name__)
@@ -58,7 +59,7 @@ def check_only(only: list[str] | None) -> None:
         )
 
 
-def preflight(paths: RunPaths, profile: dict | None = None) -> dict:
+def preflight(paths: RunPaths, profile: Profile | None = None) -> dict:
     """Check at the door, before any notebook runs, everything the profile's stages will need
     (:func:`asd_utils.stages.entry_check`: the data indexed once and checked, the checkpoints
     ``profile`` names, the clip manifest written), so that a run fails in seconds, naming the
@@ -303,7 +304,7 @@ def _run_wave(wave, numbers, run_one, workers, connection_dir, seconds, on_start
 
 
 def execute_notebooks(
-    profile: dict,
+    profile: Profile,
     paths: RunPaths,
     executed_dir: Path,
     kernel: str = "python3",
@@ -329,7 +330,7 @@ def execute_notebooks(
     executed_dir.mkdir(parents=True, exist_ok=True)
     sources = [nb for nb in notebooks() if not only or nb.stem[:2] in only or nb.stem in only]
     parameters = {
-        "profile": str(profile_file) if profile_file else profile["name"],
+        "profile": str(profile_file) if profile_file else profile.name,
         "data_root": str(paths.data_root),
         "output_root": str(paths.output_root),
     }
@@ -361,7 +362,7 @@ def execute_notebooks(
     return seconds
 
 
-def build_book(paths: RunPaths, profile: dict, build_dir: Path) -> Path:
+def build_book(paths: RunPaths, profile: Profile, build_dir: Path) -> Path:
     """Stage the book (:func:`asd_utils.report.book.stage`) from the executed notebooks and build it
     strictly (``-W``, warnings are errors) into ``<build_dir>/_build/html``."""
     stage = paths.output_root / "book_source"
@@ -418,9 +419,7 @@ def run(
 def _run_locked(session: stages.Session, build_dir, book, only, kernel, workers=None) -> None:
     """:func:`run` once the output root is locked."""
     profile, paths = session.run.profile, session.run.paths
-    log.info(
-        "profile %s · data %s · outputs %s", profile["name"], paths.data_root, paths.output_root
-    )
+    log.info("profile %s · data %s · outputs %s", profile.name, paths.data_root, paths.output_root)
     session.summary = session.timed("prepare_data", preflight, paths, profile)
     if not only:
         removed = clear_derived(paths.output_root)

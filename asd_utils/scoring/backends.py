@@ -30,6 +30,7 @@ import pydantic
 from pydantic import BaseModel, ConfigDict, Field
 
 from asd_utils.config import ProfileError
+from asd_utils.config.schema import Backends
 
 Folds = Annotated[int, Field(ge=2)]
 
@@ -362,18 +363,19 @@ BACKENDS: dict[str, type[Backend]] = {
 """Every back end, keyed by the name a profile's ``backends.default`` gives."""
 
 
-def make(section: dict, name: str | None = None, k: int = 1, seed: int = 0) -> Backend:
+def make(section: Backends, name: str | None = None, k: int = 1, seed: int = 0) -> Backend:
     """The back end ``name`` (default: the section's ``default``) of a profile's ``backends``
-    ``section``, its options validated from ``section[name]`` (:class:`ProfileError` naming the
-    key path on a misspelt key, a wrong type, an out-of-range value or an unknown back end)."""
-    name = section["default"] if name is None else name
+    ``section``, its options validated from the section's ``name`` key (:class:`ProfileError`
+    naming the key path on a misspelt key, a wrong type, an out-of-range value or an unknown
+    back end)."""
+    name = section.default if name is None else name
     if name not in BACKENDS:
         raise ProfileError(
             f"backends: unknown back end {name!r}; choose one of {', '.join(sorted(BACKENDS))}"
         )
     cls = BACKENDS[name]
     try:
-        options = cls.Options.model_validate(section.get(name, {}))
+        options = cls.Options.model_validate((section.model_extra or {}).get(name, {}))
     except pydantic.ValidationError as err:
         first = err.errors()[0]
         where = ".".join(str(p) for p in ("backends", name, *first["loc"]))
@@ -386,12 +388,12 @@ def make(section: dict, name: str | None = None, k: int = 1, seed: int = 0) -> B
     return backend
 
 
-def check(section: dict) -> None:
+def check(section: Backends) -> None:
     """Validate the options of every back end in the table that ``section`` configures (and
     that its default exists), at the door: :func:`make` of each."""
     make(section)
     for name in BACKENDS:
-        if name in section:
+        if name in (section.model_extra or {}):
             make(section, name)
 
 

@@ -21,7 +21,6 @@ an interrupted study resumes, and drops rows of other settings.
 from __future__ import annotations
 
 import argparse
-import copy
 import hashlib
 import json
 import logging
@@ -31,6 +30,7 @@ from pathlib import Path
 import pandas as pd
 
 from asd_utils import config, data, errors, files, registry, scoring, stages, systems
+from asd_utils.config.schema import NoiseStudy, Profile
 from asd_utils.data import synth
 from asd_utils.evaluation import metrics
 from asd_utils.systems import recipes, training_free
@@ -50,35 +50,45 @@ ABLATIONS = {  # name → changes to the fusion section (analysis, at the middle
 }
 
 
-def dataset_config(study: dict, snr_db: float) -> synth.SynthConfig:
+def dataset_config(study: NoiseStudy, snr_db: float) -> synth.SynthConfig:
     """The synthetic set at one near-microphone SNR."""
     return synth.SynthConfig(
-        machine_types=tuple(study["machine_types"]),
-        n_train_source=study["n_train_source"],
-        n_train_target=study["n_train_target"],
-        n_test=study["n_test"],
-        clip_seconds={"default": study["clip_seconds"]},
+        machine_types=tuple(study.machine_types),
+        n_train_source=study.n_train_source,
+        n_train_target=study.n_train_target,
+        n_test=study.n_test,
+        clip_seconds={"default": study.clip_seconds},
         near_snr_db=(snr_db, snr_db),
-        far_snr_db=tuple(study["far_snr_db"]),
-        noise_path_ms=tuple(study["noise_path_ms"]),
-        noise_path_taps=study["noise_path_taps"],
-        seed=study["data_seed"],
+        far_snr_db=tuple(study.far_snr_db),
+        noise_path_ms=tuple(study.noise_path_ms),
+        noise_path_taps=study.noise_path_taps,
+        seed=study.data_seed,
     )
 
 
-def study_profile(profile: dict, seed: int, fusion_changes: dict | None = None) -> dict:
-    """The profile a study run trains with: its seed, the study's steps for the trained systems
-    (warm-up and checkpoints scaled along), and ``fusion_changes`` for an ablation."""
-    out = copy.deepcopy(profile)
-    out["seed"] = seed
-    steps = profile["noise_study"]["steps"]
-    for section in ("osscl", "fusion"):
-        train = out[section]["train"]
-        train["warmup_steps"] = max(1, min(train["warmup_steps"], steps // 10))
-        train["checkpoint_every"] = steps
-        train["steps"] = steps
-    out["fusion"].update(fusion_changes or {})
-    return out
+def study_profile(profile: Profile, seed: int, fusion_changes: dict | None = None) -> Profile:
+    """The profile a study run trains with (derived in memory, ``model_copy``): its seed, the
+    study's steps for the trained systems (warm-up and checkpoints scaled along), and
+    ``fusion_changes`` (keys of the fusion section) for an ablation."""
+    steps = profile.noise_study.steps
+
+    def shortened(section, changes: dict):
+        train = section.train.model_copy(
+            update={
+                "warmup_steps": max(1, min(section.train.warmup_steps, steps // 10)),
+                "checkpoint_every": steps,
+                "steps": steps,
+            }
+        )
+        return section.model_copy(update={"train": train, **changes})
+
+    return profile.model_copy(
+        update={
+            "seed": seed,
+            "osscl": shortened(profile.osscl, {}),
+            "fusion": shortened(profile.fusion, fusion_changes or {}),
+        }
+    )
 
 
 def read(path: str | Path) -> pd.DataFrame:
@@ -86,11 +96,11 @@ def read(path: str | Path) -> pd.DataFrame:
     return pd.read_csv(path, dtype={"study_key": str})
 
 
-def study_key(profile: dict) -> str:
+def study_key(profile: Profile) -> str:
     """A hash of every setting that changes the study's numbers, the precisions as resolved
     on this machine (``auto``: bf16 or float32); rows of other keys are old."""
     sections = ("noise_study", "osscl", "fusion", "frozen", "backends", "anc")
-    values = {s: profile[s] for s in sections}
+    values = {s: getattr(profile, s).plain() for s in sections}
     every = (*TRAINED, training_free.SYSTEM)
     chosen = {s: systems.resolved_precision(profile, s).name for s in every}
     if any(p == "bf16" for p in chosen.values()):  # float32 runs keep their old key
@@ -110,7 +120,7 @@ def run(
 ) -> pd.DataFrame:
     """Run (or resume) the study of the profile; returns every row of ``noise_study.csv``."""
     profile = config.load_profile(profile_name)
-    study = profile["noise_study"]
+    study = profile.noise_study
     paths = config.resolve_paths(profile, None, None if output_root is None else str(output_root))
     folder = paths.output_root / "noise_study"
     csv = paths.output_root / CSV
@@ -118,39 +128,38 @@ def run(
     rows = read(csv).to_dict("records") if csv.exists() else []
     rows = [r for r in rows if r.get("study_key") == this_key]  # settings changed: measured anew
     done = {(r["snr_db"], r["seed"], r["system"]) for r in rows}
-    middle = sorted(study["near_snr_db"])[len(study["near_snr_db"]) // 2]
-    for snr in study["near_snr_db"]:
+    middle = sorted(study.near_snr_db)[len(study.near_snr_db) // 2]
+    for snr in study.near_snr_db:
         root = folder / "data" / f"snr_{snr:+g}dB"
         synth.generate_dataset(root, dataset_config(study, snr), progress=False, replace=True)
         clips = data.index_dataset(root)
-        for seed in study["seeds"]:
+        for seed in study.seeds:
             runs = {s: None for s in (*TRAINED, training_free.SYSTEM)}
-            if study["ablations"] and snr == middle:
+            if study.ablations and snr == middle:
                 runs.update(ABLATIONS)
             for name, changes in runs.items():
                 if (snr, seed, name) in done:
                     continue
                 start = time.perf_counter()
                 derived = study_profile(profile, seed, changes)
-                path = config.freeze_profile(derived, folder / "profiles" / f"{name}-{seed}.yaml")
                 extra = {}
                 if name == training_free.SYSTEM:
                     embeddings, encoder, section = training_free.embed(
                         derived, clips, folder / "cache", progress
                     )
-                    block = training_free.layer_position(encoder, section["layer"])
-                    vector = training_free.view(embeddings, "residual", section["alpha"], block)
-                    k = section["knn_k"]
+                    block = training_free.layer_position(encoder, section.layer)
+                    vector = training_free.view(embeddings, "residual", section.alpha, block)
+                    k = section.knn_k
                 else:  # the stages the report runs: train, embed (asd_utils.stages)
                     system = name.split(" (")[0]
                     run_paths = config.RunPaths(root, folder / "runs", synthetic=False)
-                    study_run = stages.Run(derived, run_paths, path, clips)
+                    study_run = stages.Run(derived, run_paths, None, clips)
                     result = stages.train(study_run, system, name=name, progress=progress)
                     vector = stages.embed(study_run, system, result, name)
                     k = stages.knn_k(derived, system)
                     if registry.get(system).reads == registry.NEAR_FAR:
                         extra["gates"] = json.dumps(result.ema_model.backbone.gates())
-                scorer = scoring.make(profile["backends"], k=k, seed=seed)
+                scorer = scoring.make(profile.backends, k=k, seed=seed)
                 scores = scoring.score_system(clips, vector, scorer)
                 rows.append({
                     "study_key": this_key, "snr_db": snr, "seed": seed, "system": name,

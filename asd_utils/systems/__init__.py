@@ -35,7 +35,8 @@ import pandas as pd
 import torch
 from torch import nn
 
-from asd_utils import config, data, errors, registry, training
+from asd_utils import data, errors, registry, training
+from asd_utils.config.schema import Profile, Section
 from asd_utils.files import atomic_write_text
 from asd_utils.models import precision
 from asd_utils.models.common import CheckpointError
@@ -49,8 +50,8 @@ CHECKPOINT_ENV = registry.CHECKPOINT_ENV
 SAMPLE_RATE = 16000
 
 
-def settings(profile: dict, system: str) -> dict:
-    """The profile section of a fine-tuned or frozen ``system`` (a copy), with the backbone
+def settings(profile: Profile, system: str) -> Section:
+    """The typed profile section of a fine-tuned or frozen ``system``, with the backbone
     checkpoint resolved (:func:`asd_utils.registry.settings`)."""
     known = registry.of_kind("fine-tuned", "frozen")
     if system not in known:
@@ -88,7 +89,7 @@ def skip_notice(reasons: dict[str, str]) -> str:
 
 
 def check_checkpoints(
-    profile: dict, skip: Iterable[str] = (), only: Iterable[str] | None = None
+    profile: Profile, skip: Iterable[str] = (), only: Iterable[str] | None = None
 ) -> list[str]:
     """Load, once each, the backbone checkpoints the profile's systems name (``$EAT_CHECKPOINT``
     / ``$BEATS_CHECKPOINT`` over a section's ``checkpoint``), before any stage runs: every
@@ -105,16 +106,16 @@ def check_checkpoints(
     backbones = registry.of_kind("fine-tuned", "frozen")
     for system in backbones if only is None else list(only):
         section = registry.get(system).section
-        if system in skip or section not in profile:
+        if system in skip or not registry.has_section(profile, section):
             continue
         values = settings(profile, system)
-        kind, path = values["backbone"], values["checkpoint"]
+        kind, path = values.backbone, values.checkpoint
         if not path or (kind, path) in seen:
             continue
         env = CHECKPOINT_ENV[kind]
         origin = f"${env}" if os.environ.get(env) else f"the profile's {section}.checkpoint"
         try:
-            build_backbone(kind, values["size"], path)
+            build_backbone(kind, values.size, path)
         except (OSError, CheckpointError, ValueError, KeyError) as err:
             expected = (
                 "an EAT Hugging Face folder (config.json, model.safetensors)"
@@ -130,7 +131,7 @@ def check_checkpoints(
     return [path for _, path in seen]
 
 
-def class_names(table: pd.DataFrame, profile: dict, system: str) -> tuple[np.ndarray, list[str]]:
+def class_names(table: pd.DataFrame, profile: Profile, system: str) -> tuple[np.ndarray, list[str]]:
     """The classes a system learns from the training clips ``table``: ``(ids, names)``, as its
     recipe makes them (:meth:`asd_utils.systems.recipes.Recipe.classes`): machine type ×
     section × attribute string (:func:`asd_utils.data.attribute_classes`), × domain where the
@@ -146,24 +147,25 @@ def parameter_count(model: nn.Module) -> int:
     return int(sum(p.numel() for p in model.parameters()))
 
 
-def max_seconds(profile: dict, system: str) -> float | None:
+def max_seconds(profile: Profile, system: str) -> float | None:
     """The longest clip ``system``'s encoder takes whole, in seconds (EAT: its position table,
     :meth:`asd_utils.models.eat.EATConfig.max_seconds`); ``None`` for no limit (BEATs' relative
     positions, the models without a backbone)."""
-    section = registry.get(system).section
-    values = settings(profile, system) if section in profile else {}
-    if values.get("backbone") != "eat":
+    if not registry.has_section(profile, registry.get(system).section):
         return None
-    if not values["checkpoint"]:
-        return getattr(EATConfig, values["size"])().max_seconds()
-    path = Path(values["checkpoint"]) / "config.json"
+    values = settings(profile, system)
+    if values.backbone != "eat":
+        return None
+    if not values.checkpoint:
+        return getattr(EATConfig, values.size)().max_seconds()
+    path = Path(values.checkpoint) / "config.json"
     try:
         return EATConfig.from_dict(json.loads(path.read_text())).max_seconds()
     except (OSError, ValueError, CheckpointError) as err:
         raise errors.RunError(f"{system}: {path}: {errors.one_line(err)}") from None
 
 
-def check_clip_lengths(profile: dict, clips: pd.DataFrame, skip: Iterable[str] = ()) -> None:
+def check_clip_lengths(profile: Profile, clips: pd.DataFrame, skip: Iterable[str] = ()) -> None:
     """The door for clip lengths: a :class:`~asd_utils.data.DataError` naming the longest clip
     and the limit in seconds when it is longer than an encoder of the profile's systems (less
     ``skip``) takes whole (:func:`max_seconds`), before anything trains."""
@@ -187,35 +189,36 @@ def write_info(directory: str | Path, system: str, parameters: int, **extra) -> 
     return atomic_write_text(Path(directory) / INFO, json.dumps(payload, indent=2))
 
 
-def mixed_precision(profile: dict, system: str) -> str:
+def mixed_precision(profile: Profile, system: str) -> str:
     """The section's ``mixed_precision`` setting (``train.mixed_precision`` of a fine-tuned
     system, ``mixed_precision`` of System 0): ``no``, ``bf16`` or ``auto``."""
     section = settings(profile, system)
-    return section["train"]["mixed_precision"] if "train" in section else section["mixed_precision"]
+    train = getattr(section, "train", None)
+    return train.mixed_precision if train is not None else section.mixed_precision
 
 
-def resolved_precision(profile: dict, system: str) -> precision.Precision:
+def resolved_precision(profile: Profile, system: str) -> precision.Precision:
     """What the system computes in on this machine (:func:`asd_utils.models.precision.resolve` of
     :func:`mixed_precision` on the GPU when there is one, else the CPU): training and
     embedding alike; pass its ``autocast`` to :func:`asd_utils.scoring.extract_embeddings`."""
     return precision.resolve(mixed_precision(profile, system))
 
 
-def precisions(profile: dict) -> dict[str, dict]:
+def precisions(profile: Profile) -> dict[str, dict]:
     """Every system's resolved precision, for ``run_record.json``: ``{system: {setting,
     device, precision, reason, ...}}``."""
     names = registry.of_kind("frozen", "fine-tuned")
     return {name: resolved_precision(profile, name).to_dict() for name in names}
 
 
-def train_config(profile: dict, system: str) -> training.TrainConfig:
+def train_config(profile: Profile, system: str) -> training.TrainConfig:
     """The system's training settings; the seed is the profile's unless the section sets one."""
-    values = dict(settings(profile, system)["train"])
-    values.setdefault("seed", profile["seed"])
+    values = settings(profile, system).train.plain()
+    values.setdefault("seed", profile.seed)
     return training.TrainConfig.from_dict(values)
 
 
-def front_end(profile: dict, system: str) -> tuple[int | None, Callable | None, str | None]:
+def front_end(profile: Profile, system: str) -> tuple[int | None, Callable | None, str | None]:
     """How a system reads a clip: ``(channel, preprocess, preprocess_key)`` for
     :class:`asd_utils.training.ClipDataset` and :func:`asd_utils.scoring.extract_embeddings`,
     as its recipe says (:meth:`asd_utils.systems.recipes.Recipe.front_end`): System 3 denoises
@@ -224,7 +227,7 @@ def front_end(profile: dict, system: str) -> tuple[int | None, Callable | None, 
     return recipes.of(system).front_end(profile)
 
 
-def bands(profile: dict, system: str) -> int:
+def bands(profile: Profile, system: str) -> int:
     """Frequency bands in a trained system's embeddings (1: one vector per clip)."""
     recipe = recipes.of(system)
     return recipe.bands(recipe.settings(profile))
@@ -259,7 +262,7 @@ def _training_clips(data_root, clips: pd.DataFrame | None) -> pd.DataFrame:
 
 def build(
     data_root: str,
-    profile: str,
+    profile: Profile,
     system: str,
     progress: bool = True,
     loss_overrides: dict | None = None,
@@ -271,23 +274,20 @@ def build(
     The recipe (:mod:`asd_utils.systems.recipes`) makes the classes (over the training clips of
     every machine type present, dev and eval together), the model and the loss.
     """
-    profile_ = config.load_profile(profile)
     recipe = recipes.of(system)
-    settings_ = recipe.settings(profile_)
-    table = repeat_target_clips(
-        _training_clips(data_root, clips), settings_.get("target_repeats", 1)
-    )
-    classes = recipe.classes(profile_, table, progress)
+    settings_ = recipe.settings(profile)
+    table = repeat_target_clips(_training_clips(data_root, clips), settings_.target_repeats or 1)
+    classes = recipe.classes(profile, table, progress)
     targets, names = classes.ids, classes.names
-    train = train_config(profile_, system)
+    train = train_config(profile, system)
     # Random weights (backbone, heads, class centres) come from the run's seed, not from whatever
     # the global RNG holds at call time: a system's score must not depend on what ran before.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(train.seed)
         model = recipe.model(settings_)
         loss = recipe.loss(settings_, model, names, train, loss_overrides)
-    channel, preprocess, _ = front_end(profile_, system)
-    crop = settings_.get("crop_seconds")
+    channel, preprocess, _ = front_end(profile, system)
+    crop = settings_.crop_seconds
     dataset = training.ClipDataset(
         table,
         targets,
@@ -299,14 +299,14 @@ def build(
     return model, loss, dataset
 
 
-def random_init_warning(settings_: dict, system: str) -> str | None:
+def random_init_warning(settings_: Section, system: str) -> str | None:
     """A plain sentence when a system starts from random weights (no checkpoint given)."""
-    if settings_["checkpoint"]:
+    if settings_.checkpoint:
         return None
     message = (
-        f"{system}: no {settings_['backbone'].upper()} checkpoint given "
-        f"(${CHECKPOINT_ENV[settings_['backbone']]} or the profile's 'checkpoint'), so the "
-        f"'{settings_['size']}' backbone starts from RANDOM weights, not the paper's "
+        f"{system}: no {settings_.backbone.upper()} checkpoint given "
+        f"(${CHECKPOINT_ENV[settings_.backbone]} or the profile's 'checkpoint'), so the "
+        f"'{settings_.size}' backbone starts from RANDOM weights, not the paper's "
         "pre-trained ones"
     )
     warnings.warn(message, stacklevel=2)
@@ -315,7 +315,7 @@ def random_init_warning(settings_: dict, system: str) -> str | None:
 
 def run_dir(
     output_root: str | Path,
-    profile: dict,
+    profile: Profile,
     system: str,
     data_root: str | Path,
     clips: pd.DataFrame | None = None,
@@ -328,14 +328,14 @@ def run_dir(
     never reused for bf16, nor the other way round. The recipe adds its own parts (System 7:
     the class assignment, :func:`asd_utils.systems.classes.assignment_key`)."""
     recipe = recipes.of(system)
-    section = {k: v for k, v in recipe.settings(profile).items() if k not in recipe.scoring}
+    section = {k: v for k, v in recipe.settings(profile).plain().items() if k not in recipe.scoring}
     chosen = resolved_precision(profile, system).mixed_precision
     section["train"] = {**section["train"], "mixed_precision": chosen}
     training_clips = _training_clips(data_root, clips)
     payload = {
         "settings": section,
         "front_end": recipe.front_end(profile)[2],
-        "seed": profile["seed"],
+        "seed": profile.seed,
         "data_root": str(data_root),
         "clips": data.clip_fingerprint(training_clips),
         **recipe.key(profile, recipe.classes(profile, training_clips)),
@@ -346,7 +346,7 @@ def run_dir(
 
 def train_system(
     data_root: str | Path,
-    profile_name: str,
+    profile: Profile,
     system: str,
     output_root: str | Path,
     progress: bool = True,
@@ -360,8 +360,7 @@ def train_system(
     for the GRL ablation) and give the run its own folder. ``clips``: the run's clip manifest
     (:func:`asd_utils.stages.prepare`), so that nothing indexes the tree again.
     """
-    profile = config.load_profile(profile_name)
-    model, loss, dataset = build(str(data_root), profile_name, system, progress, overrides, clips)
+    model, loss, dataset = build(str(data_root), profile, system, progress, overrides, clips)
     folder = run_dir(output_root, profile, system, data_root, clips)
     if overrides:
         tag = "-".join(f"{k}{v}" for k, v in sorted(overrides.items()))

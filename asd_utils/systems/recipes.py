@@ -33,7 +33,7 @@ from torch import nn
 
 from asd_utils import data, registry
 from asd_utils.config import prose
-from asd_utils.config.schema import ClassSettings
+from asd_utils.config.schema import LoRABEATs, Profile, Section
 from asd_utils.frontends import anc, twochannel
 from asd_utils.models import lora
 from asd_utils.models.beats import BEATs, BEATsConfig
@@ -61,10 +61,9 @@ def build_backbone(kind: str, size: str = "tiny", checkpoint: str = "") -> nn.Mo
     raise ValueError(f"unknown backbone {kind!r}; choose eat or beats")
 
 
-def _canceller(profile: dict) -> str:
-    """System 3's canceller (the ``anc`` section's ``canceller``; a section written before the
-    key existed, e.g. a frozen record, is the paper's ``fblms``)."""
-    return profile.get("anc", {}).get("canceller", "fblms")
+def _canceller(profile: Profile) -> str:
+    """System 3's canceller (the ``anc`` section's ``canceller``)."""
+    return profile.anc.canceller
 
 
 def _denoise(audio: np.ndarray, **options) -> np.ndarray:
@@ -82,11 +81,11 @@ class Recipe:
     def __init__(self, entry: registry.System):
         self.entry = entry
 
-    def settings(self, profile: dict) -> dict:
-        """The system's section (a copy), the backbone checkpoint resolved."""
+    def settings(self, profile: Profile) -> Section:
+        """The system's typed section, the backbone checkpoint resolved."""
         return registry.settings(profile, self.entry.name)
 
-    def front_end(self, profile: dict):
+    def front_end(self, profile: Profile):
         """``(channel, preprocess, preprocess_key)``: channel 0 (near), both (``near+far``), the
         denoised near channel (the profile's ``anc``: its ``canceller``, the adaptive FBLMS with
         its settings or the fixed W1), or a two-channel view (``w1``)."""
@@ -96,18 +95,18 @@ class Recipe:
         if reads == registry.ANC and _canceller(profile) == "w1":  # the fixed canceller
             return None, twochannel.preprocess("w1"), "w1"
         if reads == registry.ANC:
-            options = anc.denoiser_settings(profile["anc"])
+            options = anc.denoiser_settings(profile.anc)
             key = "anc:" + ",".join(f"{k}={v}" for k, v in sorted(options.items()))
             return 0, functools.partial(_denoise, **options), key
         if reads in twochannel.VIEWS and reads != registry.NEAR:
             return None, twochannel.preprocess(reads), reads
         return 0, None, None
 
-    def by_domain(self, settings: dict) -> bool:
+    def by_domain(self, settings: Section) -> bool:
         """Whether name classes carry the domain (the section's ``classes_by_domain``)."""
-        return bool(settings["classes_by_domain"])
+        return settings.classes_by_domain
 
-    def classes(self, profile: dict, table: pd.DataFrame, progress: bool = False):
+    def classes(self, profile: Profile, table: pd.DataFrame, progress: bool = False):
         """The classes of the training rows of ``table`` (:class:`~asd_utils.systems.classes.
         Classes`): machine type × section × attribute string (× domain), from the names (a
         table without ``split`` is all training clips)."""
@@ -116,29 +115,27 @@ class Recipe:
         ids, names = data.attribute_classes(train, by_domain=self.by_domain(self.settings(profile)))
         return class_schemes.Classes(np.asarray(ids), list(names), train, ())
 
-    def backbone(self, settings: dict) -> nn.Module:
+    def backbone(self, settings: Section) -> nn.Module:
         """The encoder that trains (random weights drawn from the caller's seed)."""
-        return build_backbone(settings["backbone"], settings["size"], settings["checkpoint"])
+        return build_backbone(settings.backbone, settings.size, settings.checkpoint)
 
-    def model(self, settings: dict) -> nn.Module:
+    def model(self, settings: Section) -> nn.Module:
         """Backbone and head, as :func:`asd_utils.training.train` takes them."""
-        return EmbeddingModel(
-            self.backbone(settings), projection_dim=settings.get("projection_dim", 128)
-        )
+        return EmbeddingModel(self.backbone(settings), projection_dim=settings.projection_dim)
 
-    def loss(self, settings: dict, model: nn.Module, names: list[str], train, overrides=None):
+    def loss(self, settings: Section, model: nn.Module, names: list[str], train, overrides=None):
         """The loss over ``names`` (``overrides`` replace keys of the section's ``loss``)."""
         raise NotImplementedError
 
-    def key(self, profile: dict, classes) -> dict:
+    def key(self, profile: Profile, classes) -> dict:
         """Parts of the run-folder key beside the section, front end, seed and clips."""
         return {}
 
-    def embedder(self, model: nn.Module, settings: dict) -> nn.Module:
+    def embedder(self, model: nn.Module, settings: Section) -> nn.Module:
         """What embeds a clip for scoring (``embed(waveform, lengths)``): the trained model."""
         return model
 
-    def bands(self, settings: dict) -> int:
+    def bands(self, settings: Section) -> int:
         """Frequency bands in an embedding (1: one vector per clip)."""
         return 1
 
@@ -146,7 +143,7 @@ class Recipe:
         """Extra facts for ``system.json`` from the trained model."""
         return {}
 
-    def describe(self, system: str, profile: dict) -> tuple[dict, list[str]]:
+    def describe(self, system: str, profile: Profile) -> tuple[dict, list[str]]:
         """``(meta-file description fields, backbones with a checkpoint)``."""
         raise NotImplementedError
 
@@ -157,33 +154,34 @@ class OSSCL(Recipe):
     kind = "OSSCL"
 
     def loss(self, settings, model, names, train, overrides=None):
-        return OSSCLLoss(len(names), model.embed_dim, **{**settings["loss"], **(overrides or {})})
+        options = {**settings.loss.plain(), **(overrides or {})}
+        return OSSCLLoss(len(names), model.embed_dim, **options)
 
-    def describe(self, system: str, profile: dict) -> tuple[dict, list[str]]:
+    def describe(self, system: str, profile: Profile) -> tuple[dict, list[str]]:
         section = self.settings(profile)
-        loss = section.get("loss", {})
+        loss = section.loss
         fields = {
             "acoustic_features": prose.FBANK,
             "data_augmentation": prose.augmentation(section),
             "embeddings": prose.embeddings(section),
             "machine_learning_method": (
                 "fine-tuned audio transformer, OSSCL: sub-center ArcFace (margin "
-                f"{loss.get('margin')}, scale {loss.get('scale')}, {loss.get('sub_centers')} "
+                f"{loss.margin}, scale {loss.scale}, {loss.sub_centers} "
                 "sub-centers) + supervised contrastive loss (temperature "
-                f"{loss.get('temperature')}); {prose.training(section)}"
+                f"{loss.temperature}); {prose.training(section)}"
             ),
             "aggregation_method": "CLS token of the EAT encoder",
             "domain_generalization_method": (
                 "target-domain clips repeated in training; KNN distance taken separately to "
                 "source and target training clips (minimum)"
-                if section.get("target_repeats", 1) > 1
+                if (section.target_repeats or 1) > 1
                 else "KNN distance taken separately to source and target training clips (minimum)"
             ),
             "attribute_usage": (
                 "classes = machine type x section x attribute string of the file names"
-                + (" x domain" if section.get("classes_by_domain") else "")
+                + (" x domain" if section.classes_by_domain else "")
                 + " (machine types without attributes: one class per section"
-                + (" and domain)" if section.get("classes_by_domain") else ")")
+                + (" and domain)" if section.classes_by_domain else ")")
             ),
             "external_data_usage": (
                 "pre-trained EAT checkpoint" if prose.checkpoint(section) else None
@@ -195,15 +193,15 @@ class OSSCL(Recipe):
                 "fitted over the clip (STFT 1024/512), the near channel less the filtered far one"
             )
         elif self.entry.reads == registry.ANC:
-            options = profile.get("anc", {})
+            options = profile.anc
             fields["front_end"] = (
                 "adaptive noise canceller (frequency-domain block LMS): primary = near "
                 "microphone, reference = far microphone, "
-                f"{options.get('filter_length')} taps, step size {options.get('step_size')}, "
-                f"block {options.get('block_size')} samples, leakage {options.get('leakage')}; "
+                f"{options.filter_length} taps, step size {options.step_size}, "
+                f"block {options.block_size} samples, leakage {options.leakage}; "
                 "the denoised near channel is the input"
             )
-        return fields, [section["backbone"]] if prose.checkpoint(section) else []
+        return fields, [section.backbone] if prose.checkpoint(section) else []
 
 
 class Fusion(OSSCL):
@@ -211,25 +209,25 @@ class Fusion(OSSCL):
 
     kind = "Fusion"
 
-    def backbone(self, settings: dict) -> nn.Module:
+    def backbone(self, settings: Section) -> nn.Module:
         return FusionBackbone(
             super().backbone(settings),
-            settings["blocks"],
-            settings["width"],
-            settings["heads"],
-            settings["freeze_backbone"],
+            settings.blocks,
+            settings.width,
+            settings.heads,
+            settings.freeze_backbone,
         )
 
     def info(self, model: nn.Module) -> dict:
         return {"gates": model.backbone.gates()}
 
-    def describe(self, system: str, profile: dict) -> tuple[dict, list[str]]:
+    def describe(self, system: str, profile: Profile) -> tuple[dict, list[str]]:
         fields, checkpoints = super().describe(system, profile)
         section = self.settings(profile)
         fields["front_end"] = "near and far microphones, fused inside the encoder"
         fields["machine_learning_method"] = (
             f"gated cross-attention from the near to the far channel after blocks "
-            f"{section.get('blocks')} (width {section.get('width')}, {section.get('heads')} "
+            f"{section.blocks} (width {section.width}, {section.heads} "
             f"heads); {fields['machine_learning_method']}"
         )
         return fields, checkpoints
@@ -241,7 +239,7 @@ class GRL(Recipe):
 
     kind = "GRL"
 
-    def by_domain(self, settings: dict) -> bool:
+    def by_domain(self, settings: Section) -> bool:
         return True
 
     def loss(self, settings, model, names, train, overrides=None):
@@ -253,21 +251,21 @@ class GRL(Recipe):
             domains,
             model.embed_dim,
             total_calls=train.steps * train.grad_accumulation,
-            **{**settings["loss"], **(overrides or {})},
+            **{**settings.loss.plain(), **(overrides or {})},
         )
 
-    def describe(self, system: str, profile: dict) -> tuple[dict, list[str]]:
+    def describe(self, system: str, profile: Profile) -> tuple[dict, list[str]]:
         section = self.settings(profile)
-        loss = section.get("loss", {})
+        loss = section.loss
         ablation = "lambda 0" in system
         fields = dict(
             acoustic_features=prose.FBANK,
             data_augmentation=prose.augmentation(section),
             embeddings=prose.embeddings(section),
             machine_learning_method=(
-                f"fine-tuned BEATs, margin classifier (ArcFace margin {loss.get('margin')}, "
-                f"scale {loss.get('scale')}) + domain classifier behind a gradient reversal "
-                f"layer (lambda ramped to {0 if ablation else loss.get('lambda_max')}); "
+                f"fine-tuned BEATs, margin classifier (ArcFace margin {loss.margin}, "
+                f"scale {loss.scale}) + domain classifier behind a gradient reversal "
+                f"layer (lambda ramped to {0 if ablation else loss.lambda_max}); "
                 f"{prose.training(section)}"
             ),
             aggregation_method="mean of the BEATs encoder's output tokens",
@@ -322,22 +320,22 @@ class LoRASCAdaCos(Recipe):
     kind = "LoRA-SCAdaCos"
     scoring = SCORING | {"backend", "gamma"}
 
-    def classes(self, profile: dict, table: pd.DataFrame, progress: bool = False):
+    def classes(self, profile: Profile, table: pd.DataFrame, progress: bool = False):
         settings = self.settings(profile)
-        scheme = ClassSettings(**settings["classes"])
+        scheme = settings.classes
         train = table[table["split"] == "train"].reset_index(drop=True)
         features = None
         if scheme.scheme != "names":
-            features = self.features(settings, train, profile["seed"], progress)
-        return class_schemes.make_classes(train, features, scheme, seed=profile["seed"])
+            features = self.features(settings, train, profile.seed, progress)
+        return class_schemes.make_classes(train, features, scheme, seed=profile.seed)
 
-    def features(self, settings: dict, train: pd.DataFrame, seed: int, progress: bool = False):
+    def features(self, settings: LoRABEATs, train: pd.DataFrame, seed: int, progress: bool = False):
         """The frozen base's time-mean band features of the training clips' view, (N, 8 · D)."""
         key = json.dumps(
             [
-                settings["backbone"],
-                settings["size"],
-                settings["checkpoint"],
+                settings.backbone,
+                settings.size,
+                settings.checkpoint,
                 seed,
                 self.entry.reads,
                 list(train["path"]),
@@ -354,38 +352,38 @@ class LoRASCAdaCos(Recipe):
             )
         return _FEATURES[key]
 
-    def backbone(self, settings: dict) -> nn.Module:
-        options = settings["lora"]
+    def backbone(self, settings: LoRABEATs) -> nn.Module:
+        options = settings.lora
         return lora.add_lora(
             super().backbone(settings),
-            options["rank"],
-            options["alpha"],
-            options["dropout"],
-            options["targets"],
+            options.rank,
+            options.alpha,
+            options.dropout,
+            options.targets,
         )
 
-    def model(self, settings: dict) -> nn.Module:
-        return PooledEmbeddingModel(self.backbone(settings), settings["projection_dim"])
+    def model(self, settings: LoRABEATs) -> nn.Module:
+        return PooledEmbeddingModel(self.backbone(settings), settings.projection_dim)
 
     def loss(self, settings, model, names, train, overrides=None):
-        options = {**settings["loss"], **(overrides or {})}
-        return SCAdaCosLoss(len(names), settings["projection_dim"], **options)
+        options = {**settings.loss.plain(), **(overrides or {})}
+        return SCAdaCosLoss(len(names), settings.projection_dim, **options)
 
-    def key(self, profile: dict, classes) -> dict:
+    def key(self, profile: Profile, classes) -> dict:
         return {"classes": class_schemes.assignment_key(classes)}
 
-    def embedder(self, model: nn.Module, settings: dict) -> nn.Module:
-        return BandEmbedder(model.backbone, settings["gamma"])
+    def embedder(self, model: nn.Module, settings: LoRABEATs) -> nn.Module:
+        return BandEmbedder(model.backbone, settings.gamma)
 
-    def bands(self, settings: dict) -> int:
+    def bands(self, settings: LoRABEATs) -> int:
         return 8  # BEATs' frequency patches per time step
 
-    def describe(self, system: str, profile: dict) -> tuple[dict, list[str]]:
+    def describe(self, system: str, profile: Profile) -> tuple[dict, list[str]]:
         section = self.settings(profile)
-        options, loss = section["lora"], section["loss"]
-        scheme = ClassSettings(**section["classes"])
-        mixup = section["train"].get("mixup_alpha") or 0
-        backend = section["backend"]
+        options, loss = section.lora, section.loss
+        scheme = section.classes
+        mixup = section.train.mixup_alpha or 0
+        backend = section.backend
         fields = dict(
             acoustic_features=prose.FBANK,
             data_augmentation="; ".join(
@@ -407,21 +405,21 @@ class LoRASCAdaCos(Recipe):
             ),
             embeddings=prose.embeddings(section),
             machine_learning_method=(
-                f"LoRA fine-tuning (rank {options['rank']}, alpha {options['alpha']}, dropout "
-                f"{options['dropout']} on {', '.join(options['targets'])}; the base frozen), "
+                f"LoRA fine-tuning (rank {options.rank}, alpha {options.alpha}, dropout "
+                f"{options.dropout} on {', '.join(options.targets)}; the base frozen), "
                 "attentive statistics pooling + "
-                f"{section['projection_dim']}-d projection, SCAdaCos ({loss['sub_clusters']} "
+                f"{section.projection_dim}-d projection, SCAdaCos ({loss.sub_clusters} "
                 f"sub-clusters); "
                 + prose.training(
                     section,
                     f"{backend} back end on relative-deviation pooled (gamma "
-                    f"{section['gamma']}) band features of the merged backbone's last block",
+                    f"{section.gamma}) band features of the merged backbone's last block",
                 )
                 + f" (after {self.entry.source})"
             ),
             aggregation_method=(
                 f"last block's output tokens, relative-deviation pooling over time per "
-                f"frequency band (gamma {section['gamma']}, 8 bands)"
+                f"frequency band (gamma {section.gamma}, 8 bands)"
             ),
             domain_generalization_method=(
                 f"{backend}: separate source and target reference distances"

@@ -29,6 +29,7 @@ from torch import nn
 from tqdm import tqdm
 
 from asd_utils import data, registry, scoring, systems
+from asd_utils.config.schema import Frozen, Profile
 from asd_utils.files import atomic_path
 from asd_utils.frontends import anc, twochannel
 from asd_utils.frontends.features import kaldi_fbank
@@ -100,24 +101,22 @@ def view(
 # --- the encoder ----------------------------------------------------------------------------------
 
 
-def stored_layers(section: dict) -> list[int]:
+def stored_layers(section: Frozen) -> list[int]:
     """The profile's ``layer`` and the analysis ``sweep_layers``, as the encoder stores them."""
-    return [section["layer"], *section.get("sweep_layers", [])]
+    return [section.layer, *section.sweep_layers]
 
 
 def build_encoder(
-    profile: dict, seed: int | None = None, system: str = SYSTEM
-) -> tuple[FrozenEncoder, dict]:
+    profile: Profile, seed: int | None = None, system: str = SYSTEM
+) -> tuple[FrozenEncoder, Frozen]:
     """A frozen system's encoder (default System 0, the profile's ``frozen`` section), and its
     section (checkpoint resolved as for Systems 1–2: ``$EAT_CHECKPOINT`` / ``$BEATS_CHECKPOINT``
     first). Without a checkpoint the backbone has random weights drawn from the profile's seed."""
     section = systems.settings(profile, system)
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(profile["seed"] if seed is None else seed)
-        backbone = systems.build_backbone(
-            section["backbone"], section["size"], section["checkpoint"]
-        )
-    encoder = FrozenEncoder(backbone, stored_layers(section), section["pooling"], section["gamma"])
+        torch.manual_seed(profile.seed if seed is None else seed)
+        backbone = systems.build_backbone(section.backbone, section.size, section.checkpoint)
+    encoder = FrozenEncoder(backbone, stored_layers(section), section.pooling, section.gamma)
     return encoder, section
 
 
@@ -244,12 +243,12 @@ def embed_channels(
 
 
 def embed(
-    profile: dict,
+    profile: Profile,
     table: pd.DataFrame,
     cache_dir: str | os.PathLike | None = None,
     progress: bool = True,
     system: str = SYSTEM,
-) -> tuple[dict[str, np.ndarray], FrozenEncoder, dict]:
+) -> tuple[dict[str, np.ndarray], FrozenEncoder, Frozen]:
     """A frozen system for a run (default System 0): the encoder of its section, on the channels
     of its ``view`` and ``sweep_views`` (an analysis) that the clips allow, on the GPU
     when there is one, in the precision ``mixed_precision`` resolves to there
@@ -257,10 +256,9 @@ def embed(
     bf16 is autocast on a GPU; on a CPU it is a copy of the encoder with bf16 weights (a frozen
     encoder needs no float32 master weights, and on the Xeon's AMX it ran EAT base at 3.75x
     float32 against autocast's 2.62x, cosine to float32 0.99993; ``bench_backbones.py``).
-    Returns ``(embeddings, encoder, section)``: the float32 encoder, the section with
-    ``precision`` (the decision, :meth:`asd_utils.models.precision.Precision.to_dict`, and ``how``)
-    added; see :func:`embed_channels` (the cache key holds the weights' dtype and the
-    autocast)."""
+    Returns ``(embeddings, encoder, section)``: the float32 encoder with its ``precision`` (the
+    decision, :meth:`asd_utils.models.precision.Precision.to_dict`, and ``how``), the section;
+    see :func:`embed_channels` (the cache key holds the weights' dtype and the autocast)."""
     encoder, section = build_encoder(profile, system=system)
     chosen = systems.resolved_precision(profile, system)
     device = precision.default_device()
@@ -268,15 +266,15 @@ def embed(
     runner, autocast, how = encoder, chosen.autocast, "bf16 autocast" if chosen.bf16 else "float32"
     if chosen.bf16 and device.type == "cpu":
         runner, autocast, how = copy.deepcopy(encoder).to(torch.bfloat16), None, "bf16 weights"
-    section["precision"] = {**chosen.to_dict(), "how": how}
+    encoder.precision = {**chosen.to_dict(), "how": how}
     views, _ = available_views(table)
-    views = [v for v in (section["view"], *section["sweep_views"]) if v in views]
+    views = [v for v in (section.view, *section.sweep_views) if v in views]
     embeddings = embed_channels(
         runner,
         table,
         channels_for(views),
-        anc.denoiser_settings(profile["anc"]),
-        section["embed_batch_size"],
+        anc.denoiser_settings(profile.anc),
+        section.embed_batch_size,
         cache_dir,
         autocast,
         progress,
