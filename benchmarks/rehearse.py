@@ -40,6 +40,7 @@ from pathlib import Path
 from machine import cpu_model, load_recorded
 
 from asd_utils import config, registry
+from asd_utils.config import schema
 from asd_utils.files import atomic_write_text
 from asd_utils.models import precision
 
@@ -107,26 +108,31 @@ def run_child(command: list[str], env: dict, tail_chars: int = 4000) -> dict:
     }
 
 
-def train_fraction_profile(profile: dict, fraction: float) -> tuple[dict, str]:
-    """A variant of ``profile`` with ``ceil(fraction · n_train_source)`` source training clips
-    (test sets and target clips as they are), its own name and synthetic root (validated).
+def train_fraction_profile(profile: schema.Profile, fraction: float) -> tuple[schema.Profile, str]:
+    """A variant of ``profile`` (``model_copy``) with ``ceil(fraction · n_train_source)`` source
+    training clips (test sets and target clips as they are), its own name and synthetic root.
     Returns it and a sentence saying what changed."""
-    synth = dict(profile["synth"])
-    before = int(synth["n_train_source"])
-    synth["n_train_source"] = max(2, math.ceil(fraction * before))
+    before = profile.synth.n_train_source
+    synth = profile.synth.model_copy(
+        update={"n_train_source": max(2, math.ceil(fraction * before))}
+    )
     suffix = f"-train{round(100 * fraction)}"
-    root = f"{profile['data']['synthetic_root']}{suffix}"
-    variant = {**profile, "name": f"{profile['name']}{suffix}", "synth": synth}
-    variant["data"] = {**profile["data"], "synthetic_root": root}
-    variant = config.validate_profile(variant, "the train-fraction variant")
+    root = f"{profile.data.synthetic_root}{suffix}"
+    variant = profile.model_copy(
+        update={
+            "name": f"{profile.name}{suffix}",
+            "synth": synth,
+            "data": profile.data.model_copy(update={"synthetic_root": root}),
+        }
+    )
     note = (
-        f"--train-fraction {fraction}: {synth['n_train_source']} source training clips per "
+        f"--train-fraction {fraction}: {synth.n_train_source} source training clips per "
         f"machine type instead of {before} (target clips and test sets in full), data {root}"
     )
     return variant, note
 
 
-def stage_plan(profile: dict, clips) -> list[tuple[str, list[str], int, str]]:
+def stage_plan(profile: schema.Profile, clips) -> list[tuple[str, list[str], int, str]]:
     """The stages after ``prepare``: ``(name, asd arguments, clips handled, what they are)``.
 
     ``clips``: the manifest ``asd prepare`` wrote. Training handles ``steps × batch ×
@@ -144,8 +150,8 @@ def stage_plan(profile: dict, clips) -> list[tuple[str, list[str], int, str]]:
     for system in registry.of_kind("fine-tuned"):
         if system in unavailable:
             continue
-        train = registry.settings(profile, system)["train"]
-        seen = train["steps"] * train["batch_size"] * train.get("grad_accumulation", 1)
+        train = registry.settings(profile, system).train
+        seen = train.steps * train.batch_size * train.grad_accumulation
         plan.append((f"train {system}", ["train", "--system", system], seen, "clips presented"))
         plan.append((f"embed {system}", ["embed", "--system", system], total, "every clip"))
     plan += [
@@ -229,7 +235,7 @@ def rehearse(args) -> int:
         common += ["--data-root", str(args.data_root)]
     asd = asd_command()
     record = {
-        "profile": profile["name"],
+        "profile": profile.name,
         "profile_file": str(config.profile_path(profile_arg)),
         "command": " ".join(asd),
         "data_root": str(paths.data_root),
@@ -276,7 +282,7 @@ def rehearse(args) -> int:
     if paths.synthetic:
         from asd_utils.data.synth import SynthConfig, clip_plan
 
-        synth = SynthConfig.from_dict(profile["synth"])
+        synth = SynthConfig.from_dict(profile.synth.plain())
         planned = len(clip_plan(synth))
         manifest = paths.data_root / "synth_config.json"
         found = (

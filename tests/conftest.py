@@ -34,7 +34,7 @@ def smoke_run(tmp_path_factory):
     from asd_utils.report import pipeline
 
     tmp = tmp_path_factory.mktemp("pipeline")
-    profile = config.load_profile("smoke")
+    profile = config.load_profile("smoke").plain()  # values for a profile file
     profile["data"]["synthetic_root"] = str(tmp / "data")
     profile_path = tmp / "smoke.yaml"
     profile_path.write_text(yaml.safe_dump(profile))

@@ -9,6 +9,7 @@ import pytest
 from pydantic import Field
 
 from asd_utils import config, registry, scoring, stages, systems
+from asd_utils.config import schema
 from asd_utils.data import synth
 from asd_utils.scoring import backends
 
@@ -68,7 +69,7 @@ def run(tmp_path, monkeypatch):
         clip_seconds={"default": 1.0},
     )  # fmt: skip
     synth.generate_dataset(tmp_path / "data", settings, progress=False)
-    profile = config.load_profile("smoke")
+    profile = config.load_profile("smoke").plain()
     section = {**profile["backends"], "default": "gaussian"}
     section["gaussian"] = {"shrinkage": 0.5, "folds": 3}
     profile = config.validate_profile({**profile, "backends": section})
@@ -106,11 +107,11 @@ def test_a_new_backend_runs_through_score_evaluate_and_the_comparison(run):
 
 def test_a_misspelt_option_is_refused_at_the_door_naming_its_key(run):
     run, _ = run
-    section = {**run.profile["backends"], "gaussian": {"shrinkge": 0.5, "folds": 3}}
+    section = {**run.profile.backends.plain(), "gaussian": {"shrinkge": 0.5, "folds": 3}}
     with pytest.raises(config.ProfileError, match="backends.gaussian.shrinkage"):
-        backends.check(section)
+        backends.check(schema.Backends.model_validate(section))
     with pytest.raises(config.ProfileError, match="backends: unknown back end 'gauss'"):
-        backends.check({**section, "default": "gauss"})
+        backends.check(schema.Backends.model_validate({**section, "default": "gauss"}))
 
 
 def test_a_backend_declares_what_it_takes(run):

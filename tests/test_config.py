@@ -10,14 +10,14 @@ from asd_utils.models.autoencoder import AETrainConfig
 @pytest.mark.parametrize("name", ["smoke", "quick", "paper", "rehearsal"])
 def test_every_profile_builds_its_settings(name):
     profile = config.load_profile(name)
-    assert profile["name"] == name and isinstance(profile["seed"], int)
-    synth.SynthConfig.from_dict(profile["synth"])
-    AETrainConfig(**profile["baseline"])
+    assert profile.name == name and isinstance(profile.seed, int)
+    synth.SynthConfig.from_dict(profile.synth.plain())
+    AETrainConfig(**profile.baseline.plain())
 
 
 def test_paper_profile_uses_the_official_baseline_recipe():
-    settings = config.load_profile("paper")["baseline"]
-    assert settings == {
+    settings = config.load_profile("paper").baseline
+    assert settings.plain() == {
         "epochs": 100,
         "batch_size": 256,
         "learning_rate": 1e-3,
@@ -145,7 +145,7 @@ def test_yaml_1_1_exponent_floats_are_numbers(tmp_path):
         lambda text: text.replace("learning_rate: 0.0005", "learning_rate: 5e-4"),
     )
     assert "learning_rate: 5e-4" in path.read_text()
-    assert config.load_profile(path)["osscl"]["train"]["learning_rate"] == 5e-4
+    assert config.load_profile(path).osscl.train.learning_rate == 5e-4
 
 
 def test_a_frozen_profile_loads_back_identically(tmp_path):
@@ -178,22 +178,22 @@ def test_a_profile_that_extends_another_writes_only_what_differs(tmp_path):
         "extends: quick\nname: mine\nosscl:\n  train: {steps: 7}\nbaseline: {epochs: 3}\n",
     )
     quick, mine = config.load_profile("quick"), config.load_profile(path)
-    assert mine["osscl"]["train"]["steps"] == 7 and mine["baseline"]["epochs"] == 3
+    assert mine.osscl.train.steps == 7 and mine.baseline.epochs == 3
     # the rest of the mapping is the base's, key by key
-    assert mine["osscl"]["train"]["learning_rate"] == quick["osscl"]["train"]["learning_rate"]
-    assert mine["beats_grl"] == quick["beats_grl"] and mine["synth"] == quick["synth"]
+    assert mine.osscl.train.learning_rate == quick.osscl.train.learning_rate
+    assert mine.beats_grl == quick.beats_grl and mine.synth == quick.synth
     # its own synthetic folder, never the base's (which generate_dataset would replace)
-    assert mine["data"]["synthetic_root"] == "data/synthetic/mine"
+    assert mine.data.synthetic_root == "data/synthetic/mine"
 
 
 def test_the_shipped_profiles_share_the_papers_recipe():
     paper, quick, smoke = (config.load_profile(n) for n in ("paper", "quick", "smoke"))
-    assert quick["submission"] == paper["submission"] == smoke["submission"]
-    assert quick["anc"]["filter_length"] == paper["anc"]["filter_length"] == 128
+    assert quick.submission == paper.submission == smoke.submission
+    assert quick.anc.filter_length == paper.anc.filter_length == 128
     # anchors: System 2's and 5's training are System 1's, changed where the file says
-    assert paper["beats_grl"]["train"] == paper["osscl"]["train"] == paper["fusion"]["train"]
-    assert quick["beats_grl"]["train"] == {**quick["osscl"]["train"], "steps": 600}
-    assert smoke["fusion"]["train"] == smoke["osscl"]["train"]
+    assert paper.beats_grl.train == paper.osscl.train == paper.fusion.train
+    assert quick.beats_grl.train.plain() == {**quick.osscl.train.plain(), "steps": 600}
+    assert smoke.fusion.train == smoke.osscl.train
 
 
 def test_a_derived_profile_must_name_itself(tmp_path):
@@ -231,17 +231,17 @@ def test_asd_profile_prints_the_profile_whole(tmp_path, capsys):
 def test_rehearsal_profile_has_the_paper_data_sizes_and_recipe_shape():
     # benchmarks/rehearse.py: the real 2026 listing's counts and lengths, the paper's shape
     paper, rehearsal = config.load_profile("paper"), config.load_profile("rehearsal")
-    assert set(rehearsal) == set(paper)
-    plan = synth.SynthConfig.from_dict(rehearsal["synth"])
+    assert set(rehearsal.plain()) == set(paper.plain())
+    plan = synth.SynthConfig.from_dict(rehearsal.synth.plain())
     assert plan.machine_types == synth.MACHINE_TYPES
     assert plan.eval_machine_types == synth.EVAL_MACHINE_TYPES
     assert (plan.n_train_source, plan.n_train_target, plan.n_test) == (990, 10, 50)
     assert len(synth.clip_plan(plan)) == 14_400
     assert {m: plan.seconds(m) for m in synth.EVAL_MACHINE_TYPES} == synth.EVAL_CLIP_SECONDS
     assert plan.seconds("ToyCar") == 12.0 and plan.seconds("fan") == 10.0
-    assert rehearsal["baseline"]["batch_size"] == paper["baseline"]["batch_size"] == 256
-    for section in ("osscl", "beats_grl", "fusion"):
-        assert "crop_seconds" not in rehearsal[section]  # null: whole clips, as the paper
-        assert rehearsal[section]["train"]["batch_size"] == 16
-        assert rehearsal[section]["size"] == "tiny"
-    assert rehearsal["osscl"]["classes_by_domain"] and rehearsal["fusion"]["classes_by_domain"]
+    assert rehearsal.baseline.batch_size == paper.baseline.batch_size == 256
+    for section in (rehearsal.osscl, rehearsal.beats_grl, rehearsal.fusion):
+        assert section.crop_seconds is None  # null: whole clips, as the paper
+        assert section.train.batch_size == 16
+        assert section.size == "tiny"
+    assert rehearsal.osscl.classes_by_domain and rehearsal.fusion.classes_by_domain

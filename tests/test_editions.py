@@ -97,8 +97,8 @@ def test_a_new_edition_is_one_entry_and_indexes_as_the_old_layout(tree_2027):
 def test_a_new_edition_runs_through_prepare_the_floor_and_evaluate(tree_2027, tmp_path):
     _, new = tree_2027
     profile = config.load_profile("smoke")
-    profile = config.validate_profile(
-        {**profile, "data": {**profile["data"], "edition": "dcase2027"}}
+    profile = profile.model_copy(
+        update={"data": profile.data.model_copy(update={"edition": "dcase2027"})}
     )
     paths = config.resolve_paths(profile, str(new), str(tmp_path / "out"))
     assert paths.edition == "dcase2027" and not paths.synthetic
@@ -130,9 +130,9 @@ def test_an_edition_states_where_its_ground_truth_lies():
 
 
 def test_the_profile_names_the_edition():
-    assert config.load_profile("paper")["data"]["edition"] == "auto"
-    assert config.load_profile("smoke")["data"]["edition"] == "auto"  # data is never inherited
+    assert config.load_profile("paper").data.edition == "auto"
+    assert config.load_profile("smoke").data.edition == "auto"  # data is never inherited
     with pytest.raises(config.ProfileError, match="data.edition"):
-        config.validate_profile({**config.load_profile("smoke"), "data": {
+        config.validate_profile({**config.load_profile("smoke").plain(), "data": {
             "synthetic_root": "x", "edition": 2027,
         }})  # fmt: skip

@@ -6,7 +6,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-import yaml
 
 from asd_utils import config, data, scoring, systems, training
 from asd_utils.data import synth
@@ -141,15 +140,14 @@ def test_system5_trains_by_the_common_loop_and_resumes_to_identical_weights(tmp_
         clip_seconds={"default": 1.0},
     )  # fmt: skip
     synth.generate_dataset(tmp_path / "data", tree, progress=False)
-    profile = config.load_profile("smoke")
-    profile["fusion"]["train"].update(steps=4, checkpoint_every=2, batch_size=4)
-    profile["fusion"]["crop_seconds"] = 0.5
-    path = tmp_path / "profile.yaml"
-    path.write_text(yaml.safe_dump(profile))
+    values = config.load_profile("smoke").plain()
+    values["fusion"]["train"].update(steps=4, checkpoint_every=2, batch_size=4)
+    values["fusion"]["crop_seconds"] = 0.5
+    profile = config.validate_profile(values)
     settings = systems.train_config(profile, "System 5")
 
     def build():
-        return systems.build(str(tmp_path / "data"), str(path), "System 5", progress=False)
+        return systems.build(str(tmp_path / "data"), profile, "System 5", progress=False)
 
     model, loss, dataset = build()
     waveform, _, _ = dataset[0]
@@ -196,5 +194,5 @@ def test_noise_study_writes_one_row_per_run_and_resumes(tmp_path, monkeypatch):
     again = noise_study.run("smoke", tmp_path, progress=False)
     pd.testing.assert_frame_equal(again, saved)
     # the study's data: the near SNR as asked, the noise path long
-    settings = noise_study.dataset_config(config.load_profile("smoke")["noise_study"], -5.0)
+    settings = noise_study.dataset_config(config.load_profile("smoke").noise_study, -5.0)
     assert settings.near_snr_db == (-5.0, -5.0) and settings.noise_path_taps == 4096

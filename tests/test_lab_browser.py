@@ -92,7 +92,7 @@ def _workspace(tmp: Path) -> dict[str, str]:
 
     (tmp / "notebooks").mkdir()
     shutil.copy(REPO_ROOT / "notebooks" / CHAPTER, tmp / "notebooks" / CHAPTER)
-    profile = config.load_profile("smoke")
+    profile = config.load_profile("smoke").plain()
     profile["data"]["synthetic_root"] = str(tmp / "data")
     (tmp / "smoke.yaml").write_text(yaml.safe_dump(profile))
     for plugin, values in SETTINGS.items():

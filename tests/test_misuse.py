@@ -111,7 +111,7 @@ def test_only_a_folder_the_project_marked_is_claimed(tmp_path):
 
 
 def _profile_file(tmp_path, synthetic_root, **changes) -> str:
-    values = config.load_profile("smoke")
+    values = config.load_profile("smoke").plain()
     values["data"]["synthetic_root"] = str(synthetic_root)
     values["synth"].update(
         machine_types=["fan"], eval_machine_types=[], n_train_source=3, n_train_target=1,
@@ -280,7 +280,7 @@ def test_paths_are_normalised_before_they_key_anything(tree, tmp_path, monkeypat
 
 
 def test_a_profile_named_dot_dot_is_refused(tmp_path, capsys):
-    values = config.load_profile("smoke")
+    values = config.load_profile("smoke").plain()
     values["name"] = ".."
     path = tmp_path / "up.yaml"
     path.write_text(yaml.safe_dump(values))
@@ -348,7 +348,7 @@ def finished(tmp_path_factory):
     """``asd run`` on the smoke profile's data (made under a temporary folder) into an output
     root that held an earlier run's results: ``(profile file, data root, output root)``."""
     tmp = tmp_path_factory.mktemp("finished")
-    values = config.load_profile("smoke")
+    values = config.load_profile("smoke").plain()
     values["data"]["synthetic_root"] = str(tmp / "data")
     profile = tmp / "smoke.yaml"
     profile.write_text(yaml.safe_dump(values))

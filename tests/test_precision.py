@@ -1,7 +1,6 @@
 """``mixed_precision: bf16 | no | auto``: the decision (probe mocked), bf16 embeddings of the
 parity fixtures against float32, a bf16 training step on a CPU, and the caches keyed by it."""
 
-import copy
 import json
 from pathlib import Path
 
@@ -13,6 +12,7 @@ from test_training import build_tiny, make_clips, small_config
 from test_training_free import stereo_tree
 
 from asd_utils import config, data, scoring, systems, training
+from asd_utils.config import schema
 from asd_utils.models import precision
 from asd_utils.models.frozen import FrozenEncoder
 from asd_utils.scoring import pad_clips
@@ -185,8 +185,8 @@ def test_a_finished_fp32_run_is_not_reused_for_bf16(tmp_path):
 
 def test_profiles_take_auto_and_refuse_other_precisions():
     profile = config.load_profile("paper")
-    assert profile["frozen"]["mixed_precision"] == "auto"
-    assert profile["osscl"]["train"]["mixed_precision"] == "auto"
+    assert profile.frozen.mixed_precision == "auto"
+    assert profile.osscl.train.mixed_precision == "auto"
     values = config.read_profile_values("smoke")
     values["frozen"]["mixed_precision"] = "fp16"
     with pytest.raises(config.ProfileError, match="frozen.mixed_precision"):
@@ -198,10 +198,10 @@ def test_run_dirs_are_keyed_by_the_resolved_precision(tmp_path, monkeypatch):
     monkeypatch.setattr(systems.data, "index_dataset", lambda *args, **kwargs: clips)
     profile = config.load_profile("smoke")
 
-    def with_setting(setting: str) -> dict:
-        changed = copy.deepcopy(profile)
+    def with_setting(setting: str) -> schema.Profile:
+        changed = profile.plain()
         changed["osscl"]["train"]["mixed_precision"] = setting
-        return changed
+        return config.validate_profile(changed)
 
     def folder(setting: str, speedup: float) -> Path:
         probe, _ = probe_of(speedup)
@@ -222,10 +222,11 @@ def test_system0_in_bf16_on_a_cpu_casts_a_copy_and_keeps_the_answers(tmp_path, m
     profile = config.load_profile("smoke")
     cache = tmp_path / "cache"
     fp32, encoder, section = training_free.embed(profile, table, cache, progress=False)
-    assert section["precision"]["how"] == "float32"
-    profile["frozen"]["mixed_precision"] = "bf16"
+    assert encoder.precision["how"] == "float32"
+    frozen = profile.frozen.model_copy(update={"mixed_precision": "bf16"})
+    profile = profile.model_copy(update={"frozen": frozen})
     bf16, encoder16, section16 = training_free.embed(profile, table, cache, progress=False)
-    assert section16["precision"]["how"] == "bf16 weights"
+    assert encoder16.precision["how"] == "bf16 weights"
     assert all(p.dtype == torch.float32 for p in encoder16.parameters())  # the copy was cast
     assert len(list(cache.glob("frozen_*.npy"))) == 2 * len(fp32)  # each precision its own
     for channel, values in fp32.items():

@@ -50,7 +50,7 @@ def test_every_trained_system_names_its_recipe():
 def test_system7_is_a_fine_tuned_w1_entry_with_the_published_settings():
     entry = registry.get("System 7")
     assert (entry.kind, entry.reads, entry.section) == ("fine-tuned", registry.W1, "lora_beats")
-    paper = config.load_profile("paper")["lora_beats"]
+    paper = config.load_profile("paper").lora_beats.plain()
     assert paper["lora"] == {
         "rank": 64, "alpha": 8.0, "dropout": 0.0, "targets": ["q_proj", "k_proj", "v_proj"]
     }  # fmt: skip
@@ -59,7 +59,7 @@ def test_system7_is_a_fine_tuned_w1_entry_with_the_published_settings():
     assert (paper["train"]["batch_size"], paper["crop_seconds"]) == (8, 10.0)
     assert (paper["loss"]["sub_clusters"], paper["projection_dim"]) == (16, 256)
     assert (paper["backend"], paper["gamma"]) == ("beam_varmin", 4.0)
-    assert config.load_profile("smoke")["lora_beats"]["train"]["steps"] == 6
+    assert config.load_profile("smoke").lora_beats.train.steps == 6
 
 
 def test_system7_reads_w1_and_describes_itself_citing_the_recipe():
@@ -111,23 +111,26 @@ def test_run_folder_key_carries_system7s_classes(tree, tmp_path):
     profile = config.load_profile("smoke")
     first = systems.run_dir(tmp_path, profile, "System 7", tree)
     assert first == systems.run_dir(tmp_path, profile, "System 7", tree)
-    profile["lora_beats"]["classes"] = {**profile["lora_beats"]["classes"], "seed": 7}
-    assert systems.run_dir(tmp_path, profile, "System 7", tree) != first
+    section = profile.lora_beats
+    classes_ = section.classes.model_copy(update={"seed": 7})
+    changed = profile.model_copy(
+        update={"lora_beats": section.model_copy(update={"classes": classes_})}
+    )
+    assert systems.run_dir(tmp_path, changed, "System 7", tree) != first
     # a scoring setting does not change the weights: same folder
-    profile = config.load_profile("smoke")
-    profile["lora_beats"]["gamma"] = 2.0
+    profile = profile.model_copy(update={"lora_beats": section.model_copy(update={"gamma": 2.0})})
     assert systems.run_dir(tmp_path, profile, "System 7", tree) == first
 
 
 def test_system7_builds_a_lora_model_that_trains_only_adapters_and_heads(tree):
-    model, loss, dataset = systems.build(str(tree), "smoke", "System 7", progress=False)
+    profile = config.load_profile("smoke")
+    model, loss, dataset = systems.build(str(tree), profile, "System 7", progress=False)
     counts = lora.parameter_counts(model.backbone)
     assert 0 < counts["trainable"] < counts["frozen"]
     assert all("lora_" in n for n, p in model.backbone.named_parameters() if p.requires_grad)
-    names = systems.class_names(data.index_dataset(tree), config.load_profile("smoke"), "System 7")
+    names = systems.class_names(data.index_dataset(tree), profile, "System 7")
     assert (loss.sub_clusters, loss.num_classes) == (16, len(names[1]))
-    embedder = recipes.of("System 7").embedder(model, registry.settings(
-        config.load_profile("smoke"), "System 7"))  # fmt: skip
+    embedder = recipes.of("System 7").embedder(model, registry.settings(profile, "System 7"))
     out = embedder.embed(torch.zeros(2, 16000))
     assert out.shape == (2, 8 * model.backbone.embed_dim)
     other = recipes.BandEmbedder(model.backbone, gamma=2.0)  # a scoring setting: its own cache
@@ -217,8 +220,9 @@ def test_a_new_fine_tuned_system_is_a_recipe_an_entry_and_a_section(tree, tmp_pa
         ce_beats: schema.FineTuned
 
     monkeypatch.setattr(schema, "Profile", Extended)
-    section = {k: v for k, v in profile["beats_grl"].items() if k in schema.FineTuned.model_fields}
-    profile = config.validate_profile({**profile, "ce_beats": section}, "in memory")
+    values = profile.plain()
+    section = {k: v for k, v in values["beats_grl"].items() if k in schema.FineTuned.model_fields}
+    profile = config.validate_profile({**values, "ce_beats": section}, "in memory")
     run = _run(tree, tmp_path / "out", profile)
     result, embeddings, scores, evaluation = _through(run, "System 9")
     assert isinstance(result.ema_model, EmbeddingModel) and result.steps == 6
@@ -238,7 +242,7 @@ def test_system3_reads_the_canceller_the_anc_section_names():
     profile = config.load_profile("smoke")
     channel, preprocess, key = systems.front_end(profile, "System 3")
     assert key.startswith("anc:") and channel == 0  # the paper's adaptive FBLMS
-    w1 = config.validate_profile({**profile, "anc": {**profile["anc"], "canceller": "w1"}})
+    w1 = profile.model_copy(update={"anc": profile.anc.model_copy(update={"canceller": "w1"})})
     channel, preprocess, key = systems.front_end(w1, "System 3")
     assert (channel, key) == (None, "w1")
     audio = np.random.default_rng(0).standard_normal((2, 4000)).astype(np.float32)

@@ -26,10 +26,10 @@ def test_a_child_is_timed_and_its_peak_memory_measured(capsys):
 
 def test_a_quarter_of_the_training_clips():
     profile, note = rehearse.train_fraction_profile(config.load_profile("rehearsal"), 0.25)
-    assert profile["synth"]["n_train_source"] == 248 and profile["synth"]["n_test"] == 50
-    assert profile["synth"]["n_train_target"] == 10
-    assert profile["name"] == "rehearsal-train25"
-    assert profile["data"]["synthetic_root"] == "data/synthetic/rehearsal-train25"
+    assert profile.synth.n_train_source == 248 and profile.synth.n_test == 50
+    assert profile.synth.n_train_target == 10
+    assert profile.name == "rehearsal-train25"
+    assert profile.data.synthetic_root == "data/synthetic/rehearsal-train25"
     assert "248 source training clips per machine type instead of 990" in note
 
 

@@ -75,7 +75,7 @@ class Kept(logging.Handler):
 
 @pytest.mark.slow
 def test_side_by_side_writes_the_serial_runs_files_byte_for_byte(tmp_path, capsys):
-    profile = config.load_profile("smoke")
+    profile = config.load_profile("smoke").plain()
     profile["data"]["synthetic_root"] = str(tmp_path / "data")
     profile_path = tmp_path / "smoke.yaml"
     profile_path.write_text(yaml.safe_dump(profile))

@@ -148,7 +148,7 @@ def tiny(tmp_path_factory):
         clip_seconds={"default": 0.5},
     )  # fmt: skip
     synth.generate_dataset(tmp / "data", settings, progress=False)
-    profile = config.load_profile("smoke")
+    profile = config.load_profile("smoke").plain()
     (tmp / "profile.yaml").write_text(yaml.safe_dump(profile))
     nb = nbformat.v4.new_notebook()
     nb.cells = [

@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from asd_utils import config, data, scoring
+from asd_utils.config import schema
 from asd_utils.evaluation import metrics, official
 from asd_utils.scoring import embeddings as embedding_files
 
@@ -201,20 +202,25 @@ def test_embedding_cache_key_is_the_version_not_the_source_files(wav_table, monk
 
 
 # the paper profile's options of every back end: what the old code dict held
-PAPER = config.load_profile("paper")["backends"]
+PAPER = config.load_profile("paper").backends
+
+
+def _with(name: str, options: dict | None) -> schema.Backends:
+    """The paper's ``backends`` section with ``options`` over back end ``name``'s."""
+    values = PAPER.plain()
+    return PAPER.model_copy(update={name: {**values.get(name, {}), **(options or {})}})
 
 
 def backend_scores(reference, domain, queries, name="knn", k=1, options=None, seed=0):
     """Scores of ``queries`` by back end ``name`` fitted on ``reference`` (the paper's options,
     ``options`` over them)."""
-    section = {**PAPER, name: {**PAPER.get(name, {}), **(options or {})}}
-    return scoring.make(section, name, k, seed).fit(reference, domain).score(queries)
+    return scoring.make(_with(name, options), name, k, seed).fit(reference, domain).score(queries)
 
 
 def training_scores(reference, domain, name="knn", k=1, options=None, seed=0):
     """The reference's own scores by back end ``name`` (leave-one-out or out-of-fold)."""
-    section = {**PAPER, name: {**PAPER.get(name, {}), **(options or {})}}
-    return scoring.make(section, name, k, seed).fit(reference, domain).training_scores()
+    backend = scoring.make(_with(name, options), name, k, seed)
+    return backend.fit(reference, domain).training_scores()
 
 
 def on_circle(degrees):

@@ -18,7 +18,7 @@ def tree(tmp_path_factory):
         clip_seconds={"default": 1.0},
     )  # fmt: skip
     synth.generate_dataset(tmp / "data", settings, progress=False)
-    profile = config.load_profile("smoke")
+    profile = config.load_profile("smoke").plain()
     (tmp / "smoke.yaml").write_text(yaml.safe_dump(profile))
     other = {**profile, "seed": 7, "data": {"synthetic_root": str(tmp / "synthetic")}}
     (tmp / "other.yaml").write_text(yaml.safe_dump(other))
@@ -56,7 +56,7 @@ def test_a_command_refused_by_the_lock_changes_nothing(tree, tmp_path, capsys):
 def test_read_only_commands_write_nothing(tree, tmp_path):
     out = tmp_path / "never"
     run = stages.open_run(tree / "smoke.yaml", tree / "data", out, write=False)
-    assert run.profile["seed"] == config.load_profile("smoke")["seed"] and not out.exists()
+    assert run.profile.seed == config.load_profile("smoke").seed and not out.exists()
     assert (
         cli.main(["status", "--profile", str(tree / "smoke.yaml"), "--output-root", str(out)]) == 0
     )

@@ -14,7 +14,7 @@ from asd_utils.scoring import backends, fusion
 from asd_utils.scoring.beam import Beam
 from asd_utils.systems import training_free
 
-SECTION = config.load_profile("smoke")["backends"]
+SECTION = config.load_profile("smoke").backends
 
 
 def _bands(n, seed):
@@ -24,7 +24,7 @@ def _bands(n, seed):
 def test_beam_backends_are_the_upstream_scorer_with_the_profiles_options():
     reference, queries = _bands(30, 0), _bands(7, 1)
     made = backends.make(SECTION, "beam_varmin").fit(reference, None)
-    expected = Beam(varmin=True, k=SECTION["beam_varmin"]["neighbours"]).fit(reference)
+    expected = Beam(varmin=True, k=SECTION.model_extra["beam_varmin"]["neighbours"]).fit(reference)
     np.testing.assert_allclose(made.score(queries), expected.score(queries), rtol=1e-6)
     np.testing.assert_allclose(made.training_scores(), expected.training_scores(), rtol=1e-6)
     plain = backends.make(SECTION, "beam").fit(reference, None)
@@ -37,7 +37,7 @@ def test_zmin_combines_its_members_by_their_training_scores_and_no_test_label():
     reference, queries = _bands(40, 2), _bands(9, 3)
     domains = np.array(["source"] * 36 + ["target"] * 4)
     zmin = backends.make(SECTION, "zmin").fit(reference, domains)
-    assert [m.name for m in zmin.members] == SECTION["zmin"]["members"]
+    assert [m.name for m in zmin.members] == SECTION.model_extra["zmin"]["members"]
     knn = backends.make(SECTION, "knn").fit(reference.reshape(40, -1), domains)
     beam = backends.make(SECTION, "beam_varmin").fit(reference, domains)
     expected = fusion.combine(
@@ -49,16 +49,18 @@ def test_zmin_combines_its_members_by_their_training_scores_and_no_test_label():
     alone = [zmin.score(queries[i : i + 1])[0] for i in range(len(queries))]
     np.testing.assert_allclose(alone, zmin.score(queries))  # one clip never moves another
     with pytest.raises(config.ProfileError, match="cannot be a member"):
-        backends.make({**SECTION, "zmin": {"members": ["zmin"], "rule": "min"}}, "zmin")
+        backends.make(
+            SECTION.model_copy(update={"zmin": {"members": ["zmin"], "rule": "min"}}), "zmin"
+        )
 
 
 def test_system6_is_registered_as_a_frozen_w1_system_that_needs_the_far_microphone():
     entry = registry.get("System 6")
     assert (entry.kind, entry.reads, entry.section) == ("frozen", registry.W1, "w1_beats")
     assert entry.needs_far and not registry.get("System 0").needs_far
-    section = config.load_profile("paper")["w1_beats"]
-    assert (section["backbone"], section["pooling"], section["gamma"]) == ("beats", "time_rdp", 4.0)
-    assert (section["view"], section["backend"]) == ("w1", "beam_varmin")
+    section = config.load_profile("paper").w1_beats
+    assert (section.backbone, section.pooling, section.gamma) == ("beats", "time_rdp", 4.0)
+    assert (section.view, section.backend) == ("w1", "beam_varmin")
 
 
 @pytest.mark.slow

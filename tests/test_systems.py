@@ -6,7 +6,6 @@ import os
 import pandas as pd
 import pytest
 import torch
-import yaml
 
 from asd_utils import config, data, registry, stages, systems, training
 from asd_utils.frontends import views
@@ -58,24 +57,23 @@ def test_grl_loss_reverses_only_the_domain_gradient_and_counts_progress():
 @pytest.fixture(scope="module")
 def tiny_setup(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("systems")
-    profile = config.load_profile("smoke")
-    profile["data"]["synthetic_root"] = str(tmp / "data")
-    profile["synth"].update(n_train_source=6, n_train_target=2, n_test=1)
+    values = config.load_profile("smoke").plain()
+    values["data"]["synthetic_root"] = str(tmp / "data")
+    values["synth"].update(n_train_source=6, n_train_target=2, n_test=1)
     for section in ("osscl", "beats_grl"):
-        profile[section]["train"].update(steps=4, checkpoint_every=2, warmup_steps=1)
-    path = tmp / "tiny.yaml"
-    path.write_text(yaml.safe_dump(profile))
+        values[section]["train"].update(steps=4, checkpoint_every=2, warmup_steps=1)
+    profile = config.validate_profile(values)
     paths = config.resolve_paths(profile)
     data.prepare_data(profile, paths, progress=False)
-    return str(path), profile, paths, tmp
+    return profile, paths, tmp
 
 
 @pytest.mark.parametrize("system", registry.of_kind("fine-tuned"))
 def test_every_system_builds_from_primitives(tiny_setup, system):
-    profile_path, profile, paths, _ = tiny_setup
-    model, loss, dataset = systems.build(str(paths.data_root), profile_path, system, progress=False)
+    profile, paths, _ = tiny_setup
+    model, loss, dataset = systems.build(str(paths.data_root), profile, system, progress=False)
     waveform, target, _ = dataset[(0, 1)]
-    crop = int(profile[registry.get(system).section]["crop_seconds"] * 16000)
+    crop = int(registry.settings(profile, system).crop_seconds * 16000)
     channels = (
         (2,) if registry.get(system).reads == registry.NEAR_FAR else ()
     )  # System 5: near and far
@@ -90,7 +88,7 @@ def test_every_system_builds_from_primitives(tiny_setup, system):
 
 
 def test_system_3_reads_the_denoised_near_channel(tiny_setup):
-    _, profile, paths, _ = tiny_setup
+    profile, paths, _ = tiny_setup
     channel, preprocess, key = systems.front_end(profile, "System 3")
     path = data.index_dataset(paths.data_root, split="train")["path"].iloc[0]
     near = data.read_audio(path)[0]
@@ -102,13 +100,11 @@ def test_system_3_reads_the_denoised_near_channel(tiny_setup):
 
 
 def test_run_folder_changes_with_any_weight_setting(tiny_setup):
-    _, profile, paths, tmp = tiny_setup
+    profile, paths, tmp = tiny_setup
     first = systems.run_dir(tmp, profile, "System 1", paths.data_root)
     assert first == systems.run_dir(tmp, profile, "System 1", paths.data_root)
-    changed = {
-        **profile,
-        "osscl": {**profile["osscl"], "loss": {**profile["osscl"]["loss"], "margin": 0.3}},
-    }
+    loss = profile.osscl.loss.model_copy(update={"margin": 0.3})
+    changed = profile.model_copy(update={"osscl": profile.osscl.model_copy(update={"loss": loss})})
     assert systems.run_dir(tmp, changed, "System 1", paths.data_root) != first
     assert systems.run_dir(tmp, profile, "System 3", paths.data_root) != first
     # The same folder holding other clips (a dataset made again, a clip replaced) trains anew.
@@ -122,20 +118,20 @@ def test_run_folder_changes_with_any_weight_setting(tiny_setup):
 
 
 def test_beats_grl_trains_checkpoints_and_resumes(tiny_setup):
-    profile_path, _, paths, tmp = tiny_setup
+    profile, paths, tmp = tiny_setup
     out = tmp / "out"
-    first = systems.train_system(paths.data_root, profile_path, "System 2", out, progress=False)
+    first = systems.train_system(paths.data_root, profile, "System 2", out, progress=False)
     assert first.steps == 4 and {"domain_accuracy", "grl_lambda"} <= set(first.history.columns)
     assert first.history["grl_lambda"].is_monotonic_increasing
     assert training.latest_checkpoint(first.output_dir) is not None
-    again = systems.train_system(paths.data_root, profile_path, "System 2", out, progress=False)
+    again = systems.train_system(paths.data_root, profile, "System 2", out, progress=False)
     for a, b in zip(
         first.ema_model.state_dict().values(), again.ema_model.state_dict().values(), strict=True
     ):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
     ablation = systems.train_system(
         paths.data_root,
-        profile_path,
+        profile,
         "System 2",
         out,
         progress=False,
@@ -146,8 +142,8 @@ def test_beats_grl_trains_checkpoints_and_resumes(tiny_setup):
 
 
 def test_knn_k_follows_the_system_section(tiny_setup):
-    _, profile, _, _ = tiny_setup
-    assert stages.knn_k(profile, "System 2 (lambda 0)") == profile["beats_grl"]["knn_k"]
+    profile, _, _ = tiny_setup
+    assert stages.knn_k(profile, "System 2 (lambda 0)") == profile.beats_grl.knn_k
     with pytest.raises(KeyError, match="unknown system"):
         stages.knn_k(profile, "System 9")
 
@@ -212,7 +208,8 @@ def test_systems_3_and_5_are_unavailable_on_mono_clips_and_say_why():
 @pytest.mark.parametrize("by_domain, expected", [(False, 1 + 3), (True, 2 + 3)])
 def test_classes_come_from_the_names_and_the_profile(by_domain, expected):
     profile = config.load_profile("smoke")
-    profile["osscl"]["classes_by_domain"] = by_domain
+    osscl = profile.osscl.model_copy(update={"classes_by_domain": by_domain})
+    profile = profile.model_copy(update={"osscl": osscl})
     # ToyCar carries no attribute: one class (two with the domain); fan: one per attribute value
     assert len(systems.class_names(_clips(2), profile, "System 1")[1]) == expected
     # System 2's domain head always needs the domain in its classes
@@ -220,4 +217,4 @@ def test_classes_come_from_the_names_and_the_profile(by_domain, expected):
 
 
 def test_the_paper_profile_counts_domain_classes():
-    assert config.load_profile("paper")["osscl"]["classes_by_domain"] is True
+    assert config.load_profile("paper").osscl.classes_by_domain is True

@@ -26,11 +26,11 @@ def tree(tmp_path_factory):
         clip_seconds={"default": 1.0},
     )  # fmt: skip
     synth.generate_dataset(tmp / "data", settings, progress=False)
-    profile = config.load_profile("smoke")
-    profile["osscl"]["train"].update(steps=2, checkpoint_every=1)
-    path = tmp / "profile.yaml"
-    path.write_text(yaml.safe_dump(profile))
-    return tmp, path, profile
+    values = config.load_profile("smoke").plain()
+    values["osscl"]["train"].update(steps=2, checkpoint_every=1)
+    path = tmp / "profile.yaml"  # the command's input
+    path.write_text(yaml.safe_dump(values))
+    return tmp, path, config.validate_profile(values)
 
 
 def _counting(monkeypatch) -> list:

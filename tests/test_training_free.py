@@ -129,7 +129,7 @@ def test_embed_channels_one_pass_cached_and_anc_as_system3(tmp_path, monkeypatch
     table = stereo_tree(tmp_path / "data")
     torch.manual_seed(0)
     encoder = FrozenEncoder(BACKBONES["eat"](), [1, -1])
-    settings = anc.denoiser_settings(config.load_profile("smoke")["anc"])
+    settings = anc.denoiser_settings(config.load_profile("smoke").anc)
     cache = tmp_path / "cache"
     out = training_free.embed_channels(
         encoder, table, anc_settings=settings, batch_size=4, cache_dir=cache, progress=False
@@ -190,17 +190,18 @@ def test_logmel_statistics_find_the_tone_and_ignore_padding(tmp_path):
 
 def test_system0_settings_are_checked():
     profile = config.load_profile("smoke")
+    values = profile.plain()
     for change, message in (
         ({"pooling": "cls", "backbone": "beats"}, "BEATs has no CLS"),
         ({"layer": 0}, "numbered from 1"),
         ({"veiw": "near"}, "veiw"),
     ):
         with pytest.raises(config.ProfileError, match=message):
-            config.validate_profile({**profile, "frozen": {**profile["frozen"], **change}})
-    assert stages.knn_k(profile, "System 0") == profile["frozen"]["knn_k"]
+            config.validate_profile({**values, "frozen": {**values["frozen"], **change}})
+    assert stages.knn_k(profile, "System 0") == profile.frozen.knn_k
     assert stages.backend_settings(profile) == (
         "knn",
-        {k: v for k, v in profile["backends"].items() if k != "default"},
+        {k: v for k, v in values["backends"].items() if k != "default"},
     )
 
 
