@@ -54,7 +54,7 @@ def run() -> None:
     chosen = precision.resolve(args.precision, "cpu")
     torch.manual_seed(0)
     encoder = FrozenEncoder(systems.build_backbone(args.backbone, "base"), [-1], "time_mean")
-    settings = anc.denoiser_settings(config.load_profile("paper")["anc"])
+    settings = anc.denoiser_settings(config.load_profile("paper").anc)
     with tempfile.TemporaryDirectory() as folder:
         write_tree(Path(folder), args.clips)
         table = data.index_dataset(folder)

@@ -30,17 +30,16 @@ machine's load is recorded (``machine.load_recorded``). Results: a table on stdo
 from __future__ import annotations
 
 import argparse
-import copy
 import tempfile
 import time
 from pathlib import Path
 
 import pandas as pd
 import torch
-import yaml
 from machine import load_recorded
 
 from asd_utils import config, data, registry, scoring, systems, training
+from asd_utils.config import schema
 from asd_utils.data import synth
 from asd_utils.errors import NonFiniteError
 from asd_utils.frontends.features import beats_fbank
@@ -89,46 +88,48 @@ def fbank_check(device: str, clips: int = 64, seconds: float = 10.0) -> dict:
     }
 
 
-def bench_profile(args, device: str, precision: str = "fp32") -> dict:
-    """The paper profile, at ``--size``, with ``--steps``, the batch settings asked and
-    ``precision`` (bf16 or fp32)."""
-    profile = copy.deepcopy(config.load_profile("paper"))
-    for section in ("osscl", "beats_grl", "fusion"):
-        profile[section]["size"] = args.size
-        profile[section]["checkpoint"] = ""
-        train = profile[section]["train"]
-        train.update(
-            steps=args.steps,
-            warmup_steps=max(1, args.steps // 4),
-            checkpoint_every=max(1, args.steps // 2),
-            mixed_precision="bf16" if precision == "bf16" else "no",
-        )
-        if args.batch:
-            train["batch_size"] = args.batch
-        if args.accumulation:
-            train["grad_accumulation"] = args.accumulation
-    if args.size == "tiny":  # 2 blocks: System 5's modules after the last
-        profile["fusion"].update(blocks=[-1], width=64, heads=4)
-    return profile
+def bench_profile(args, device: str, precision: str = "fp32") -> schema.Profile:
+    """The paper profile (``model_copy``), at ``--size``, with ``--steps``, the batch settings
+    asked and ``precision`` (bf16 or fp32)."""
+    profile = config.load_profile("paper")
+    train_changes = dict(
+        steps=args.steps,
+        warmup_steps=max(1, args.steps // 4),
+        checkpoint_every=max(1, args.steps // 2),
+        mixed_precision="bf16" if precision == "bf16" else "no",
+    )
+    if args.batch:
+        train_changes["batch_size"] = args.batch
+    if args.accumulation:
+        train_changes["grad_accumulation"] = args.accumulation
+    sections = {}
+    for name in ("osscl", "beats_grl", "fusion"):
+        section = getattr(profile, name)
+        changes = {"size": args.size, "checkpoint": ""}
+        changes["train"] = section.train.model_copy(update=train_changes)
+        if name == "fusion" and args.size == "tiny":  # 2 blocks: the modules after the last
+            changes.update(blocks=[-1], width=64, heads=4)
+        sections[name] = section.model_copy(update=changes)
+    return profile.model_copy(update=sections)
 
 
-def run_system(system: str, profile_path: Path, profile: dict, root: Path, out: Path, device):
+def run_system(system: str, profile: schema.Profile, root: Path, out: Path, device):
     """One system's row; a non-finite loss or embedding gives a row that says so."""
     try:
-        return measure_system(system, profile_path, profile, root, out, device)
+        return measure_system(system, profile, root, out, device)
     except NonFiniteError as err:
         return {"system": system, "non_finite": str(err)}
 
 
-def measure_system(system: str, profile_path: Path, profile: dict, root: Path, out: Path, device):
+def measure_system(system: str, profile: schema.Profile, root: Path, out: Path, device):
     settings = systems.train_config(profile, system)
     clips_per_step = settings.batch_size * settings.grad_accumulation
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    result = systems.train_system(root, str(profile_path), system, out / "full", progress=False)
+    result = systems.train_system(root, profile, system, out / "full", progress=False)
     peak = torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else float("nan")
     steps_per_s = result.steps / result.loop_seconds
-    full_steps = config.load_profile("paper")[registry.get(system).section]["train"]["steps"]
+    full_steps = registry.settings(config.load_profile("paper"), system).train.steps
 
     clips = data.index_dataset(root)
     channel, preprocess, _ = systems.front_end(profile, system)
@@ -141,7 +142,7 @@ def measure_system(system: str, profile_path: Path, profile: dict, root: Path, o
     embed_rate = len(clips) / (time.perf_counter() - start)
 
     # kill after half the steps (past the checkpoint there), then resume in a new call
-    model, loss, dataset = systems.build(str(root), str(profile_path), system, progress=False)
+    model, loss, dataset = systems.build(str(root), profile, system, progress=False)
     folder = out / "cut" / system.replace(" ", "_")
     half = result.steps // 2
     try:
@@ -151,7 +152,7 @@ def measure_system(system: str, profile_path: Path, profile: dict, root: Path, o
         )  # fmt: skip
     except Stop:
         pass
-    model, loss, dataset = systems.build(str(root), str(profile_path), system, progress=False)
+    model, loss, dataset = systems.build(str(root), profile, system, progress=False)
     resumed = training.train(model, loss, dataset, settings, folder, resume=True, progress=False)
     full_state, resumed_state = result.ema_model.state_dict(), resumed.ema_model.state_dict()
     difference = max(
@@ -192,11 +193,9 @@ def run(args) -> pd.DataFrame:
         rows = []
         for precision in args.precisions or (("bf16", "fp32") if device == "cuda" else ("fp32",)):
             profile = bench_profile(args, device, precision)
-            profile_path = tmp / f"profile_{precision}.yaml"
-            profile_path.write_text(yaml.safe_dump(profile))
             out = tmp / "out" / precision
             rows += [
-                {**run_system(system, profile_path, profile, tmp / "data", out, device),
+                {**run_system(system, profile, tmp / "data", out, device),
                  "precision": precision}
                 for system in args.systems
             ]  # fmt: skip

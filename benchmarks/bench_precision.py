@@ -23,17 +23,16 @@ changes the time per step, not the ratio of the two precisions much).
 from __future__ import annotations
 
 import argparse
-import copy
 import os
 import tempfile
 from pathlib import Path
 
 import pandas as pd
 import torch
-import yaml
 from machine import cpu_model, load_recorded
 
 from asd_utils import config, systems
+from asd_utils.config import schema
 from asd_utils.data import synth
 from asd_utils.models import precision
 
@@ -41,24 +40,30 @@ DEFAULT_SYSTEMS = ("System 1", "System 2", "System 5")
 PRECISIONS = ("no", "bf16")
 
 
-def bench_profile(setting: str, steps: int, size: str = "tiny") -> dict:
-    """The quick profile with ``steps`` optimizer steps and ``mixed_precision: setting``; with
-    ``size`` "base", the paper profile's backbones (and System 5's modules)."""
-    profile = copy.deepcopy(config.load_profile("quick"))
+def bench_profile(setting: str, steps: int, size: str = "tiny") -> schema.Profile:
+    """The quick profile (``model_copy``) with ``steps`` optimizer steps and ``mixed_precision:
+    setting``; with ``size`` "base", the paper profile's backbones (and System 5's modules)."""
+    profile = config.load_profile("quick")
     paper = config.load_profile("paper")
-    for section in ("osscl", "beats_grl", "fusion"):
-        if size == "base":
-            profile[section]["size"] = "base"
-            for key in ("blocks", "width", "heads"):
-                if key in paper[section]:
-                    profile[section][key] = paper[section][key]
-        profile[section]["train"].update(
-            steps=steps,
-            warmup_steps=max(1, steps // 4),
-            checkpoint_every=0,
-            mixed_precision=setting,
+    sections = {}
+    for name in ("osscl", "beats_grl", "fusion"):
+        section, theirs = getattr(profile, name), getattr(paper, name)
+        train = section.train.model_copy(
+            update=dict(
+                steps=steps,
+                warmup_steps=max(1, steps // 4),
+                checkpoint_every=0,
+                mixed_precision=setting,
+            )
         )
-    return profile
+        changes = {"train": train}
+        if size == "base":
+            changes["size"] = "base"
+            for key in ("blocks", "width", "heads"):
+                if key in type(theirs).model_fields:
+                    changes[key] = getattr(theirs, key)
+        sections[name] = section.model_copy(update=changes)
+    return profile.model_copy(update=sections)
 
 
 def train_once(
@@ -67,9 +72,7 @@ def train_once(
     """One run from scratch; its steps/s over the loop and its last logged loss."""
     profile = bench_profile(setting, steps, size)
     out.mkdir(parents=True, exist_ok=True)
-    path = out / f"profile-{setting}-{steps}-{size}.yaml"
-    path.write_text(yaml.safe_dump(profile))
-    result = systems.train_system(root, str(path), system, out / "runs", progress=False)
+    result = systems.train_system(root, profile, system, out / "runs", progress=False)
     return {
         "steps_per_s": result.steps / result.loop_seconds,
         "loss": float(result.history["loss"].iloc[-1]),
@@ -87,13 +90,13 @@ def run(args) -> pd.DataFrame:
     rows = []
     with tempfile.TemporaryDirectory() as folder:
         tmp = Path(folder)
-        quick = config.load_profile("quick")["synth"]
+        quick = config.load_profile("quick").synth
         tree = synth.SynthConfig(
             machine_types=("ToyCar", "fan"),
             n_train_source=args.clips,
             n_train_target=2,
             n_test=2,
-            clip_seconds=quick["clip_seconds"],
+            clip_seconds=quick.clip_seconds,
         )
         synth.generate_dataset(tmp / "data", tree, progress=False)
         for system in args.systems:

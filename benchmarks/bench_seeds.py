@@ -25,16 +25,17 @@ from pathlib import Path
 
 import pandas as pd
 import torch
-import yaml
 from machine import load_recorded
 
 from asd_utils import config, data, files, registry, stages
+from asd_utils.config import schema
 from asd_utils.report import analysis
 
 
-def seed_run(clips, paths, profile_path: Path, profile: dict, out: Path) -> stages.Run:
-    """The run of one seed: the report's data (its clip table), its own output folder."""
-    return stages.Run(profile, config.RunPaths(paths.data_root, out, False), profile_path, clips)
+def seed_run(clips, paths, profile: schema.Profile, out: Path) -> stages.Run:
+    """The run of one seed (a profile derived in memory): the report's data (its clip table),
+    its own output folder."""
+    return stages.Run(profile, config.RunPaths(paths.data_root, out, False), None, clips)
 
 
 def autoencoder_scores(run: stages.Run) -> dict[str, float]:
@@ -66,24 +67,24 @@ def run() -> None:
     args = parser.parse_args()
     base = config.load_profile(args.profile)
     if args.mixed_precision:  # e.g. bf16 against the profile's float32, seed for seed
-        section = base[registry.get(args.system).section]
-        section["train"] = {**section["train"], "mixed_precision": args.mixed_precision}
+        name = registry.get(args.system).section
+        section = getattr(base, name)
+        train = section.train.model_copy(update={"mixed_precision": args.mixed_precision})
+        base = base.model_copy(update={name: section.model_copy(update={"train": train})})
     paths = config.resolve_paths(base)
     data.prepare_data(base, paths, progress=False)
     clips = data.index_dataset(paths.data_root)
     print(
         f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
-        f"profile {base['name']}, data {paths.data_root}"
+        f"profile {base.name}, data {paths.data_root}"
     )
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for seed in args.seeds:
-            profile = {**base, "seed": seed}
-            profile_path = Path(tmp) / f"{base['name']}-seed{seed}.yaml"
-            profile_path.write_text(yaml.safe_dump(profile))
+            profile = base.model_copy(update={"seed": seed})
             start = time.perf_counter()
             row = {"seed": seed, "data_root": str(paths.data_root)}
-            run = seed_run(clips, paths, profile_path, profile, Path(tmp) / str(seed))
+            run = seed_run(clips, paths, profile, Path(tmp) / str(seed))
             row.update(autoencoder_scores(run))
             row["baseline seconds"] = round(time.perf_counter() - start, 1)
             score, seconds = system_score(run, args.system)
