@@ -132,7 +132,7 @@ def test_embed_channels_one_pass_cached_and_anc_as_system3(tmp_path, monkeypatch
     settings = anc.denoiser_settings(config.load_profile("smoke").anc)
     cache = tmp_path / "cache"
     out = training_free.embed_channels(
-        encoder, table, anc_settings=settings, batch_size=4, cache_dir=cache, progress=False
+        encoder, table, denoiser=settings, batch_size=4, cache_dir=cache, progress=False
     )
     assert {k: v.shape for k, v in out.items()} == {
         c: (len(table), 2, 512) for c in training_free.CHANNELS
@@ -158,7 +158,7 @@ def test_embed_channels_one_pass_cached_and_anc_as_system3(tmp_path, monkeypatch
 
     monkeypatch.setattr(data, "read_audio", no_audio)
     again = training_free.embed_channels(
-        encoder, table, anc_settings=settings, cache_dir=cache, progress=False
+        encoder, table, denoiser=settings, cache_dir=cache, progress=False
     )
     for channel in training_free.CHANNELS:
         np.testing.assert_array_equal(again[channel], out[channel])

@@ -113,7 +113,7 @@ def _as_clip_list(x) -> list[np.ndarray]:
     return clips
 
 
-def _split_output(machine, noise, oracle: bool, settings: dict) -> list[tuple]:
+def _split_output(machine, noise, oracle: bool, options: dict) -> list[tuple]:
     """Run FBLMS on ``machine + noise`` and split the output into its machine and noise parts.
 
     Returns per clip ``(machine_near, noise_near, machine_out, noise_out)``, float64 arrays of
@@ -140,7 +140,7 @@ def _split_output(machine, noise, oracle: bool, settings: dict) -> list[tuple]:
             m[:, 0] + n[:, 0],
             far_machine + n[:, 1],
             components=np.stack([far_machine, n[:, 1]]),
-            **settings,
+            **options,
         )
         for j, i in enumerate(index):
             result[i] = (

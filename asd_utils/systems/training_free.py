@@ -151,8 +151,8 @@ def _batches(
         yield rows, audio, lengths
 
 
-def _channel_key(encoder: nn.Module, table, channel: str, anc_settings: dict, autocast) -> str:
-    front = "anc:" + ",".join(f"{k}={v}" for k, v in sorted(anc_settings.items()))
+def _channel_key(encoder: nn.Module, table, channel: str, denoiser: dict, autocast) -> str:
+    front = "anc:" + ",".join(f"{k}={v}" for k, v in sorted(denoiser.items()))
     ss = f"ss:beta={twochannel.SS_BETA},gamma={twochannel.SS_GAMMA}"
     preprocess = {"near": "near", "far": "far", "anc": front, "w1": "w1", "ss": ss}[channel]
     return scoring.embedding_cache_key(
@@ -174,7 +174,7 @@ def embed_channels(
     encoder: FrozenEncoder,
     table: pd.DataFrame,
     channels: Sequence[str] = CHANNELS,
-    anc_settings: dict | None = None,
+    denoiser: dict | None = None,
     batch_size: int = 32,
     cache_dir: str | os.PathLike | None = None,
     autocast: torch.dtype | None = None,
@@ -183,8 +183,8 @@ def embed_channels(
     """Embeddings of every clip of ``table`` per channel: ``{channel: (N, layers, dim)}``.
 
     ``channels`` from :data:`CHANNELS`; ``anc`` denoises the near channel with the far one
-    (:func:`asd_utils.frontends.anc.denoise`, ``anc_settings``), a whole batch at once (the
-    canceller is
+    (:func:`asd_utils.frontends.anc.denoise` with the keyword options ``denoiser``, from
+    :func:`asd_utils.frontends.anc.denoiser_settings`), a whole batch at once (the canceller is
     causal, so the zero padding after a short clip does not change it). Each channel is cached
     as ``frozen_<key>.npy`` under ``cache_dir``, keyed by the weights, blocks, pooling, clips,
     channel and front-end settings (:func:`asd_utils.scoring.embedding_cache_key`): a cached
@@ -195,11 +195,11 @@ def embed_channels(
     unknown = [c for c in channels if c not in CHANNELS]
     if unknown:
         raise ValueError(f"unknown channel(s) {unknown}; choose from {CHANNELS}")
-    anc_settings = dict(anc_settings or {})
+    denoiser = dict(denoiser or {})
     out, paths = {}, {}
     for channel in channels:
         if cache_dir is not None:
-            key = _channel_key(encoder, table, channel, anc_settings, autocast)
+            key = _channel_key(encoder, table, channel, denoiser, autocast)
             paths[channel] = Path(cache_dir) / f"frozen_{key[:32]}.npy"
             if paths[channel].is_file():
                 out[channel] = np.load(paths[channel])
@@ -223,7 +223,7 @@ def embed_channels(
                 raise data.DataError(f"{table['path'].iloc[rows[0]]} has no far channel (mono)")
             inputs["far"] = audio[:, 1]
         if "anc" in todo:
-            denoised = anc.denoise(audio[:, :2], **anc_settings).float()
+            denoised = anc.denoise(audio[:, :2], **denoiser).float()
             inputs["anc"] = denoised.masked_fill(~prefix_mask(lengths, denoised.shape[1]), 0.0)
         for name in ("w1", "ss"):
             if name in todo:  # fitted over the whole clip: each on its own samples, no padding
