@@ -73,9 +73,14 @@ class Synth(Section):
     seed: int
 
     @model_validator(mode="after")
-    def _default_length(self):
+    def _consistent(self):
         if "default" not in self.clip_seconds:
             raise ValueError("clip_seconds needs a 'default' entry (seconds of every other type)")
+        both = set(self.machine_types) & set(self.eval_machine_types or ())
+        if both:
+            raise ValueError(
+                f"machine types {sorted(both)} are in both machine_types and eval_machine_types"
+            )
         return self
 
 
