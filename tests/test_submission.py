@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 from asd_utils import config, data, submission
+from asd_utils.config import schema
 from asd_utils.evaluation import metrics, official
 from asd_utils.submission import SubmissionError
 from asd_utils.systems import recipes
@@ -28,28 +29,30 @@ DEV_TEST = [
     for i in range(3)
 ]
 EVAL_TEST = [f"section_00_{i:04d}.wav" for i in range(5)]
-PROFILE = {
-    "name": "test",
-    "data": {"synthetic_root": "data/synthetic/test"},
-    "osscl": {"backbone": "eat", "size": "tiny", "checkpoint": "", "train": {}, "loss": {}},
-    "beats_grl": {"backbone": "beats", "size": "tiny", "checkpoint": "/weights/BEATs_iter3.pt"},
-    "ensemble": {"members": ["System 1", "System 2"], "weights": [0.5, 0.5]},
-    "submission": {
-        "label": LABEL,
-        "systems": SYSTEMS,
-        "descriptions": {"System 1": {"name": "EAT with OSSCL", "abbreviation": "EAT-OSSCL"}},
-    },
-}
+_SMOKE = config.load_profile("smoke")  # random-init EAT; System 1 + System 2 the ensemble
+PROFILE = _SMOKE.model_copy(  # a profile made in memory
+    update={
+        "name": "test",
+        "beats_grl": _SMOKE.beats_grl.model_copy(update={"checkpoint": "/weights/BEATs_iter3.pt"}),
+        "submission": schema.Submission(
+            label=LABEL,
+            systems=SYSTEMS,
+            descriptions={
+                "System 1": schema.Description(name="EAT with OSSCL", abbreviation="EAT-OSSCL")
+            },
+        ),
+    }
+)
 
 
-def _info(system: str, profile: dict) -> dict:
+def _info(system: str, profile: schema.Profile) -> dict:
     """What training keeps in a trained system's ``system.json`` for its meta file: its recipe's
     description (:func:`asd_utils.stages.train`); an ensemble's members' records."""
     from asd_utils import registry
 
     entry = registry.get(system)
     if entry.kind == "ensemble":
-        members = profile["ensemble"]["members"]
+        members = profile.ensemble.members
         return {"members": members, "member_info": {m: _info(m, profile) for m in members}}
     if not entry.trainable:
         return {}
@@ -203,7 +206,7 @@ def test_meta_notes():
 def test_meta_of_the_real_profiles(name):
     """Every system a shipped profile submits gets a meta file (its descriptions' keys pass)."""
     profile = config.load_profile(name)
-    for system in (profile.get("submission") or {}).get("systems") or submission.DEFAULT_SYSTEMS:
+    for system in profile.submission.systems:
         info = _info(system, profile)
         meta = submission.build_meta("Lastname_Institute_task2_1", system, profile, info)
         assert meta["system"]["description"]["input_sampling_rate"] == "16kHz"
@@ -211,9 +214,10 @@ def test_meta_of_the_real_profiles(name):
 
 
 def test_unknown_description_key_refused():
-    profile = {**PROFILE, "submission": {"descriptions": {"System 1": {"nmae": "typo"}}}}
-    with pytest.raises(ValueError, match="unknown keys \\['nmae'\\]"):
-        submission.build_meta("Doe_XJU_task2_1", "System 1", profile)
+    values = PROFILE.plain()
+    values["submission"]["descriptions"]["System 1"]["nmae"] = "typo"
+    with pytest.raises(ValueError, match="System 1.nmae: unknown key"):  # at the door
+        config.validate_profile(values)
 
 
 def test_written_package_passes_check(package, test_clips):
@@ -512,7 +516,7 @@ def test_cli_check(package, tree, good_folder, capsys):
 
 def test_cli_write(tree, tmp_path, capsys):
     profile = tmp_path / "profile.yaml"
-    full = config.load_profile("smoke")  # a whole profile: the CLI validates it
+    full = config.load_profile("smoke").plain()  # a whole profile: the CLI validates it
     full["submission"] = {**full["submission"], "label": LABEL, "systems": SYSTEMS}
     profile.write_text(yaml.safe_dump(full))
     destination = tmp_path / "out"
