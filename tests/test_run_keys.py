@@ -1,18 +1,23 @@
-"""Run keys survive the typed profile (issue 33 item 1): the smoke run folders' keys, computed on
-main before the profile was typed, is what :func:`asd_utils.systems.run_dir` still gives, so
-nothing already trained is trained again."""
+"""Run keys survive the typed profile (issue 33 item 1): the smoke and quick run folders'
+keys, computed on main before the profile was typed, are what
+:func:`asd_utils.systems.run_dir` still gives, so nothing already trained is trained again."""
 
 import pandas as pd
 import pytest
 
 from asd_utils import config, data, systems
 
-# the run folders of the smoke profile on the table below (computed before the change)
+# the run folders of the smoke and quick profiles on the table below (computed before the
+# change; both train in float32, so the keys do not depend on the machine)
 KNOWN = {
-    "System 1": "System_1-bfc7ce13e2",
-    "System 2": "System_2-f5d7a5fe39",
-    "System 3": "System_3-7964c7cfad",
-    "System 5": "System_5-fad2c9b8ca",
+    ("smoke", "System 1"): "System_1-bfc7ce13e2",
+    ("smoke", "System 2"): "System_2-f5d7a5fe39",
+    ("smoke", "System 3"): "System_3-7964c7cfad",
+    ("smoke", "System 5"): "System_5-fad2c9b8ca",
+    ("quick", "System 1"): "System_1-adda954422",
+    ("quick", "System 2"): "System_2-82070040e6",
+    ("quick", "System 3"): "System_3-4cfed251b0",
+    ("quick", "System 5"): "System_5-aa5b5fb454",
 }
 
 
@@ -28,10 +33,10 @@ def _clips() -> pd.DataFrame:
     return table
 
 
-@pytest.mark.parametrize("system", sorted(KNOWN))
-def test_a_smoke_run_key_is_unchanged(system, monkeypatch):
+@pytest.mark.parametrize("profile, system", sorted(KNOWN))
+def test_a_run_key_is_unchanged(profile, system, monkeypatch):
     monkeypatch.setattr(data, "clip_fingerprint", lambda table: "fixed")
     monkeypatch.delenv("EAT_CHECKPOINT", raising=False)
     monkeypatch.delenv("BEATS_CHECKPOINT", raising=False)
-    folder = systems.run_dir("/out", config.load_profile("smoke"), system, "/data", _clips())
-    assert folder.name == KNOWN[system]
+    folder = systems.run_dir("/out", config.load_profile(profile), system, "/data", _clips())
+    assert folder.name == KNOWN[profile, system]
