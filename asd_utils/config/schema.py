@@ -32,15 +32,19 @@ SYSTEM_NAMES = registry.SUBMITTABLE  # what a profile may list (submission syste
 ENSEMBLE_MEMBERS = tuple(registry.of_kind("fine-tuned", "frozen"))  # what an ensemble may combine
 
 
-class Section(BaseModel):
+class Plain(BaseModel):
+    """A part of a profile with its dict form."""
+
+    def plain(self) -> dict:
+        """The part as its record holds it (``profile.yaml``, ``system.json``) and as run and
+        cache keys hash it: nested dicts, the optional keys left unset (``None``) absent."""
+        return self.model_dump(exclude_none=True)
+
+
+class Section(Plain):
     """A profile section: unknown keys are refused, no value is coerced from another type."""
 
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
-
-    def plain(self) -> dict:
-        """The section as its record holds it (``profile.yaml``, ``system.json``) and as run and
-        cache keys hash it: nested dicts, the optional keys left unset (``None``) absent."""
-        return self.model_dump(exclude_none=True)
 
 
 class Data(Section):
@@ -206,7 +210,7 @@ class BEATsGRL(FineTuned):
     ablation_lambda_zero: bool
 
 
-class ClassSettings(BaseModel):
+class ClassSettings(Plain):
     """How a system's classes are made (a profile's ``classes`` block;
     :mod:`asd_utils.systems.classes`).
 
