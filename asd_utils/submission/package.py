@@ -20,7 +20,7 @@ sibling folder and moved into place only once every folder has passed :func:`che
     <label>_task2.zip               with --zip: task2/ without its README.txt
 ```
 
-The official evaluator (``nttcslab/dcase2024_task2_evaluator``, the same reading code as
+The ground truth and the official evaluator's command: :mod:`asd_utils.submission.ground_truth`.
 """
 
 from __future__ import annotations
