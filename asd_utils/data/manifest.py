@@ -63,12 +63,13 @@ def index_dataset(
     (``auto``: 2), a clip shorter than
     ``min_seconds`` (default :data:`MIN_SECONDS`, the front-ends' floor), an existing but empty
     ``train/`` or ``test/`` folder, a clip found twice, and (``check_samples``) NaN or infinite
-    samples. A silent clip (every sample exactly 0) is a :class:`DataWarning`.
+    samples. A silent clip (every sample exactly 0) is a :class:`~asd_utils.data.dcase.DataWarning`.
 
-    The sample checks read each clip (:func:`scan_samples`) once: with ``cache_dir`` their
-    results are kept in :func:`sample_cache_path` (never inside ``data_root``, which is only
-    read), keyed by each file's path, size and mtime_ns, so indexing the same tree again reads
-    WAV headers only; without it every call reads the samples again.
+    The sample checks read each clip (:func:`~asd_utils.data.checks.scan_samples`) once: with
+    ``cache_dir`` their results are kept in :func:`~asd_utils.data.checks.sample_cache_path` (never
+    inside ``data_root``, which is only read), keyed by each file's path, size and mtime_ns, so
+    indexing the same tree again reads WAV headers only; without it every call reads the samples
+    again.
     """
     if split not in (None, *SPLITS):
         raise ValueError(f"split must be None, 'train' or 'test', not {split!r}")

@@ -2,7 +2,8 @@
 
 :func:`write_package` copies (never recomputes) the official CSVs of up to four systems of a
 finished run (``<output_root>/systems/<system>/``) into this layout, built in a temporary
-sibling folder and moved into place only once every folder has passed :func:`check`:
+sibling folder and moved into place only once every folder has passed
+:func:`~asd_utils.evaluation.official.check`:
 
 ```
 <destination>/                      default <output_root>/submission/
@@ -224,9 +225,9 @@ def write_package(
     (``<Lastname>_<Institute>``) override the profile. ``destination`` defaults to
     ``<output_root>/submission``; ``zip`` adds ``<label>_task2.zip``. ``clips``: the run's clip
     table (its manifest), else ``data_root`` is indexed. Layout in the module
-    docstring. Everything is built in a temporary sibling folder and checked (:func:`check`,
-    :func:`check_package`) before it replaces ``destination``: a failed write leaves an old
-    package as it was.
+    docstring. Everything is built in a temporary sibling folder and checked
+    (:func:`~asd_utils.evaluation.official.check`, :func:`check_package`) before it replaces
+    ``destination``: a failed write leaves an old package as it was.
     """
     output_root = Path(output_root)
     settings = profile.get("submission") or {}

@@ -1,6 +1,26 @@
-"""A training run's files: atomic, verified checkpoints (``checkpoints/step_NNNNNNNN/`` with a
-manifest of sizes and sha256, ``checkpoints/latest`` naming the newest), damage set aside, a
-finished run's record (``finished.json``) and loading saved weights."""
+"""A training run's files: atomic, verified checkpoints, damage set aside, a finished run's
+record and loading saved weights.
+
+:func:`asd_utils.training.train` writes into its run folder, every file atomically:
+
+```
+<output_dir>/
+    train_config.json               the settings (TrainConfig), before the first step
+    checkpoints/step_NNNNNNNN/      every checkpoint_every steps and at the last step
+        model.safetensors, ema.safetensors, loss.safetensors     raw, EMA and loss weights
+        train_state.pt              optimizer, scheduler, step, log, config, seconds so far
+        rng_<rank>.pt               each process's RNG states
+        manifest.json               every file's size and sha256, written before `latest`
+    checkpoints/latest              names the newest complete checkpoint folder
+    train_log.csv                   one row per step, rewritten at each checkpoint and the end
+    ema.safetensors                 at the end: the weights to embed with
+    model.safetensors, loss.safetensors
+    finished.json                   last: steps, seconds, config, precision, each final file's
+                                    size and sha256; the run is complete
+```
+
+A damaged checkpoint folder or file is renamed ``<name>.damaged`` (never deleted).
+"""
 
 from __future__ import annotations
 
@@ -93,8 +113,8 @@ def _set_rng_state(state: dict) -> None:
 
 def latest_checkpoint(output_dir: str | os.PathLike) -> Path | None:
     """The checkpoint folder ``checkpoints/latest`` names, or None (none written yet, or that
-    folder is gone). Not verified: :func:`train` verifies it (:func:`checkpoint_damage`) before
-    resuming and falls back to an older one."""
+    folder is gone). Not verified: :func:`~asd_utils.training.loop.train` verifies it
+    (:func:`checkpoint_damage`) before resuming and falls back to an older one."""
     pointer = Path(output_dir) / CHECKPOINT_DIR / LATEST
     if not pointer.is_file():
         return None

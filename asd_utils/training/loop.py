@@ -241,21 +241,15 @@ def train(
     :class:`asd_utils.models.heads.EmbeddingModel`); ``loss_fn(outputs, targets)`` returns a
     dict with ``"loss"`` and any parts to log (e.g. :class:`asd_utils.models.losses.OSSCLLoss`).
     ``dataset[(index, seed)]`` returns ``(waveform, target)`` or ``(waveform, target,
-    n_valid)`` (:class:`ClipDataset`). A data set, not a DataLoader: the loop owns the sampler
-    (:class:`ResumableSampler`), whose position is what makes a resumed run see the same clips.
+    n_valid)`` (:class:`~asd_utils.training.data.ClipDataset`). A data set, not a DataLoader: the
+    loop owns the sampler (:class:`ResumableSampler`), whose position is what makes a resumed run
+    see the same clips.
 
     Per micro-batch: SpecAugment on the fbank (generator seeded by seed, micro-batch and
     process), forward, ``backward`` of loss / accumulation; every ``grad_accumulation``
-    micro-batches one AdamW step, one scheduler step, one EMA update, one log row. Writes to
-    ``output_dir``: ``train_config.json``; ``checkpoints/step_NNNNNNNN/`` every
-    ``checkpoint_every`` steps and at the last step (model, EMA and loss weights as
-    safetensors; optimizer, scheduler, step, log, config and seconds so far in
-    ``train_state.pt``; each process's RNG states in ``rng_<rank>.pt``; every file's size and
-    sha256 in ``manifest.json``) with ``checkpoints/latest`` naming the newest;
-    ``train_log.csv`` (rewritten atomically at each checkpoint and at the end); at the end
-    ``ema.safetensors`` (the weights to embed with), ``model.safetensors``,
-    ``loss.safetensors`` and, last, ``finished.json`` (steps, seconds, config, each final
-    file's size and sha256): the run is complete.
+    micro-batches one AdamW step, one scheduler step, one EMA update, one log row. Writes the
+    run folder ``output_dir`` (its files: :mod:`asd_utils.training.checkpoints`); its
+    ``finished.json``, written last, says the run is complete.
 
     ``config.mixed_precision`` is resolved first (:func:`asd_utils.models.precision.resolve`:
     ``auto``
@@ -267,10 +261,10 @@ def train(
     ``resume=True`` on a finished run (same settings and steps) trains nothing: it loads the
     final weights into ``model`` and ``loss_fn`` and returns the recorded log and seconds
     (``reused``). Otherwise it continues from the newest checkpoint that verifies
-    (:func:`checkpoint_damage`; from scratch if none) and ends with the same weights and log as
-    an uninterrupted run. A damaged checkpoint or final file is renamed ``<name>.damaged`` and
-    named, with what was wrong and where training goes on from, in one
-    :class:`CheckpointWarning`. Changed settings other than
+    (:func:`~asd_utils.training.checkpoints.checkpoint_damage`; from scratch if none) and ends with
+    the same weights and log as an uninterrupted run. A damaged checkpoint or final file is renamed
+    ``<name>.damaged`` and named, with what was wrong and where training goes on from, in one
+    :class:`~asd_utils.training.checkpoints.CheckpointWarning`. Changed settings other than
     :attr:`TrainConfig.RESUMABLE_CHANGES` raise a ValueError. ``resume=False`` deletes the
     run's old checkpoints and its ``finished.json``.
 
