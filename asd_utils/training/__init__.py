@@ -6,12 +6,12 @@ folder's checkpoints and records (:mod:`~asd_utils.training.checkpoints`) and th
 
 from asd_utils.training.checkpoints import (
     CHECKPOINT_DIR,
+    CHECKSUMS,
     DAMAGED,
     EMA_WEIGHTS,
     FINISHED,
     LATEST,
     LOSS_WEIGHTS,
-    MANIFEST,
     MODEL_WEIGHTS,
     TRAIN_CONFIG,
     TRAIN_LOG,
@@ -38,7 +38,7 @@ __all__ = [
     "FINISHED",
     "LATEST",
     "LOSS_WEIGHTS",
-    "MANIFEST",
+    "CHECKSUMS",
     "MODEL_WEIGHTS",
     "PRELOAD_BUDGET_BYTES",
     "TRAIN_CONFIG",
