@@ -50,7 +50,7 @@ def test_attributes_csv_matches_file_names(small_root):
     assert valve[0] == "file_name" and valve[1].endswith("_noAttribute.wav")
 
 
-# The public listing of the real 2026 names (dcase2026-task2.md): keys per machine type.
+# The public listing of the real 2026 names (the official sets' file names): keys per type.
 LISTED_KEYS = {
     "ToyCar": [],
     "ToyCarEmu": ["car", "spd", "mic", "mic"],
@@ -256,7 +256,7 @@ def test_development_clips_are_byte_identical_to_before_the_eval_types(tmp_path)
     assert found == DEV_CLIPS_BEFORE_EVAL_TYPES
 
 
-# The public listing of the real 2026 evaluation names (dcase2026-task2.md): keys, and the values
+# The public listing of the real 2026 evaluation names (the official set's): keys, and the values
 # of one listed name, per machine type.
 LISTED_EVAL = {
     "BlowerDustCollector": "nzl_1_pow_1",

@@ -159,7 +159,7 @@ def attribute_classes(table: pd.DataFrame, by_domain: bool = False) -> tuple[np.
     ``"<machine_type>/<section>/<attributes>"``, or ``"<machine_type>/<section>"`` for clips
     without attributes (then the whole section is one class); ``by_domain`` appends
     ``"/<domain>"``. The XJU paper's "number of classes 80" is whatever this gives on its data
-    (xju-system.md): derived from the table, never typed in. Sorting makes the ids deterministic.
+    (``xju2026``): derived from the table, never typed in. Sorting makes the ids deterministic.
     """
     missing = [c for c in ("machine_type", "section", "attributes") if c not in table.columns]
     if missing:

@@ -222,10 +222,10 @@ ATTRIBUTES: dict[str, dict[str, tuple[tuple[str, ...], tuple[str, ...]]]] = {
     },
 }
 
-# What the file names carry, as in the public listing of the real 2026 names
-# (dcase2026-task2.md): (key in the name, condition above, value renaming or None). Six machine
-# types (ToyCar, bearingEmu, sliderEmu, valveEmu, SewingMachine, ToothBrush) name none
-# (``..._0000_noAttribute.wav``):
+# What the file names carry, as in the public listing of the real 2026 names (the official
+# development and evaluation sets' file names): (key in the name, condition above, value
+# renaming or None). Six machine types (ToyCar, bearingEmu, sliderEmu, valveEmu, SewingMachine,
+# ToothBrush) name none (``..._0000_noAttribute.wav``):
 # their conditions still change the sound and still shift between domains, unnamed.
 NAMED_ATTRIBUTES: dict[str, list[tuple[str, str, dict | None]]] = {
     "ToyCar": [],

@@ -7,7 +7,7 @@ sibling folder and moved into place only once every folder has passed
 
 ```
 <destination>/                      default <output_root>/submission/
-    task2/                          the package (dcase2026-task2.md, "The submission package")
+    task2/                          the package, as the DCASE 2026 Task 2 rules ask for it
         README.txt                  what is left to do (authors, source code, the report PDF)
         <label>_task2_<n>/          n = 1.. in the order of the systems given
             <label>_task2_<n>.meta.yaml

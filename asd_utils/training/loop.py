@@ -1,10 +1,11 @@
 """One training loop for every fine-tuned system (accelerate, AdamW, inverse-sqrt schedule, EMA,
 atomic and verified checkpoints, exact resume; a finished run is found, not trained again).
 
-The defaults of :class:`TrainConfig` are the XJU paper's Table 1 (xju-system.md): 10,000
-optimizer steps, batch 16, gradient accumulation 8 (128 clips per step), AdamW at 1e-4, 960
-linear warm-up steps then inverse-sqrt decay, SpecAugment 80, weight EMA 0.9995. A system is a
-model, a loss and a data set handed to :func:`train`; the loop is the same for all of them.
+The defaults of :class:`TrainConfig` are the XJU report's Table 1 (``xju2026`` in
+``book/references.bib``): 10,000 optimizer steps, batch 16, gradient accumulation 8 (128 clips
+per step), AdamW at 1e-4, 960 linear warm-up steps then inverse-sqrt decay, SpecAugment 80,
+weight EMA 0.9995. A system is a model, a loss and a data set handed to :func:`train`; the loop
+is the same for all of them.
 
 The same function runs in-process (a notebook) and under ``accelerate launch`` (one process per
 GPU, DDP): ``asd train`` (:func:`asd_utils.stages.train`) builds the model, loss and data set in
