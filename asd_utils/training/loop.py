@@ -67,7 +67,7 @@ from asd_utils.training.checkpoints import (
     find_checkpoint,
 )
 from asd_utils.training.config import TrainConfig
-from asd_utils.training.data import ResumableSampler
+from asd_utils.training.dataset import ResumableSampler
 
 log = logging.getLogger(__name__)
 
@@ -242,7 +242,7 @@ def train(
     :class:`asd_utils.models.heads.EmbeddingModel`); ``loss_fn(outputs, targets)`` returns a
     dict with ``"loss"`` and any parts to log (e.g. :class:`asd_utils.models.losses.OSSCLLoss`).
     ``dataset[(index, seed)]`` returns ``(waveform, target)`` or ``(waveform, target,
-    n_valid)`` (:class:`~asd_utils.training.data.ClipDataset`). A data set, not a DataLoader: the
+    n_valid)`` (:class:`~asd_utils.training.dataset.ClipDataset`). A data set, not a DataLoader: the
     loop owns the sampler (:class:`ResumableSampler`), whose position is what makes a resumed run
     see the same clips.
 
