@@ -20,7 +20,6 @@ AUDIOSET = {
     "url": "https://research.google.com/audioset/",
     "total_audio_length": f"{FILL_IN}: hours of AudioSet audio the checkpoint was trained on",
 }
-CHECKPOINT_ENV = registry.CHECKPOINT_ENV
 BACKBONE_NAMES = prose.BACKBONE_NAMES
 DESCRIPTION_FIELDS = (
     "input_sampling_rate",
