@@ -1273,18 +1273,21 @@ def detect(
     with tempfile.TemporaryDirectory(prefix="asd-detect-") as folder:
         windows = _windows(new, float(part["duration"].max()), Path(folder))
         scores = new_scores(run, system, part, windows[data.COLUMNS].reset_index(drop=True))
-    written_ = read_scores(run, system)
-    train = written_[
-        (written_["machine_type"] == machine_type)
-        & (written_["section"] == section)
-        & (written_["split"] == "train")
-    ]
-    threshold = metrics.decision_threshold(train["anomaly_score"], **run.profile["decision"])
+    threshold = _threshold(run, system, machine_type, section)
     out = _detected(new, windows.assign(anomaly_score=scores))
     out["decision"] = (out["anomaly_score"] > threshold).astype(int)
     _write_detected(out, output)
     _say_detected(run, system, out, f"{machine_type} section {section}", threshold, output)
     return out
+
+
+def _threshold(run: Run, system: str, machine_type: str, section: str) -> float:
+    """The decision threshold of ``system`` for ``machine_type`` / ``section``, as its official
+    files decided: the profile's rule on that section's training-clip scores it wrote."""
+    made = read_scores(run, system)
+    chosen = (made["machine_type"] == machine_type) & (made["section"] == section)
+    train = made.loc[chosen & (made["split"] == "train"), "anomaly_score"]
+    return metrics.decision_threshold(train, **run.profile["decision"])
 
 
 def _write_detected(out: pd.DataFrame, output: str | Path) -> None:
