@@ -1,15 +1,13 @@
 """The source notebooks as JupyterLab shows them, without running them: a sentence whose value is
 glued (``{glue:text}`` in a markdown cell, which Lab's plain renderer leaves raw) has that value
-printed under the cell that computes it (:func:`asd_utils.report.notebook.glue`)."""
+printed under the cell that computes it (:func:`asd_utils.report.notebook.glue`; that it
+prints only there: ``test_headline.py``)."""
 
 import re
 
-import myst_nb
 import nbformat
-import pytest
 
-from asd_utils import errors
-from asd_utils.report import notebook, pipeline
+from asd_utils.report import pipeline
 
 GLUE_ROLE = re.compile(r"\{glue(?::\w+)?\}`([^`:]+)")
 # glue("name", ...) or glue(f"best_{name}", ...): the name, or the f-string's template
@@ -45,15 +43,3 @@ def test_every_glued_sentence_is_printed_in_lab_by_the_glue_that_says_it():
             )
         glued += len(names)
     assert glued > 50  # chapters 10 to 70 carry their results in glued sentences
-
-
-@pytest.mark.parametrize("for_the_book", [False, True])
-def test_glue_prints_its_value_only_interactively(monkeypatch, capsys, for_the_book):
-    saved = []
-    monkeypatch.setattr(myst_nb, "glue", lambda *args, **kwargs: saved.append((args, kwargs)))
-    monkeypatch.delenv(errors.LOG_LEVEL_ENV, raising=False)
-    if for_the_book:  # a kernel that asd report started
-        monkeypatch.setenv(errors.LOG_LEVEL_ENV, "INFO")
-    notebook.glue("snr_gain", 3.25)
-    assert saved == [(("snr_gain", 3.25), {"display": False})]
-    assert capsys.readouterr().out == ("" if for_the_book else "[snr_gain] 3.25\n")
