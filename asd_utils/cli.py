@@ -6,7 +6,7 @@
     asd train    --profile paper --system "System 1"  # or: accelerate launch -m asd_utils.cli
     asd embed    --profile paper --system "System 1"
     asd score | ensemble | evaluate | package  --profile paper
-    asd detect   --profile paper --system "System 1" NEW_CLIPS/ --output scores.csv
+    asd detect   --profile paper --system "System 4" NEW_CLIPS/ --output scores.csv  # any system
     asd profile  --profile quick                      # the profile whole, as YAML
 
 Every sub-command takes the same ``--profile``, ``--data-root`` and ``--output-root``
@@ -87,12 +87,21 @@ def parser() -> argparse.ArgumentParser:
         "detect", "score new recordings (WAV files or folders, any names) with a finished system"
     )
     detect.add_argument("clips", nargs="+", help="WAV files or folders of them")
-    detect.add_argument("--system", required=True, help="a system this run wrote")
     detect.add_argument(
-        "--output", required=True, help="the CSV to write (new, empty, or one detect wrote)"
+        "--system",
+        required=True,
+        help="a system this run made, any case, with or without spaces (System 4, system4, "
+        "baseline-mse, log-mel floor)",
     )
-    detect.add_argument("--machine-type", help="whose training clips are the reference")
-    detect.add_argument("--section", help="the section of that machine type (e.g. 00)")
+    detect.add_argument(
+        "--output",
+        required=True,
+        help="the CSV to write (new, empty, or one detect wrote); - for standard output",
+    )
+    detect.add_argument(
+        "--machine-type", help="whose training clips are the reference (any case: Fan)"
+    )
+    detect.add_argument("--section", help="the section of that machine type (00, 0 or section_00)")
     return top
 
 

@@ -282,7 +282,7 @@ def rehearse(args) -> int:
     if paths.synthetic:
         from asd_utils.data.synth import SynthConfig, clip_plan
 
-        synth = SynthConfig.from_dict(profile.synth.plain())
+        synth = SynthConfig.from_section(profile.synth)
         planned = len(clip_plan(synth))
         manifest = paths.data_root / "synth_config.json"
         found = (

@@ -11,7 +11,7 @@ from asd_utils.models.autoencoder import AETrainConfig
 def test_every_profile_builds_its_settings(name):
     profile = config.load_profile(name)
     assert profile.name == name and isinstance(profile.seed, int)
-    synth.SynthConfig.from_dict(profile.synth.plain())
+    synth.SynthConfig.from_section(profile.synth)
     AETrainConfig(**profile.baseline.plain())
 
 
@@ -232,7 +232,7 @@ def test_rehearsal_profile_has_the_paper_data_sizes_and_recipe_shape():
     # benchmarks/rehearse.py: the real 2026 listing's counts and lengths, the paper's shape
     paper, rehearsal = config.load_profile("paper"), config.load_profile("rehearsal")
     assert set(rehearsal.plain()) == set(paper.plain())
-    plan = synth.SynthConfig.from_dict(rehearsal.synth.plain())
+    plan = synth.SynthConfig.from_section(rehearsal.synth)
     assert plan.machine_types == synth.MACHINE_TYPES
     assert plan.eval_machine_types == synth.EVAL_MACHINE_TYPES
     assert (plan.n_train_source, plan.n_train_target, plan.n_test) == (990, 10, 50)

@@ -127,7 +127,7 @@ def _profile_file(tmp_path, synthetic_root, **changes) -> str:
 def test_a_synthetic_root_that_names_a_real_tree_is_never_written(tree, tmp_path, capsys):
     real = tmp_path / "dcase"
     shutil.copytree(tree, real)
-    (real / synth.MANIFEST).unlink()
+    (real / synth.CONFIG_FILE).unlink()
     (real / files.MARKER).unlink()  # a tree the generator did not write
     before = snapshot(real)
     profile = _profile_file(tmp_path, real)
@@ -162,7 +162,7 @@ def test_a_synthetic_root_is_never_the_checkout_or_the_output_root(tmp_path, cap
         "output root": f"output root {root} is inside the data root {root}, which is only read",
     }[place]
     assert expected in line
-    assert not (config.REPO_ROOT / synth.MANIFEST).exists()
+    assert not (config.REPO_ROOT / synth.CONFIG_FILE).exists()
 
 
 # --- 6. a relative checkpoint variable ------------------------------------------------------------
@@ -236,9 +236,34 @@ def test_a_stage_run_before_its_inputs_says_what_to_run_first(
 
 
 def test_an_unknown_detect_system_suggests_the_known_one(tree, tmp_path, capsys):
-    argv = ["detect", *where(tree, tmp_path / "out"), "--system", "system 1"]
+    argv = ["detect", *where(tree, tmp_path / "out"), "--system", "Sytem 1"]
     line = one_line(capsys, *argv, tree, "--output", tmp_path / "d.csv")
-    assert "unknown system 'system 1'; did you mean 'System 1'?" in line
+    assert "no system 'Sytem 1': did you mean 'System 1'? this run made: nothing yet" in line
+    assert not (tmp_path / "d.csv").exists()
+
+
+def test_detect_matches_names_without_case_and_says_what_the_run_made(tree, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert asd(capsys, "prepare", *where(tree, out))[0] == 0
+    for system in ("System 1", "System 4", "baseline-MSE"):  # as if made: their scores
+        (out / "systems" / system).mkdir(parents=True)
+        (out / "systems" / system / stages.SCORES).write_text("machine_type\n")
+    run = stages.open_run("smoke", tree, out, write=False)
+    for typed, meant in [("system4", "System 4"), ("SYSTEM 4", "System 4"),
+                         ("baseline-mse", "baseline-MSE"), ("system_1", "System 1")]:  # fmt: skip
+        assert stages.detectable(run, typed) == meant
+    detect = ["detect", *where(tree, out), tree, "--output", tmp_path / "d.csv", "--system"]
+    line = one_line(capsys, *detect, "Sytem 4")
+    assert "no system 'Sytem 4': did you mean 'System 4'? this run made: baseline-MSE, " \
+        "System 1, System 4" in line  # fmt: skip
+    line = one_line(capsys, *detect, "system 7")
+    assert "System 7 has no results in" in line and '`asd train --system "System 7"`' in line
+    line = one_line(capsys, *detect, "System 1", "--machine-type", "Fann")
+    assert "no machine type 'Fann' in this run's training clips: did you mean 'fan'? it has: fan" \
+        in line  # fmt: skip
+    line = one_line(capsys, *detect, "System 1", "--machine-type", "FAN", "--section", "7")
+    assert "no section of fan '7' in this run's training clips" in line and "it has: 00" in line
+    assert stages._section_number("section_00") == stages._section_number("0") == "0"
     assert not (tmp_path / "d.csv").exists()
 
 

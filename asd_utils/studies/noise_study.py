@@ -43,6 +43,7 @@ CSV = "noise_study.csv"
 KINDS = (recipes.OSSCL.kind, recipes.Fusion.kind)
 TRAINED = tuple(s for s in registry.of_kind("fine-tuned") if recipes.kind(s) in KINDS)
 FUSION = next(s for s in TRAINED if registry.get(s).reads == registry.NEAR_FAR)  # System 5
+SECTIONS = tuple(dict.fromkeys(registry.get(s).section for s in TRAINED))  # their profile sections
 ABLATIONS = {  # name → changes to the fusion section (analysis, at the middle SNR)
     f"{FUSION} (first block)": {"blocks": [1]},
     f"{FUSION} (first and last block)": {"blocks": [1, -1]},
@@ -71,8 +72,10 @@ def study_profile(profile: Profile, seed: int, fusion_changes: dict | None = Non
     study's steps for the trained systems (warm-up and checkpoints scaled along), and
     ``fusion_changes`` (keys of the fusion section) for an ablation."""
     steps = profile.noise_study.steps
+    fusion = registry.get(FUSION).section
 
-    def shortened(section, changes: dict):
+    def shortened(name: str):
+        section = getattr(profile, name)
         train = section.train.model_copy(
             update={
                 "warmup_steps": max(1, min(section.train.warmup_steps, steps // 10)),
@@ -80,15 +83,10 @@ def study_profile(profile: Profile, seed: int, fusion_changes: dict | None = Non
                 "steps": steps,
             }
         )
+        changes = (fusion_changes or {}) if name == fusion else {}
         return section.model_copy(update={"train": train, **changes})
 
-    return profile.model_copy(
-        update={
-            "seed": seed,
-            "osscl": shortened(profile.osscl, {}),
-            "fusion": shortened(profile.fusion, fusion_changes or {}),
-        }
-    )
+    return profile.model_copy(update={"seed": seed, **{s: shortened(s) for s in SECTIONS}})
 
 
 def read(path: str | Path) -> pd.DataFrame:
@@ -99,9 +97,9 @@ def read(path: str | Path) -> pd.DataFrame:
 def study_key(profile: Profile) -> str:
     """A hash of every setting that changes the study's numbers, the precisions as resolved
     on this machine (``auto``: bf16 or float32); rows of other keys are old."""
-    sections = ("noise_study", "osscl", "fusion", "frozen", "backends", "anc")
-    values = {s: getattr(profile, s).plain() for s in sections}
     every = (*TRAINED, training_free.SYSTEM)
+    sections = ("noise_study", *dict.fromkeys(registry.get(s).section for s in every))
+    values = {s: getattr(profile, s).plain() for s in (*sections, "backends", "anc")}
     chosen = {s: systems.resolved_precision(profile, s).name for s in every}
     if any(p == "bf16" for p in chosen.values()):  # float32 runs keep their old key
         values["precision"] = chosen

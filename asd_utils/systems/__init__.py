@@ -213,9 +213,7 @@ def precisions(profile: Profile) -> dict[str, dict]:
 
 def train_config(profile: Profile, system: str) -> training.TrainConfig:
     """The system's training settings; the seed is the profile's unless the section sets one."""
-    values = settings(profile, system).train.plain()
-    values.setdefault("seed", profile.seed)
-    return training.TrainConfig.from_dict(values)
+    return training.TrainConfig.from_section(settings(profile, system).train, profile.seed)
 
 
 def front_end(profile: Profile, system: str) -> tuple[int | None, Callable | None, str | None]:
