@@ -52,13 +52,13 @@ def test_the_benchmarks_take_their_systems_from_the_registry(monkeypatch):
 
     quick, paper = config.load_profile("quick"), config.load_profile("paper")
     profile = bench_precision.bench_profile("bf16", 3, "base", ["System 7"])
-    assert profile["lora_beats"]["size"] == "base"
-    assert profile["lora_beats"]["train"]["steps"] == 3
-    assert profile["osscl"] == quick["osscl"]  # only the systems asked for change
+    assert profile.lora_beats.size == "base"
+    assert profile.lora_beats.train.steps == 3
+    assert profile.osscl == quick.osscl  # only the systems asked for change
     args = argparse.Namespace(size="tiny", steps=2, batch=None, accumulation=None)
     profile = bench_gpu.bench_profile(argparse.Namespace(**vars(args), systems=["System 5"]), "cpu")
-    assert profile["fusion"]["blocks"] == quick["fusion"]["blocks"] != paper["fusion"]["blocks"]
-    assert profile["fusion"]["train"]["steps"] == 2 and profile["osscl"] == paper["osscl"]
+    assert profile.fusion.blocks == quick.fusion.blocks != paper.fusion.blocks
+    assert profile.fusion.train.steps == 2 and profile.osscl == paper.osscl
 
     new = registry.System("System 9", "osscl", "near", "fine-tuned", "30_osscl_training", False,
                           "a new recipe", recipe="NewRecipe")  # fmt: skip
