@@ -136,7 +136,8 @@ def test_a_failing_chapter_side_by_side_stops_the_run_in_the_serial_order(tmp_pa
     seconds, started = {}, []
     with pytest.raises(pipeline.NotebookFailed, match=r"30_broken.ipynb failed") as caught:
         pipeline.execute_notebooks(
-            {"name": "x"}, paths, tmp_path / "executed", seconds=seconds,
+            config.load_profile("smoke").model_copy(update={"name": "x"}), paths,
+            tmp_path / "executed", seconds=seconds,
             on_start=started.append, workers=2,
         )  # fmt: skip
     assert caught.value.chapter == "30_broken"
