@@ -149,7 +149,8 @@ def test_a_failing_notebook_stops_the_run_naming_notebook_and_cell(tmp_path, mon
     with pytest.raises(
         pipeline.NotebookFailed, match=r"00_broken.ipynb failed in cell .*broken on purpose"
     ):
-        pipeline.execute_notebooks({"name": "x"}, paths, tmp_path / "executed")
+        profile = config.load_profile("smoke").model_copy(update={"name": "x"})
+        pipeline.execute_notebooks(profile, paths, tmp_path / "executed")
 
 
 def test_eval_machine_types_get_a_package_with_one_row_per_test_clip(smoke_run):
