@@ -64,7 +64,7 @@ seeds: setup  ## System 1 and the AE baseline over several seeds (about 3.5 min 
 	$(PY) benchmarks/bench_seeds.py --profile $(PROFILE)
 
 noise-study: setup  ## System 5's SNR study: Systems 1, 3, 5 and 0 per near-mic SNR and seed (quick: ~20 min)
-	$(PY) -m asd_utils.studies.noise_study --profile $(PROFILE)
+	$(VENV)/bin/asd study noise --profile $(PROFILE)
 
 submission: setup  ## the DCASE package of a finished run; LABEL=Doe_XJU SYSTEMS='"System 4" "System 1"'
 	$(VENV)/bin/asd package --profile $(PROFILE) $(if $(LABEL),--label $(LABEL)) $(if $(SYSTEMS),--systems $(SYSTEMS))
