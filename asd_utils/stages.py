@@ -1060,10 +1060,16 @@ def evaluate(run: Run) -> Evaluation:
     return Evaluation(names, test, tables, wide, no_truth)
 
 
-def package(run: Run, systems: list[str] | None = None, label: str | None = None):
-    """The DCASE submission package of this run (:func:`asd_utils.submission.write_package`):
-    the profile's submission systems that ran (or ``systems``), checked after writing. Returns
-    its folder, or ``None`` when none of them ran."""
+def package(
+    run: Run,
+    systems: list[str] | None = None,
+    label: str | None = None,
+    destination: str | Path | None = None,
+    zip: bool = False,
+):
+    """The DCASE submission package of this run (:func:`asd_utils.submission.write_package`,
+    ``destination`` and ``zip`` as there): the profile's submission systems that ran (or
+    ``systems``), checked after writing. Returns its folder, or ``None`` when none of them ran."""
     from asd_utils import submission
 
     if not systems and not written(run):
@@ -1071,7 +1077,9 @@ def package(run: Run, systems: list[str] | None = None, label: str | None = None
             f"nothing scored in {run.paths.output_root / 'systems'} to package: run the "
             "stages before `asd package` first (`asd run` makes them all)"
         )
-    chosen = systems or [s for s in run.profile.submission.systems if s in written(run)]
+    chosen = [s for s in run.profile.submission.systems if s in written(run)]
+    if systems:  # refused before any check as the package refuses them (naming those that ran)
+        chosen = submission.choose_systems(run.paths.output_root, run.profile, systems)
     if not chosen:
         log.info("package: none of the submission systems ran; no package")
         return None
@@ -1084,6 +1092,8 @@ def package(run: Run, systems: list[str] | None = None, label: str | None = None
         systems=chosen,
         label=label,
         clips=run.clips,
+        destination=destination,
+        zip=zip,
     )
     log.info("package: %s in %s", ", ".join(chosen), folder)
     return folder

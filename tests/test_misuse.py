@@ -57,14 +57,16 @@ def where(tree, out) -> list:
 # --- 1. a destination the project did not write ---------------------------------------------------
 
 
-def _write(tmp_path, tree, destination, out=None):
-    argv = ["write", "--profile", "smoke", "--data-root", str(tree)]
-    argv += ["--output-root", str(out or tmp_path / "out"), "--destination", str(destination)]
-    return submission.main(argv)
+def _write(tree, destination, out) -> str:
+    """The package of ``out`` written to ``destination``, refused: its one-line message."""
+    profile = config.load_profile("smoke")
+    with pytest.raises(errors.RunError) as refused:
+        submission.write_package(out, tree, profile, destination=destination)
+    return f"error: {refused.value}"
 
 
 @pytest.mark.parametrize("kind", ["notes", "output root", "its parent", "data root", "checkout"])
-def test_a_destination_the_project_did_not_write_is_never_deleted(tree, tmp_path, capsys, kind):
+def test_a_destination_the_project_did_not_write_is_never_deleted(tree, tmp_path, kind):
     notes = tmp_path / "notes"
     notes.mkdir()
     (notes / "todo.txt").write_text("my notes")
@@ -78,8 +80,7 @@ def test_a_destination_the_project_did_not_write_is_never_deleted(tree, tmp_path
         "checkout": config.REPO_ROOT,
     }[kind]
     before = snapshot(tmp_path), snapshot(tree)
-    assert _write(tmp_path, tree, destination, out) == 2
-    err = capsys.readouterr().err.strip().splitlines()
+    err = _write(tree, destination, out).splitlines()
     assert len(err) == 1 and f"--destination {destination} " in err[0], err
     expected = {
         "notes": "holds files this project did not write (e.g. 'todo.txt')",
@@ -470,13 +471,13 @@ def test_a_long_recording_is_scored_in_windows_of_the_training_length(finished, 
 @pytest.mark.slow
 def test_a_package_destination_the_project_wrote_is_replaced(finished, tmp_path):
     profile, data_root, out = finished
-    argv = ["-q", "write", "--profile", str(profile), "--output-root", str(out)]
+    argv = ["package", "--profile", str(profile), "--data-root", data_root, "--output-root", out]
     destination = tmp_path / "package"
     for _ in range(2):
-        assert submission.main([*argv, "--destination", str(destination)]) == 0
+        assert cli.main([*map(str, argv), "-q", "--destination", str(destination)]) == 0
     assert (destination / files.MARKER).is_file() and (destination / "task2").is_dir()
     (destination / "mine.txt").write_text("mine")
-    assert submission.main([*argv, "--destination", str(destination)]) == 2
+    assert cli.main([*map(str, argv), "-q", "--destination", str(destination)]) == 2
     assert (destination / "mine.txt").read_text() == "mine"
 
 

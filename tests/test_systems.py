@@ -60,7 +60,7 @@ def tiny_setup(tmp_path_factory):
     values = config.load_profile("smoke").plain()
     values["data"]["synthetic_root"] = str(tmp / "data")
     values["synth"].update(n_train_source=6, n_train_target=2, n_test=1)
-    for section in ("osscl", "beats_grl"):
+    for section in dict.fromkeys(registry.get(s).section for s in registry.of_kind("fine-tuned")):
         values[section]["train"].update(steps=4, checkpoint_every=2, warmup_steps=1)
     profile = config.validate_profile(values)
     paths = config.resolve_paths(profile)
