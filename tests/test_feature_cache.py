@@ -1,0 +1,106 @@
+"""Features computed once (issue 37): Kaldi fbank frames are local, so a training crop taken in
+frames from a clip's fbank is the fbank of the crop taken in samples on the 10 ms grid."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from asd_utils.frontends.features import by_length, kaldi_fbank
+from asd_utils.models.common import n_frames
+from asd_utils.systems.recipes import build_backbone
+
+HOP = 160  # 10 ms at 16 kHz
+CROP = 32000  # 2 s, the quick profile's crop
+
+
+def _clip(seconds: float = 4.0, seed: int = 0) -> torch.Tensor:
+    """A machine-like clip: noise, a hum and its harmonic, a DC offset; (samples,) float32."""
+    generator = torch.Generator().manual_seed(seed)
+    t = torch.arange(int(seconds * 16000)) / 16000
+    tones = 0.3 * torch.sin(2 * math.pi * 440 * t) + 0.1 * torch.sin(2 * math.pi * 1320 * t)
+    return 0.1 * torch.randn(len(t), generator=generator) + tones + 0.05
+
+
+def _offsets(n_samples: int) -> list[int]:
+    """Frame offsets whose sample crop fits the clip: first, second, odd ones, the last."""
+    last = (n_samples - CROP) // HOP
+    return sorted({0, 1, 7, last // 2, last})
+
+
+@pytest.mark.parametrize("window_type", ["povey", "hanning"])
+def test_kaldi_fbank_of_a_crop_on_the_hop_grid_is_a_slice_of_the_clips(window_type):
+    clip = _clip()
+    whole = kaldi_fbank(clip * 2**15, num_mel_bins=128, window_type=window_type)
+    frames = n_frames(CROP)
+    for k in _offsets(len(clip)):
+        crop = kaldi_fbank(
+            clip[HOP * k : HOP * k + CROP] * 2**15, num_mel_bins=128, window_type=window_type
+        )
+        assert crop.shape == (frames, 128)
+        assert (whole[k : k + frames] - crop).abs().max() <= 1e-5
+
+
+def test_kaldi_fbank_off_the_hop_grid_is_not_a_slice():
+    clip = _clip()
+    whole = kaldi_fbank(clip, num_mel_bins=128)
+    crop = kaldi_fbank(clip[HOP * 3 + 80 : HOP * 3 + 80 + CROP], num_mel_bins=128)
+    assert (whole[3 : 3 + len(crop)] - crop).abs().max() > 1e-2
+
+
+def test_beats_features_of_a_frame_crop_equal_those_of_the_sample_crop():
+    model = build_backbone("beats")
+    clip = _clip()
+    whole = model.fbank(clip[None])
+    frames = n_frames(CROP)
+    for k in _offsets(len(clip)):
+        ours, mask = model.features_from_fbank(whole[:, k : k + frames], torch.tensor([frames]))
+        theirs, their_mask = model.features(clip[None, HOP * k : HOP * k + CROP])
+        assert torch.equal(mask, their_mask)
+        assert (ours - theirs).abs().max() <= 1e-5
+
+
+def test_eat_features_of_a_frame_crop_equal_those_of_the_sample_crop():
+    """EAT subtracts each clip's mean before the fbank; the per-frame DC removal undoes any
+    constant, so the whole clip's mean and the crop's give the same features up to float32
+    rounding of the subtraction: it moves the weakest bins of a tonal clip (10+ nats below the
+    frame's strongest) by ~1e-4 (normalised), as a float64 mean moved them (models/eat.py).
+    With the same mean removed, the frames are the same to 1e-5 (the Hann-window case of
+    :func:`test_kaldi_fbank_of_a_crop_on_the_hop_grid_is_a_slice_of_the_clips`)."""
+    model = build_backbone("eat")
+    clip = _clip()
+    whole = model.fbank(clip[None])
+    frames = n_frames(CROP)
+    for k in _offsets(len(clip)):
+        ours, mask = model.features_from_fbank(whole[:, k : k + frames], torch.tensor([frames]))
+        theirs, their_mask = model.features(clip[None, HOP * k : HOP * k + CROP])
+        assert torch.equal(mask, their_mask) and ours.shape == (1, 208, 128)  # 198 → 13 patches
+        assert (ours - theirs).abs().max() <= 5e-4
+
+
+def test_features_are_fbank_then_features_from_fbank_bitwise():
+    """The waveform path (embedding, mixup training) is unchanged by the split."""
+    clips = torch.stack([_clip(2.5, 1), _clip(2.5, 2)])
+    lengths = torch.tensor([40000, 33000])
+    for kind in ("eat", "beats"):
+        model = build_backbone(kind)
+        fbank, mask = model.features(clips, lengths)
+        again, again_mask = model.features_from_fbank(
+            model.fbank(clips, lengths), n_frames(lengths)
+        )
+        assert torch.equal(fbank, again) and torch.equal(mask, again_mask)
+
+
+def test_by_length_batches_equal_lengths_and_keeps_order():
+    clips = [torch.full((n,), float(i)) for i, n in enumerate([5, 3, 5, 4, 3, 5])]
+    seen = []
+
+    def function(batch):
+        seen.append(tuple(batch.shape))
+        return batch.sum(-1)
+
+    out = by_length(clips, function, batch=2)
+    assert [float(o) for o in out] == [float(i * len(c)) for i, c in enumerate(clips)]
+    assert seen == [(2, 3), (1, 4), (2, 5), (1, 5)]
