@@ -5,12 +5,19 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+import pandas as pd
 import pytest
 import torch
 
+from asd_utils import config, data, systems, training
 from asd_utils.frontends.features import by_length, kaldi_fbank
+from asd_utils.frontends.views import load_waveform
 from asd_utils.models.common import n_frames
+from asd_utils.models.heads import EmbeddingModel
+from asd_utils.models.losses import OSSCLLoss
 from asd_utils.systems.recipes import build_backbone
+from asd_utils.training import ClipDataset, TrainConfig
 
 HOP = 160  # 10 ms at 16 kHz
 CROP = 32000  # 2 s, the quick profile's crop
@@ -104,3 +111,83 @@ def test_by_length_batches_equal_lengths_and_keeps_order():
     out = by_length(clips, function, batch=2)
     assert [float(o) for o in out] == [float(i * len(c)) for i, c in enumerate(clips)]
     assert seen == [(2, 3), (1, 4), (2, 5), (1, 5)]
+
+
+# --- training crops in frames (asd_utils.training.ClipDataset with an fbank) ---------------------
+
+
+def _wav_tree(root, seconds=(1.2, 1.5, 0.4, 1.2)):
+    """Clips of a few lengths (one shorter than the crop), two attribute classes; the last
+    clip listed twice (as a repeated target clip)."""
+    rng = np.random.default_rng(1)
+    for i, length in enumerate(seconds):
+        n = int(length * 16000)
+        t = np.arange(n) / 16000
+        audio = 0.3 * np.sin(2 * np.pi * (400 + 300 * i) * t) + 0.05 * rng.standard_normal(n)
+        name = f"section_00_source_train_normal_{i:04d}_car_A{i % 2}.wav"
+        data.write_wav(root / "ToyCar" / "train" / name, audio[None])
+    table = data.index_dataset(root, min_seconds=0)
+    table = pd.concat([table, table.iloc[[-1]]], ignore_index=True)
+    return table, data.attribute_classes(table)[0]
+
+
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory):
+    return _wav_tree(tmp_path_factory.mktemp("frames"))
+
+
+def test_clip_dataset_takes_crops_in_frames_of_each_clips_fbank(tree):
+    table, ids = tree
+    model = EmbeddingModel(build_backbone("beats"))
+    length = 8000  # 0.5 s: 48 frames
+    dataset = ClipDataset(table, ids, length=length, progress=False, fbank=model.fbank)
+    lazy = ClipDataset(table, ids, length=length, preload=False, fbank=model.fbank)
+    assert dataset.unit == lazy.unit == "frames" and dataset.waveforms is None
+    assert dataset.fbanks[-1] is dataset.fbanks[-2]  # one fbank per file
+    frames = n_frames(length)
+    for index in range(len(table)):
+        audio = torch.from_numpy(load_waveform(table["path"][index], 0))
+        for seed in [(3, index), (4, index)]:
+            crop, target, valid = dataset[(index, seed)]
+            again, _, lazy_valid = lazy[(index, seed)]
+            assert crop.shape == (frames, 128) and target == ids[index]
+            assert valid == lazy_valid and (crop - again).abs().max() <= 1e-5
+            spare = n_frames(len(audio)) - frames
+            if spare < 0:  # shorter than the crop: its frames, then zeros
+                assert valid == n_frames(len(audio)) and not crop[valid:].any()
+                continue
+            start = int(np.random.default_rng(seed).integers(spare + 1))
+            expected = model.fbank(audio[None, HOP * start : HOP * start + length])[0]
+            assert valid == frames and (crop - expected).abs().max() <= 1e-5
+
+
+def test_training_on_crops_in_frames_resumes_exactly(tree, tmp_path):
+    """3 steps, then resumed to 6, equal 6 steps in one go (the fbank computed again)."""
+    table, ids = tree
+
+    def run(steps, folder):
+        torch.manual_seed(0)
+        model = EmbeddingModel(build_backbone("beats"), projection_dim=4)
+        loss = OSSCLLoss(int(ids.max()) + 1, model.embed_dim, sub_centers=2)
+        dataset = ClipDataset(table, ids, length=8000, progress=False, fbank=model.fbank)
+        config = TrainConfig(
+            steps=steps, batch_size=2, grad_accumulation=1, warmup_steps=1, ema_decay=0.5,
+            spec_augment_time=4, spec_augment_freq=8, checkpoint_every=3, seed=3,
+        )  # fmt: skip
+        return training.train(model, loss, dataset, config, folder, resume=True, progress=False)
+
+    full = run(6, tmp_path / "full")
+    run(3, tmp_path / "cut")
+    resumed = run(6, tmp_path / "cut")
+    assert resumed.start_step == 3
+    for a, b in [(resumed.model, full.model), (resumed.ema_model, full.ema_model)]:
+        for key, value in a.state_dict().items():
+            assert torch.equal(value, b.state_dict()[key]), key
+    pd.testing.assert_frame_equal(resumed.history, full.history)
+
+
+def test_systems_crop_in_frames_unless_they_mix_waveforms():
+    profile = config.load_profile("quick")
+    assert systems.crops_in_frames(profile, "System 1")
+    assert systems.crops_in_frames(profile, "System 2")
+    assert not systems.crops_in_frames(profile, "System 7")  # mixup mixes waveforms

@@ -264,9 +264,12 @@ def build(
     progress: bool = True,
     loss_overrides: dict | None = None,
     clips: pd.DataFrame | None = None,
+    frames: bool = False,
 ):
     """``(model, loss_fn, dataset)`` of one system, trained on the training clips of ``data_root``
-    (those of ``clips``, the run's clip manifest, when given).
+    (those of ``clips``, the run's clip manifest, when given). ``frames``: the data set gives
+    crops in frames of each clip's fbank, computed once (what :func:`train_system` trains on
+    where :func:`crops_in_frames`), else crops in samples (waveforms).
 
     The recipe (:mod:`asd_utils.systems.recipes`) makes the classes (over the training clips of
     every machine type present, dev and eval together), the model and the loss.
@@ -295,8 +298,16 @@ def build(
         channel=channel,
         preprocess=preprocess,
         progress=progress,
+        fbank=model.fbank if frames else None,
     )
     return model, loss, dataset
+
+
+def crops_in_frames(profile: dict, system: str) -> bool:
+    """Whether a system trains on crops taken in frames of each clip's fbank, computed once
+    (:class:`asd_utils.training.ClipDataset` with ``fbank``): yes unless it mixes waveforms
+    (``mixup_alpha`` > 0, System 7), which needs crops in samples."""
+    return train_config(profile, system).mixup_alpha == 0
 
 
 def random_init_warning(settings_: dict, system: str) -> str | None:
@@ -339,6 +350,7 @@ def run_dir(
         "data_root": str(data_root),
         "clips": data.clip_fingerprint(training_clips),
         **recipe.key(profile, recipe.classes(profile, training_clips)),
+        **({"crops": "frames"} if crops_in_frames(profile, system) else {}),
     }
     key = hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
     return Path(output_root) / "training" / f"{system.replace(' ', '_')}-{key[:10]}"
@@ -361,7 +373,10 @@ def train_system(
     (:func:`asd_utils.stages.prepare`), so that nothing indexes the tree again.
     """
     profile = config.load_profile(profile_name)
-    model, loss, dataset = build(str(data_root), profile_name, system, progress, overrides, clips)
+    frames = crops_in_frames(profile, system)
+    model, loss, dataset = build(
+        str(data_root), profile_name, system, progress, overrides, clips, frames
+    )
     folder = run_dir(output_root, profile, system, data_root, clips)
     if overrides:
         tag = "-".join(f"{k}{v}" for k, v in sorted(overrides.items()))
