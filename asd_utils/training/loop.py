@@ -260,8 +260,10 @@ def train(
     :class:`asd_utils.models.heads.EmbeddingModel`); ``loss_fn(outputs, targets)`` a dict with
     ``"loss"`` and any parts to log (e.g. :class:`asd_utils.models.losses.OSSCLLoss`);
     ``dataset[(index, seed)]`` ``(waveform, target[, n_valid])``
-    (:class:`~asd_utils.training.dataset.ClipDataset`): a data set, not a DataLoader, as the loop
-    owns the sampler. ``config.mixed_precision`` is resolved first (the module docstring).
+    (:class:`~asd_utils.training.dataset.ClipDataset`), or with the data set's ``unit``
+    "frames" ``(fbank crop, target, n_valid frames)`` for ``model.forward_frames``: a data
+    set, not a DataLoader, as the loop owns the sampler. ``config.mixed_precision`` is resolved
+    first (the module docstring).
 
     ``resume=True``: a finished run (same settings and steps) is loaded, not trained
     (``reused``); else training goes on from the newest checkpoint that verifies (from scratch if
