@@ -14,6 +14,7 @@ from asd_utils import config, data, systems, training
 from asd_utils.frontends.features import by_length, kaldi_fbank
 from asd_utils.frontends.views import load_waveform
 from asd_utils.models.common import n_frames
+from asd_utils.models.fusion import FusionBackbone
 from asd_utils.models.heads import EmbeddingModel
 from asd_utils.models.losses import OSSCLLoss
 from asd_utils.systems.recipes import build_backbone
@@ -191,3 +192,16 @@ def test_systems_crop_in_frames_unless_they_mix_waveforms():
     assert systems.crops_in_frames(profile, "System 1")
     assert systems.crops_in_frames(profile, "System 2")
     assert not systems.crops_in_frames(profile, "System 7")  # mixup mixes waveforms
+
+
+def test_fusion_fbank_keeps_near_and_far_apart():
+    """System 5's crops in frames: (B, 2, F, 128), near first, as its waveform path."""
+    model = FusionBackbone(build_backbone("eat"), blocks=[-1])
+    pairs = [(_clip(1.0, 3), _clip(1.0, 4)), (_clip(1.0, 5), _clip(1.0, 6))]
+    clips = torch.stack([torch.stack(pair) for pair in pairs])  # (2 clips, near/far, samples)
+    fbank = model.fbank(clips)
+    assert fbank.shape == (2, 2, n_frames(16000), 128)
+    assert torch.equal(fbank[1, 0], model.backbone.fbank(pairs[1][0][None])[0])
+    ours = model.features_from_fbank(fbank, torch.tensor([n_frames(16000)] * 2))
+    theirs = model.features(clips)
+    assert all(torch.equal(a, b) for a, b in zip(ours, theirs, strict=True))
