@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -361,6 +362,36 @@ def eat_fbank(waveform: torch.Tensor, target_length: int | None = 1024) -> torch
 def eat_normalize(fbank: torch.Tensor) -> torch.Tensor:
     """EAT's AudioSet normalisation: (fbank − (−4.268)) / (2 · 4.569) (upstream doubles the std)."""
     return (fbank - EAT_FBANK_MEAN) / (2 * EAT_FBANK_STD)
+
+
+# --- per-clip features, computed once ----------------------------------------------------------
+#
+# Kaldi fbank frames are local: frame t of a signal is a function of samples 160 t … 160 t + 399
+# alone (25 ms window, 10 ms shift, per-frame DC removal, no dither), so the fbank of a crop that
+# starts at sample 160 k is frames k, k + 1, … of the whole clip's (EAT's clip-mean removal is
+# undone by the per-frame DC removal, up to float rounding; BEATs' × 2^15 and both
+# normalisations are per value). Training takes its crops in frames from each clip's fbank,
+# computed once (asd_utils.training, tests/test_features.py checks the equality).
+
+
+def by_length(
+    clips: Sequence[torch.Tensor], function: Callable[[torch.Tensor], torch.Tensor], batch: int
+) -> list[torch.Tensor]:
+    """``function`` of every clip, batched: clips ``(..., samples)`` of any lengths → one output
+    per clip, in order. ``function`` maps a stack of equal-length clips ``(B, ..., samples)``
+    to ``(B, ...)``; clips are grouped by length (shortest first, order kept within a length) in
+    batches of at most ``batch``, so nothing is padded. Each output is a slice of its batch's.
+    """
+    lengths = np.array([clip.shape[-1] for clip in clips])
+    order = np.argsort(lengths, kind="stable")
+    outputs: list[torch.Tensor] = [torch.empty(0)] * len(clips)
+    for group in np.split(order, np.flatnonzero(np.diff(lengths[order])) + 1):
+        for rows in np.split(group, np.arange(batch, len(group), batch)):
+            for row, output in zip(
+                rows, function(torch.stack([clips[i] for i in rows])), strict=True
+            ):
+                outputs[row] = output
+    return outputs
 
 
 # --- augmentation --------------------------------------------------------------------------------

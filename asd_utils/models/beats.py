@@ -469,6 +469,30 @@ class BEATs(nn.Module):
         """Frequency patches per time step: 128 // input_patch_size (8)."""
         return 128 // self.config.input_patch_size
 
+    def fbank(self, waveform: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        """BEATs' unnormalised fbank: (batch, samples) in [-1, 1] at 16 kHz → (batch, frames,
+        128), :func:`beats_fbank` (× 2^15, Kaldi fbank), frames = 1 + (samples − 400) // 160.
+        Frames are local (25 ms window, 10 ms shift, no dither): the fbank of a crop starting
+        at sample 160 · k is frames k … of the whole clip's. ``lengths`` is only checked (the
+        frames past a clip's own are masked by :meth:`features_from_fbank`). Float32,
+        autocast off."""
+        min_samples = min_samples_for_frames(self.config.input_patch_size)
+        waveform, _ = check_waveform(waveform, lengths, min_samples)
+        with autocast_off(waveform.device):
+            return beats_fbank(waveform.float())
+
+    def features_from_fbank(
+        self, fbank: torch.Tensor, frames: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`fbank` output (batch, T, 128) with ``frames`` (batch,) valid frames per clip →
+        BEATs' input ``(fbank, frame_mask)`` as :meth:`features` describes: normalised
+        (:func:`beats_normalize`), frames past a clip's own set to 0 and False in the mask."""
+        with autocast_off(fbank.device):
+            frames = torch.as_tensor(frames, device=fbank.device)
+            fbank = beats_normalize(fbank.float())
+            frame_mask = prefix_mask(frames, fbank.shape[1])
+            return fbank.masked_fill(~frame_mask.unsqueeze(-1), 0.0), frame_mask
+
     def features(
         self, waveform: torch.Tensor, lengths: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -480,14 +504,11 @@ class BEATs(nn.Module):
         clip's valid samples (zero-padded batch); clip i then has 1 + (lengths[i] − 400) // 160
         valid frames, identical to the clip's own fbank, and ``frame_mask`` (batch, frames) is
         True on them. Padding frames are set to 0 (the normalised mean). Computed in float32
-        (autocast off).
+        (autocast off): :meth:`fbank` then :meth:`features_from_fbank`.
         """
         min_samples = min_samples_for_frames(self.config.input_patch_size)
         waveform, lengths = check_waveform(waveform, lengths, min_samples)
-        with autocast_off(waveform.device):
-            fbank = beats_normalize(beats_fbank(waveform.float()))
-            frame_mask = prefix_mask(n_frames(lengths), fbank.shape[1])
-            return fbank.masked_fill(~frame_mask.unsqueeze(-1), 0.0), frame_mask
+        return self.features_from_fbank(self.fbank(waveform), n_frames(lengths))
 
     def token_mask(self, frame_mask: torch.Tensor) -> torch.Tensor:
         """Frame mask (batch, frames) → token mask (batch, tokens): a token is valid if all

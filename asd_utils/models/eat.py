@@ -384,34 +384,20 @@ class EAT(nn.Module):
 
     # --- the embedding API ---------------------------------------------------------------
 
-    def features(
-        self,
-        waveform: torch.Tensor,
-        lengths: torch.Tensor | None = None,
-        target_length: Any = _FROM_MODEL,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """EAT's input: (batch, samples) in [-1, 1] at 16 kHz → (fbank, frame_mask).
+    def fbank(self, waveform: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        """EAT's unnormalised fbank: (batch, samples) in [-1, 1] at 16 kHz → (batch, frames, 128).
 
         Per clip, as upstream's feature extraction: subtract the mean of its valid samples
         (``lengths`` (batch,), None = all), Kaldi fbank with ``htk_compat=True,
         window_type='hanning', num_mel_bins=128, use_energy=False, dither=0`` (1 + (n − 400)
-        // 160 frames; ``htk_compat`` only moves the absent energy column), zero frames
-        appended (or frames cropped) to ``target_length`` (default: the model's), or with None
-        up to the next multiple of 16, then (fbank + 4.268) / (2 · 4.569)
-        (:func:`eat_normalize`; the zeros are padded before it, as upstream).
-
-        fbank (batch, frames, 128) float32: frames = ``target_length``, or the longest clip's
-        padded length. ``frame_mask`` (batch, frames) is True on each clip's own input —
-        its frames and upstream's own zero padding, i.e. all frames with a fixed
-        ``target_length`` — and False on the batch padding past it, so a clip in a batch gets
-        the features (and, through :meth:`forward_features`, the embedding) it gets alone.
-        Computed in float32 (autocast off).
+        // 160 frames; ``htk_compat`` only moves the absent energy column); frames past a
+        clip's own are 0. Frames are local (25 ms window, 10 ms shift, per-frame DC removal, so
+        the mean subtracted changes only float rounding): the fbank of a crop starting at
+        sample 160 · k is frames k … of the whole clip's. Float32, autocast off.
         """
-        if target_length is _FROM_MODEL:
-            target_length = self.target_length
-        target_length = self._check_target_length(target_length)
-        patch = self.config.patch_size
-        waveform, lengths = check_waveform(waveform, lengths, min_samples_for_frames(patch))
+        waveform, lengths = check_waveform(
+            waveform, lengths, min_samples_for_frames(self.config.patch_size)
+        )
         with autocast_off(waveform.device):
             samples = prefix_mask(lengths, waveform.shape[1])
             waveform = waveform.float().masked_fill(~samples, 0.0)
@@ -424,8 +410,23 @@ class EAT(nn.Module):
             fbank = kaldi_fbank(
                 waveform, sample_rate=16000, num_mel_bins=128, window_type="hanning"
             )
-            frames = n_frames(lengths)
-            fbank = fbank.masked_fill(~prefix_mask(frames, fbank.shape[1]).unsqueeze(-1), 0.0)
+            return fbank.masked_fill(~prefix_mask(n_frames(lengths), fbank.shape[1])[..., None], 0)
+
+    def features_from_fbank(
+        self, fbank: torch.Tensor, frames: torch.Tensor, target_length: Any = _FROM_MODEL
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`fbank` output (batch, T, 128) with ``frames`` (batch,) valid frames per clip →
+        EAT's input ``(fbank, frame_mask)``, as :meth:`features` describes: frames past a
+        clip's own set to 0, zero frames appended (or frames cropped) to ``target_length``,
+        then :func:`eat_normalize`. What a training crop taken in frames goes through.
+        """
+        if target_length is _FROM_MODEL:
+            target_length = self.target_length
+        target_length = self._check_target_length(target_length)
+        patch = self.config.patch_size
+        with autocast_off(fbank.device):
+            frames = torch.as_tensor(frames, device=fbank.device).long()
+            fbank = fbank.float().masked_fill(~prefix_mask(frames, fbank.shape[1])[..., None], 0.0)
             if target_length is None:
                 own_length = -(-frames // patch) * patch  # up to the next multiple of 16
                 total = int(own_length.max())
@@ -438,6 +439,34 @@ class EAT(nn.Module):
             else:
                 fbank = F.pad(fbank, (0, 0, 0, total - fbank.shape[1]))
             return eat_normalize(fbank), frame_mask
+
+    def features(
+        self,
+        waveform: torch.Tensor,
+        lengths: torch.Tensor | None = None,
+        target_length: Any = _FROM_MODEL,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """EAT's input: (batch, samples) in [-1, 1] at 16 kHz → (fbank, frame_mask).
+
+        :meth:`fbank` then :meth:`features_from_fbank`: per clip, the mean of its valid samples
+        (``lengths`` (batch,), None = all) subtracted, Kaldi fbank, zero frames appended (or
+        frames cropped) to ``target_length`` (default: the model's), or with None up to the
+        next multiple of 16, then (fbank + 4.268) / (2 · 4.569) (:func:`eat_normalize`; the
+        zeros are padded before it, as upstream).
+
+        fbank (batch, frames, 128) float32: frames = ``target_length``, or the longest clip's
+        padded length. ``frame_mask`` (batch, frames) is True on each clip's own input —
+        its frames and upstream's own zero padding, i.e. all frames with a fixed
+        ``target_length`` — and False on the batch padding past it, so a clip in a batch gets
+        the features (and, through :meth:`forward_features`, the embedding) it gets alone.
+        Computed in float32 (autocast off).
+        """
+        waveform, lengths = check_waveform(
+            waveform, lengths, min_samples_for_frames(self.config.patch_size)
+        )
+        return self.features_from_fbank(
+            self.fbank(waveform, lengths), n_frames(lengths), target_length
+        )
 
     def token_mask(self, frame_mask: torch.Tensor) -> torch.Tensor:
         """Frame mask (batch, frames) → patch-token mask (batch, tokens), CLS not included: a

@@ -118,6 +118,24 @@ class FusionBackbone(nn.Module):
         lengths = None if lengths is None else torch.cat([lengths, lengths])
         return self.backbone.features(both, lengths)
 
+    def fbank(self, waveform: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        """(batch, 2, samples) near and far audio → the backbone's unnormalised fbank of each,
+        (batch, 2, frames, 128)."""
+        if waveform.dim() != 3 or waveform.shape[1] != 2:
+            raise ValueError(f"expected (batch, 2, samples), got {tuple(waveform.shape)}")
+        both = torch.cat([waveform[:, 0], waveform[:, 1]])
+        lengths = None if lengths is None else torch.cat([lengths, lengths])
+        return self.backbone.fbank(both, lengths).unflatten(0, (2, -1)).transpose(0, 1)
+
+    def features_from_fbank(
+        self, fbank: torch.Tensor, frames: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(batch, 2, T, 128) from :meth:`fbank` with ``frames`` (batch,) valid frames →
+        (fbank (2B, T, 128), frame_mask (2B, T)), near clips first, as :meth:`features`."""
+        both = torch.cat([fbank[:, 0], fbank[:, 1]])
+        frames = torch.as_tensor(frames, device=fbank.device)
+        return self.backbone.features_from_fbank(both, torch.cat([frames, frames]))
+
     def token_mask(self, frame_mask: torch.Tensor) -> torch.Tensor:
         return self.backbone.token_mask(frame_mask)
 

@@ -65,6 +65,24 @@ class EmbeddingModel(nn.Module):
         with torch.autocast(waveform.device.type, enabled=False):
             return self.backbone.features(waveform.float(), lengths)
 
+    def fbank(self, waveform: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        """The backbone's unnormalised fbank of each clip (``backbone.fbank``), float32 even
+        inside an autocast region: what a training crop in frames is cut from."""
+        with torch.autocast(waveform.device.type, enabled=False):
+            return self.backbone.fbank(waveform.float(), lengths)
+
+    def forward_frames(
+        self,
+        fbank: torch.Tensor,
+        frames: torch.Tensor,
+        augment: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """:meth:`forward` of crops taken in frames: ``fbank`` (B, T, 128) from :meth:`fbank`
+        (a slice of a whole clip's), ``frames`` (B,) valid frames per crop."""
+        with torch.autocast(fbank.device.type, enabled=False):
+            features, frame_mask = self.backbone.features_from_fbank(fbank.float(), frames)
+        return self.outputs(features, frame_mask, True, augment)
+
     def embed(
         self, waveform: torch.Tensor, lengths: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -77,7 +95,13 @@ class EmbeddingModel(nn.Module):
         lengths: torch.Tensor | None = None,
         augment: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ) -> dict[str, torch.Tensor]:
-        fbank, frame_mask = self.features(waveform, lengths)
+        return self.outputs(*self.features(waveform, lengths), lengths is not None, augment)
+
+    def outputs(
+        self, fbank: torch.Tensor, frame_mask: torch.Tensor, masked: bool, augment=None
+    ) -> dict[str, torch.Tensor]:
+        """The training outputs of normalised features: ``augment`` (SpecAugment) on ``fbank``,
+        the backbone, the projection. ``masked``: lengths were given (unused here)."""
         if augment is not None:
             fbank = augment(fbank)
         utterance, _ = self.backbone.forward_features(fbank, frame_mask)
@@ -191,17 +215,18 @@ class PooledEmbeddingModel(nn.Module):
 
     features = EmbeddingModel.features
     embed = EmbeddingModel.embed
+    fbank = EmbeddingModel.fbank
+    forward = EmbeddingModel.forward
+    forward_frames = EmbeddingModel.forward_frames
 
-    def forward(
-        self,
-        waveform: torch.Tensor,
-        lengths: torch.Tensor | None = None,
-        augment: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    def outputs(
+        self, fbank: torch.Tensor, frame_mask: torch.Tensor, masked: bool, augment=None
     ) -> dict[str, torch.Tensor]:
-        fbank, frame_mask = self.features(waveform, lengths)
+        """The training outputs of normalised features: ``augment`` on ``fbank``, the backbone,
+        the pooling (padding tokens left out when ``masked``), the projection."""
         if augment is not None:
             fbank = augment(fbank)
         _, tokens = self.backbone.forward_features(fbank, frame_mask)
-        mask = None if lengths is None else self.backbone.token_mask(frame_mask)
+        mask = self.backbone.token_mask(frame_mask) if masked else None
         pooled = self.pooling(tokens, mask)
         return {"embedding": self.projection(pooled), "pooled": pooled}

@@ -265,9 +265,12 @@ def build(
     progress: bool = True,
     loss_overrides: dict | None = None,
     clips: pd.DataFrame | None = None,
+    frames: bool = False,
 ):
     """``(model, loss_fn, dataset)`` of one system, trained on the training clips of ``data_root``
-    (those of ``clips``, the run's clip manifest, when given).
+    (those of ``clips``, the run's clip manifest, when given). ``frames``: the data set gives
+    crops in frames of each clip's fbank, computed once (what :func:`train_system` trains on
+    where :func:`crops_in_frames`), else crops in samples (waveforms).
 
     The recipe (:mod:`asd_utils.systems.recipes`) makes the classes (over the training clips of
     every machine type present, dev and eval together), the model and the loss.
@@ -293,8 +296,17 @@ def build(
         channel=channel,
         preprocess=preprocess,
         progress=progress,
+        fbank=model.fbank if frames else None,
     )
     return model, loss, dataset
+
+
+def crops_in_frames(profile: Profile, system: str) -> bool:
+    """Whether a system trains on crops taken in frames of each clip's fbank, computed once
+    (:class:`asd_utils.training.ClipDataset` with ``fbank``): yes unless it mixes waveforms
+    (mixup, System 7), which needs crops in samples."""
+    train = train_config(profile, system)
+    return train.mixup_alpha == 0 and getattr(train, "mixup_prob", 0) == 0
 
 
 def random_init_warning(settings_: Section, system: str) -> str | None:
@@ -337,6 +349,7 @@ def run_dir(
         "data_root": str(data_root),
         "clips": data.clip_fingerprint(training_clips),
         **recipe.key(profile, recipe.classes(profile, training_clips)),
+        **({"crops": "frames"} if crops_in_frames(profile, system) else {}),
     }
     key = hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
     return Path(output_root) / "training" / f"{system.replace(' ', '_')}-{key[:10]}"
@@ -358,7 +371,8 @@ def train_system(
     for the GRL ablation) and give the run its own folder. ``clips``: the run's clip manifest
     (:func:`asd_utils.stages.prepare`), so that nothing indexes the tree again.
     """
-    model, loss, dataset = build(str(data_root), profile, system, progress, overrides, clips)
+    frames = crops_in_frames(profile, system)
+    model, loss, dataset = build(str(data_root), profile, system, progress, overrides, clips, frames)
     folder = run_dir(output_root, profile, system, data_root, clips)
     if overrides:
         tag = "-".join(f"{k}{v}" for k, v in sorted(overrides.items()))

@@ -146,8 +146,13 @@ class _Objective(nn.Module):
         super().__init__()
         self.model, self.loss_fn = model, loss_fn
 
-    def forward(self, waveform, lengths, target, augment=None, mix=None) -> dict[str, torch.Tensor]:
-        outputs = self.model(waveform, lengths, augment=augment)
+    def forward(
+        self, inputs, lengths, target, augment=None, mix=None, frames: bool = False
+    ) -> dict[str, torch.Tensor]:
+        if frames:  # crops taken in frames: (B, [2,] F, 128) fbank and valid frames
+            outputs = self.model.forward_frames(inputs, lengths, augment)
+        else:
+            outputs = self.model(inputs, lengths, augment=augment)
         if mix is None:
             return self.loss_fn(outputs, target)
         return self.loss_fn(outputs, target, mix=mix)
@@ -255,8 +260,10 @@ def train(
     :class:`asd_utils.models.heads.EmbeddingModel`); ``loss_fn(outputs, targets)`` a dict with
     ``"loss"`` and any parts to log (e.g. :class:`asd_utils.models.losses.OSSCLLoss`);
     ``dataset[(index, seed)]`` ``(waveform, target[, n_valid])``
-    (:class:`~asd_utils.training.dataset.ClipDataset`): a data set, not a DataLoader, as the loop
-    owns the sampler. ``config.mixed_precision`` is resolved first (the module docstring).
+    (:class:`~asd_utils.training.dataset.ClipDataset`), or with the data set's ``unit``
+    "frames" ``(fbank crop, target, n_valid frames)`` for ``model.forward_frames``: a data
+    set, not a DataLoader, as the loop owns the sampler. ``config.mixed_precision`` is resolved
+    first (the module docstring).
 
     ``resume=True``: a finished run (same settings and steps) is loaded, not trained
     (``reused``); else training goes on from the newest checkpoint that verifies (from scratch if
@@ -482,13 +489,16 @@ def _micro_batch(run: _Run, batch: Sequence, micro: int) -> tuple[dict, float]:
     lengths = rest[0] if rest else None
     augment = _augmenter(config, micro, accelerator.process_index)
     mix = None
+    frames = getattr(run.loader.dataset, "unit", "samples") == "frames"
+    if config.mixup_alpha > 0 and frames:
+        raise ValueError("mixup mixes waveforms: train it on crops in samples (no fbank)")
     if config.mixup_alpha > 0:
         waveform, lengths, mix = mixup(
             waveform, lengths, target, config.mixup_alpha, seed=(config.seed, micro, 7)
         )
     lr = run.optimizer.param_groups[0]["lr"]
     with accelerator.accumulate(run.objective):
-        parts = run.objective(waveform, lengths, target, augment=augment, mix=mix)
+        parts = run.objective(waveform, lengths, target, augment=augment, mix=mix, frames=frames)
         accelerator.backward(parts["loss"])
         if config.max_grad_norm and accelerator.sync_gradients:
             accelerator.clip_grad_norm_(run.objective.parameters(), config.max_grad_norm)
