@@ -311,6 +311,7 @@ class NoiseStudy(Section):
     seeds: list[int] = Field(min_length=1)
     steps: PositiveInt
     ablations: bool
+    w1: bool  # the W1 arms: System 6 and System 3 with the other canceller
 
 
 class Decision(Section):
