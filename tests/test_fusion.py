@@ -198,3 +198,41 @@ def test_noise_study_writes_one_row_per_run_and_resumes(tmp_path, monkeypatch):
     # the study's data: the near SNR as asked, the noise path long
     settings = noise_study.dataset_config(config.load_profile("smoke")["noise_study"], -5.0)
     assert settings.near_snr_db == (-5.0, -5.0) and settings.noise_path_taps == 4096
+
+
+def test_noise_study_arms_follow_the_registry_and_the_w1_switch():
+    profile = config.load_profile("quick")
+    middle = sorted(profile["noise_study"]["near_snr_db"])[1]
+    labels = [a.label for a in noise_study.arms(profile, 10.0)]
+    assert labels == [
+        "System 1", "System 3", "System 5", "System 0", "System 6", "System 3 (w1)"
+    ]  # fmt: skip
+    w1 = next(a for a in noise_study.arms(profile, 10.0) if a.label == "System 3 (w1)")
+    derived = noise_study.study_profile(profile, 7, w1.changes)
+    assert (w1.system, derived["anc"]["canceller"], derived["seed"]) == ("System 3", "w1", 7)
+    assert profile["anc"]["canceller"] == "fblms"  # the profile itself unchanged
+    assert len(noise_study.arms(profile, middle)) == len(labels) + len(noise_study.ABLATIONS)
+    # a profile whose canceller is W1 compares it with the FBLMS
+    profile["anc"]["canceller"] = "w1"
+    assert "System 3 (fblms)" in [a.label for a in noise_study.arms(profile, 10.0)]
+    # without the switch (or in a section written before it) the W1 arms are left out
+    key = noise_study.study_key(profile)
+    profile["noise_study"]["w1"] = False
+    off = [a.label for a in noise_study.arms(profile, 10.0)]
+    assert off == ["System 1", "System 3", "System 5", "System 0"]
+    assert noise_study.study_key(profile) != key
+    del profile["noise_study"]["w1"]
+    assert [a.label for a in noise_study.arms(profile, 10.0)] == off
+
+
+@pytest.mark.slow
+def test_noise_study_runs_the_w1_arms(tmp_path):
+    path = tmp_path / "w1.yaml"
+    path.write_text(yaml.safe_dump({"extends": "smoke", "name": "w1", "noise_study": {"w1": True}}))
+    table = noise_study.run(str(path), tmp_path / "out", progress=False)
+    assert set(table["system"]) == {
+        "System 1", "System 3", "System 5", "System 0", "System 6", "System 3 (w1)"
+    }  # fmt: skip
+    assert table["hmean"].between(0, 1).all()
+    frozen = tmp_path / "out" / "noise_study" / "profiles" / "System 3 (w1)-13711.yaml"
+    assert yaml.safe_load(frozen.read_text())["anc"]["canceller"] == "w1"
