@@ -205,7 +205,7 @@ def test_noise_study_arms_follow_the_registry_and_the_w1_switch():
     middle = sorted(profile["noise_study"]["near_snr_db"])[1]
     labels = [a.label for a in noise_study.arms(profile, 10.0)]
     assert labels == [
-        "System 1", "System 3", "System 5", "System 0", "System 6", "System 3 (w1)"
+        "System 1", "System 3", "System 3 (w1)", "System 5", "System 0", "System 6"
     ]  # fmt: skip
     w1 = next(a for a in noise_study.arms(profile, 10.0) if a.label == "System 3 (w1)")
     derived = noise_study.study_profile(profile, 7, w1.changes)

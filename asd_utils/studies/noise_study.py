@@ -75,10 +75,12 @@ def arms(profile: dict, snr_db: float | None = None) -> list[Arm]:
     ``ablations``, :data:`ABLATIONS` at the middle SNR (``snr_db`` None: not the middle)."""
     study = profile["noise_study"]
     w1 = study.get("w1", False)  # a study section written before the key: no W1 arm
-    out = [Arm(s, s) for s in (*TRAINED, *FROZEN) if w1 or registry.get(s).reads != registry.W1]
-    if w1:
-        others = [c for c in CANCELLERS if c != profile["anc"].get("canceller", "fblms")]
-        for s in (s for s in TRAINED if registry.get(s).reads == registry.ANC):
+    others = [c for c in CANCELLERS if c != profile["anc"].get("canceller", "fblms")]
+    out = []
+    for s in (*TRAINED, *FROZEN):
+        if w1 or registry.get(s).reads != registry.W1:
+            out.append(Arm(s, s))
+        if w1 and registry.get(s).reads == registry.ANC:  # beside it, the other canceller
             out += [Arm(s, f"{s} ({c})", {"anc": {"canceller": c}}) for c in others]
     middle = sorted(study["near_snr_db"])[len(study["near_snr_db"]) // 2]
     if study["ablations"] and snr_db == middle:
@@ -178,11 +180,13 @@ def run(
     rows = read(csv).to_dict("records") if csv.exists() else []
     rows = [r for r in rows if r.get("study_key") == this_key]  # settings changed: measured anew
     done = {(r["snr_db"], r["seed"], r["system"]) for r in rows}
+    sets = {}  # seed by seed over every SNR: an interrupted study already spans the SNRs
     for snr in study["near_snr_db"]:
         root = folder / "data" / f"snr_{snr:+g}dB"
         synth.generate_dataset(root, dataset_config(study, snr), progress=False, replace=True)
-        clips = data.index_dataset(root)
-        for seed in study["seeds"]:
+        sets[snr] = root, data.index_dataset(root)
+    for seed in study["seeds"]:
+        for snr, (root, clips) in sets.items():
             for arm in arms(profile, snr):
                 if (snr, seed, arm.label) in done:
                     continue
