@@ -494,9 +494,9 @@ def score_system(
     column of arrays. Per section the back end of its machine type (:meth:`Backend.
     for_machine_type`, a fresh copy; default: the KNN, K = 1) is fitted on its training clips
     (domains: source/target); test clips get its :meth:`~Backend.score`, training clips its
-    :meth:`~Backend.training_scores`. Returns the
-    table's columns (without ``embedding``) plus ``anomaly_score``, same rows and index: the
-    shape :func:`asd_utils.evaluation.official.write_submission` takes.
+    :meth:`~Backend.training_scores`. Returns the table's columns (without ``embedding``) plus
+    ``anomaly_score``, same rows and index: the shape :func:`asd_utils.evaluation.official.
+    write_submission` takes.
     """
     backend = KNN() if backend is None else backend
     if embeddings is None:
