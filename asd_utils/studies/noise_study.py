@@ -16,9 +16,10 @@ backbone): analysis.
     python -m asd_utils.studies.noise_study --profile quick [--output-root DIR]    (make
     noise-study)
 
-Rows go to ``<output_root>/noise_study.csv`` (written after every run, atomically), each with
-the :func:`study_key` of the settings; a rerun skips the rows of the same key already there, so
-an interrupted study resumes, and drops rows of other settings.
+Seed by seed, each over every SNR, rows go to ``<output_root>/noise_study.csv`` (written after
+every run, atomically), each with the :func:`study_key` of the settings; a rerun skips the rows
+of the same key already there, so an interrupted study resumes, and drops rows of other
+settings.
 """
 
 from __future__ import annotations
@@ -70,9 +71,10 @@ class Arm:
 
 def arms(profile: dict, snr_db: float | None = None) -> list[Arm]:
     """The study's arms under ``profile`` at one SNR: the trained systems of :data:`KINDS` and
-    the frozen systems as the profile says; with ``noise_study.w1``, a system that reads the ANC
-    with each other canceller (:data:`CANCELLERS`), else the systems that read W1 left out; with
-    ``ablations``, :data:`ABLATIONS` at the middle SNR (``snr_db`` None: not the middle)."""
+    the frozen systems as the profile says; with ``noise_study.w1``, beside a system that reads
+    the ANC the same with each other canceller (:data:`CANCELLERS`), else the systems that read
+    W1 left out; with ``ablations``, :data:`ABLATIONS` at the middle SNR (``snr_db`` None: not
+    the middle)."""
     study = profile["noise_study"]
     w1 = study.get("w1", False)  # a study section written before the key: no W1 arm
     others = [c for c in CANCELLERS if c != profile["anc"].get("canceller", "fblms")]
