@@ -844,16 +844,18 @@ def knn_k(profile: config.schema.Profile, name: str) -> int:
 
 
 def backend(run: Run, system: str):
-    """The scoring back end (:func:`asd_utils.scoring.make`) of ``system``: its section's
-    ``backend`` where it names one, else the profile's default; its K (:func:`knn_k`) and the
-    run's seed; unfitted."""
+    """The scoring back end of ``system`` on this run's machine types
+    (:func:`asd_utils.scoring.for_machine_types`): its section's ``backend`` where it names one,
+    else the profile's default, on the machine types ``backends.per_machine_type`` chose it for;
+    ``backends.untuned`` on the others; its K (:func:`knn_k`) and the run's seed; unfitted."""
     from asd_utils import scoring
 
     section = registry.settings(run.profile, system) if registry.get(system).section else None
     name = getattr(section, "backend", "default")
-    return scoring.make(
+    return scoring.for_machine_types(
         run.profile.backends,
         None if name == "default" else name,
+        run.clips["machine_type"],
         k=knn_k(run.profile, system),
         seed=run.seed,
     )

@@ -5,6 +5,7 @@ run through the door, score, evaluate and the back-end comparison on synthetic d
 from typing import Annotated
 
 import numpy as np
+import pandas as pd
 import pytest
 from pydantic import Field
 
@@ -125,3 +126,54 @@ def test_a_backend_declares_what_it_takes(run):
     flat = scoring.as_taken(embeddings.reshape(len(embeddings), dim, 1), "clip")
     np.testing.assert_array_equal(flat, embeddings)  # bands side by side for a clip back end
     assert registry.get("System 1").trainable  # the system whose embeddings were scored
+
+
+def _two_machine_types(seed: int = 0):
+    """A clip table of a listed (fan) and an unlisted machine type (ToyDrone, an evaluation-set
+    one) and random band embeddings [N, 2, 4]: 12 source + 3 target training, 6 test clips each."""
+    rows = []
+    for machine_type in ("fan", "ToyDrone"):
+        for split, domain, n in (
+            ("train", "source", 12),
+            ("train", "target", 3),
+            ("test", "source", 6),
+        ):
+            rows += [dict(machine_type=machine_type, section="00", split=split, domain=domain)] * n
+    table = pd.DataFrame(rows)
+    return table, np.random.default_rng(seed).standard_normal((len(table), 2, 4))
+
+
+def test_an_untuned_machine_type_is_scored_by_zmin_a_listed_one_by_its_choice():
+    section = config.load_profile("quick").backends
+    assert section.untuned == "zmin" and "ToyDrone" not in section.per_machine_type
+    table, embeddings = _two_machine_types()
+    scorer = scoring.for_machine_types(section, None, table["machine_type"], k=1, seed=0)
+    scores = scoring.score_system(table, embeddings, scorer, bands=2)["anomaly_score"]
+    for machine_type, name in (("fan", "knn"), ("ToyDrone", "zmin")):
+        rows = (table["machine_type"] == machine_type).to_numpy()
+        alone = scoring.make(section, name, k=1, seed=0)
+        expected = scoring.score_system(table[rows], embeddings[rows], alone, bands=2)
+        np.testing.assert_allclose(scores[rows], expected["anomaly_score"], rtol=0, atol=0)
+    knn_everywhere = scoring.score_system(table, embeddings, scoring.KNN(), bands=2)
+    assert not np.allclose(scores, knn_everywhere["anomaly_score"])
+    # listed with another back end than the system's own: that one; one choice for all: itself
+    chosen = section.model_copy(
+        update={"per_machine_type": {"fan": "local", "ToyDrone": "default"}}
+    )
+    scorer = scoring.for_machine_types(chosen, "knn", table["machine_type"], k=1, seed=0)
+    assert {m: b.name for m, b in scorer.chosen.items()} == {"fan": "local", "ToyDrone": "knn"}
+    assert scoring.for_machine_types(section, None, ["fan"], k=1, seed=0).name == "knn"
+    with pytest.raises(config.ProfileError, match="unknown back end 'zmn'"):
+        backends.check(section.model_copy(update={"untuned": "zmn"}))
+
+
+def test_smoke_and_quick_score_their_machine_types_as_before():
+    """The shipped map keeps every machine type of smoke's and quick's data on its system's own
+    back end (their official files unchanged): KNN by default, System 6's BEAM + VarMin."""
+    for name in ("smoke", "quick"):
+        profile = config.load_profile(name)
+        made = profile.synth
+        types = [*(made.machine_types or synth.MACHINE_TYPES), *(made.eval_machine_types or [])]
+        section = profile.backends
+        assert scoring.for_machine_types(section, None, types).name == section.default == "knn"
+        assert scoring.for_machine_types(section, "beam_varmin", types).name == "beam_varmin"

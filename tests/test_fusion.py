@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+import yaml
 
 from asd_utils import cli, config, data, scoring, systems, training
 from asd_utils.data import synth
@@ -208,3 +209,37 @@ def test_noise_study_writes_one_row_per_run_and_resumes(tmp_path, monkeypatch):
     # the study's data: the near SNR as asked, the noise path long
     settings = noise_study.dataset_config(config.load_profile("smoke").noise_study, -5.0)
     assert settings.near_snr_db == (-5.0, -5.0) and settings.noise_path_taps == 4096
+
+
+def test_noise_study_arms_follow_the_registry_and_the_w1_switch():
+    profile = config.load_profile("quick")
+    middle = sorted(profile.noise_study.near_snr_db)[1]
+    labels = [a.label for a in noise_study.arms(profile, 10.0)]
+    assert labels == [
+        "System 1", "System 3", "System 3 (w1)", "System 5", "System 0", "System 6"
+    ]  # fmt: skip
+    w1 = next(a for a in noise_study.arms(profile, 10.0) if a.label == "System 3 (w1)")
+    derived = noise_study.study_profile(profile, 7, w1.changes)
+    assert (w1.system, derived.anc.canceller, derived.seed) == ("System 3", "w1", 7)
+    assert profile.anc.canceller == "fblms"  # the profile itself unchanged
+    assert len(noise_study.arms(profile, middle)) == len(labels) + len(noise_study.ABLATIONS)
+    # a profile whose canceller is W1 compares it with the FBLMS
+    other = profile.model_copy(update={"anc": profile.anc.model_copy(update={"canceller": "w1"})})
+    assert "System 3 (fblms)" in [a.label for a in noise_study.arms(other, 10.0)]
+    # without the switch the W1 arms are left out, and the study's key changes
+    study = profile.noise_study.model_copy(update={"w1": False})
+    off_profile = profile.model_copy(update={"noise_study": study})
+    off = [a.label for a in noise_study.arms(off_profile, 10.0)]
+    assert off == ["System 1", "System 3", "System 5", "System 0"]
+    assert noise_study.study_key(off_profile) != noise_study.study_key(profile)
+
+
+@pytest.mark.slow
+def test_noise_study_runs_the_w1_arms(tmp_path):
+    path = tmp_path / "w1.yaml"
+    path.write_text(yaml.safe_dump({"extends": "smoke", "name": "w1", "noise_study": {"w1": True}}))
+    table = noise_study.run(str(path), tmp_path / "out", progress=False)
+    assert set(table["system"]) == {
+        "System 1", "System 3", "System 5", "System 0", "System 6", "System 3 (w1)"
+    }  # fmt: skip
+    assert table["hmean"].between(0, 1).all()

@@ -302,10 +302,14 @@ class Backends(Section):
     model_config = ConfigDict(extra="allow", strict=True, frozen=True)
 
     default: str
+    # the back end of each machine type, chosen by hand ("default": the system's own); a
+    # machine type not listed (an evaluation-set one, never tuned) is scored by ``untuned``
+    per_machine_type: dict[str, str]
+    untuned: str
 
     @model_validator(mode="after")
     def _options_are_mappings(self):
-        for name, options in (self.model_extra or {}).items():
+        for name, options in (self.model_extra or {}).items():  # a back end's options
             if not isinstance(options, dict):
                 raise ValueError(f"{name}: a back end's options are a mapping, not {options!r}")
         return self
@@ -327,6 +331,7 @@ class NoiseStudy(Section):
     seeds: list[int] = Field(min_length=1)
     steps: PositiveInt
     ablations: bool
+    w1: bool  # the W1 arms: System 6 and System 3 with the other canceller
 
 
 class Decision(Section):

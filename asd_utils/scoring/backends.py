@@ -15,6 +15,12 @@ holds under the back end's name; :data:`BACKENDS` is the table, keyed by name. A
 declares what it takes (:attr:`Backend.takes`): one vector per clip ``[N, D]`` (``"clip"``) or
 a band matrix ``[N, B, D]`` (``"bands"``, a frequency-preserving pooling).
 
+Which back end scores a machine type is chosen by hand in the profile (``backends.
+per_machine_type``: ``{machine type: back end}``, ``default``: the system's own); a machine type
+not listed there (an evaluation-set machine type, never seen in development) is scored by
+``backends.untuned``, Z-MIN in the shipped profiles: the label-free combination
+(:func:`for_machine_types`, :class:`ByMachineType`).
+
 Written here rather than taken from a library: scikit-learn's neighbour and outlier classes have
 no per-domain minimum, no cosine k-means and no leave-one-out self-scores; the arithmetic is a
 few matrix products. k-means itself is scikit-learn's.
@@ -63,6 +69,10 @@ class Backend:
     def fresh(self) -> Backend:
         """An unfitted back end of the same class and settings."""
         return type(self)(self.options, self.k, self.seed)
+
+    def for_machine_type(self, machine_type: str) -> Backend:
+        """The unfitted back end that scores ``machine_type``'s clips: a fresh copy of this one."""
+        return self.fresh()
 
     def fit(self, reference: np.ndarray, domains: np.ndarray | None) -> Backend:
         """Keep the normal ``reference`` embeddings and their ``domains`` (M,) (None: one set)."""
@@ -357,6 +367,28 @@ class ZMin(Backend):
         return self._combine(self._training, self._training, self.options.rule)[1]
 
 
+class ByMachineType(Backend):
+    """One back end per machine type: ``chosen`` ``{machine type: back end}``, any other machine
+    type scored by ``otherwise`` (:func:`for_machine_types` builds it from the profile). Not
+    fitted itself: :func:`score_system` asks :meth:`for_machine_type` per machine type."""
+
+    name = "by_machine_type"
+    description = "a back end chosen by hand per machine type, another for the untuned ones"
+
+    def __init__(self, chosen: dict[str, Backend], otherwise: Backend) -> None:
+        super().__init__()
+        self.chosen, self.otherwise = dict(chosen), otherwise
+
+    def fresh(self) -> Backend:
+        return ByMachineType(self.chosen, self.otherwise)
+
+    def for_machine_type(self, machine_type: str) -> Backend:
+        return self.chosen.get(machine_type, self.otherwise).fresh()
+
+    def fit(self, reference: np.ndarray, domains: np.ndarray | None) -> Backend:
+        raise TypeError("by_machine_type scores per machine type: fit its for_machine_type()")
+
+
 BACKENDS: dict[str, type[Backend]] = {
     b.name: b for b in (KNN, KMeans, SMOTE, Local, BEAM, BEAMVarMin, ZMin)
 }
@@ -388,13 +420,36 @@ def make(section: Backends, name: str | None = None, k: int = 1, seed: int = 0) 
     return backend
 
 
+def for_machine_types(
+    section: Backends, name: str | None, machine_types, k: int = 1, seed: int = 0
+) -> Backend:
+    """The back end of a system whose own is ``name`` (None: the section's ``default``) on clips
+    of ``machine_types``: each machine type's from the section's ``per_machine_type`` (a back end
+    of the table, or ``default``: the system's own), one not listed there ``untuned``. The one
+    back end when every machine type gets the same, else a :class:`ByMachineType` of them."""
+    own = section.default if name is None else name
+    listed = section.per_machine_type
+    names = {m: listed.get(m, section.untuned) for m in pd.unique(pd.Series(machine_types))}
+    names = {m: own if n == "default" else n for m, n in names.items()}
+    made = {n: make(section, n, k, seed) for n in sorted(set(names.values()) | {own})}
+    if len(set(names.values())) == 1:
+        return made[next(iter(names.values()))]
+    untuned = section.untuned
+    otherwise = made.get(untuned) or make(section, untuned, k, seed)
+    return ByMachineType({m: made[n] for m, n in names.items()}, otherwise)
+
+
 def check(section: Backends) -> None:
     """Validate the options of every back end in the table that ``section`` configures (and
-    that its default exists), at the door: :func:`make` of each."""
+    that its default, its ``untuned`` and those of ``per_machine_type`` exist), at the door:
+    :func:`make` of each."""
     make(section)
     for name in BACKENDS:
         if name in (section.model_extra or {}):
             make(section, name)
+    chosen = {n for n in section.per_machine_type.values() if n != "default"}
+    for name in sorted({*chosen, section.untuned}):
+        make(section, name)
 
 
 def as_taken(embeddings: np.ndarray, takes: str, bands: int = 1) -> np.ndarray:
@@ -412,6 +467,18 @@ def as_taken(embeddings: np.ndarray, takes: str, bands: int = 1) -> np.ndarray:
     return embeddings
 
 
+def _taken(embeddings: np.ndarray, backend: Backend, bands: int) -> np.ndarray:
+    """:func:`as_taken` for ``backend``, refusing embeddings of the wrong number of axes."""
+    embeddings = as_taken(embeddings, backend.takes, bands)
+    expected = {"clip": 2, "bands": 3}[backend.takes]
+    if embeddings.ndim != expected:
+        raise ValueError(
+            f"back end {backend.name!r} takes {backend.takes} embeddings ({expected} axes), "
+            f"not {embeddings.shape}"
+        )
+    return embeddings
+
+
 def score_system(
     table: pd.DataFrame,
     embeddings: np.ndarray | None = None,
@@ -423,24 +490,19 @@ def score_system(
     ``table``: clip table rows (train and test); ``embeddings`` row-aligned, ``[N, D]`` or
     ``[N, B, D]``, brought to what ``backend`` takes by :func:`as_taken` (``bands``: how many
     frequency bands an ``[N, D]`` vector holds), or None to take them from an ``embedding``
-    column of arrays. Per section a fresh copy of ``backend`` (default: the KNN,
-    K = 1) is fitted on its training clips (domains: source/target); test clips get its
-    :meth:`~Backend.score`, training clips its :meth:`~Backend.training_scores`. Returns the
-    table's columns (without ``embedding``) plus ``anomaly_score``, same rows and index: the
-    shape :func:`asd_utils.evaluation.official.write_submission` takes.
+    column of arrays. Per section the back end of its machine type (:meth:`Backend.
+    for_machine_type`, a fresh copy; default: the KNN, K = 1) is fitted on its training clips
+    (domains: source/target); test clips get its :meth:`~Backend.score`, training clips its
+    :meth:`~Backend.training_scores`. Returns the table's columns (without ``embedding``) plus
+    ``anomaly_score``, same rows and index: the shape :func:`asd_utils.evaluation.official.
+    write_submission` takes.
     """
     backend = KNN() if backend is None else backend
     if embeddings is None:
         embeddings = np.stack(table["embedding"].to_numpy())
-    embeddings = as_taken(embeddings, backend.takes, bands)
+    embeddings = np.asarray(embeddings)
     if len(embeddings) != len(table):
         raise ValueError(f"{len(embeddings)} embeddings for {len(table)} clips")
-    expected = {"clip": 2, "bands": 3}[backend.takes]
-    if embeddings.ndim != expected:
-        raise ValueError(
-            f"back end {backend.name!r} takes {backend.takes} embeddings ({expected} axes), "
-            f"not {embeddings.shape}"
-        )
     scores = np.full(len(table), np.nan)
     groups = table.reset_index(drop=True).groupby(["machine_type", "section"], sort=False)
     for (machine_type, section), group in groups:
@@ -450,10 +512,12 @@ def score_system(
             raise ValueError(f"{machine_type} section {section}: needs at least 2 training clips")
         domain = group["domain"].to_numpy()[train]
         domain = None if pd.isna(domain).any() else domain.astype(str)
-        fitted = backend.fresh().fit(embeddings[rows[train]], domain)
+        chosen = backend.for_machine_type(machine_type)
+        taken = _taken(embeddings[rows], chosen, bands)
+        fitted = chosen.fit(taken[train], domain)
         scores[rows[train]] = fitted.training_scores()
         if (~train).any():
-            scores[rows[~train]] = fitted.score(embeddings[rows[~train]])
+            scores[rows[~train]] = fitted.score(taken[~train])
     out = table.drop(columns=["embedding"], errors="ignore").copy()
     out["anomaly_score"] = scores
     return out

@@ -4,17 +4,21 @@ Where the far microphone can matter, the question can be answered: the same mach
 several near-microphone SNRs (the profile's ``noise_study`` section), the far microphone
 carrying the noise more strongly, the noise non-stationary (impacts, babble) and reaching the
 near microphone by a long reverberant path that System 3's 128-tap canceller cannot fully
-model. One small synthetic set per SNR (:mod:`asd_utils.data.synth`); on each, for every seed:
-System 1 (near channel only), System 3 (ANC), System 5 (fusion inside the encoder), trained by
-the common loop at the study's size, and System 0's residual view (no training), all scored by
-the profile's default back end. With ``ablations``, System 5 variants at the middle SNR (where
-the modules go, a frozen backbone): analysis.
+model. One small synthetic set per SNR (:mod:`asd_utils.data.synth`); on each, for every seed,
+one row per :class:`Arm` (:func:`arms`): System 1 (near channel only), System 3 (ANC), System 5
+(fusion inside the encoder), trained by the common loop at the study's size, and the frozen
+systems (System 0's view, no training), each scored by its own back end. With ``w1``, the arms
+of the fixed far-mic canceller W1: the frozen systems that read it (System 6) and System 3 with
+the other canceller (``anc.canceller: w1`` beside the profile's ``fblms``, "System 3 (w1)").
+With ``ablations``, System 5 variants at the middle SNR (where the modules go, a frozen
+backbone): analysis.
 
     asd study noise --profile quick [--output-root DIR]    (make noise-study)
 
-Rows go to ``<output_root>/noise_study.csv`` (written after every run, atomically), each with
-the :func:`study_key` of the settings; a rerun skips the rows of the same key already there, so
-an interrupted study resumes, and drops rows of other settings.
+Seed by seed, each over every SNR, rows go to ``<output_root>/noise_study.csv`` (written after
+every run, atomically), each with the :func:`study_key` of the settings; a rerun skips the rows
+of the same key already there, so an interrupted study resumes, and drops rows of other
+settings.
 """
 
 from __future__ import annotations
@@ -23,6 +27,8 @@ import hashlib
 import json
 import logging
 import time
+import typing
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
@@ -42,11 +48,46 @@ KINDS = (recipes.OSSCL.kind, recipes.Fusion.kind)
 TRAINED = tuple(s for s in registry.of_kind("fine-tuned") if recipes.kind(s) in KINDS)
 FUSION = next(s for s in TRAINED if registry.get(s).reads == registry.NEAR_FAR)  # System 5
 SECTIONS = tuple(dict.fromkeys(registry.get(s).section for s in TRAINED))  # their profile sections
+FROZEN = tuple(registry.of_kind("frozen"))  # System 0; System 6 (W1 audio) with ``w1``
+CANCELLERS = typing.get_args(config.schema.Anc.model_fields["canceller"].annotation)
 ABLATIONS = {  # name → changes to the fusion section (analysis, at the middle SNR)
     f"{FUSION} (first block)": {"blocks": [1]},
     f"{FUSION} (first and last block)": {"blocks": [1, -1]},
     f"{FUSION} (frozen backbone)": {"freeze_backbone": True},
 }
+
+
+@dataclass(frozen=True)
+class Arm:
+    """One row of the study per SNR and seed: ``system`` (a registry name) run with ``changes``
+    to its profile (``{section: {key: value}}``; none: as the profile says), shown as ``label``
+    (the ``system`` column: the system's name when unchanged)."""
+
+    system: str
+    label: str
+    changes: dict = field(default_factory=dict, hash=False)
+
+
+def arms(profile: Profile, snr_db: float | None = None) -> list[Arm]:
+    """The study's arms under ``profile`` at one SNR: the trained systems of :data:`KINDS` and
+    the frozen systems as the profile says; with ``noise_study.w1``, beside a system that reads
+    the ANC the same with each other canceller (:data:`CANCELLERS`), else the systems that read
+    W1 left out; with ``ablations``, :data:`ABLATIONS` at the middle SNR (``snr_db`` None: not
+    the middle)."""
+    study = profile.noise_study
+    w1 = study.w1
+    others = [c for c in CANCELLERS if c != profile.anc.canceller]
+    out = []
+    for s in (*TRAINED, *FROZEN):
+        if w1 or registry.get(s).reads != registry.W1:
+            out.append(Arm(s, s))
+        if w1 and registry.get(s).reads == registry.ANC:  # beside it, the other canceller
+            out += [Arm(s, f"{s} ({c})", {"anc": {"canceller": c}}) for c in others]
+    middle = sorted(study.near_snr_db)[len(study.near_snr_db) // 2]
+    if study.ablations and snr_db == middle:
+        fusion = registry.get(FUSION).section
+        out += [Arm(FUSION, name, {fusion: c}) for name, c in ABLATIONS.items()]
+    return out
 
 
 def dataset_config(study: NoiseStudy, snr_db: float) -> synth.SynthConfig:
@@ -65,12 +106,12 @@ def dataset_config(study: NoiseStudy, snr_db: float) -> synth.SynthConfig:
     )
 
 
-def study_profile(profile: Profile, seed: int, fusion_changes: dict | None = None) -> Profile:
+def study_profile(profile: Profile, seed: int, changes: dict | None = None) -> Profile:
     """The profile a study run trains with (derived in memory, ``model_copy``): its seed, the
-    study's steps for the trained systems (warm-up and checkpoints scaled along), and
-    ``fusion_changes`` (keys of the fusion section) for an ablation."""
+    study's steps for the trained systems (warm-up and checkpoints scaled along), and an arm's
+    ``changes`` (``{section: {key: value}}``)."""
     steps = profile.noise_study.steps
-    fusion = registry.get(FUSION).section
+    changes = changes or {}
 
     def shortened(name: str):
         section = getattr(profile, name)
@@ -81,10 +122,12 @@ def study_profile(profile: Profile, seed: int, fusion_changes: dict | None = Non
                 "steps": steps,
             }
         )
-        changes = (fusion_changes or {}) if name == fusion else {}
-        return section.model_copy(update={"train": train, **changes})
+        return section.model_copy(update={"train": train, **changes.get(name, {})})
 
-    return profile.model_copy(update={"seed": seed, **{s: shortened(s) for s in SECTIONS}})
+    update = {s: getattr(profile, s).model_copy(update=v) for s, v in changes.items()}
+    return profile.model_copy(
+        update={"seed": seed, **update, **{s: shortened(s) for s in SECTIONS}}
+    )
 
 
 def read(path: str | Path) -> pd.DataFrame:
@@ -95,7 +138,7 @@ def read(path: str | Path) -> pd.DataFrame:
 def study_key(profile: Profile) -> str:
     """A hash of every setting that changes the study's numbers, the precisions as resolved
     on this machine (``auto``: bf16 or float32); rows of other keys are old."""
-    every = (*TRAINED, training_free.SYSTEM)
+    every = (*TRAINED, *FROZEN)
     sections = ("noise_study", *dict.fromkeys(registry.get(s).section for s in every))
     values = {s: getattr(profile, s).plain() for s in (*sections, "backends", "anc")}
     chosen = {s: systems.resolved_precision(profile, s).name for s in every}
@@ -107,6 +150,28 @@ def study_key(profile: Profile) -> str:
 
 def _summary(scores: pd.DataFrame) -> dict:
     return metrics.summarise(metrics.evaluate(metrics.labelled(scores)[0]))
+
+
+def _measure(arm: Arm, study_run: stages.Run, cache: Path, progress: bool):
+    """One arm on one set: ``(scores, extra columns)``; a frozen system embedded (its section's
+    view), a trained one by the stages the report runs (train, embed); each scored by its own
+    back end (:func:`asd_utils.stages.backend`)."""
+    derived, clips, extra = study_run.profile, study_run.clips, {}
+    if arm.system in FROZEN:
+        embeddings, encoder, section = training_free.embed(
+            derived, clips, cache, progress, system=arm.system
+        )
+        block = training_free.layer_position(encoder, section.layer)
+        vector = training_free.view(embeddings, section.view, section.alpha, block)
+        bands = encoder.n_freq if section.pooling.startswith("time_") else 1
+    else:
+        result = stages.train(study_run, arm.system, name=arm.label, progress=progress)
+        vector = stages.embed(study_run, arm.system, result, arm.label)
+        bands = systems.bands(derived, arm.system)
+        if registry.get(arm.system).reads == registry.NEAR_FAR:
+            extra["gates"] = json.dumps(result.ema_model.backbone.gates())
+    scorer = stages.backend(study_run, arm.system)
+    return scoring.score_system(clips, vector, scorer, bands), extra
 
 
 def run(
@@ -124,45 +189,27 @@ def run(
     rows = read(csv).to_dict("records") if csv.exists() else []
     rows = [r for r in rows if r.get("study_key") == this_key]  # settings changed: measured anew
     done = {(r["snr_db"], r["seed"], r["system"]) for r in rows}
-    middle = sorted(study.near_snr_db)[len(study.near_snr_db) // 2]
+    sets = {}  # seed by seed over every SNR: an interrupted study already spans the SNRs
     for snr in study.near_snr_db:
         root = folder / "data" / f"snr_{snr:+g}dB"
         synth.generate_dataset(root, dataset_config(study, snr), progress=False, replace=True)
-        clips = data.index_dataset(root)
-        for seed in study.seeds:
-            runs = {s: None for s in (*TRAINED, training_free.SYSTEM)}
-            if study.ablations and snr == middle:
-                runs.update(ABLATIONS)
-            for name, changes in runs.items():
-                if (snr, seed, name) in done:
+        sets[snr] = root, data.index_dataset(root)
+    for seed in study.seeds:
+        for snr, (root, clips) in sets.items():
+            for arm in arms(profile, snr):
+                if (snr, seed, arm.label) in done:
                     continue
                 start = time.perf_counter()
-                derived = study_profile(profile, seed, changes)
-                extra = {}
-                if name == training_free.SYSTEM:
-                    embeddings, encoder, section = training_free.embed(
-                        derived, clips, folder / "cache", progress
-                    )
-                    block = training_free.layer_position(encoder, section.layer)
-                    vector = training_free.view(embeddings, "residual", section.alpha, block)
-                    k = section.knn_k
-                else:  # the stages the report runs: train, embed (asd_utils.stages)
-                    system = name.split(" (")[0]
-                    run_paths = config.RunPaths(root, folder / "runs", synthetic=False)
-                    study_run = stages.Run(derived, run_paths, None, clips)
-                    result = stages.train(study_run, system, name=name, progress=progress)
-                    vector = stages.embed(study_run, system, result, name)
-                    k = stages.knn_k(derived, system)
-                    if registry.get(system).reads == registry.NEAR_FAR:
-                        extra["gates"] = json.dumps(result.ema_model.backbone.gates())
-                scorer = scoring.make(profile.backends, k=k, seed=seed)
-                scores = scoring.score_system(clips, vector, scorer)
+                derived = study_profile(profile, seed, arm.changes)
+                run_paths = config.RunPaths(root, folder / "runs", synthetic=False)
+                study_run = stages.Run(derived, run_paths, None, clips)
+                scores, extra = _measure(arm, study_run, folder / "cache", progress)
                 rows.append({
-                    "study_key": this_key, "snr_db": snr, "seed": seed, "system": name,
+                    "study_key": this_key, "snr_db": snr, "seed": seed, "system": arm.label,
                     **_summary(scores),
                     "seconds": round(time.perf_counter() - start, 1), **extra,
                 })  # fmt: skip
                 files.write_table(pd.DataFrame(rows), csv)
-                log.info("SNR %+g dB, seed %s, %s: official score %.2f %% (%.0f s)",
-                         snr, seed, name, 100 * rows[-1]["hmean"], rows[-1]["seconds"])  # fmt: skip
+                log.info("SNR %+g dB, seed %s, %s: official score %.2f %% (%.0f s)", snr, seed,
+                         arm.label, 100 * rows[-1]["hmean"], rows[-1]["seconds"])  # fmt: skip
     return pd.DataFrame(rows)

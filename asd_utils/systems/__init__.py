@@ -372,7 +372,9 @@ def train_system(
     (:func:`asd_utils.stages.prepare`), so that nothing indexes the tree again.
     """
     frames = crops_in_frames(profile, system)
-    model, loss, dataset = build(str(data_root), profile, system, progress, overrides, clips, frames)
+    model, loss, dataset = build(
+        str(data_root), profile, system, progress, overrides, clips, frames
+    )
     folder = run_dir(output_root, profile, system, data_root, clips)
     if overrides:
         tag = "-".join(f"{k}{v}" for k, v in sorted(overrides.items()))
