@@ -13,6 +13,16 @@ same) and prints each run's official score and the spread.
 About 3.5 minutes per seed on two CPU cores under quick. Runs go to a temporary folder; the CSV
 of results goes beside the profile's results (``outputs/<profile>/bench_seeds.csv``, or
 ``--output``), where the results chapter shows it the next time the book is built.
+
+With ``--classes`` it compares class schemes (issue 36): each system of ``--systems`` trains
+once per scheme and seed, its profile section's ``classes`` block set to that scheme (``names``:
+the name classes; ``pseudo``: clusters everywhere; ``auto``: clusters where names carry no
+attributes; ``profile``: the section as it is), and ``bench_classes.csv`` gets one row per
+(system, classes, seed, machine type) and one per run over all machine types (``all``), with the
+official score, beside the autoencoder's rows. About 1-3 minutes per system, scheme and seed:
+
+    python benchmarks/bench_seeds.py --systems "System 1" "System 2" "System 3" "System 5" \
+        --classes names auto --own-classes "System 7"
 """
 
 from __future__ import annotations
@@ -29,7 +39,12 @@ import yaml
 from machine import load_recorded
 
 from asd_utils import config, data, files, registry, stages
+from asd_utils.evaluation import metrics
 from asd_utils.report import analysis
+from asd_utils.systems import classes as class_schemes
+from asd_utils.systems import recipes
+
+SCHEMES = ("profile", *class_schemes.SCHEMES)
 
 
 def seed_run(clips, paths, profile_path: Path, profile: dict, out: Path) -> stages.Run:
@@ -52,11 +67,110 @@ def system_score(run: stages.Run, system: str) -> tuple[float, float]:
     return 100 * analysis.summary(scores)["hmean"], result.seconds
 
 
+def with_classes(profile: dict, system: str, scheme: str) -> dict:
+    """``profile`` with ``system``'s section's class scheme set to ``scheme`` (``profile``: as
+    it is); a section without a ``classes`` block gets the recipe's domain rule for names."""
+    if scheme == "profile":
+        return profile
+    recipe = recipes.of(system)
+    section = dict(profile[recipe.entry.section])
+    block = section.get("classes") or {"by_domain": recipe.by_domain(section)}
+    section["classes"] = {**block, "scheme": scheme}
+    return {**profile, recipe.entry.section: section}
+
+
+def machine_rows(scores: pd.DataFrame, attributed: set[str]) -> list[dict]:
+    """One row per machine type with ground truth (official score and its parts, %) and one
+    for all of them (``machine_type`` ``all``); ``attributes``: whether the machine type's
+    training names carry attributes."""
+    table = metrics.evaluate(metrics.labelled(scores)[0])
+    parts = [("all", table), *table.groupby("machine_type", sort=False)]
+    rows = []
+    for machine_type, part in parts:
+        summary = metrics.summarise(part)
+        rows.append(
+            {
+                "machine_type": machine_type,
+                "attributes": None if machine_type == "all" else machine_type in attributed,
+                "hmean": 100 * summary["hmean"],
+                **{k: 100 * part[k].mean() for k in ("auc_source", "auc_target", "pauc")},
+            }
+        )
+    return rows
+
+
+def class_runs(args, base: dict, clips: pd.DataFrame, paths, tmp: Path) -> pd.DataFrame:
+    """The class-scheme comparison: per seed the autoencoder, then every system × scheme."""
+    attributed = {g.split("/")[0] for g in class_schemes.named_groups(clips)}
+    own = set(args.own_classes)
+    runs = [(s, c) for s in args.systems if s not in own for c in args.classes]
+    runs += [(s, "profile") for s in args.own_classes]
+    rows = []
+    for seed in args.seeds:
+        common = {"seed": seed, "data_root": str(paths.data_root)}
+        run = seed_run(clips, paths, *_write(base, seed, "ae", tmp), tmp / f"{seed}-ae")
+        for variant, scores in stages.baseline(run).scores.items():
+            for row in machine_rows(scores, attributed):
+                rows.append({**common, "system": variant, "classes": "none", **row})
+        for system, scheme in runs:
+            profile = with_classes({**base, "seed": seed}, system, scheme)
+            run = seed_run(
+                clips, paths, *_write(profile, seed, scheme, tmp), tmp / f"{seed}-{scheme}"
+            )
+            result = stages.train(run, system)
+            stages.embed(run, system, result)
+            scores = stages.score(run, [system])[system]
+            extra = {"seconds": round(result.seconds, 1)}
+            made = [
+                {**common, "system": system, "classes": scheme, **row, **extra}
+                for row in machine_rows(scores, attributed)
+            ]
+            rows += made
+            print({k: round(v, 2) if isinstance(v, float) else v for k, v in made[0].items()})
+            files.write_table(pd.DataFrame(rows), args.output_path)  # what finished, so far
+    return pd.DataFrame(rows)
+
+
+def _write(profile: dict, seed: int, tag: str, tmp: Path) -> tuple[Path, dict]:
+    """``(path, profile)``: ``profile`` with ``seed``, written where a run reads it back."""
+    profile = {**profile, "seed": seed}
+    path = tmp / f"{profile['name']}-seed{seed}-{tag}.yaml"
+    path.write_text(yaml.safe_dump(profile))
+    return path, profile
+
+
+def class_summary(table: pd.DataFrame) -> pd.DataFrame:
+    """Mean ± sd over seeds of the official score per system × classes (``all`` rows) and per
+    system × classes × machine types with / without attributes (the per-type scores averaged
+    within a seed first)."""
+    overall = table[table["machine_type"] == "all"]
+    overall = overall.groupby(["system", "classes"])["hmean"].agg(["mean", "std", "count"])
+    types = table[table["machine_type"] != "all"]
+    by = ["system", "classes", "attributes", "seed"]
+    types = types.groupby(by)["hmean"].mean().groupby(by[:-1]).agg(["mean", "std", "count"])
+    return pd.concat(
+        [overall.assign(attributes="all").set_index("attributes", append=True), types]
+    ).sort_index()
+
+
 def run() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--profile", default="quick")
     parser.add_argument("--seeds", type=int, nargs="+", default=[13711, 7, 99])
     parser.add_argument("--system", default="System 1")
+    parser.add_argument("--systems", nargs="+", help="several systems (default: --system)")
+    parser.add_argument(
+        "--classes",
+        nargs="+",
+        choices=SCHEMES,
+        help="compare class schemes: each system trains once per scheme (bench_classes.csv)",
+    )
+    parser.add_argument(
+        "--own-classes",
+        nargs="+",
+        default=[],
+        help="systems trained once with their profile's classes beside --classes (System 7)",
+    )
     parser.add_argument("--output", default="", help="default: <output root>/bench_seeds.csv")
     parser.add_argument(
         "--mixed-precision",
@@ -64,9 +178,10 @@ def run() -> None:
         help="train and embed the fine-tuned system in this precision (default: the profile's)",
     )
     args = parser.parse_args()
+    args.systems = args.systems or [args.system]
     base = config.load_profile(args.profile)
-    if args.mixed_precision:  # e.g. bf16 against the profile's float32, seed for seed
-        section = base[registry.get(args.system).section]
+    for system in args.systems if args.mixed_precision else []:  # e.g. bf16 against float32
+        section = base[registry.get(system).section]
         section["train"] = {**section["train"], "mixed_precision": args.mixed_precision}
     paths = config.resolve_paths(base)
     data.prepare_data(base, paths, progress=False)
@@ -75,6 +190,16 @@ def run() -> None:
         f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
         f"profile {base['name']}, data {paths.data_root}"
     )
+    if args.classes or args.own_classes:
+        name = "bench_classes.csv"
+        args.output_path = Path(args.output) if args.output else paths.output_root / name
+        args.classes = args.classes or []
+        with tempfile.TemporaryDirectory() as tmp:
+            table = class_runs(args, base, clips, paths, Path(tmp))
+        files.write_table(table, args.output_path)
+        print(class_summary(table).round(2).to_string())
+        print(f"written to {args.output_path}")
+        return
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for seed in args.seeds:
@@ -86,8 +211,9 @@ def run() -> None:
             run = seed_run(clips, paths, profile_path, profile, Path(tmp) / str(seed))
             row.update(autoencoder_scores(run))
             row["baseline seconds"] = round(time.perf_counter() - start, 1)
-            score, seconds = system_score(run, args.system)
-            row.update({args.system: score, f"{args.system} seconds": round(seconds, 1)})
+            for system in args.systems:
+                score, seconds = system_score(run, system)
+                row.update({system: score, f"{system} seconds": round(seconds, 1)})
             rows.append(row)
             print(
                 {k: round(v, 2) if isinstance(v, float) else v for k, v in row.items()}, flush=True
@@ -95,7 +221,7 @@ def run() -> None:
     table = pd.DataFrame(rows)
     output = Path(args.output) if args.output else paths.output_root / "bench_seeds.csv"
     files.write_table(table, output)
-    columns = ["baseline-MSE", "baseline-MAHALA", args.system]
+    columns = ["baseline-MSE", "baseline-MAHALA", *args.systems]
     print(table[columns].agg(["mean", "std", "min", "max"]).round(2).to_string())
     print(f"written to {output}")
 

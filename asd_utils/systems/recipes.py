@@ -67,6 +67,13 @@ def _canceller(profile: dict) -> str:
     return profile.get("anc", {}).get("canceller", "fblms")
 
 
+_FEATURES: dict[str, np.ndarray] = {}  # pseudo-attribute features by key, once per process
+
+
+def _features_key(parts: list) -> str:
+    return hashlib.sha256(json.dumps(parts).encode()).hexdigest()
+
+
 def _denoise(audio: np.ndarray, **options) -> np.ndarray:
     """(channels, samples) → denoised near channel (samples,), float32."""
     return anc.denoise(torch.from_numpy(audio), **options).numpy().astype(np.float32)
@@ -107,14 +114,70 @@ class Recipe:
         """Whether name classes carry the domain (the section's ``classes_by_domain``)."""
         return bool(settings["classes_by_domain"])
 
+    def scheme(self, settings: dict) -> ClassSettings | None:
+        """The section's class scheme (its ``classes`` block), or None: the name classes."""
+        block = settings.get("classes")
+        return None if block is None else ClassSettings(**block)
+
     def classes(self, profile: dict, table: pd.DataFrame, progress: bool = False):
         """The classes of the training rows of ``table`` (:class:`~asd_utils.systems.classes.
-        Classes`): machine type × section × attribute string (× domain), from the names (a
-        table without ``split`` is all training clips)."""
+        Classes`; a table without ``split`` is all training clips): machine type × section ×
+        attribute string (× domain) from the names, or by the section's class scheme
+        (:meth:`scheme`; clusters of :meth:`features` of each clip once, however often
+        ``table`` lists it, e.g. repeated target clips)."""
         train = table if "split" not in table else table[table["split"] == "train"]
         train = train.reset_index(drop=True)
-        ids, names = data.attribute_classes(train, by_domain=self.by_domain(self.settings(profile)))
-        return class_schemes.Classes(np.asarray(ids), list(names), train, ())
+        settings = self.settings(profile)
+        scheme = self.scheme(settings)
+        if scheme is None:
+            ids, names = data.attribute_classes(train, by_domain=self.by_domain(settings))
+            return class_schemes.Classes(np.asarray(ids), list(names), train, ())
+        clips = train.drop_duplicates("path").reset_index(drop=True).assign(split="train")
+        features = None
+        if scheme.scheme != "names":
+            features = self.features(settings, clips, profile["seed"], progress)
+        made = class_schemes.make_classes(clips, features, scheme, seed=profile["seed"])
+        if len(clips) == len(train):
+            return made
+        rows = pd.Index(clips["path"]).get_indexer(train["path"])
+        return class_schemes.Classes(made.ids[rows], made.names, train, made.clustered)
+
+    def features(self, settings: dict, train: pd.DataFrame, seed: int, progress: bool = False):
+        """Features of the training clips for pseudo-attributes: the frozen backbone's (official
+        weights) time-mean band features of the system's view, or without weights the log-mel
+        floor's statistics of the near channel
+        (:func:`asd_utils.systems.classes.logmel_features`); cached once per process."""
+        if not settings["checkpoint"]:
+            key = _features_key(["logmel", list(train["path"])])
+            if key not in _FEATURES:
+                _FEATURES[key] = class_schemes.logmel_features(train, progress=progress)
+            return _FEATURES[key]
+        return self.backbone_features(settings, train, seed, progress)
+
+    def backbone_features(self, settings: dict, train: pd.DataFrame, seed: int, progress=False):
+        """The frozen base's time-mean band features of the training clips' view, (N, bands ·
+        D): the system's own front end where it is a view (``near``, ``w1``), else near."""
+        key = _features_key(
+            [
+                settings["backbone"],
+                settings["size"],
+                settings["checkpoint"],
+                seed,
+                self.entry.reads,
+                list(train["path"]),
+            ]
+        )
+        if key not in _FEATURES:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                encoder = FrozenEncoder(Recipe.backbone(self, settings), [-1], "time_mean")
+            channel = (
+                self.entry.reads if self.entry.reads in (registry.NEAR, registry.W1) else "near"
+            )
+            _FEATURES[key] = class_schemes.frozen_features(
+                encoder, train, channel, progress=progress
+            )
+        return _FEATURES[key]
 
     def backbone(self, settings: dict) -> nn.Module:
         """The encoder that trains (random weights drawn from the caller's seed)."""
@@ -131,8 +194,12 @@ class Recipe:
         raise NotImplementedError
 
     def key(self, profile: dict, classes) -> dict:
-        """Parts of the run-folder key beside the section, front end, seed and clips."""
-        return {}
+        """Parts of the run-folder key beside the section, front end, seed and clips: the class
+        assignment where the section has a class scheme
+        (:func:`asd_utils.systems.classes.assignment_key`)."""
+        if self.scheme(self.settings(profile)) is None:
+            return {}
+        return {"classes": class_schemes.assignment_key(classes)}
 
     def embedder(self, model: nn.Module, settings: dict) -> nn.Module:
         """What embeds a clip for scoring (``embed(waveform, lengths)``): the trained model."""
@@ -307,9 +374,6 @@ class BandEmbedder(nn.Module):
         return self.encoder.embed(waveform, lengths)[:, -1]
 
 
-_FEATURES: dict[str, np.ndarray] = {}  # pseudo-attribute features by key, once per process
-
-
 class LoRASCAdaCos(Recipe):
     """System 7, the strongest public recipe (kasahart/asd-experiments ``reproduction/asd03``
     after ASDKit): LoRA on a frozen BEATs (:func:`asd_utils.models.lora.add_lora`), attentive
@@ -322,37 +386,9 @@ class LoRASCAdaCos(Recipe):
     kind = "LoRA-SCAdaCos"
     scoring = SCORING | {"backend", "gamma"}
 
-    def classes(self, profile: dict, table: pd.DataFrame, progress: bool = False):
-        settings = self.settings(profile)
-        scheme = ClassSettings(**settings["classes"])
-        train = table[table["split"] == "train"].reset_index(drop=True)
-        features = None
-        if scheme.scheme != "names":
-            features = self.features(settings, train, profile["seed"], progress)
-        return class_schemes.make_classes(train, features, scheme, seed=profile["seed"])
-
     def features(self, settings: dict, train: pd.DataFrame, seed: int, progress: bool = False):
-        """The frozen base's time-mean band features of the training clips' view, (N, 8 · D)."""
-        key = json.dumps(
-            [
-                settings["backbone"],
-                settings["size"],
-                settings["checkpoint"],
-                seed,
-                self.entry.reads,
-                list(train["path"]),
-            ]
-        )
-        key = hashlib.sha256(key.encode()).hexdigest()
-        if key not in _FEATURES:
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(seed)
-                encoder = FrozenEncoder(super().backbone(settings), [-1], "time_mean")
-            channel = self.entry.reads if self.entry.reads != registry.NEAR_FAR else "near"
-            _FEATURES[key] = class_schemes.frozen_features(
-                encoder, train, channel, progress=progress
-            )
-        return _FEATURES[key]
+        """The frozen base's features (:meth:`Recipe.backbone_features`), random-init ones too."""
+        return self.backbone_features(settings, train, seed, progress)
 
     def backbone(self, settings: dict) -> nn.Module:
         options = settings["lora"]
@@ -370,9 +406,6 @@ class LoRASCAdaCos(Recipe):
     def loss(self, settings, model, names, train, overrides=None):
         options = {**settings["loss"], **(overrides or {})}
         return SCAdaCosLoss(len(names), settings["projection_dim"], **options)
-
-    def key(self, profile: dict, classes) -> dict:
-        return {"classes": class_schemes.assignment_key(classes)}
 
     def embedder(self, model: nn.Module, settings: dict) -> nn.Module:
         return BandEmbedder(model.backbone, settings["gamma"])
