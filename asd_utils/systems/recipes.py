@@ -74,6 +74,21 @@ def _features_key(parts: list) -> str:
     return hashlib.sha256(json.dumps(parts).encode()).hexdigest()
 
 
+def _scheme_usage(scheme: ClassSettings) -> str:
+    """The meta file's ``attribute_usage`` of a section with a class scheme."""
+    names = "machine type x section x attribute string" + (" x domain" if scheme.by_domain else "")
+    clusters = (
+        f"{scheme.method} clusters of frozen features of the training clips only "
+        f"({scheme.source_clusters} source, {scheme.target_clusters} target)"
+    )
+    where = {
+        "names": f"{names} of the file names",
+        "auto": f"{names} where file names carry attributes; where they do not, {clusters}",
+        "pseudo": f"pseudo-attributes for every machine type: {clusters}",
+    }
+    return f"classes by scheme '{scheme.scheme}': {where[scheme.scheme]}"
+
+
 def _denoise(audio: np.ndarray, **options) -> np.ndarray:
     """(channels, samples) → denoised near channel (samples,), float32."""
     return anc.denoise(torch.from_numpy(audio), **options).numpy().astype(np.float32)
@@ -251,6 +266,8 @@ class OSSCL(Recipe):
                 + (" x domain" if section.get("classes_by_domain") else "")
                 + " (machine types without attributes: one class per section"
                 + (" and domain)" if section.get("classes_by_domain") else ")")
+                if self.scheme(section) is None
+                else _scheme_usage(self.scheme(section))
             ),
             "external_data_usage": (
                 "pre-trained EAT checkpoint" if prose.checkpoint(section) else None
@@ -345,9 +362,11 @@ class GRL(Recipe):
                 "layer"
             ),
             attribute_usage=(
-                "classes = machine type x section x attribute string x domain; the domain "
-                "labels train the gradient-reversal domain classifier"
-            ),
+                "classes = machine type x section x attribute string x domain"
+                if self.scheme(section) is None
+                else _scheme_usage(self.scheme(section))
+            )
+            + "; the domain labels train the gradient-reversal domain classifier",
             external_data_usage=(
                 "pre-trained BEATs checkpoint" if prose.checkpoint(section) else None
             ),
