@@ -139,20 +139,6 @@ def _write(profile: dict, seed: int, tag: str, tmp: Path) -> tuple[Path, dict]:
     return path, profile
 
 
-def class_summary(table: pd.DataFrame) -> pd.DataFrame:
-    """Mean ± sd over seeds of the official score per system × classes (``all`` rows) and per
-    system × classes × machine types with / without attributes (the per-type scores averaged
-    within a seed first)."""
-    overall = table[table["machine_type"] == "all"]
-    overall = overall.groupby(["system", "classes"])["hmean"].agg(["mean", "std", "count"])
-    types = table[table["machine_type"] != "all"]
-    by = ["system", "classes", "attributes", "seed"]
-    types = types.groupby(by)["hmean"].mean().groupby(by[:-1]).agg(["mean", "std", "count"])
-    return pd.concat(
-        [overall.assign(attributes="all").set_index("attributes", append=True), types]
-    ).sort_index()
-
-
 def run() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--profile", default="quick")
@@ -197,7 +183,9 @@ def run() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             table = class_runs(args, base, clips, paths, Path(tmp))
         files.write_table(table, args.output_path)
-        print(class_summary(table).round(2).to_string())
+        comparison = analysis.class_comparison(table)
+        print(comparison.round(2).to_string())
+        print(analysis.pseudo_lift(comparison).round(2).to_string())
         print(f"written to {args.output_path}")
         return
     rows = []
