@@ -536,13 +536,13 @@ def test_one_clip_in_two_letter_cases_is_refused(tmp_path):
 def count_reads(monkeypatch) -> list[str]:
     """Every file whose samples are read (the block reader's calls), in order."""
     reads = []
-    real = data._sample_blocks
+    real = data.checks._sample_blocks
 
     def counting(audio):
         reads.append(audio.name)
         return real(audio)
 
-    monkeypatch.setattr(data, "_sample_blocks", counting)
+    monkeypatch.setattr(data.checks, "_sample_blocks", counting)
     return reads
 
 
@@ -607,14 +607,14 @@ def test_scan_samples_reads_pcm_until_sound_and_float_to_the_end(
     tmp_path, count_reads, monkeypatch
 ):
     blocks = []
-    real = data._sample_blocks
+    real = data.checks._sample_blocks
 
     def recording(audio):
         for block in real(audio):
             blocks.append(len(block))
             yield block
 
-    monkeypatch.setattr(data, "_sample_blocks", recording)
+    monkeypatch.setattr(data.checks, "_sample_blocks", recording)
     n = data.SCAN_FIRST_FRAMES + 2 * data.SCAN_BLOCK_FRAMES + 5
     pcm = write_wav(tmp_path / "pcm.wav", tone(n / SR))
     assert scan_samples(pcm) == {"silent": False, "nonfinite": None} and blocks == [4096]

@@ -117,9 +117,9 @@ def _sections() -> dict:
 
 
 def test_a_label_with_a_trailing_newline_is_refused():
-    assert submission._LABEL.fullmatch("Doe_XJU")
-    assert not submission._LABEL.fullmatch("Doe_XJU\n")
-    assert not submission._SYSTEM_FOLDER.fullmatch("Doe_XJU_task2_1\n")
+    assert submission.package._LABEL.fullmatch("Doe_XJU")
+    assert not submission.package._LABEL.fullmatch("Doe_XJU\n")
+    assert not submission.check._SYSTEM_FOLDER.fullmatch("Doe_XJU_task2_1\n")
     profile = config.load_profile("smoke")
     profile["submission"]["label"] = "Doe_XJU\n"  # the schema's pattern is matched whole too
     with pytest.raises(config.ProfileError, match="submission.label"):

@@ -697,7 +697,7 @@ def test_clip_dataset_preloads_only_what_fits_its_budget(clips, monkeypatch):
     assert training.preload_bytes(clips, None) == 2 * training.preload_bytes(clips, 0)
     assert training.preload_bytes(clips, 0) == int(clips["frames"].sum()) * 4
     assert ClipDataset(clips, ids, length=1600, progress=False).waveforms is not None
-    monkeypatch.setattr(training, "PRELOAD_BUDGET_BYTES", 100)
+    monkeypatch.setattr(training.data, "PRELOAD_BUDGET_BYTES", 100)
     lazy = ClipDataset(clips, ids, length=1600, progress=False)
     assert lazy.waveforms is None
     preloaded = ClipDataset(clips, ids, length=1600, preload=True, progress=False)

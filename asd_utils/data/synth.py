@@ -40,7 +40,7 @@ import pandas as pd
 from scipy import signal
 from tqdm import tqdm
 
-from asd_utils.data import write_wav
+from asd_utils.data.audio import write_wav
 from asd_utils.files import atomic_write_text, claim_folder, write_marker
 
 log = logging.getLogger(__name__)
