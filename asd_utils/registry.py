@@ -210,6 +210,16 @@ def of_kind(*kinds: str) -> list[str]:
     return [name for name, s in REGISTRY.items() if s.kind in kinds]
 
 
+def one_per_recipe(names=None) -> list[str]:
+    """The first trained system of each recipe among ``names`` (default: all), in their order:
+    what a benchmark measures by default, so a new recipe joins it unasked."""
+    first: dict = {}
+    for name in of_kind("fine-tuned") if names is None else names:
+        if get(name).trainable:
+            first.setdefault(get(name).recipe, name)
+    return list(first.values())
+
+
 def paper() -> list[str]:
     """The paper's systems, in the order of its Table 2."""
     return [name for name, s in REGISTRY.items() if s.paper]

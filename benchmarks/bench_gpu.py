@@ -2,11 +2,12 @@
 
 One prepared, short script for the minutes a GPU is lent (issue 37). First the batched fbank
 on the device against the CPU's (largest difference, clips/s of each). Then for each trained
-system (``--systems``; default Systems 1 and 2) and each precision (``--precisions``; default
-bf16 and fp32 on CUDA, fp32 on a CPU) with its ``paper`` profile section (base backbones,
-batch 16 x accumulation 8), on a synthetic set with the real development set's clip lengths
-(12 s ToyCar, 10 s the others): ``--steps`` optimizer steps through the project's own
-training loop, then
+system (``--systems``: any fine-tuned system of :mod:`asd_utils.registry`; default the first
+of each of the paper's recipes, :func:`asd_utils.registry.one_per_recipe`: Systems 1 and 2)
+and each precision (``--precisions``; default bf16 and fp32 on CUDA, fp32 on a CPU) with its
+``paper`` profile section (base backbones, batch 16 x accumulation 8), on a synthetic set with
+the real development set's clip lengths (12 s ToyCar, 10 s the others): ``--steps`` optimizer
+steps through the project's own training loop, then
 
 - optimizer steps/s and clips/s, and the extrapolated wall time of the profile's full run;
 - peak GPU memory (``torch.cuda.max_memory_allocated``);
@@ -45,7 +46,8 @@ from asd_utils.data import synth
 from asd_utils.errors import NonFiniteError
 from asd_utils.frontends.features import beats_fbank
 
-DEFAULT_SYSTEMS = ("System 1", "System 2")
+DEFAULT_SYSTEMS = registry.one_per_recipe(registry.paper())
+SIZE_KEYS = ("blocks", "width", "heads")  # a section's architecture beside its backbone size
 
 
 class Stop(Exception):
@@ -91,10 +93,16 @@ def fbank_check(device: str, clips: int = 64, seconds: float = 10.0) -> dict:
 
 def bench_profile(args, device: str, precision: str = "fp32") -> dict:
     """The paper profile, at ``--size``, with ``--steps``, the batch settings asked and
-    ``precision`` (bf16 or fp32)."""
+    ``precision`` (bf16 or fp32), in the sections of the ``--systems`` (at tiny size with the
+    quick profile's :data:`SIZE_KEYS`)."""
     profile = copy.deepcopy(config.load_profile("paper"))
-    for section in ("osscl", "beats_grl", "fusion"):
+    quick = config.load_profile("quick")
+    for section in dict.fromkeys(registry.get(system).section for system in args.systems):
         profile[section]["size"] = args.size
+        if args.size == "tiny":
+            profile[section].update(
+                {k: quick[section][k] for k in SIZE_KEYS if k in quick[section]}
+            )
         profile[section]["checkpoint"] = ""
         train = profile[section]["train"]
         train.update(
@@ -107,8 +115,6 @@ def bench_profile(args, device: str, precision: str = "fp32") -> dict:
             train["batch_size"] = args.batch
         if args.accumulation:
             train["grad_accumulation"] = args.accumulation
-    if args.size == "tiny":  # 2 blocks: System 5's modules after the last
-        profile["fusion"].update(blocks=[-1], width=64, heads=4)
     return profile
 
 
@@ -210,7 +216,9 @@ def run(args) -> pd.DataFrame:
 
 def main(argv: list[str] | None = None) -> pd.DataFrame:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--systems", nargs="+", default=list(DEFAULT_SYSTEMS))
+    parser.add_argument(
+        "--systems", nargs="+", choices=registry.of_kind("fine-tuned"), default=DEFAULT_SYSTEMS
+    )
     parser.add_argument("--size", choices=("base", "tiny"), default="base")
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument(

@@ -1,5 +1,8 @@
-"""Training speed of Systems 1, 2 and 5 at the quick profile's size (or with base-size
-backbones, ``--size base``), in float32 and in bf16.
+"""Training speed in float32 and in bf16, at the quick profile's size or at base size.
+
+The systems: ``--systems`` (any fine-tuned system of :mod:`asd_utils.registry`), by default the
+first of each recipe (:func:`asd_utils.registry.one_per_recipe`: Systems 1, 2, 5 and 7), so a
+new recipe joins unasked.
 
 Each system's ``quick`` profile section as it is (tiny backbones, 2 s crops, batch 16), with
 ``mixed_precision`` set to ``no`` and to ``bf16`` in turn, trained for ``--steps`` optimizer
@@ -33,23 +36,25 @@ import torch
 import yaml
 from machine import cpu_model, load_recorded
 
-from asd_utils import config, systems
+from asd_utils import config, registry, systems
 from asd_utils.data import synth
 from asd_utils.models import precision
 
-DEFAULT_SYSTEMS = ("System 1", "System 2", "System 5")
+DEFAULT_SYSTEMS = registry.one_per_recipe()
+SIZE_KEYS = ("blocks", "width", "heads")  # a section's architecture beside its backbone size
 PRECISIONS = ("no", "bf16")
 
 
-def bench_profile(setting: str, steps: int, size: str = "tiny") -> dict:
-    """The quick profile with ``steps`` optimizer steps and ``mixed_precision: setting``; with
-    ``size`` "base", the paper profile's backbones (and System 5's modules)."""
+def bench_profile(setting: str, steps: int, size: str = "tiny", systems=DEFAULT_SYSTEMS) -> dict:
+    """The quick profile with ``steps`` optimizer steps and ``mixed_precision: setting`` in the
+    sections of ``systems``; with ``size`` "base", the paper profile's backbones (and its
+    :data:`SIZE_KEYS`)."""
     profile = copy.deepcopy(config.load_profile("quick"))
     paper = config.load_profile("paper")
-    for section in ("osscl", "beats_grl", "fusion"):
+    for section in dict.fromkeys(registry.get(system).section for system in systems):
         if size == "base":
             profile[section]["size"] = "base"
-            for key in ("blocks", "width", "heads"):
+            for key in SIZE_KEYS:
                 if key in paper[section]:
                     profile[section][key] = paper[section][key]
         profile[section]["train"].update(
@@ -65,7 +70,7 @@ def train_once(
     system: str, setting: str, steps: int, root: Path, out: Path, size: str = "tiny"
 ) -> dict:
     """One run from scratch; its steps/s over the loop and its last logged loss."""
-    profile = bench_profile(setting, steps, size)
+    profile = bench_profile(setting, steps, size, (system,))
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"profile-{setting}-{steps}-{size}.yaml"
     path.write_text(yaml.safe_dump(profile))
@@ -129,7 +134,9 @@ def run(args) -> pd.DataFrame:
 
 def main(argv: list[str] | None = None) -> pd.DataFrame:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--systems", nargs="+", default=list(DEFAULT_SYSTEMS))
+    parser.add_argument(
+        "--systems", nargs="+", choices=registry.of_kind("fine-tuned"), default=DEFAULT_SYSTEMS
+    )
     parser.add_argument("--steps", type=int, default=40, help="optimizer steps per timed run")
     parser.add_argument("--repeats", type=int, default=2, help="timed runs per precision")
     parser.add_argument("--clips", type=int, default=24, help="training clips per machine type")

@@ -221,7 +221,7 @@ def test_a_bare_tree_is_development_data(dcase2023_samples):
 
 
 def test_repeated_attribute_keys_are_kept():
-    # 2026 ToyCarEmu names repeat the key 'mic' (dcase2026-task2.md)
+    # 2026 ToyCarEmu names repeat the key 'mic' (the official development set's names)
     assert parse_attributes("car_D2_spd_5_mic_2_mic_1") == {
         "car": "D2",
         "spd": "5",

@@ -127,7 +127,7 @@ def _profile_file(tmp_path, synthetic_root, **changes) -> str:
 def test_a_synthetic_root_that_names_a_real_tree_is_never_written(tree, tmp_path, capsys):
     real = tmp_path / "dcase"
     shutil.copytree(tree, real)
-    (real / synth.MANIFEST).unlink()
+    (real / synth.CONFIG_FILE).unlink()
     (real / files.MARKER).unlink()  # a tree the generator did not write
     before = snapshot(real)
     profile = _profile_file(tmp_path, real)
@@ -162,7 +162,7 @@ def test_a_synthetic_root_is_never_the_checkout_or_the_output_root(tmp_path, cap
         "output root": f"output root {root} is inside the data root {root}, which is only read",
     }[place]
     assert expected in line
-    assert not (config.REPO_ROOT / synth.MANIFEST).exists()
+    assert not (config.REPO_ROOT / synth.CONFIG_FILE).exists()
 
 
 # --- 6. a relative checkpoint variable ------------------------------------------------------------

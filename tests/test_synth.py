@@ -50,7 +50,7 @@ def test_attributes_csv_matches_file_names(small_root):
     assert valve[0] == "file_name" and valve[1].endswith("_noAttribute.wav")
 
 
-# The public listing of the real 2026 names (dcase2026-task2.md): keys per machine type.
+# The public listing of the real 2026 names (the official sets' file names): keys per type.
 LISTED_KEYS = {
     "ToyCar": [],
     "ToyCarEmu": ["car", "spd", "mic", "mic"],
@@ -173,7 +173,7 @@ def test_existing_dataset_with_other_settings_is_refused(small_root):
     other = synth.SynthConfig(**{**SMALL.to_dict(), "n_test": 2})
     with pytest.raises(FileExistsError, match="other settings"):
         synth.generate_dataset(small_root, other, progress=False)
-    manifest = json.loads((small_root / synth.MANIFEST).read_text())
+    manifest = json.loads((small_root / synth.CONFIG_FILE).read_text())
     assert manifest["fingerprint"] == SMALL.fingerprint()
 
 
@@ -183,7 +183,7 @@ def test_a_stale_dataset_is_made_again_when_asked(tmp_path):
     root = synth.generate_dataset(tmp_path, SMALL, progress=False)
     other = synth.SynthConfig(**{**SMALL.to_dict(), "machine_types": ("fan",), "n_test": 2})
     synth.generate_dataset(root, other, progress=False, replace=True)
-    assert json.loads((root / synth.MANIFEST).read_text())["fingerprint"] == other.fingerprint()
+    assert json.loads((root / synth.CONFIG_FILE).read_text())["fingerprint"] == other.fingerprint()
     table = data.index_dataset(root)
     assert set(table["machine_type"]) == {"fan"} and len(table) == 3 + 1 + 4 * 2
 
@@ -256,7 +256,7 @@ def test_development_clips_are_byte_identical_to_before_the_eval_types(tmp_path)
     assert found == DEV_CLIPS_BEFORE_EVAL_TYPES
 
 
-# The public listing of the real 2026 evaluation names (dcase2026-task2.md): keys, and the values
+# The public listing of the real 2026 evaluation names (the official set's): keys, and the values
 # of one listed name, per machine type.
 LISTED_EVAL = {
     "BlowerDustCollector": "nzl_1_pow_1",

@@ -461,7 +461,7 @@ def test_a_damaged_newest_checkpoint_resumes_from_the_previous_one(
     truncate(newest / damaged_file)
     if not manifest:  # a checkpoint without sizes and digests: loading it finds the damage
         for folder in (newest, previous):
-            (folder / training.MANIFEST).unlink()
+            (folder / training.CHECKSUMS).unlink()
     with pytest.raises((RuntimeError, OSError, SafetensorError)):  # a resume used to die so
         (torch.load if damaged_file.endswith(".pt") else load_file)(newest / damaged_file)
     result, caught = resume(root, run, seed=2)
@@ -512,7 +512,7 @@ def test_every_checkpoint_damaged_trains_from_scratch(cut_run, tmp_path):
     run = copy_run(cut, tmp_path)
     checkpoints = run / training.CHECKPOINT_DIR
     truncate(checkpoints / "step_00000004" / training.EMA_WEIGHTS)
-    (checkpoints / "step_00000002" / training.MANIFEST).unlink()
+    (checkpoints / "step_00000002" / training.CHECKSUMS).unlink()
     truncate(checkpoints / "step_00000002" / "rng_0.pt")
     result, caught = resume(root, run)  # seed 0: the full run's initial weights
     assert len(caught) == 1
@@ -697,7 +697,7 @@ def test_clip_dataset_preloads_only_what_fits_its_budget(clips, monkeypatch):
     assert training.preload_bytes(clips, None) == 2 * training.preload_bytes(clips, 0)
     assert training.preload_bytes(clips, 0) == int(clips["frames"].sum()) * 4
     assert ClipDataset(clips, ids, length=1600, progress=False).waveforms is not None
-    monkeypatch.setattr(training.data, "PRELOAD_BUDGET_BYTES", 100)
+    monkeypatch.setattr(training.dataset, "PRELOAD_BUDGET_BYTES", 100)
     lazy = ClipDataset(clips, ids, length=1600, progress=False)
     assert lazy.waveforms is None
     preloaded = ClipDataset(clips, ids, length=1600, preload=True, progress=False)

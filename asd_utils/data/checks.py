@@ -58,8 +58,8 @@ def _check_header(path: Path, channels: int, sample_rate: int, frames: int, expe
 def _header_row(
     dataset: str, machine_type: str, folder_split: str, path: Path, expected: dict
 ) -> dict:
-    """One clip-table row (:data:`COLUMNS`) from a clip's name, folder and WAV header; every
-    refusal (misnamed, misfiled, corrupt, wrong rate, too many channels, too short) a
+    """One clip-table row (:data:`~asd_utils.data.dcase.COLUMNS`) from a clip's name, folder and WAV
+    header; every refusal (misnamed, misfiled, corrupt, wrong rate, too many channels, too short) a
     DataError. ``expected``: as :func:`_check_header`; its first edition reads the names."""
     layout = expected["editions"][0]
     fields = parse_file_name(path, layout)
@@ -251,8 +251,8 @@ def _refuse_duplicates(table: pd.DataFrame, data_root: Path) -> None:
 
 
 def check_machine_types(table: pd.DataFrame) -> None:
-    """Refuse a clip table (:func:`index_dataset`) that the stages cannot use, before any runs:
-    a DataError naming the machine type, its folder and what is missing.
+    """Refuse a clip table (:func:`~asd_utils.data.manifest.index_dataset`) that the stages cannot
+    use, before any runs: a DataError naming the machine type, its folder and what is missing.
 
     Every system trains (or fits its normal model and decision threshold) on a machine type's
     training clips and scores its test clips, so each machine type needs both ``train/`` and

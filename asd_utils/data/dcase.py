@@ -144,8 +144,8 @@ def machine_types(data_root: str | os.PathLike, edition: str | Edition = AUTO) -
 
 
 def clip_paths(data_root: str | os.PathLike, edition: str | Edition = AUTO) -> list[str]:
-    """The paths of every clip under ``data_root`` as :func:`index_dataset` names them (same
-    ``edition``), from a folder listing alone (no file is opened)."""
+    """The paths of every clip under ``data_root`` as :func:`~asd_utils.data.manifest.index_dataset`
+    names them (same ``edition``), from a folder listing alone (no file is opened)."""
     root = Path(data_root).expanduser().absolute()
     layout = _layout(root, edition)
     return [str(path) for *_, path in _clip_files(_machine_type_dirs(root, layout), None, layout)]

@@ -1,6 +1,21 @@
 """The clip table of a DCASE tree (the run's manifest, :func:`index_dataset`, every clip
 checked) and what is read from it: its edition, fingerprint, format in a sentence and
-classes; :func:`prepare_data` makes the synthetic tree when the run uses one."""
+classes; :func:`prepare_data` makes the synthetic tree when the run uses one.
+
+Trees: the DCASE editions (:mod:`asd_utils.data.editions`) accept
+``dev_data/raw/<machine_type>/{train,test}``, ``eval_data/raw/<machine_type>/...`` (both are
+indexed when both exist) or a bare ``<machine_type>/{train,test}`` tree; clips are the ``.wav``
+files (any letter case of the extension). A row's ``dataset`` is ``"dev"`` or ``"eval"``
+(:meth:`~asd_utils.data.editions.Edition.dataset_of`), its ``split`` comes from the folder
+(anonymous eval names carry none), its ``channels``, ``sample_rate``, ``frames`` and
+``duration`` (seconds) from the WAV header.
+
+The sample checks read each clip (:func:`~asd_utils.data.checks.scan_samples`) once: with a
+``cache_dir`` their results are kept in :func:`~asd_utils.data.checks.sample_cache_path` (never
+inside the data root, which is only read), keyed by each file's path, size and mtime_ns, so
+indexing the same tree again reads WAV headers only; without one every call reads the samples
+again.
+"""
 
 from __future__ import annotations
 
@@ -44,31 +59,20 @@ def index_dataset(
     check_samples: bool = True,
     edition: str | Edition = AUTO,
 ) -> pd.DataFrame:
-    """One row per clip under ``data_root`` (columns :data:`COLUMNS`), every clip checked.
+    """One row per clip under ``data_root`` (columns :data:`COLUMNS`), every clip checked, rows
+    sorted by machine_type (case-insensitively), split and file_name.
 
     The tree is read as ``edition`` lays it out (a name of
-    :data:`~asd_utils.data.editions.EDITIONS`, or ``auto``: detected, :func:`edition_of`). The
-    DCASE editions accept ``dev_data/raw/<machine_type>/{train,test}``,
-    ``eval_data/raw/<machine_type>/...`` (both are indexed when both exist) or a bare
-    ``<machine_type>/{train,test}`` tree; clips are the ``.wav`` files (any letter case of the
-    extension). ``dataset`` is ``"dev"`` or ``"eval"`` (:meth:`Edition.dataset_of`). ``split``
-    comes from the folder (anonymous eval names carry none); ``channels``, ``sample_rate``,
-    ``frames`` and ``duration`` (seconds) come from each WAV header. Rows are sorted by
-    machine_type (case-insensitively), split and file_name. ``split`` ("train" or "test") and
-    ``machine_types`` filter the table.
-
-    Refused up front, each with a DataError naming the file or folder and what was expected: a
-    malformed name, a clip in the wrong split folder, a corrupt or truncated file, a sample rate
-    other than ``sample_rate`` Hz (None = any), more channels than the edition's channel map
-    (``auto``: 2), a clip shorter than
-    ``min_seconds`` (default :data:`MIN_SECONDS`, the front-ends' floor), an existing but empty
-    ``train/`` or ``test/`` folder, a clip found twice, and (``check_samples``) NaN or infinite
-    samples. A silent clip (every sample exactly 0) is a :class:`DataWarning`.
-
-    The sample checks read each clip (:func:`scan_samples`) once: with ``cache_dir`` their
-    results are kept in :func:`sample_cache_path` (never inside ``data_root``, which is only
-    read), keyed by each file's path, size and mtime_ns, so indexing the same tree again reads
-    WAV headers only; without it every call reads the samples again.
+    :data:`~asd_utils.data.editions.EDITIONS`, or ``auto``: detected, :func:`edition_of`; the
+    layouts: the module docstring). ``split`` ("train" or "test") and ``machine_types`` filter
+    the table. Refused up front, each with a DataError naming the file or folder and what was
+    expected: a malformed name, a clip in the wrong split folder, a corrupt or truncated file, a
+    sample rate other than ``sample_rate`` Hz (None = any), more channels than the edition's
+    channel map (``auto``: 2), a clip shorter than ``min_seconds`` (default
+    :data:`MIN_SECONDS`, the front-ends' floor), an existing but empty ``train/`` or ``test/``
+    folder, a clip found twice, and (``check_samples``) NaN or infinite samples, read once per
+    file and cached in ``cache_dir`` (the module docstring). A silent clip (every sample exactly
+    0) is a :class:`~asd_utils.data.dcase.DataWarning`.
     """
     if split not in (None, *SPLITS):
         raise ValueError(f"split must be None, 'train' or 'test', not {split!r}")
@@ -158,7 +162,7 @@ def attribute_classes(table: pd.DataFrame, by_domain: bool = False) -> tuple[np.
     ``"<machine_type>/<section>/<attributes>"``, or ``"<machine_type>/<section>"`` for clips
     without attributes (then the whole section is one class); ``by_domain`` appends
     ``"/<domain>"``. The XJU paper's "number of classes 80" is whatever this gives on its data
-    (xju-system.md): derived from the table, never typed in. Sorting makes the ids deterministic.
+    (``xju2026``): derived from the table, never typed in. Sorting makes the ids deterministic.
     """
     missing = [c for c in ("machine_type", "section", "attributes") if c not in table.columns]
     if missing:

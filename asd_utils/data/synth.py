@@ -64,8 +64,8 @@ EVAL_CLIP_SECONDS = {
 """Clip lengths of the evaluation machine types: the real 2026 evaluation clips are 6, 10 or
 16 s; which type gets which length is our choice (the public listing gives names, not lengths)."""
 
-MANIFEST = "synth_config.json"
-DATASET_FOLDERS = ("dev_data", "eval_data")  # what the generator writes beside its MANIFEST
+CONFIG_FILE = "synth_config.json"
+DATASET_FOLDERS = ("dev_data", "eval_data")  # what the generator writes beside its CONFIG_FILE
 
 
 @dataclass(frozen=True)
@@ -222,10 +222,10 @@ ATTRIBUTES: dict[str, dict[str, tuple[tuple[str, ...], tuple[str, ...]]]] = {
     },
 }
 
-# What the file names carry, as in the public listing of the real 2026 names
-# (dcase2026-task2.md): (key in the name, condition above, value renaming or None). Six machine
-# types (ToyCar, bearingEmu, sliderEmu, valveEmu, SewingMachine, ToothBrush) name none
-# (``..._0000_noAttribute.wav``):
+# What the file names carry, as in the public listing of the real 2026 names (the official
+# development and evaluation sets' file names): (key in the name, condition above, value
+# renaming or None). Six machine types (ToyCar, bearingEmu, sliderEmu, valveEmu, SewingMachine,
+# ToothBrush) name none (``..._0000_noAttribute.wav``):
 # their conditions still change the sound and still shift between domains, unnamed.
 NAMED_ATTRIBUTES: dict[str, list[tuple[str, str, dict | None]]] = {
     "ToyCar": [],
@@ -793,7 +793,7 @@ def generate_dataset(
     ``root/dev_data/raw/<machine_type>/{train,test}/*.wav`` and ``attributes_00.csv`` per machine
     type (``eval_data/raw/...`` for ``eval_machine_types``, whose attribute file lists the
     training clips only, as the test names are anonymous), plus ``root/synth_config.json`` (the
-    config and its fingerprint), written last, so a crash leaves no manifest and the next call
+    config and its fingerprint), written last, so a crash leaves no config file and the next call
     starts again. A root holding a dataset made with another config (or an older generator
     version) is never silently reused: it is an error, or with ``replace=True`` (a profile's own
     synthetic root, which only this function writes) its ``dev_data`` and ``eval_data`` trees
@@ -803,11 +803,11 @@ def generate_dataset(
     (default: one per core for more than 100 clips); the files do not depend on it.
     """
     root = Path(root)
-    manifest = root / MANIFEST
-    own = (MANIFEST, *DATASET_FOLDERS)
-    claim_folder(root, "the synthetic data root", own if manifest.is_file() else ())
-    if manifest.exists():
-        found = json.loads(manifest.read_text())
+    record = root / CONFIG_FILE
+    own = (CONFIG_FILE, *DATASET_FOLDERS)
+    claim_folder(root, "the synthetic data root", own if record.is_file() else ())
+    if record.exists():
+        found = json.loads(record.read_text())
         if found.get("fingerprint") == config.fingerprint():
             return root
         why = (
@@ -818,7 +818,7 @@ def generate_dataset(
         if not replace:
             raise FileExistsError(f"{why}; delete it or choose another data_root")
         log.info("%s: making it again", why)
-        manifest.unlink()
+        record.unlink()
         for part in DATASET_FOLDERS:
             shutil.rmtree(root / part, ignore_errors=True)
     root.mkdir(parents=True, exist_ok=True)
@@ -828,7 +828,7 @@ def generate_dataset(
     _render_clips(root, config, plan, workers, progress)
     _write_attribute_files(root, config, plan)
     atomic_write_text(
-        manifest,
+        record,
         json.dumps(
             {
                 "fingerprint": config.fingerprint(),
@@ -843,19 +843,19 @@ def generate_dataset(
     return root
 
 
-def read_manifest(root: str | Path) -> SynthConfig:
+def read_config(root: str | Path) -> SynthConfig:
     """The config a synthetic dataset under ``root`` was made with."""
-    manifest = Path(root) / MANIFEST
-    if not manifest.exists():
+    record = Path(root) / CONFIG_FILE
+    if not record.exists():
         raise FileNotFoundError(
-            f"{manifest} not found: {root} is not a synthetic dataset made by asd_utils.data.synth"
+            f"{record} not found: {root} is not a synthetic dataset made by asd_utils.data.synth"
         )
-    return SynthConfig.from_dict(json.loads(manifest.read_text())["config"])
+    return SynthConfig.from_dict(json.loads(record.read_text())["config"])
 
 
 def load_components(root: str | Path, machine_type: str, file_name: str) -> SynthClip:
     """Render a written clip again and hand back its clean machine signal and noise separately."""
-    config = read_manifest(root)
+    config = read_config(root)
     for spec in clip_plan(config):
         if spec.machine_type == machine_type and spec.file_name == Path(file_name).name:
             return render_clip(spec, config)
@@ -885,10 +885,10 @@ def snr_table(root: str | Path, clips: pd.DataFrame) -> pd.DataFrame:
     """True SNR (dB) of machine sound over noise at both microphones, for clips of a synthetic set.
 
     ``clips``: rows of the clip table (``machine_type``, ``file_name``). Each clip is rendered
-    again from the dataset's manifest, so the clean parts are exact. Returns ``machine_type,
+    again from the dataset's config file, so the clean parts are exact. Returns ``machine_type,
     file_name, noise_type, near_snr_db, far_snr_db``.
     """
-    config = read_manifest(root)
+    config = read_config(root)
     specs = {(s.machine_type, s.file_name): s for s in clip_plan(config)}
     rows = []
     for machine_type, file_name in zip(clips["machine_type"], clips["file_name"], strict=True):

@@ -2,8 +2,8 @@
 
 Everything here follows the official evaluator (nttcslab ``dcase2023_task2_evaluator``, used
 unchanged in spirit for 2023-2026) and the official autoencoder baseline
-(``dcase2023_task2_baseline_ae``); see ``shared/reference/dcase2026-task2.md``. Only numpy, scipy,
-scikit-learn and pandas are used: no model code.
+(``dcase2023_task2_baseline_ae``). Only numpy, scipy, scikit-learn and pandas are used: no model
+code.
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ import math
 import numpy as np
 import torch
 
-# --- the official autoencoder baseline's features (dcase2026-task2.md) -------------------------
+# --- the official autoencoder baseline's features (nttcslab's dcase2023_task2_baseline_ae) ----
 
 
 def hz_to_mel_slaney(freq: np.ndarray) -> np.ndarray:

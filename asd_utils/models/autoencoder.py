@@ -1,6 +1,6 @@
 """The official DCASE 2023–2026 Task 2 autoencoder baseline (MSE and selective Mahalanobis).
 
-Recipe (``dcase2026-task2.md``, from nttcslab's ``dcase2023_task2_baseline_ae``): 5 stacked
+Recipe (nttcslab's ``dcase2023_task2_baseline_ae``, the 2023–2026 baselines): 5 stacked
 log-mel frames (640 values) through a dense autoencoder 640-128-128-128-128-8-128-128-128-128-640
 with BatchNorm + ReLU; Adam, lr 1e-3, batch 256, 10 % of the training vectors held out for
 validation. Scores per clip: the mean squared reconstruction error (MSE), or the smaller of the

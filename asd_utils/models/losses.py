@@ -1,6 +1,6 @@
 """The OSSCL objective: sub-center ArcFace on the embedding + supervised contrastive loss on the
 projection, summed (Huang, Fang & He, "one-stage supervised contrastive learning", ICASSP 2025;
-xju-system.md, "What the paper leaves open").
+public code ``huangswt/OS-SCL``), the objective the XJU report (``xju2026``) names.
 
 Both terms come from ``pytorch-metric-learning`` 2.x. Its ``SubCenterArcFaceLoss`` takes the
 margin in DEGREES and ``num_classes`` / ``embedding_size`` as keywords, and holds the class

@@ -43,6 +43,7 @@ CSV = "noise_study.csv"
 KINDS = (recipes.OSSCL.kind, recipes.Fusion.kind)
 TRAINED = tuple(s for s in registry.of_kind("fine-tuned") if recipes.kind(s) in KINDS)
 FUSION = next(s for s in TRAINED if registry.get(s).reads == registry.NEAR_FAR)  # System 5
+SECTIONS = tuple(dict.fromkeys(registry.get(s).section for s in TRAINED))  # their profile sections
 ABLATIONS = {  # name → changes to the fusion section (analysis, at the middle SNR)
     f"{FUSION} (first block)": {"blocks": [1]},
     f"{FUSION} (first and last block)": {"blocks": [1, -1]},
@@ -72,12 +73,12 @@ def study_profile(profile: dict, seed: int, fusion_changes: dict | None = None) 
     out = copy.deepcopy(profile)
     out["seed"] = seed
     steps = profile["noise_study"]["steps"]
-    for section in ("osscl", "fusion"):
+    for section in SECTIONS:
         train = out[section]["train"]
         train["warmup_steps"] = max(1, min(train["warmup_steps"], steps // 10))
         train["checkpoint_every"] = steps
         train["steps"] = steps
-    out["fusion"].update(fusion_changes or {})
+    out[registry.get(FUSION).section].update(fusion_changes or {})
     return out
 
 
@@ -89,9 +90,9 @@ def read(path: str | Path) -> pd.DataFrame:
 def study_key(profile: dict) -> str:
     """A hash of every setting that changes the study's numbers, the precisions as resolved
     on this machine (``auto``: bf16 or float32); rows of other keys are old."""
-    sections = ("noise_study", "osscl", "fusion", "frozen", "backends", "anc")
-    values = {s: profile[s] for s in sections}
     every = (*TRAINED, training_free.SYSTEM)
+    sections = ("noise_study", *dict.fromkeys(registry.get(s).section for s in every))
+    values = {s: profile[s] for s in (*sections, "backends", "anc")}
     chosen = {s: systems.resolved_precision(profile, s).name for s in every}
     if any(p == "bf16" for p in chosen.values()):  # float32 runs keep their old key
         values["precision"] = chosen

@@ -82,8 +82,9 @@ def system_folders(package_dir: str | os.PathLike) -> list[Path]:
 def check_package(package_dir: str | os.PathLike, test_clips: pd.DataFrame) -> None:
     """Check a package's ``task2/`` folder: 1 to 4 ``<label>_task2_<n>`` folders of one label,
     each with a parsable ``<label>_task2_<n>.meta.yaml`` whose ``submission.label`` is the
-    folder name, and official CSVs that pass :func:`check` against ``test_clips``. Raises
-    :class:`SubmissionError`; what is merely unfinished is :func:`meta_notes`' business."""
+    folder name, and official CSVs that pass :func:`~asd_utils.evaluation.official.check` against
+    ``test_clips``. Raises :class:`SubmissionError`; what is merely unfinished is
+    :func:`meta_notes`' business."""
     folders = system_folders(package_dir)
     if not 1 <= len(folders) <= MAX_SYSTEMS:
         raise SubmissionError(

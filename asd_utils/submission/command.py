@@ -1,8 +1,10 @@
 """The DCASE 2026 Task 2 submission package: write it from a finished run, and check it.
 
-python -m asd_utils.submission write --profile quick [--label Lastname_Institute]
-    [--systems "System 4" "System 1"] [--zip] [--data-root D] [--output-root O]
-python -m asd_utils.submission check DIR [--data-root D] [--set eval|dev]
+The command line (:func:`main`; the layout written: :mod:`asd_utils.submission.package`)::
+
+    python -m asd_utils.submission write --profile quick [--label Lastname_Institute]
+        [--systems "System 4" "System 1"] [--zip] [--data-root D] [--output-root O]
+    python -m asd_utils.submission check DIR [--data-root D] [--set eval|dev]
 """
 
 from __future__ import annotations

@@ -1,6 +1,8 @@
 """The dev test clips' ground truth, written as the official evaluator reads it, and the
 command that runs the evaluator.
 
+The official evaluator (``nttcslab/dcase2024_task2_evaluator``, the same reading code as
+``dcase2023_task2_evaluator``) reads its ground truth from three folders in its CURRENT
 directory (``ground_truth_data``, ``ground_truth_domain``, ``ground_truth_attributes``), each
 with one ``ground_truth_<machine_type>_section_<section>_test.csv`` per machine type and section:
 no header, rows ``<wav file name>,<0|1>`` (data: 0 normal, 1 anomaly; domain: 0 source,

@@ -20,7 +20,6 @@ AUDIOSET = {
     "url": "https://research.google.com/audioset/",
     "total_audio_length": f"{FILL_IN}: hours of AudioSet audio the checkpoint was trained on",
 }
-CHECKPOINT_ENV = registry.CHECKPOINT_ENV
 BACKBONE_NAMES = prose.BACKBONE_NAMES
 DESCRIPTION_FIELDS = (
     "input_sampling_rate",
@@ -234,7 +233,7 @@ def build_meta(
     give ``name``, ``abbreviation`` and any ``system.description`` field);
     ``system_info``: the system's ``system.json`` (``parameters``, ``members``);
     ``metrics_table``: the run's ``metrics.csv``. Authors and source code are ``FILL IN``
-    placeholders (:func:`placeholders` lists what is left).
+    placeholders (:func:`~asd_utils.submission.check.placeholders` lists what is left).
     """
     system_info = system_info or {}
     descriptions = (profile.get("submission") or {}).get("descriptions") or {}

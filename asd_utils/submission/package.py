@@ -2,11 +2,12 @@
 
 :func:`write_package` copies (never recomputes) the official CSVs of up to four systems of a
 finished run (``<output_root>/systems/<system>/``) into this layout, built in a temporary
-sibling folder and moved into place only once every folder has passed :func:`check`:
+sibling folder and moved into place only once every folder has passed
+:func:`~asd_utils.evaluation.official.check`:
 
 ```
 <destination>/                      default <output_root>/submission/
-    task2/                          the package (dcase2026-task2.md, "The submission package")
+    task2/                          the package, as the DCASE 2026 Task 2 rules ask for it
         README.txt                  what is left to do (authors, source code, the report PDF)
         <label>_task2_<n>/          n = 1.. in the order of the systems given
             <label>_task2_<n>.meta.yaml
@@ -20,7 +21,7 @@ sibling folder and moved into place only once every folder has passed :func:`che
     <label>_task2.zip               with --zip: task2/ without its README.txt
 ```
 
-The official evaluator (``nttcslab/dcase2024_task2_evaluator``, the same reading code as
+The ground truth and the official evaluator's command: :mod:`asd_utils.submission.ground_truth`.
 """
 
 from __future__ import annotations
@@ -224,9 +225,9 @@ def write_package(
     (``<Lastname>_<Institute>``) override the profile. ``destination`` defaults to
     ``<output_root>/submission``; ``zip`` adds ``<label>_task2.zip``. ``clips``: the run's clip
     table (its manifest), else ``data_root`` is indexed. Layout in the module
-    docstring. Everything is built in a temporary sibling folder and checked (:func:`check`,
-    :func:`check_package`) before it replaces ``destination``: a failed write leaves an old
-    package as it was.
+    docstring. Everything is built in a temporary sibling folder and checked
+    (:func:`~asd_utils.evaluation.official.check`, :func:`check_package`) before it replaces
+    ``destination``: a failed write leaves an old package as it was.
     """
     output_root = Path(output_root)
     settings = profile.get("submission") or {}

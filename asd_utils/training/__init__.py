@@ -1,17 +1,17 @@
 """One training loop for every fine-tuned system, by job: the training clips
-(:mod:`~asd_utils.training.data`), the settings (:mod:`~asd_utils.training.config`), the run
+(:mod:`~asd_utils.training.dataset`), the settings (:mod:`~asd_utils.training.config`), the run
 folder's checkpoints and records (:mod:`~asd_utils.training.checkpoints`) and the loop itself
 (:mod:`~asd_utils.training.loop`). The names other modules use are re-exported here.
 """
 
 from asd_utils.training.checkpoints import (
     CHECKPOINT_DIR,
+    CHECKSUMS,
     DAMAGED,
     EMA_WEIGHTS,
     FINISHED,
     LATEST,
     LOSS_WEIGHTS,
-    MANIFEST,
     MODEL_WEIGHTS,
     TRAIN_CONFIG,
     TRAIN_LOG,
@@ -23,7 +23,7 @@ from asd_utils.training.checkpoints import (
     load_weights,
 )
 from asd_utils.training.config import TrainConfig
-from asd_utils.training.data import (
+from asd_utils.training.dataset import (
     PRELOAD_BUDGET_BYTES,
     ClipDataset,
     ResumableSampler,
@@ -38,7 +38,7 @@ __all__ = [
     "FINISHED",
     "LATEST",
     "LOSS_WEIGHTS",
-    "MANIFEST",
+    "CHECKSUMS",
     "MODEL_WEIGHTS",
     "PRELOAD_BUDGET_BYTES",
     "TRAIN_CONFIG",

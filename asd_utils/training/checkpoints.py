@@ -1,6 +1,26 @@
-"""A training run's files: atomic, verified checkpoints (``checkpoints/step_NNNNNNNN/`` with a
-manifest of sizes and sha256, ``checkpoints/latest`` naming the newest), damage set aside, a
-finished run's record (``finished.json``) and loading saved weights."""
+"""A training run's files: atomic, verified checkpoints, damage set aside, a finished run's
+record and loading saved weights.
+
+:func:`asd_utils.training.train` writes into its run folder, every file atomically:
+
+```
+<output_dir>/
+    train_config.json               the settings (TrainConfig), before the first step
+    checkpoints/step_NNNNNNNN/      every checkpoint_every steps and at the last step
+        model.safetensors, ema.safetensors, loss.safetensors     raw, EMA and loss weights
+        train_state.pt              optimizer, scheduler, step, log, config, seconds so far
+        rng_<rank>.pt               each process's RNG states
+        manifest.json               every file's size and sha256, written before `latest`
+    checkpoints/latest              names the newest complete checkpoint folder
+    train_log.csv                   one row per step, rewritten at each checkpoint and the end
+    ema.safetensors                 at the end: the weights to embed with
+    model.safetensors, loss.safetensors
+    finished.json                   last: steps, seconds, config, precision, each final file's
+                                    size and sha256; the run is complete
+```
+
+A damaged checkpoint folder or file is renamed ``<name>.damaged`` (never deleted).
+"""
 
 from __future__ import annotations
 
@@ -30,7 +50,7 @@ EMA_WEIGHTS, MODEL_WEIGHTS, LOSS_WEIGHTS = (
     "loss.safetensors",
 )
 TRAIN_STATE, TRAIN_LOG, TRAIN_CONFIG = "train_state.pt", "train_log.csv", "train_config.json"
-MANIFEST = "manifest.json"  # per checkpoint: each file's size and sha256, written before `latest`
+CHECKSUMS = "manifest.json"  # per checkpoint: each file's size and sha256, written before `latest`
 FINISHED = "finished.json"  # a completed run's record (steps, seconds, config, final files), last
 DAMAGED = ".damaged"  # suffix of a damaged checkpoint folder or file, set aside (never deleted)
 STEP_FOLDER = re.compile(r"step_\d{8}")  # checkpoint folder names; anything else is left alone
@@ -93,8 +113,8 @@ def _set_rng_state(state: dict) -> None:
 
 def latest_checkpoint(output_dir: str | os.PathLike) -> Path | None:
     """The checkpoint folder ``checkpoints/latest`` names, or None (none written yet, or that
-    folder is gone). Not verified: :func:`train` verifies it (:func:`checkpoint_damage`) before
-    resuming and falls back to an older one."""
+    folder is gone). Not verified: :func:`~asd_utils.training.loop.train` verifies it
+    (:func:`checkpoint_damage`) before resuming and falls back to an older one."""
     pointer = Path(output_dir) / CHECKPOINT_DIR / LATEST
     if not pointer.is_file():
         return None
@@ -103,7 +123,7 @@ def latest_checkpoint(output_dir: str | os.PathLike) -> Path | None:
 
 
 def _file_record(path: Path) -> dict:
-    """Size (bytes) and sha256 of one file, as :data:`MANIFEST` and :data:`FINISHED` keep them."""
+    """Size (bytes) and sha256 of one file, as :data:`CHECKSUMS` and :data:`FINISHED` keep them."""
     with open(path, "rb") as f:
         digest = hashlib.file_digest(f, "sha256").hexdigest()
     return {"bytes": path.stat().st_size, "sha256": digest}
@@ -141,7 +161,7 @@ def checkpoint_damage(folder: str | os.PathLike) -> str | None:
     """Why checkpoint ``folder`` cannot be resumed from (``"<file>: what is wrong"``), or None
     when it is complete.
 
-    Complete: every file its :data:`MANIFEST` lists has the size and sha256 it was written with
+    Complete: every file its :data:`CHECKSUMS` lists has the size and sha256 it was written with
     (a checkpoint written before manifests existed skips this), and every file the resume reads
     loads: the model, EMA and loss weights (safetensors, every tensor read), ``train_state.pt``
     with :data:`STATE_KEYS` and each ``rng_<rank>.pt`` (``torch.load``). Any exception from
@@ -150,11 +170,11 @@ def checkpoint_damage(folder: str | os.PathLike) -> str | None:
     folder = Path(folder)
     if not folder.is_dir():
         return "the folder is gone"
-    if (folder / MANIFEST).is_file():
+    if (folder / CHECKSUMS).is_file():
         try:
-            files = json.loads((folder / MANIFEST).read_text())["files"]
+            files = json.loads((folder / CHECKSUMS).read_text())["files"]
         except Exception as err:
-            return f"{MANIFEST}: {_error_text(err)}"
+            return f"{CHECKSUMS}: {_error_text(err)}"
         mismatch = _record_mismatch(folder, files)
         if mismatch is not None:
             return ": ".join(mismatch)
@@ -298,7 +318,7 @@ def _finished_run(output_dir: Path, config: TrainConfig) -> tuple[dict | None, D
 
 
 def _write_checkpoint(accelerator, folder: Path, parts: dict, state: dict, keep: int) -> None:
-    """Write one checkpoint folder and its :data:`MANIFEST`, then point ``latest`` at it (so a
+    """Write one checkpoint folder and its :data:`CHECKSUMS`, then point ``latest`` at it (so a
     crash mid-way leaves the previous checkpoint in charge), then prune old ones (``step_*``
     folders only: a ``.damaged`` one is kept). Every file is written atomically."""
     if accelerator.is_main_process:
@@ -311,7 +331,7 @@ def _write_checkpoint(accelerator, folder: Path, parts: dict, state: dict, keep:
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         rng_files = [f"rng_{rank}.pt" for rank in range(accelerator.num_processes)]
-        _write_record(folder / MANIFEST, folder, [*parts, TRAIN_STATE, *rng_files])
+        _write_record(folder / CHECKSUMS, folder, [*parts, TRAIN_STATE, *rng_files])
         atomic_write_text(folder.parent / LATEST, folder.name)
         kept = [p for p in folder.parent.iterdir() if p.is_dir() and STEP_FOLDER.fullmatch(p.name)]
         for stale in sorted(kept)[:-keep]:

@@ -21,13 +21,13 @@ class TrainConfig:
     AdamW group), ``adam_eps``, ``max_grad_norm`` (None: no clipping, as upstream).
     SpecAugment: one time and one frequency mask, widths below ``spec_augment_time`` /
     ``spec_augment_freq`` (see :func:`asd_utils.frontends.features.spec_augment`); 0 disables it.
-    ``mixup_alpha``: mixup of the waveforms (:func:`mixup`), λ ~ Beta(α, α); 0 (the default,
-    as Table 1, which lists SpecAugment only) disables it; the OS-SCL code uses 0.5.
-    ``mixed_precision``: ``"no"``, ``"bf16"`` or ``"auto"``
-    (:func:`asd_utils.models.precision.resolve`:
-    :func:`train` trains in what it resolves to on the device, and records the decision).
-    ``checkpoint_every`` optimizer steps (0: none; the final weights are always saved), the
-    newest ``keep_checkpoints`` kept (0: all);
+    ``mixup_alpha``: mixup of the waveforms (:func:`~asd_utils.training.loop.mixup`),
+    λ ~ Beta(α, α); 0 (the default, as Table 1, which lists SpecAugment only) disables it; the
+    OS-SCL code uses 0.5. ``mixed_precision``: ``"no"``, ``"bf16"`` or ``"auto"``
+    (:func:`asd_utils.models.precision.resolve`: :func:`~asd_utils.training.loop.train` trains
+    in what it resolves to on the device, and records the decision). ``checkpoint_every``
+    optimizer steps (0: none; the final weights are always saved), the newest
+    ``keep_checkpoints`` kept (0: all);
     ``log_every``: how often the progress bar's loss/lr are refreshed.
     """
 

@@ -1,10 +1,11 @@
 """One training loop for every fine-tuned system (accelerate, AdamW, inverse-sqrt schedule, EMA,
 atomic and verified checkpoints, exact resume; a finished run is found, not trained again).
 
-The defaults of :class:`TrainConfig` are the XJU paper's Table 1 (xju-system.md): 10,000
-optimizer steps, batch 16, gradient accumulation 8 (128 clips per step), AdamW at 1e-4, 960
-linear warm-up steps then inverse-sqrt decay, SpecAugment 80, weight EMA 0.9995. A system is a
-model, a loss and a data set handed to :func:`train`; the loop is the same for all of them.
+The defaults of :class:`TrainConfig` are the XJU report's Table 1 (``xju2026`` in
+``book/references.bib``): 10,000 optimizer steps, batch 16, gradient accumulation 8 (128 clips
+per step), AdamW at 1e-4, 960 linear warm-up steps then inverse-sqrt decay, SpecAugment 80,
+weight EMA 0.9995. A system is a model, a loss and a data set handed to :func:`train`; the loop
+is the same for all of them.
 
 The same function runs in-process (a notebook) and under ``accelerate launch`` (one process per
 GPU, DDP): ``asd train`` (:func:`asd_utils.stages.train`) builds the model, loss and data set in
@@ -16,6 +17,18 @@ every process and calls :func:`train`::
 ``batch_size`` is the GLOBAL micro-batch (accelerate's ``split_batches``: each of W processes
 gets ``batch_size / W`` clips), so one step sees the same clips on 1 or W GPUs, the schedule
 counts optimizer steps, and a resumed run continues with the very same clips.
+
+Per micro-batch: SpecAugment on the fbank (generator seeded by seed, micro-batch and process),
+forward, ``backward`` of loss / accumulation; every ``grad_accumulation`` micro-batches one
+AdamW step, one scheduler step, one EMA update, one log row. The sampler
+(:class:`~asd_utils.training.dataset.ResumableSampler`) is a pure function of its position, which
+is what makes a resumed run see the same clips.
+
+Precision: ``mixed_precision`` is resolved first (:func:`asd_utils.models.precision.resolve`:
+``auto`` becomes ``bf16`` or ``no`` on this device) and the run is trained, saved and compared
+for resuming under what it resolved to: bf16 is accelerate's autocast around the forward, with
+float32 weights (the optimizer's master copy), float32 fbank and losses, float32 outputs. The
+decision and its reason go into ``finished.json`` (``precision``).
 """
 
 from __future__ import annotations
@@ -66,7 +79,7 @@ from asd_utils.training.checkpoints import (
     find_checkpoint,
 )
 from asd_utils.training.config import TrainConfig
-from asd_utils.training.data import ResumableSampler
+from asd_utils.training.dataset import ResumableSampler
 
 log = logging.getLogger(__name__)
 
@@ -235,48 +248,24 @@ def train(
     resume: bool = False,
     progress: bool = True,
 ) -> TrainResult:
-    """Fine-tune ``model`` with ``loss_fn`` on ``dataset``; save EMA and raw weights.
+    """Fine-tune ``model`` with ``loss_fn`` on ``dataset`` into the run folder ``output_dir``
+    (its files: :mod:`asd_utils.training.checkpoints`); return the EMA and raw weights and log.
 
     ``model(waveform (B, samples), lengths (B,), augment=callable|None)`` returns a dict (e.g.
-    :class:`asd_utils.models.heads.EmbeddingModel`); ``loss_fn(outputs, targets)`` returns a
-    dict with ``"loss"`` and any parts to log (e.g. :class:`asd_utils.models.losses.OSSCLLoss`).
-    ``dataset[(index, seed)]`` returns ``(waveform, target)`` or ``(waveform, target,
-    n_valid)`` (:class:`ClipDataset`). A data set, not a DataLoader: the loop owns the sampler
-    (:class:`ResumableSampler`), whose position is what makes a resumed run see the same clips.
+    :class:`asd_utils.models.heads.EmbeddingModel`); ``loss_fn(outputs, targets)`` a dict with
+    ``"loss"`` and any parts to log (e.g. :class:`asd_utils.models.losses.OSSCLLoss`);
+    ``dataset[(index, seed)]`` ``(waveform, target[, n_valid])``
+    (:class:`~asd_utils.training.dataset.ClipDataset`): a data set, not a DataLoader, as the loop
+    owns the sampler. ``config.mixed_precision`` is resolved first (the module docstring).
 
-    Per micro-batch: SpecAugment on the fbank (generator seeded by seed, micro-batch and
-    process), forward, ``backward`` of loss / accumulation; every ``grad_accumulation``
-    micro-batches one AdamW step, one scheduler step, one EMA update, one log row. Writes to
-    ``output_dir``: ``train_config.json``; ``checkpoints/step_NNNNNNNN/`` every
-    ``checkpoint_every`` steps and at the last step (model, EMA and loss weights as
-    safetensors; optimizer, scheduler, step, log, config and seconds so far in
-    ``train_state.pt``; each process's RNG states in ``rng_<rank>.pt``; every file's size and
-    sha256 in ``manifest.json``) with ``checkpoints/latest`` naming the newest;
-    ``train_log.csv`` (rewritten atomically at each checkpoint and at the end); at the end
-    ``ema.safetensors`` (the weights to embed with), ``model.safetensors``,
-    ``loss.safetensors`` and, last, ``finished.json`` (steps, seconds, config, each final
-    file's size and sha256): the run is complete.
-
-    ``config.mixed_precision`` is resolved first (:func:`asd_utils.models.precision.resolve`:
-    ``auto``
-    becomes ``bf16`` or ``no`` on this device) and the run is trained, saved and compared for
-    resuming under what it resolved to: bf16 is accelerate's autocast around the forward, with
-    float32 weights (the optimizer's master copy), float32 fbank and losses, float32 outputs.
-    The decision and its reason go into ``finished.json`` (``precision``).
-
-    ``resume=True`` on a finished run (same settings and steps) trains nothing: it loads the
-    final weights into ``model`` and ``loss_fn`` and returns the recorded log and seconds
-    (``reused``). Otherwise it continues from the newest checkpoint that verifies
-    (:func:`checkpoint_damage`; from scratch if none) and ends with the same weights and log as
-    an uninterrupted run. A damaged checkpoint or final file is renamed ``<name>.damaged`` and
-    named, with what was wrong and where training goes on from, in one
-    :class:`CheckpointWarning`. Changed settings other than
+    ``resume=True``: a finished run (same settings and steps) is loaded, not trained
+    (``reused``); else training goes on from the newest checkpoint that verifies (from scratch if
+    none) and ends with the uninterrupted run's weights and log; damage is set aside, named in
+    one :class:`~asd_utils.training.checkpoints.CheckpointWarning`. Changed settings other than
     :attr:`TrainConfig.RESUMABLE_CHANGES` raise a ValueError. ``resume=False`` deletes the
-    run's old checkpoints and its ``finished.json``.
-
-    Four phases, each a function: resume (:func:`_resume_point`, :func:`_load_start`),
-    optimiser (:func:`_session`), step (:func:`_loop`, one :func:`_micro_batch` at a time),
-    finish (:func:`_finish`).
+    run's old checkpoints and its ``finished.json``. Phases: resume (:func:`_resume_point`,
+    :func:`_load_start`), optimiser (:func:`_session`), step (:func:`_loop`), finish
+    (:func:`_finish`).
     """
     started = time.perf_counter()
     output_dir = Path(output_dir)
