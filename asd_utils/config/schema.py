@@ -117,6 +117,7 @@ class Train(Section):
     adam_eps: PositiveFloat | None = None
     max_grad_norm: PositiveFloat | None = None
     mixup_alpha: NonNegativeFloat | None = None
+    mixup_prob: Annotated[float, Field(ge=0, le=1)] | None = None  # mixup per clip
     seed: int | None = None  # None: the profile's seed
     keep_checkpoints: NonNegativeInt | None = None
     log_every: PositiveInt | None = None

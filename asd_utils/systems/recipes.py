@@ -436,7 +436,7 @@ class LoRASCAdaCos(Recipe):
         section = self.settings(profile)
         options, loss = section["lora"], section["loss"]
         scheme = ClassSettings(**section["classes"])
-        mixup = section["train"].get("mixup_alpha") or 0
+        alpha, prob = (section["train"].get(k) or 0 for k in ("mixup_alpha", "mixup_prob"))
         backend = section["backend"]
         fields = dict(
             acoustic_features=prose.FBANK,
@@ -444,8 +444,11 @@ class LoRASCAdaCos(Recipe):
                 p
                 for p in (
                     prose.augmentation(section),
-                    f"mixup of the waveforms (lambda ~ Beta({mixup}, {mixup}) per batch)"
-                    if mixup
+                    f"mixup of the waveforms, each clip with probability {prob} (w ~ U(0, 1) "
+                    "per clip)"
+                    if prob
+                    else f"mixup of the waveforms (lambda ~ Beta({alpha}, {alpha}) per batch)"
+                    if alpha
                     else None,
                 )
                 if p
