@@ -60,8 +60,8 @@ bench: setup  ## speed benchmarks (not part of make test)
 rehearsal: setup  ## every stage at the real data size (14,400 clips), each timed with its peak memory; ARGS="--train-fraction 0.25"
 	$(PY) benchmarks/rehearse.py $(ARGS)
 
-seeds: setup  ## System 1 and the AE baseline over several seeds (about 3.5 min per seed under quick); CLASSES="names auto": Systems 1, 2, 3, 5 per class scheme and System 7 (bench_classes.csv)
-	$(PY) benchmarks/bench_seeds.py --profile $(PROFILE) $(if $(CLASSES),--systems "System 1" "System 2" "System 3" "System 5" --classes $(CLASSES) --own-classes "System 7")
+seeds: setup  ## System 1 and the AE baseline over several seeds (about 3.5 min per seed under quick); CLASSES="names auto": every fine-tuned system per class scheme, System 7 with its own (bench_classes.csv)
+	$(PY) benchmarks/bench_seeds.py --profile $(PROFILE) $(if $(CLASSES),--classes $(CLASSES))
 
 noise-study: setup  ## System 5's SNR study: Systems 1, 3, 5 and 0 per near-mic SNR and seed (quick: ~20 min)
 	$(PY) -m asd_utils.studies.noise_study --profile $(PROFILE)

@@ -21,8 +21,11 @@ attributes; ``profile``: the section as it is), and ``bench_classes.csv`` gets o
 (system, classes, seed, machine type) and one per run over all machine types (``all``), with the
 official score, beside the autoencoder's rows. About 1-3 minutes per system, scheme and seed:
 
-    python benchmarks/bench_seeds.py --systems "System 1" "System 2" "System 3" "System 5" \
-        --classes names auto --own-classes "System 7"
+    python benchmarks/bench_seeds.py --classes names auto   # every fine-tuned system
+
+Without ``--systems``, ``--classes`` takes every fine-tuned system of the registry: those whose
+profile section has no ``classes`` block of its own (Systems 1, 2, 3, 5) once per scheme, the
+others (System 7) once with their own (``--own-classes``).
 """
 
 from __future__ import annotations
@@ -99,6 +102,14 @@ def machine_rows(scores: pd.DataFrame, attributed: set[str]) -> list[dict]:
     return rows
 
 
+def class_systems(profile: dict) -> tuple[list[str], list[str]]:
+    """``(systems, own)``: the registry's fine-tuned systems without a ``classes`` block in
+    their profile section (each trained once per scheme) and those with one (once, as set)."""
+    fine_tuned = registry.of_kind("fine-tuned")
+    own = [s for s in fine_tuned if profile[registry.get(s).section].get("classes")]
+    return [s for s in fine_tuned if s not in own], own
+
+
 def class_runs(args, base: dict, clips: pd.DataFrame, paths, tmp: Path) -> pd.DataFrame:
     """The class-scheme comparison: per seed the autoencoder, then every system × scheme."""
     attributed = {g.split("/")[0] for g in class_schemes.named_groups(clips)}
@@ -164,8 +175,10 @@ def run() -> None:
         help="train and embed the fine-tuned system in this precision (default: the profile's)",
     )
     args = parser.parse_args()
-    args.systems = args.systems or [args.system]
     base = config.load_profile(args.profile)
+    if args.classes and not args.systems:  # the registry's fine-tuned systems, none typed
+        args.systems, args.own_classes = class_systems(base)
+    args.systems = args.systems or [args.system]
     for system in args.systems if args.mixed_precision else []:  # e.g. bf16 against float32
         section = base[registry.get(system).section]
         section["train"] = {**section["train"], "mixed_precision": args.mixed_precision}
