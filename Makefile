@@ -5,6 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PROFILE ?= quick
 KERNEL := asd-xju
+TEST_WORKERS ?= 2  # pytest-xdist processes for `make test` (tests/conftest.py groups them); 0 = one process
 export DATA_ROOT OUTPUT_ROOT
 
 .PHONY: setup strip-outputs report run test test-fast lab train bench rehearsal seeds noise-study submission clean
@@ -32,10 +33,10 @@ report: setup  ## synthetic data (if needed), every notebook with papermill, the
 run: setup  ## every stage from the command line (asd run): the same files, no notebook, no book
 	$(VENV)/bin/asd run --profile $(PROFILE)
 
-test: setup  ## lint, format check, the layering (.importlinter), the whole test suite (pipeline smoke runs, the book in a browser)
+test: setup  ## lint, format check, the layering (.importlinter), the whole test suite (pipeline smoke runs, the book in a browser) in TEST_WORKERS processes
 	@start=$$(date +%s); \
 	$(PY) -m ruff check . && $(PY) -m ruff format --check . && $(VENV)/bin/lint-imports --no-cache \
-	  && $(PY) -m pytest; status=$$?; \
+	  && $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup; status=$$?; \
 	echo "make test: $$(( $$(date +%s) - start )) s"; exit $$status
 
 test-fast: setup  ## the edit loop: lint, the layering and the tests not marked slow (no pipeline, no browser)
@@ -64,7 +65,7 @@ seeds: setup  ## System 1 and the AE baseline over several seeds (about 3.5 min 
 	$(PY) benchmarks/bench_seeds.py --profile $(PROFILE) $(if $(CLASSES),--classes $(CLASSES))
 
 noise-study: setup  ## System 5's SNR study: Systems 1, 3, 5 and 0 per near-mic SNR and seed (quick: ~20 min)
-	$(PY) -m asd_utils.studies.noise_study --profile $(PROFILE)
+	$(VENV)/bin/asd study noise --profile $(PROFILE)
 
 submission: setup  ## the DCASE package of a finished run; LABEL=Doe_XJU SYSTEMS='"System 4" "System 1"'
 	$(VENV)/bin/asd package --profile $(PROFILE) $(if $(LABEL),--label $(LABEL)) $(if $(SYSTEMS),--systems $(SYSTEMS))

@@ -6,16 +6,19 @@
     asd train    --profile paper --system "System 1"  # or: accelerate launch -m asd_utils.cli
     asd embed    --profile paper --system "System 1"
     asd score | ensemble | evaluate | package  --profile paper
-    asd detect   --profile paper --system "System 1" NEW_CLIPS/ --output scores.csv
+    asd detect   --profile paper --system "System 4" NEW_CLIPS/ --output scores.csv  # any system
     asd profile  --profile quick                      # the profile whole, as YAML
+    asd package  --profile paper --check outputs/paper/submission/task2   # check a package
+    asd study noise --profile quick                   # System 5 against the near-mic SNR
 
 Every sub-command takes the same ``--profile``, ``--data-root`` and ``--output-root``
 (default: ``$DATA_ROOT`` / ``$OUTPUT_ROOT``, else the profile's synthetic data and
 ``outputs/<profile>``) and reads what the stages before it wrote there; a finished stage is found,
 not redone. Every command that writes opens its run with :class:`asd_utils.stages.Session` (the
-output root's lock before any write, the run record, interruptions); ``status``, ``profile`` and
-``detect`` only read. ``-q`` says only warnings, ``-v`` says more; an error is one line
-(``--debug`` or ``ASD_DEBUG=1`` for the traceback).
+output root's lock before any write, the run record, interruptions); ``status``, ``profile``,
+``detect`` and ``package --check`` only read; ``study`` writes its own folder and table. ``-q``
+says only warnings, ``-v`` says more; an error is one line (``--debug`` or ``ASD_DEBUG=1`` for
+the traceback).
 """
 
 from __future__ import annotations
@@ -80,20 +83,79 @@ def parser() -> argparse.ArgumentParser:
     command("frozen", "System 0 (frozen encoder) and the log-mel floor: embed, score, write")
     command("ensemble", "System 4 from its members' written scores")
     command("evaluate", "metrics.csv and table2.csv from the written official files")
-    package = command("package", "the DCASE submission package, checked after writing")
-    package.add_argument("--label", help="<Lastname>_<Institute> (default: the profile's)")
-    package.add_argument("--systems", nargs="+", help="at most 4 (default: the profile's)")
+    _package_options(command("package", "the DCASE submission package, checked after writing"))
+    study = commands.add_parser("study", help="a study (noise: System 5 against the SNR)")
+    studies = study.add_subparsers(dest="study", required=True, metavar="STUDY")
+    studies.add_parser(
+        "noise",
+        parents=[common],
+        help=NOISE_STUDY,
+        description=f"{NOISE_STUDY}. It makes its own synthetic sets (no --data-root); "
+        "<output root>/noise_study.csv is written after every run and resumed.",
+    )
     detect = command(
         "detect", "score new recordings (WAV files or folders, any names) with a finished system"
     )
     detect.add_argument("clips", nargs="+", help="WAV files or folders of them")
-    detect.add_argument("--system", required=True, help="a system this run wrote")
     detect.add_argument(
-        "--output", required=True, help="the CSV to write (new, empty, or one detect wrote)"
+        "--system",
+        required=True,
+        help="a system this run made, any case, with or without spaces (System 4, system4, "
+        "baseline-mse, log-mel floor)",
     )
-    detect.add_argument("--machine-type", help="whose training clips are the reference")
-    detect.add_argument("--section", help="the section of that machine type (e.g. 00)")
+    detect.add_argument(
+        "--output",
+        required=True,
+        help="the CSV to write (new, empty, or one detect wrote); - for standard output",
+    )
+    detect.add_argument(
+        "--machine-type", help="whose training clips are the reference (any case: Fan)"
+    )
+    detect.add_argument("--section", help="the section of that machine type (00, 0 or section_00)")
     return top
+
+
+NOISE_STUDY = "Systems 1, 3, 5 and 0 against the near microphone's SNR, over seeds"
+
+
+def _package_options(package: argparse.ArgumentParser) -> None:
+    """``asd package``'s own options: what to write, or ``--check`` a package (only reads)."""
+    package.add_argument("--label", help="<Lastname>_<Institute> (default: the profile's)")
+    package.add_argument("--systems", nargs="+", help="at most 4 (default: the profile's)")
+    package.add_argument("--destination", help="default: <output root>/submission")
+    package.add_argument("--zip", action="store_true", help="also write <label>_task2.zip")
+    check = package.add_argument_group("checking a package instead (writes nothing)")
+    check.add_argument(
+        "--check",
+        metavar="FOLDER",
+        help="check one system folder, or a folder of them (task2/, dev/), against the data "
+        "root's test clips",
+    )
+    check.add_argument(
+        "--set",
+        choices=["eval", "dev"],
+        dest="which",
+        help="the test clips to check against (default: eval if the data has any)",
+    )
+
+
+def _check_package(args) -> None:
+    """``asd package --check FOLDER``: says ``ok:`` (and what is left to fill in) or fails."""
+    from asd_utils import config, submission
+
+    profile = config.load_profile(args.profile)
+    paths = config.resolve_paths(profile, args.data_root, args.output_root)
+    print(submission.check_folder(args.check, paths.data_root, args.which))
+
+
+def _study(args) -> None:
+    """``asd study noise``: runs (or resumes) the study of the profile."""
+    from asd_utils.studies import noise_study
+
+    if args.data_root:
+        raise errors.UserError("the noise study makes its own synthetic sets: drop --data-root")
+    table = noise_study.run(args.profile, args.output_root, progress=False)
+    log.info("%d rows", len(table))
 
 
 def _dispatch(args):
@@ -120,6 +182,10 @@ def _dispatch(args):
         profile = config.load_profile(args.profile)
         print(yaml.safe_dump(profile, sort_keys=False), end="")
         return
+    if args.command == "study":
+        return _study(args)
+    if args.command == "package" and args.check:
+        return _check_package(args)
     if args.command == "status":
         profile = config.load_profile(args.profile)
         output_root = config.resolve_paths(profile, args.data_root, args.output_root).output_root
@@ -179,7 +245,24 @@ def _stage(args, session) -> None:
     elif args.command == "evaluate":
         session.timed("evaluate", stages.evaluate, run)
     elif args.command == "package":
-        session.timed("package", stages.package, run, args.systems, args.label)
+        _package(args, session)
+
+
+def _package(args, session) -> None:
+    """``asd package``: writes the package; with the dev ground truth, says how to score it."""
+    from asd_utils import stages, submission
+
+    folder = session.timed(
+        "package",
+        stages.package,
+        session.run,
+        args.systems,
+        args.label,
+        args.destination,
+        args.zip,
+    )
+    if folder is not None and (folder / "ground_truth").is_dir():
+        log.info("official evaluator on the dev folders:\n%s", submission.evaluator_command(folder))
 
 
 def _main(argv) -> None:

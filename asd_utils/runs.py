@@ -70,8 +70,7 @@ def _alive(pid: int) -> bool:
 
 
 def describe_holder(holder: dict) -> str:
-    """``pid 123 on host h since 2026-05-01T10:00:00+00:00 (python -m asd_utils.report.pipeline
-    …)``."""
+    """``pid 123 on host h since 2026-05-01T10:00:00+00:00 (asd report --profile quick)``."""
     command = holder.get("command") or "unknown command"
     return (
         f"pid {holder.get('pid', '?')} on {holder.get('host', '?')} since "

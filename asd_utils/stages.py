@@ -601,7 +601,9 @@ def baseline(run: Run, progress: bool = False) -> BaselineOutcome:
             anomaly_score=scores[column]
         )
         write_system(run, system, variants[system], parameters)
-    write_table(history, run.system_dir(registry.of_kind("autoencoder")[0]) / "history.csv")
+    first = run.system_dir(registry.of_kind("autoencoder")[0])
+    write_table(history, first / "history.csv")
+    ae.save_models({m: r.model for m, r in results.items()}, first / ae.MODELS)
     return BaselineOutcome(variants, history, {m: r.seconds for m, r in results.items()})
 
 
@@ -632,7 +634,9 @@ class FrozenOutcome:
     @property
     def bands(self) -> int:
         """Frequency bands in a vector: 8 for the band-preserving poolings, else 1."""
-        return self.encoder.n_freq if self.section["pooling"].startswith("time_") else 1
+        from asd_utils.systems import training_free
+
+        return training_free.bands(self.encoder, self.section)
 
     def vector(self, view: str | None = None, alpha: float | None = None, position=None):
         """The embeddings of one view (default: the one scored) at one block."""
@@ -1056,10 +1060,16 @@ def evaluate(run: Run) -> Evaluation:
     return Evaluation(names, test, tables, wide, no_truth)
 
 
-def package(run: Run, systems: list[str] | None = None, label: str | None = None):
-    """The DCASE submission package of this run (:func:`asd_utils.submission.write_package`):
-    the profile's submission systems that ran (or ``systems``), checked after writing. Returns
-    its folder, or ``None`` when none of them ran."""
+def package(
+    run: Run,
+    systems: list[str] | None = None,
+    label: str | None = None,
+    destination: str | Path | None = None,
+    zip: bool = False,
+):
+    """The DCASE submission package of this run (:func:`asd_utils.submission.write_package`,
+    ``destination`` and ``zip`` as there): the profile's submission systems that ran (or
+    ``systems``), checked after writing. Returns its folder, or ``None`` when none of them ran."""
     from asd_utils import submission
 
     if not systems and not written(run):
@@ -1067,7 +1077,9 @@ def package(run: Run, systems: list[str] | None = None, label: str | None = None
             f"nothing scored in {run.paths.output_root / 'systems'} to package: run the "
             "stages before `asd package` first (`asd run` makes them all)"
         )
-    chosen = systems or [s for s in run.profile["submission"]["systems"] if s in written(run)]
+    chosen = [s for s in run.profile["submission"]["systems"] if s in written(run)]
+    if systems:  # refused before any check as the package refuses them (naming those that ran)
+        chosen = submission.choose_systems(run.paths.output_root, run.profile, systems)
     if not chosen:
         log.info("package: none of the submission systems ran; no package")
         return None
@@ -1080,6 +1092,8 @@ def package(run: Run, systems: list[str] | None = None, label: str | None = None
         systems=chosen,
         label=label,
         clips=run.clips,
+        destination=destination,
+        zip=zip,
     )
     log.info("package: %s in %s", ", ".join(chosen), folder)
     return folder
@@ -1234,6 +1248,10 @@ LONG_FACTOR = 1.5
 windows of that length (:func:`detect`)."""
 
 
+STDOUT = "-"
+"""``--output -``: :func:`detect` writes its CSV to standard output."""
+
+
 def detect(
     run: Run,
     system: str,
@@ -1242,11 +1260,13 @@ def detect(
     machine_type: str | None = None,
     section: str | None = None,
 ) -> pd.DataFrame:
-    """Score new recordings with a system this run trained: each clip embedded by the system,
-    scored against the training clips of ``machine_type`` / ``section`` (default: the run's only
-    ones) with the profile's back end, and decided with that section's threshold (the profile's
-    decision rule on its training clips' scores, as the official files). Writes ``output``
-    (:data:`DETECTED`) and returns it.
+    """Score new recordings with a system this run made (any kind: :func:`new_scores`), against
+    the training clips of ``machine_type`` / ``section`` (default: the run's only ones; names
+    matched as :func:`detectable` and :func:`_reference` say), and decide each with that
+    section's threshold in the system's official files (the profile's decision rule on its
+    training clips' scores). Writes ``output`` (:data:`DETECTED`; :data:`STDOUT`: standard
+    output) and returns it; says how many were flagged, warning when the system is randomly
+    initialised or from a smoke or quick run (:func:`_say_detected`).
 
     A recording up to :data:`LONG_FACTOR` times the reference clips' length is one row
     (``part`` "recording"). A longer one (a 10-minute take) is cut into consecutive windows of
@@ -1255,36 +1275,133 @@ def detect(
     its windows' scores, decided by the same threshold. ``output`` is written only when it is
     new, empty, or an earlier ``detect`` output (:func:`claim_output`).
     """
-    entry = registry.get(system)
-    if not entry.trainable or system != entry.name:
-        raise errors.UserError(
-            f"detect scores with a fine-tuned system ({', '.join(registry.of_kind('fine-tuned'))}),"
-            f" not {system!r}"
-        )
-    output = claim_output(run, output)
-    part, machine_type, section = _detect_reference(run, system, machine_type, section)
-    new = new_clips(paths, 2 if entry.needs_far else 1, machine_type, section)
+    output = output if str(output) == STDOUT else claim_output(run, output)
+    system = detectable(run, system)
+    part, machine_type, section = _reference(run, machine_type, section)
+    info = check_made(run, system)
+    new = new_clips(paths, _channels(run, system, info), machine_type, section)
     with tempfile.TemporaryDirectory(prefix="asd-detect-") as folder:
         windows = _windows(new, float(part["duration"].max()), Path(folder))
-        scores = _detect_scores(run, system, part, windows[data.COLUMNS])
-    train_scores = scores.loc[scores["split"] == "train", "anomaly_score"]
-    threshold = metrics.decision_threshold(train_scores, **run.profile["decision"])
-    found = windows.assign(
-        anomaly_score=scores.loc[scores["dataset"] == "new", "anomaly_score"].to_numpy()
-    )
-    out = _detected(new, found)
+        scores = new_scores(run, system, part, windows[data.COLUMNS].reset_index(drop=True))
+    threshold = _threshold(run, system, machine_type, section)
+    out = _detected(new, windows.assign(anomaly_score=scores))
     out["decision"] = (out["anomaly_score"] > threshold).astype(int)
-    write_table(out, output)
-    log.info(
-        "detect: %d recordings scored by %s against %s section %s (threshold %.6g): %s",
-        len(new),
-        system,
-        machine_type,
-        section,
-        threshold,
-        output,
-    )
+    _write_detected(out, output)
+    _say_detected(run, system, out, f"{machine_type} section {section}", threshold, output)
     return out
+
+
+def _threshold(run: Run, system: str, machine_type: str, section: str) -> float:
+    """The decision threshold of ``system`` for ``machine_type`` / ``section``, as its official
+    files decided: the profile's rule on that section's training-clip scores it wrote."""
+    made = read_scores(run, system)
+    chosen = (made["machine_type"] == machine_type) & (made["section"] == section)
+    train = made.loc[chosen & (made["split"] == "train"), "anomaly_score"]
+    return metrics.decision_threshold(train, **run.profile["decision"])
+
+
+def _write_detected(out: pd.DataFrame, output: str | Path) -> None:
+    """``out`` as CSV to ``output``, or to standard output (:data:`STDOUT`)."""
+    import sys
+
+    from asd_utils.files import escape_formulas
+
+    if str(output) == STDOUT:
+        escape_formulas(out).to_csv(sys.stdout, index=False)
+        sys.stdout.flush()
+    else:
+        write_table(out, output)
+
+
+def _say_detected(
+    run: Run, system: str, out: pd.DataFrame, reference: str, threshold: float, output
+) -> None:
+    """The summary line (k of n recordings flagged, the threshold, where the CSV went) and a
+    warning when the scores cannot mean much: a randomly initialised backbone, a smoke or
+    quick run."""
+    recordings = out[out["part"] == "recording"]
+    where = "standard output" if str(output) == STDOUT else str(output)
+    log.info(
+        "detect: %d of %d recordings flagged anomalous by %s against %s (threshold %.6g): %s",
+        int(recordings["decision"].sum()),
+        len(recordings),
+        system,
+        reference,
+        threshold,
+        where,
+    )
+    random = random_init(run, system)
+    why = []
+    if random:
+        shown = "a randomly initialised backbone" if random == [system] else (
+            f"randomly initialised members ({', '.join(random)})"
+        )  # fmt: skip
+        why.append(f"has {shown}")
+    if run.profile["name"] in ("smoke", "quick"):
+        why.append(f"comes from a {run.profile['name']} run (tiny sizes)")
+    if why:
+        log.warning(
+            "detect: %s %s: its scores check the machinery, they say little of a machine",
+            system,
+            " and ".join(why),
+        )
+
+
+def random_init(run: Run, system: str) -> list[str]:
+    """The systems behind ``system`` (itself, or an ensemble's members) whose backbone has no
+    checkpoint in this run's profile: random weights."""
+    entry = registry.get(system)
+    if entry.kind == "ensemble":
+        members = check_made(run, system).get("members", [])
+        return [s for m in members for s in random_init(run, m)]
+    if entry.section is None:
+        return []
+    settings = registry.settings(run.profile, system)
+    return [system] if "backbone" in settings and not settings["checkpoint"] else []
+
+
+def _normal_name(name: str) -> str:
+    """A system name without case, spaces, hyphens or underscores (``system4``,
+    ``baseline-mse``)."""
+    import re
+
+    return re.sub(r"[\s_-]+", "", name).casefold()
+
+
+def detectable(run: Run, name: str) -> str:
+    """The registry name of the system ``name`` means (without case, with or without spaces:
+    :func:`_normal_name`) if this run made it; else a :class:`~asd_utils.errors.UserError`
+    suggesting the closest name and listing what this run made."""
+    import difflib
+
+    made = [s for s in written(run) if s in registry.REGISTRY]
+    listing = ", ".join(made) if made else "nothing yet (`asd run` makes every system)"
+    known = {_normal_name(n): n for n in registry.REGISTRY}
+    found = known.get(_normal_name(name))
+    if found in made:
+        return found
+    if found is None:
+        close = difflib.get_close_matches(_normal_name(name), list(known), n=1, cutoff=0.6)
+        hint = f": did you mean {known[close[0]]!r}?" if close else ""
+        raise errors.UserError(f"no system {name!r}{hint or ';'} this run made: {listing}")
+    raise errors.UserError(
+        f"{found} has no results in {run.paths.output_root / 'systems'}: run {_maker(found)} "
+        f"first (same profile, data and output root); this run made: {listing}"
+    )
+
+
+def _channels(run: Run, system: str, info: dict) -> int:
+    """The channels a new recording needs for ``system`` (``info``: its ``system.json``): 2
+    where it, a member of it, or the view it scored reads the far microphone, else 1."""
+    entry = registry.get(system)
+    if entry.kind == "ensemble":
+        return max(_channels(run, m, check_made(run, m)) for m in info.get("members", []))
+    if entry.kind == "frozen":
+        from asd_utils.systems import training_free
+
+        far = set(training_free.VIEW_CHANNELS.get(info.get("view", "near"), ())) - {"near"}
+        return 2 if entry.needs_far or far else 1
+    return 2 if entry.needs_far else 1
 
 
 def claim_output(run: Run, output: str | Path) -> Path:
@@ -1357,27 +1474,86 @@ def _detected(new: pd.DataFrame, found: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=list(DETECTED[:-1]))
 
 
-def _detect_reference(
-    run: Run, system: str, machine_type: str | None, section: str | None
+def _reference(
+    run: Run, machine_type: str | None, section: str | None
 ) -> tuple[pd.DataFrame, str, str]:
     """:func:`detect`'s reference: the run's training clips of ``machine_type`` / ``section``
-    (default: the only ones), with both names; an error when there are none, when ``system``
-    did not run on this data or has not finished training."""
-    from asd_utils import systems, training
-
+    (default: the only ones), with both names as the run spells them: a machine type matched
+    without case (``Fan``: "fan"), a section by number (``0``, ``section_00``: "00"); a name
+    the run has not is an error listing those it has, suggesting the closest."""
     train_clips = run.clips[run.clips["split"] == "train"]
-    machine_type = machine_type or _only(train_clips["machine_type"], "machine type")
+    machine_type = _chosen(train_clips["machine_type"], machine_type, "machine type", str.casefold)
     part = train_clips[train_clips["machine_type"] == machine_type]
-    if part.empty:
-        raise errors.UserError(f"no training clips of machine type {machine_type!r} in this run")
-    section = section or _only(part["section"], f"section of {machine_type}")
-    part = part[part["section"] == section]
-    if part.empty:
-        raise errors.UserError(
-            f"no training clips of {machine_type} section {section!r} in this run"
-        )
-    if skipped(run).get(system):
-        raise data.DataError(f"{system} did not run on this data: {skipped(run)[system]}")
+    section = _chosen(part["section"], section, f"section of {machine_type}", _section_number)
+    return part[part["section"] == section], machine_type, section
+
+
+def _section_number(section: str) -> str:
+    """A section name as a number where it is one (``section_00``, ``00``, ``0``: "0")."""
+    bare = section.strip().casefold().removeprefix("section_").removeprefix("section")
+    return str(int(bare)) if bare.isdigit() else bare
+
+
+def _chosen(values: pd.Series, given: str | None, what: str, normal) -> str:
+    """The value of ``values`` that ``given`` means (compared through ``normal``); without
+    ``given``, the only one. Else a :class:`~asd_utils.errors.UserError` naming the ones there
+    are (and the option to choose with), suggesting the closest."""
+    import difflib
+
+    unique = sorted(set(values))
+    option = "--machine-type" if what == "machine type" else "--section"
+    if given is None:
+        if len(unique) != 1:
+            raise errors.UserError(
+                f"this run has {len(unique)} of {what} ({', '.join(unique)}): choose one with "
+                f"{option}"
+            )
+        return unique[0]
+    matches = [v for v in unique if normal(v) == normal(given)]
+    if matches:
+        return matches[0]
+    folded = {v.casefold(): v for v in unique}
+    close = difflib.get_close_matches(given.casefold(), list(folded), n=1)
+    hint = f": did you mean {folded[close[0]]!r}?" if close else ";"
+    raise errors.UserError(
+        f"no {what} {given!r} in this run's training clips{hint} it has: {', '.join(unique)} "
+        f"({option})"
+    )
+
+
+def new_scores(run: Run, system: str, part: pd.DataFrame, new: pd.DataFrame) -> np.ndarray:
+    """The anomaly scores of the ``new`` clips (a clip table) by ``system`` of this run, against
+    the reference training clips ``part`` (one machine type and section), as its official
+    files score a test clip; how is the system's kind (the registry's): a fine-tuned system
+    embeds them with its trained weights, a frozen one with its encoder and view, the log-mel
+    floor with its statistics, the autoencoder baseline with its saved models, the ensemble
+    combines its members' scores of them. Writes nothing. (len(new),) float64."""
+    scorer = {
+        "fine-tuned": _new_fine_tuned,
+        "frozen": _new_frozen,
+        "floor": _new_floor,
+        "autoencoder": _new_autoencoder,
+        "ensemble": _new_ensemble,
+    }[registry.get(system).kind]
+    return np.asarray(scorer(run, system, part, new), dtype=np.float64)
+
+
+def _scored_with(run: Run, system: str, tables, vectors, bands: int = 1) -> np.ndarray:
+    """The scores of the second of two clip tables ``tables`` (reference, new) with their
+    embeddings ``vectors``, by ``system``'s back end fitted on the reference's training clips."""
+    reference, new = tables
+    table = pd.concat([reference, new], ignore_index=True)
+    scorer = backend(run, system)
+    scores = _score(table, np.concatenate(vectors), scorer, bands)
+    return scores["anomaly_score"].to_numpy()[len(reference) :]
+
+
+def _new_fine_tuned(run: Run, system: str, part: pd.DataFrame, new: pd.DataFrame):
+    """:func:`new_scores` of a fine-tuned system: its finished run's EMA weights embed the
+    reference (read from its cache) and the new clips."""
+    from asd_utils import scoring, systems, training
+    from asd_utils.systems import recipes
+
     folder = systems.run_dir(
         run.paths.output_root, run.profile, system, run.paths.data_root, run.clips
     )
@@ -1386,56 +1562,111 @@ def _detect_reference(
             f"{system} has not finished training in {folder}: run `asd train --system "
             f'"{system}"` (same profile, data and output root) first'
         )
-    return part, machine_type, section
-
-
-def _detect_scores(run: Run, system: str, part: pd.DataFrame, new: pd.DataFrame) -> pd.DataFrame:
-    """The reference clips ``part`` and the ``new`` ones embedded by the finished ``system``
-    (its EMA weights; the reference's embeddings cached in its run folder) and scored
-    together by the profile's back end: the scores table of both."""
-    from asd_utils import scoring, systems
-    from asd_utils.systems import recipes
-
     result = systems.train_system(  # found finished: loads its EMA weights, writes nothing
-        run.paths.data_root,
-        run.profile_file,
-        system,
-        run.paths.output_root,
-        progress=False,
+        run.paths.data_root, run.profile_file, system, run.paths.output_root, progress=False,
         clips=run.clips,
-    )
+    )  # fmt: skip
     recipe = recipes.of(system)
     channel, preprocess, key = recipe.front_end(run.profile)
     batch = recipe.settings(run.profile)["embed_batch_size"]
-    autocast = result.precision.autocast
     model = recipe.embedder(result.ema_model, recipe.settings(run.profile))
+    common = (batch, channel, preprocess, result.precision.autocast)
     reference = scoring.extract_embeddings(
-        model,
-        part,
-        batch,
-        channel,
-        preprocess,
-        autocast,
-        progress=False,
-        cache_dir=result.output_dir,
-        preprocess_key=key,
-        write_cache=run.writes,
-        name=system,
-    )
-    queries = scoring.extract_embeddings(
-        model, new, batch, channel, preprocess, autocast, progress=False, name=system
-    )
-    table = pd.concat([part, new], ignore_index=True)
+        model, part, *common, progress=False, cache_dir=result.output_dir,
+        preprocess_key=key, write_cache=run.writes, name=system,
+    )  # fmt: skip
+    queries = scoring.extract_embeddings(model, new, *common, progress=False, name=system)
     bands = systems.bands(run.profile, system)
-    return _score(table, np.concatenate([reference, queries]), backend(run, system), bands)
+    return _scored_with(run, system, (part, new), (reference, queries), bands)
 
 
-def _only(values: pd.Series, what: str) -> str:
-    """The one value of ``values``; else an error asking for it by name."""
-    unique = sorted(set(values))
-    if len(unique) != 1:
-        option = "--machine-type" if what == "machine type" else "--section"
-        raise errors.UserError(
-            f"this run has {len(unique)} of {what} ({', '.join(unique)}): choose one with {option}"
+def _new_frozen(run: Run, system: str, part: pd.DataFrame, new: pd.DataFrame):
+    """:func:`new_scores` of a frozen system (System 0, System 6): its encoder embeds the new
+    clips; the reference's embeddings are the run's (its cache, else computed, not cached);
+    the view its ``system.json`` names is scored."""
+    from asd_utils.systems import training_free
+
+    view = check_made(run, system).get("view", "near")
+    cache = run.paths.output_root / "training" / "frozen"
+    known, encoder, section = training_free.embed(
+        run.profile, run.clips, cache, progress=False, system=system, write_cache=run.writes
+    )
+    fresh, _, _ = training_free.embed(run.profile, new, None, progress=False, system=system)
+    rows = np.flatnonzero(run.clips["path"].isin(part["path"]).to_numpy())
+    position = training_free.layer_position(encoder, section["layer"])
+
+    def vectors(embeddings, take=slice(None)):
+        chosen = {c: e[take] for c, e in embeddings.items()}
+        return training_free.view(chosen, view, section["alpha"], position)
+
+    pair = (vectors(known, rows), vectors(fresh))
+    return _scored_with(run, system, (part, new), pair, training_free.bands(encoder, section))
+
+
+def _new_floor(run: Run, system: str, part: pd.DataFrame, new: pd.DataFrame):
+    """:func:`new_scores` of the log-mel floor: the new clips' log-mel statistics standardised
+    with their machine type's training clips (as the run's), scored against the reference."""
+    from asd_utils.systems import training_free
+
+    clips = run.clips
+    cache = run.paths.output_root / "training" / "frozen"
+    known = training_free.logmel_statistics(clips, cache, progress=False, write_cache=run.writes)
+    fresh = training_free.logmel_statistics(new, progress=False)
+    same = (clips["machine_type"] == new["machine_type"].iloc[0]).to_numpy()
+    table = pd.concat([clips[same], new], ignore_index=True)
+    vectors = training_free.standardise_per_machine(np.concatenate([known[same], fresh]), table)
+    rows = np.flatnonzero(clips.loc[same, "path"].isin(part["path"]).to_numpy())
+    pair = (vectors[rows], vectors[same.sum() :])
+    return _scored_with(run, system, (part, new), pair)
+
+
+def _new_autoencoder(run: Run, system: str, part: pd.DataFrame, new: pd.DataFrame):
+    """:func:`new_scores` of an autoencoder baseline: its machine type's saved model scores
+    the new clips; the selective Mahalanobis covariances come from that machine type's
+    training clips, as in the run."""
+    from asd_utils.systems import baseline as ae
+
+    path = run.system_dir(registry.of_kind("autoencoder")[0]) / ae.MODELS
+    machine_type = new["machine_type"].iloc[0]
+    if not path.is_file():
+        raise errors.RunError(
+            f"{system} has no saved models ({path}; runs before they were saved): run "
+            "`asd baseline` again (same profile, data and output root)"
         )
-    return unique[0]
+    model = ae.load_models(path)[machine_type]
+    clips = run.clips
+    train = clips[(clips["machine_type"] == machine_type) & (clips["split"] == "train")]
+    table = pd.concat([train, new], ignore_index=True)
+    vectors, owner = ae.frame_vectors(table["path"].tolist(), ae.AEFeatureConfig(), progress=False)
+    is_train = np.arange(len(table)) < len(train)
+    scores = ae.score_clips(
+        model, vectors, owner, is_train, table["domain"].to_numpy(), overwrite=True
+    )
+    column = ae.SCORE_COLUMNS[registry.of_kind("autoencoder").index(system)]
+    return scores[column][len(train) :]
+
+
+def _new_ensemble(run: Run, system: str, part: pd.DataFrame, new: pd.DataFrame):
+    """:func:`new_scores` of the ensemble: each member's scores of the new clips
+    (:func:`new_scores`) beside its written training-clip scores of the reference section,
+    normalised with those and combined with the profile's weights, as the run's ensemble."""
+    from asd_utils.systems import ensemble as combine
+
+    spec = run.profile["ensemble"]
+    members = check_made(run, system)["members"]
+    weights = dict(zip(spec["members"], spec["weights"], strict=True))
+    names = [f"new {n}" for n in range(len(new))]  # unique keys: new clips may share a name
+    reference = part[["machine_type", "section"]].drop_duplicates()
+    tables = {}
+    for member in members:
+        check_made(run, member)
+        known = read_scores(run, member).merge(reference)
+        known = known[known["split"] == "train"][[*combine.KEYS, "anomaly_score"]]
+        fresh = new[["machine_type", "section", "split"]].assign(
+            file_name=names, anomaly_score=new_scores(run, member, part, new)
+        )
+        tables[member] = pd.concat([known, fresh[[*combine.KEYS, "anomaly_score"]]])
+    combined = combine.combine(
+        tables, {m: weights[m] for m in members}, how=spec["how"], method=spec["normalisation"]
+    )
+    return combined.set_index("file_name").loc[names, "anomaly_score"].to_numpy()

@@ -1,10 +1,17 @@
-"""Shared test fixtures."""
+"""Shared test fixtures, and how ``make test`` splits the suite over two processes."""
 
+import functools
 import logging
 import os
 from pathlib import Path
 
 import pytest
+
+# `make test` runs the suite in pytest-xdist workers, one per core: idle OpenMP threads of a
+# worker (and of the kernels and commands it starts) sleep instead of spinning on the core the
+# other worker needs. Set before torch is imported; it changes no number, only waiting.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # The real clips live in the workspace's shared/ folder beside the checkout (or $DCASE_FIXTURES).
@@ -42,6 +49,45 @@ def smoke_run(tmp_path_factory):
         str(profile_path), output_root=str(tmp / "out"), build_dir=str(tmp / "build")
     )
     return tmp, record
+
+
+# --- `make test` in pytest-xdist workers (-n 2 --dist loadgroup) -------------------------------
+
+
+@functools.cache
+def work_unit(module: Path) -> str:
+    """The xdist work unit of a test module: ``smoke_run`` for every module that uses the
+    session's smoke run (its text names the fixture), so that the pipeline and book run once;
+    else the module itself, so that its module-scoped fixtures are built once."""
+    return "smoke_run" if "smoke_run" in module.read_text(encoding="utf-8") else str(module)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_xdist_make_scheduler(config, log):
+    """With ``--dist loadgroup``: whole work units (:func:`work_unit`) to the workers, in the
+    order the workers collected them (:func:`pytest_collection_modifyitems`). xdist's own
+    loadgroup marks do not group under pytest 9 (its node ids can no longer be renamed)."""
+    if config.getvalue("dist") != "loadgroup":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ByWorkUnit(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return work_unit(config.rootpath / nodeid.split("::", 1)[0])
+
+    config.option.loadscopereorder = False
+    return ByWorkUnit(config, log)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items):
+    """In an xdist worker the longest work comes first, so that no long unit starts last: the
+    smoke run's unit, then the modules with slow tests, then the rest, each in collection
+    order. A run in one process keeps the collection order."""
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        return
+    slow = {item.path for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: (work_unit(item.path) != "smoke_run", item.path not in slow))
 
 
 @pytest.fixture(autouse=True)

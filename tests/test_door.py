@@ -6,7 +6,7 @@ import shutil
 import numpy as np
 import pytest
 
-from asd_utils import config, data, errors, runs, submission, systems
+from asd_utils import cli, config, data, errors, runs, submission, systems
 from asd_utils.data import synth
 from asd_utils.report import pipeline
 
@@ -31,7 +31,7 @@ def _copy(tree, tmp_path):
 def _pipeline(data_root, output_root, capsys, *extra):
     """The pipeline's exit status and its stderr, with no notebook allowed to run."""
     argv = ["--profile", "smoke", "--data-root", str(data_root), "--output-root", str(output_root)]
-    status = pipeline.main([*argv, "--no-book", "-q", *extra])  # -q: the error alone
+    status = cli.main(["report", *argv, "--no-book", "-q", *extra])  # -q: the error alone
     return status, capsys.readouterr().err
 
 

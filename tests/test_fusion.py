@@ -8,7 +8,7 @@ import pytest
 import torch
 import yaml
 
-from asd_utils import config, data, scoring, systems, training
+from asd_utils import cli, config, data, scoring, systems, training
 from asd_utils.data import synth
 from asd_utils.frontends import views
 from asd_utils.models.beats import BEATs, BEATsConfig
@@ -180,6 +180,15 @@ def test_system5_trains_by_the_common_loop_and_resumes_to_identical_weights(tmp_
     assert embeddings.shape == (len(clips), full.model.embed_dim) and np.isfinite(embeddings).all()
 
 
+def test_asd_study_noise_is_the_studys_command(capsys):
+    assert cli.main(["study", "noise", "--help"]) == 0
+    assert "against the near microphone's SNR" in capsys.readouterr().out
+    assert cli.main(["study", "noise", "--profile", "smoke", "--data-root", "x", "-q"]) == 2
+    err = capsys.readouterr().err
+    assert err == "error: the noise study makes its own synthetic sets: drop --data-root\n"
+    assert cli.main(["study", "-q"]) == 2  # which study: required
+
+
 def test_noise_study_writes_one_row_per_run_and_resumes(tmp_path, monkeypatch):
     first = noise_study.run("smoke", tmp_path, progress=False)
     assert set(first["system"]) == {"System 1", "System 3", "System 5", "System 0"}
@@ -195,6 +204,9 @@ def test_noise_study_writes_one_row_per_run_and_resumes(tmp_path, monkeypatch):
     monkeypatch.setattr(systems, "train_system", no_training)
     again = noise_study.run("smoke", tmp_path, progress=False)
     pd.testing.assert_frame_equal(again, saved)
+    argv = ["study", "noise", "--profile", "smoke", "--output-root", str(tmp_path), "-q"]
+    assert cli.main(argv) == 0  # `asd study noise` resumes the same study
+    pd.testing.assert_frame_equal(noise_study.read(tmp_path / noise_study.CSV), saved)
     # the study's data: the near SNR as asked, the noise path long
     settings = noise_study.dataset_config(config.load_profile("smoke")["noise_study"], -5.0)
     assert settings.near_snr_db == (-5.0, -5.0) and settings.noise_path_taps == 4096

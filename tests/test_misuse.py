@@ -57,14 +57,16 @@ def where(tree, out) -> list:
 # --- 1. a destination the project did not write ---------------------------------------------------
 
 
-def _write(tmp_path, tree, destination, out=None):
-    argv = ["write", "--profile", "smoke", "--data-root", str(tree)]
-    argv += ["--output-root", str(out or tmp_path / "out"), "--destination", str(destination)]
-    return submission.main(argv)
+def _write(tree, destination, out) -> str:
+    """The package of ``out`` written to ``destination``, refused: its one-line message."""
+    profile = config.load_profile("smoke")
+    with pytest.raises(errors.RunError) as refused:
+        submission.write_package(out, tree, profile, destination=destination)
+    return f"error: {refused.value}"
 
 
 @pytest.mark.parametrize("kind", ["notes", "output root", "its parent", "data root", "checkout"])
-def test_a_destination_the_project_did_not_write_is_never_deleted(tree, tmp_path, capsys, kind):
+def test_a_destination_the_project_did_not_write_is_never_deleted(tree, tmp_path, kind):
     notes = tmp_path / "notes"
     notes.mkdir()
     (notes / "todo.txt").write_text("my notes")
@@ -78,8 +80,7 @@ def test_a_destination_the_project_did_not_write_is_never_deleted(tree, tmp_path
         "checkout": config.REPO_ROOT,
     }[kind]
     before = snapshot(tmp_path), snapshot(tree)
-    assert _write(tmp_path, tree, destination, out) == 2
-    err = capsys.readouterr().err.strip().splitlines()
+    err = _write(tree, destination, out).splitlines()
     assert len(err) == 1 and f"--destination {destination} " in err[0], err
     expected = {
         "notes": "holds files this project did not write (e.g. 'todo.txt')",
@@ -236,9 +237,34 @@ def test_a_stage_run_before_its_inputs_says_what_to_run_first(
 
 
 def test_an_unknown_detect_system_suggests_the_known_one(tree, tmp_path, capsys):
-    argv = ["detect", *where(tree, tmp_path / "out"), "--system", "system 1"]
+    argv = ["detect", *where(tree, tmp_path / "out"), "--system", "Sytem 1"]
     line = one_line(capsys, *argv, tree, "--output", tmp_path / "d.csv")
-    assert "unknown system 'system 1'; did you mean 'System 1'?" in line
+    assert "no system 'Sytem 1': did you mean 'System 1'? this run made: nothing yet" in line
+    assert not (tmp_path / "d.csv").exists()
+
+
+def test_detect_matches_names_without_case_and_says_what_the_run_made(tree, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert asd(capsys, "prepare", *where(tree, out))[0] == 0
+    for system in ("System 1", "System 4", "baseline-MSE"):  # as if made: their scores
+        (out / "systems" / system).mkdir(parents=True)
+        (out / "systems" / system / stages.SCORES).write_text("machine_type\n")
+    run = stages.open_run("smoke", tree, out, write=False)
+    for typed, meant in [("system4", "System 4"), ("SYSTEM 4", "System 4"),
+                         ("baseline-mse", "baseline-MSE"), ("system_1", "System 1")]:  # fmt: skip
+        assert stages.detectable(run, typed) == meant
+    detect = ["detect", *where(tree, out), tree, "--output", tmp_path / "d.csv", "--system"]
+    line = one_line(capsys, *detect, "Sytem 4")
+    assert "no system 'Sytem 4': did you mean 'System 4'? this run made: baseline-MSE, " \
+        "System 1, System 4" in line  # fmt: skip
+    line = one_line(capsys, *detect, "system 7")
+    assert "System 7 has no results in" in line and '`asd train --system "System 7"`' in line
+    line = one_line(capsys, *detect, "System 1", "--machine-type", "Fann")
+    assert "no machine type 'Fann' in this run's training clips: did you mean 'fan'? it has: fan" \
+        in line  # fmt: skip
+    line = one_line(capsys, *detect, "System 1", "--machine-type", "FAN", "--section", "7")
+    assert "no section of fan '7' in this run's training clips" in line and "it has: 00" in line
+    assert stages._section_number("section_00") == stages._section_number("0") == "0"
     assert not (tmp_path / "d.csv").exists()
 
 
@@ -445,13 +471,13 @@ def test_a_long_recording_is_scored_in_windows_of_the_training_length(finished, 
 @pytest.mark.slow
 def test_a_package_destination_the_project_wrote_is_replaced(finished, tmp_path):
     profile, data_root, out = finished
-    argv = ["-q", "write", "--profile", str(profile), "--output-root", str(out)]
+    argv = ["package", "--profile", str(profile), "--data-root", data_root, "--output-root", out]
     destination = tmp_path / "package"
     for _ in range(2):
-        assert submission.main([*argv, "--destination", str(destination)]) == 0
+        assert cli.main([*map(str, argv), "-q", "--destination", str(destination)]) == 0
     assert (destination / files.MARKER).is_file() and (destination / "task2").is_dir()
     (destination / "mine.txt").write_text("mine")
-    assert submission.main([*argv, "--destination", str(destination)]) == 2
+    assert cli.main([*map(str, argv), "-q", "--destination", str(destination)]) == 2
     assert (destination / "mine.txt").read_text() == "mine"
 
 

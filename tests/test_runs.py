@@ -16,7 +16,7 @@ import nbformat
 import pytest
 import yaml
 
-from asd_utils import config, errors, runs
+from asd_utils import cli, config, errors, runs
 from asd_utils.config import REPO_ROOT
 from asd_utils.data import synth
 from asd_utils.report import pipeline
@@ -77,7 +77,7 @@ def test_an_output_root_that_is_a_file_is_refused_in_one_line(tmp_path, capsys):
     for root in (tmp_path / "file", tmp_path / "file" / "below"):
         with pytest.raises(errors.RunError, match="is a file, not a folder"):
             runs.check_output_root(root)
-    status = pipeline.main(["--profile", "smoke", "--output-root", str(tmp_path / "file")])
+    status = cli.main(["report", "--profile", "smoke", "--output-root", str(tmp_path / "file")])
     err = capsys.readouterr().err
     assert status == 2 and err.count("\n") == 1 and err.startswith("error: output root")
 
@@ -92,26 +92,27 @@ def test_a_read_only_output_root_is_refused_in_one_line(tmp_path):
 
 
 def test_the_pipeline_refuses_a_busy_output_root_before_anything(tmp_path, capsys):
-    with runs.OutputLock(tmp_path, command="python -m asd_utils.report.pipeline --profile quick"):
-        status = pipeline.main(["--profile", "smoke", "--output-root", str(tmp_path)])
+    with runs.OutputLock(tmp_path, command="asd report --profile quick"):
+        status = cli.main(["report", "--profile", "smoke", "--output-root", str(tmp_path)])
     err = capsys.readouterr().err
     assert status == 2 and err.count("\n") == 1
     assert "is in use by another run" in err and "--profile quick" in err
     assert not (tmp_path / runs.RECORD_NAME).exists()
-    assert pipeline.main(["--profile", "smoke", "--output-root", str(tmp_path), "--status"]) == 0
-    assert capsys.readouterr().out == f"{tmp_path}: no run recorded\n"
+    assert cli.main(["status", "--profile", "smoke", "--output-root", str(tmp_path)]) == 0
+    said = capsys.readouterr().out.splitlines()  # `asd status`: then the scores' headline
+    assert said[0] == f"{tmp_path}: no run recorded" and "no official scores" in said[1]
 
 
 def test_errors_are_one_line_and_a_traceback_only_when_asked(tmp_path, capsys, monkeypatch):
     monkeypatch.delenv(errors.DEBUG_ENV, raising=False)
     missing = str(tmp_path / "missing.yaml")
-    assert pipeline.main(["--profile", missing]) == 2
+    assert cli.main(["report", "--profile", missing]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: profile") and err.count("\n") == 1
-    assert pipeline.main(["--profile", missing, "--debug"]) == 2
+    assert cli.main(["report", "--profile", missing, "--debug"]) == 2
     assert "Traceback" in capsys.readouterr().err
     monkeypatch.setenv(errors.DEBUG_ENV, "1")
-    assert pipeline.main(["--profile", missing]) == 2
+    assert cli.main(["report", "--profile", missing]) == 2
     assert "Traceback" in capsys.readouterr().err
 
 
@@ -131,9 +132,10 @@ def test_the_training_command_gives_one_line_errors(tmp_path):
 RUNNER = """
 import sys
 from pathlib import Path
+from asd_utils import cli
 from asd_utils.report import pipeline
 pipeline.NOTEBOOK_DIR = Path(sys.argv[1])
-sys.exit(pipeline.main(sys.argv[2:]))
+sys.exit(cli.main(["report", *sys.argv[2:]]))
 """
 
 

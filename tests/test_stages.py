@@ -10,6 +10,7 @@ import pytest
 import soundfile as sf
 
 from asd_utils import cli, data, registry, stages
+from asd_utils.evaluation import official as official_files
 from asd_utils.report import analysis, book
 
 pytestmark = pytest.mark.slow  # every stage from the command line, on the smoke report's data
@@ -123,6 +124,67 @@ def test_a_bad_new_recording_is_refused_by_name_before_scoring(cli_run, tmp_path
     sf.write(mono / "one channel.wav", np.zeros(32000, "float32"), 16000)
     with pytest.raises(data.DataError, match="one channel.wav.*mono"):
         stages.new_clips([mono], channels=2)
+
+
+# every kind of system a run makes, named as a user might type it (the registry's families)
+DETECT_FAMILIES = {
+    "fine-tuned": "system 1",
+    "ensemble": "SYSTEM4",
+    "frozen": "system 0",
+    "floor": "Log-Mel Floor",
+    "autoencoder": "baseline-mse",
+}
+
+
+@pytest.mark.parametrize("kind", sorted(registry.KINDS))
+def test_every_kind_of_system_scores_new_recordings_as_its_official_files(cli_run, tmp_path, kind):
+    """System 4 through its members, System 0 (and 6), the floor, the baselines: a test clip
+    copied under another name gets its official score and decision, the run stays unwritten."""
+    _, out, _, _, _ = cli_run
+    run = stages.open_run(out / "profile.yaml", output_root=out, progress=False)
+    names = _new_recordings(run, tmp_path / "new")
+    made = [s for s in stages.written(run) if s in registry.of_kind(kind)]
+    assert made, f"the smoke run made no {kind} system"
+    typed = {DETECT_FAMILIES[kind]: made[0], **{s.lower().replace(" ", ""): s for s in made[1:]}}
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
+    for name, system in typed.items():
+        argv = ["detect", "--profile", str(out / "profile.yaml"), "--output-root", str(out)]
+        argv += ["--system", name, "--machine-type", "Fan", "--section", "0", "-q"]
+        target = tmp_path / f"{system}.csv"
+        assert cli.main([*argv, str(tmp_path / "new"), "--output", str(target)]) == 0, system
+        found = pd.read_csv(target)
+        official = stages.read_scores(run, system).set_index("file_name")
+        expected = official.loc[[names[f] for f in found["file"]], "anomaly_score"].to_numpy()
+        np.testing.assert_allclose(found["anomaly_score"], expected, rtol=1e-4, err_msg=system)
+        decided = official_files.read_system_scores(out / "systems" / system, "decision_result")
+        decided = decided.set_index("file_name")["decision_result"]
+        assert list(found["decision"]) == list(decided.loc[[names[f] for f in found["file"]]])
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()} == before
+
+
+def test_detect_to_standard_output_says_how_many_were_flagged_and_warns_of_a_smoke_run(
+    cli_run, tmp_path, capsys
+):
+    _, out, _, _, _ = cli_run
+    run = stages.open_run(out / "profile.yaml", output_root=out, progress=False)
+    _new_recordings(run, tmp_path / "new")
+    argv = ["detect", "--profile", str(out / "profile.yaml"), "--output-root", str(out)]
+    argv += ["--system", "System 4", "--machine-type", "fan", "--section", "section_00"]
+    capsys.readouterr()
+    assert cli.main([*argv, str(tmp_path / "new"), "--output", "-"]) == 0
+    said = capsys.readouterr()
+    lines = said.out.splitlines()
+    assert lines[0] == ",".join(stages.DETECTED) and len(lines) == 7  # the CSV, nothing else
+    flagged = sum(int(line.rsplit(",", 1)[1]) for line in lines[1:])
+    summary = [line for line in said.err.splitlines() if line.startswith("detect: ")]
+    assert (
+        f"detect: {flagged} of 6 recordings flagged anomalous by System 4 against fan "
+        "section 00 (threshold "
+        in summary[0]
+        and summary[0].endswith("standard output")
+    )
+    assert "comes from a smoke run" in summary[1]
+    assert "has randomly initialised members (System 1" in summary[1]
 
 
 def test_a_system_added_to_the_registry_alone_is_trained_scored_evaluated_shown_and_packaged(

@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from asd_utils import config, data, submission
+from asd_utils import cli, config, data, submission
 from asd_utils.evaluation import metrics, official
 from asd_utils.submission import SubmissionError
 from asd_utils.systems import recipes
@@ -77,6 +77,8 @@ def tree(tmp_path_factory):
     _wav(toydrone / "train" / "section_00_source_train_normal_0000_car_B1_spd_1.wav", rng)
     for name in EVAL_TEST:
         _wav(toydrone / "test" / name, rng)
+    # a target training clip too: `asd package` opens the run, whose entry check wants both domains
+    _wav(toydrone / "train" / "section_00_target_train_normal_0000_car_B1_spd_1.wav", rng)
 
     tables = []
     for k, system in enumerate(["System 1", "System 2", "System 4", "baseline-MSE", "System 3"]):
@@ -497,15 +499,16 @@ def test_ground_truth_skips_anonymous_clips(test_clips, tmp_path):
 
 def test_cli_check(package, tree, good_folder, capsys):
     data_root = str(tree["data_root"])
-    assert submission.main(["check", str(package / "task2"), "--data-root", data_root]) == 0
+    where = ["package", "--profile", "smoke", "--data-root", data_root, "--check"]
+    assert cli.main([*where, str(package / "task2")]) == 0
     out = capsys.readouterr().out
     assert out.startswith("ok:") and "FILL IN" in out
-    assert submission.main(["check", str(good_folder), "--data-root", data_root]) == 0
+    assert cli.main([*where, str(good_folder)]) == 0
     dev = str(package / "dev")
-    assert submission.main(["check", dev, "--data-root", data_root, "--set", "dev"]) == 0
+    assert cli.main([*where, dev, "--set", "dev"]) == 0
     capsys.readouterr()
     _score_csv(good_folder).write_text("file_name,anomaly_score\n")
-    assert submission.main(["check", str(good_folder), "--data-root", data_root]) == 2
+    assert cli.main([*where, str(good_folder)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1 and "line 1" in err
 
@@ -516,11 +519,11 @@ def test_cli_write(tree, tmp_path, capsys):
     full["submission"] = {**full["submission"], "label": LABEL, "systems": SYSTEMS}
     profile.write_text(yaml.safe_dump(full))
     destination = tmp_path / "out"
-    argv = ["write", "--profile", str(profile), "--data-root", str(tree["data_root"])]
+    argv = ["package", "--profile", str(profile), "--data-root", str(tree["data_root"])]
     argv += ["--output-root", str(tree["output_root"]), "--destination", str(destination)]
-    assert submission.main([*argv, "--systems", "System 2", "--label", "Roe_ABC"]) == 0
+    assert cli.main([*argv, "--systems", "System 2", "--label", "Roe_ABC"]) == 0
     said = capsys.readouterr().err  # what it did, logged on standard error
     assert "Roe_ABC_task2_1 = System 2" in said and "--teams_root_dir ../dev" in said
     assert (destination / "task2" / "Roe_ABC_task2_1" / "Roe_ABC_task2_1.meta.yaml").is_file()
-    assert submission.main([*argv, "--systems", "System 7"]) == 2
+    assert cli.main([*argv, "--systems", "System 7"]) == 2
     assert capsys.readouterr().err.startswith("error: systems ['System 7'] did not run")

@@ -61,7 +61,7 @@ def tiny_setup(tmp_path_factory):
     profile = config.load_profile("smoke")
     profile["data"]["synthetic_root"] = str(tmp / "data")
     profile["synth"].update(n_train_source=6, n_train_target=2, n_test=1)
-    for section in ("osscl", "beats_grl"):
+    for section in dict.fromkeys(registry.get(s).section for s in registry.of_kind("fine-tuned")):
         profile[section]["train"].update(steps=4, checkpoint_every=2, warmup_steps=1)
     path = tmp / "tiny.yaml"
     path.write_text(yaml.safe_dump(profile))

@@ -1,6 +1,6 @@
 """Run every notebook in order with a profile through papermill, then build the book.
 
-    python -m asd_utils.report.pipeline --profile quick [--data-root DIR] [--output-root DIR]
+    asd report --profile quick [--data-root DIR] [--output-root DIR]    (asd_utils.cli)
 
 Executed notebooks go to ``<output_root>/executed/`` (the source notebooks are never touched);
 the book is staged in ``<output_root>/book_source/`` (:mod:`asd_utils.report.book`: set-up cells
@@ -11,7 +11,6 @@ the profile, seed, paths, git commit, package versions and the time each stage t
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
@@ -24,7 +23,7 @@ import time
 from pathlib import Path
 
 from asd_utils import data, errors, runs, stages
-from asd_utils.config import REPO_ROOT, RunPaths, load_profile, resolve_paths
+from asd_utils.config import REPO_ROOT, RunPaths
 from asd_utils.report import book
 
 log = logging.getLogger(__name__)
@@ -443,52 +442,3 @@ def _run_locked(session: stages.Session, build_dir, book, only, kernel, workers=
             "book", build_book, paths, profile, Path(build_dir) if build_dir else REPO_ROOT
         )
         log.info("book built in %.0f s: %s", session.seconds["book"], html / "index.html")
-
-
-def main(argv: list[str] | None = None) -> int:
-    """The command line: runs :func:`run` (or, with ``--status``, says what the run in the
-    output root is doing); a user error is one line and exit status 2 (:mod:`asd_utils.errors`)."""
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--profile", required=True, help="smoke, quick, paper, or a YAML path")
-    parser.add_argument("--data-root", help="a DCASE tree (default: $DATA_ROOT, else synthetic)")
-    parser.add_argument(
-        "--output-root", help="results (default: $OUTPUT_ROOT, else outputs/<profile>)"
-    )
-    parser.add_argument(
-        "--build-dir", help="the book goes to <build-dir>/_build/html (default: repo root)"
-    )
-    parser.add_argument("--only", nargs="*", help="notebook numbers or names to run (default: all)")
-    parser.add_argument("--no-book", action="store_true", help="run the notebooks, skip the book")
-    parser.add_argument("--kernel", default="python3", help="Jupyter kernel name (default python3)")
-    parser.add_argument(
-        "--status",
-        action="store_true",
-        help="say what the run in the output root is doing (or how it ended), then stop",
-    )
-    errors.add_talk_options(parser)
-    errors.add_debug_option(parser)
-
-    def command(argv):
-        args = parser.parse_args(argv)
-        errors.configure_logging(args.quiet, args.verbose)
-        if args.status:
-            profile = load_profile(args.profile)
-            print(runs.status(resolve_paths(profile, args.data_root, args.output_root).output_root))
-            return
-        run(
-            args.profile,
-            args.data_root,
-            args.output_root,
-            args.build_dir,
-            not args.no_book,
-            args.only,
-            args.kernel,
-        )
-
-    return errors.run_command(command, argv)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

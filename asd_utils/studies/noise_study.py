@@ -10,8 +10,7 @@ the common loop at the study's size, and System 0's residual view (no training),
 the profile's default back end. With ``ablations``, System 5 variants at the middle SNR (where
 the modules go, a frozen backbone): analysis.
 
-    python -m asd_utils.studies.noise_study --profile quick [--output-root DIR]    (make
-    noise-study)
+    asd study noise --profile quick [--output-root DIR]    (make noise-study)
 
 Rows go to ``<output_root>/noise_study.csv`` (written after every run, atomically), each with
 the :func:`study_key` of the settings; a rerun skips the rows of the same key already there, so
@@ -20,7 +19,6 @@ an interrupted study resumes, and drops rows of other settings.
 
 from __future__ import annotations
 
-import argparse
 import copy
 import hashlib
 import json
@@ -30,7 +28,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from asd_utils import config, data, errors, files, registry, scoring, stages, systems
+from asd_utils import config, data, files, registry, scoring, stages, systems
 from asd_utils.data import synth
 from asd_utils.evaluation import metrics
 from asd_utils.systems import recipes, training_free
@@ -162,19 +160,3 @@ def run(
                 log.info("SNR %+g dB, seed %s, %s: official score %.2f %% (%.0f s)",
                          snr, seed, name, 100 * rows[-1]["hmean"], rows[-1]["seconds"])  # fmt: skip
     return pd.DataFrame(rows)
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--profile", required=True, help="smoke, quick, paper, or a YAML path")
-    parser.add_argument("--output-root", help="default: $OUTPUT_ROOT, else outputs/<profile>")
-    errors.add_talk_options(parser)
-    args = parser.parse_args()
-    errors.configure_logging(args.quiet, args.verbose)
-    start = time.perf_counter()
-    table = run(args.profile, args.output_root, progress=False)
-    log.info("%d rows in %.0f s", len(table), time.perf_counter() - start)
-
-
-if __name__ == "__main__":
-    main()

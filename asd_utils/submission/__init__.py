@@ -2,20 +2,20 @@
 (:mod:`~asd_utils.submission.check`), the dev ground truth for the official evaluator
 (:mod:`~asd_utils.submission.ground_truth`), the pre-filled meta file
 (:mod:`~asd_utils.submission.meta`), writing the package (:mod:`~asd_utils.submission.package`,
-whose docstring shows its layout) and ``python -m asd_utils.submission``
-(:mod:`~asd_utils.submission.command`). The names other modules use are re-exported here.
+whose docstring shows its layout); the command line is ``asd package`` (``--check`` checks a
+package). The names other modules use are re-exported here.
 """
 
 from asd_utils.evaluation.official import SubmissionError
 from asd_utils.submission.check import (
     MAX_SYSTEMS,
+    check_folder,
     check_package,
     meta_notes,
     placeholders,
     read_meta,
     system_folders,
 )
-from asd_utils.submission.command import main
 from asd_utils.submission.ground_truth import (
     GROUND_TRUTH_DIRS,
     evaluator_command,
@@ -44,11 +44,11 @@ __all__ = [
     "MAX_SYSTEMS",
     "SubmissionError",
     "build_meta",
+    "check_folder",
     "check_package",
     "choose_systems",
     "development_results",
     "evaluator_command",
-    "main",
     "meta_notes",
     "meta_text",
     "placeholders",

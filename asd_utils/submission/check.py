@@ -10,6 +10,7 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
+from asd_utils import data
 from asd_utils.evaluation import official
 from asd_utils.evaluation.official import SubmissionError
 from asd_utils.submission.meta import FILL_IN, MAX_ABBREVIATION
@@ -106,3 +107,38 @@ def check_package(package_dir: str | os.PathLike, test_clips: pd.DataFrame) -> N
                 f"not the folder name {folder.name!r}"
             )
         official.check(folder, test_clips)
+
+
+def check_folder(
+    directory: str | os.PathLike, data_root: str | os.PathLike, which: str | None = None
+) -> str:
+    """Check one system folder, or a folder of them (a package's ``task2/`` or ``dev/``), against
+    the ``which`` (``eval`` or ``dev``; default eval if ``data_root`` has any) test clips of
+    ``data_root`` (``asd package --check``): a package's against its meta files too. Returns
+    the ``ok:`` line and a ``to do:`` line per :func:`meta_notes` note; else
+    :class:`SubmissionError`."""
+    directory = Path(directory)
+    clips = data.index_dataset(Path(data_root), split="test")
+    which = which or ("eval" if (clips["dataset"] == "eval").any() else "dev")
+    test_clips = clips[clips["dataset"] == which]
+    subfolders = [p for p in directory.iterdir() if p.is_dir()] if directory.is_dir() else []
+    if not any(_SYSTEM_FOLDER.fullmatch(p.name) for p in subfolders):
+        official.check(directory, test_clips)
+        kinds = test_clips.groupby(["machine_type", "section"]).ngroups
+        return f"ok: {directory}: {kinds} machine types pass against the {which} test clips"
+    if which == "eval":
+        check_package(directory, test_clips)
+    else:
+        for folder in system_folders(directory):
+            official.check(folder, test_clips)
+    names = [folder.name for folder in system_folders(directory)]
+    notes = [
+        f"{name}: {note}"
+        for name in names
+        if (meta := directory / name / f"{name}.meta.yaml").is_file()
+        for note in meta_notes(read_meta(meta))
+    ]
+    summary = f"{len(names)} system folders ({', '.join(names)})"
+    return f"ok: {directory}: {summary} pass against the {which} test clips" + "".join(
+        f"\nto do: {note}" for note in notes
+    )

@@ -16,6 +16,7 @@ import torch
 from tqdm import tqdm
 
 from asd_utils.data import read_audio
+from asd_utils.files import atomic_path
 from asd_utils.frontends.features import log_mel, stack_frames
 from asd_utils.models.autoencoder import (
     AETrainConfig,
@@ -30,6 +31,8 @@ from asd_utils.models.autoencoder import (
 
 SCORE_COLUMNS = ("mse", "mahalanobis")
 """The two baseline variants, by the name of their score column."""
+MODELS = "autoencoders.pt"
+"""The file of a run's trained autoencoders, one per machine type (:func:`save_models`)."""
 
 
 @dataclass(frozen=True)
@@ -251,3 +254,25 @@ def out_of_fold_mahalanobis(
 def seed_everything(seed: int) -> None:
     """Seed torch's global generator (everything else here takes explicit generators)."""
     torch.manual_seed(seed)
+
+
+def save_models(models: dict[str, AutoEncoder], path) -> None:
+    """Save one trained autoencoder per machine type (``{machine_type: model}``) to ``path``
+    (atomically): each model's input size and weights, what :func:`load_models` needs."""
+    saved = {
+        machine_type: {"input_dim": model.decoder[-1].out_features, "state": model.state_dict()}
+        for machine_type, model in models.items()
+    }
+    with atomic_path(path) as tmp:
+        torch.save(saved, tmp)
+
+
+def load_models(path) -> dict[str, AutoEncoder]:
+    """The autoencoders :func:`save_models` wrote, ``{machine_type: model}``, in eval mode on
+    the CPU."""
+    models = {}
+    for machine_type, saved in torch.load(path, map_location="cpu", weights_only=True).items():
+        model = AutoEncoder(saved["input_dim"])
+        model.load_state_dict(saved["state"])
+        models[machine_type] = model.eval()
+    return models

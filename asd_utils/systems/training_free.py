@@ -180,6 +180,7 @@ def embed_channels(
     cache_dir: str | os.PathLike | None = None,
     autocast: torch.dtype | None = None,
     progress: bool = True,
+    write_cache: bool = True,
 ) -> dict[str, np.ndarray]:
     """Embeddings of every clip of ``table`` per channel: ``{channel: (N, layers, dim)}``.
 
@@ -189,7 +190,8 @@ def embed_channels(
     causal, so the zero padding after a short clip does not change it). Each channel is cached
     as ``frozen_<key>.npy`` under ``cache_dir``, keyed by the weights, blocks, pooling, clips,
     channel and front-end settings (:func:`asd_utils.scoring.embedding_cache_key`): a cached
-    channel is read, the others computed in one pass that reads each clip once.
+    channel is read, the others computed in one pass that reads each clip once (and cached
+    unless ``write_cache`` is False: a read-only run, ``asd detect``).
     """
     if table.empty:
         raise ValueError("embed_channels was given an empty table")
@@ -236,7 +238,7 @@ def embed_channels(
             scoring.check_finite(batch, table["path"].to_numpy()[rows], name, computed_in)
             result[channel][rows] = batch
     for channel in todo:
-        if channel in paths:
+        if channel in paths and write_cache:
             with atomic_path(paths[channel]) as tmp, open(tmp, "wb") as f:
                 np.save(f, result[channel])
         out[channel] = result[channel]
@@ -249,6 +251,7 @@ def embed(
     cache_dir: str | os.PathLike | None = None,
     progress: bool = True,
     system: str = SYSTEM,
+    write_cache: bool = True,
 ) -> tuple[dict[str, np.ndarray], FrozenEncoder, dict]:
     """A frozen system for a run (default System 0): the encoder of its section, on the channels
     of its ``view`` and ``sweep_views`` (an analysis) that the clips allow, on the GPU
@@ -260,7 +263,7 @@ def embed(
     Returns ``(embeddings, encoder, section)``: the float32 encoder, the section with
     ``precision`` (the decision, :meth:`asd_utils.models.precision.Precision.to_dict`, and ``how``)
     added; see :func:`embed_channels` (the cache key holds the weights' dtype and the
-    autocast)."""
+    autocast; ``write_cache``: False reads the cache, writes none)."""
     encoder, section = build_encoder(profile, system=system)
     chosen = systems.resolved_precision(profile, system)
     device = precision.default_device()
@@ -280,8 +283,15 @@ def embed(
         cache_dir,
         autocast,
         progress,
+        write_cache,
     )
     return embeddings, encoder.cpu(), section
+
+
+def bands(encoder: FrozenEncoder, section: dict) -> int:
+    """Frequency bands in one of the encoder's vectors: its ``n_freq`` for the band-preserving
+    poolings (``time_*``), else 1."""
+    return encoder.n_freq if section["pooling"].startswith("time_") else 1
 
 
 # --- the log-mel floor ----------------------------------------------------------------------------
@@ -305,11 +315,13 @@ def logmel_statistics(
     cache_dir: str | os.PathLike | None = None,
     batch_size: int = 64,
     progress: bool = True,
+    write_cache: bool = True,
 ) -> np.ndarray:
     """Each clip's mean and standard deviation per mel band over its frames, near channel:
     (N, 2 · 128) float32 ([means, deviations]). The log-mel is the backbones' 128-band Kaldi
     fbank (25 ms windows every 10 ms); only each clip's own frames count in a padded batch.
-    Cached as ``logmel_<key>.npy`` under ``cache_dir`` (clips and code as the key)."""
+    Cached as ``logmel_<key>.npy`` under ``cache_dir`` (clips and code as the key; read only
+    when ``write_cache`` is False)."""
     if table.empty:
         raise ValueError("logmel_statistics was given an empty table")
     path = None
@@ -325,7 +337,7 @@ def logmel_statistics(
         mean = (fbank * mask).sum(1) / count
         std = ((((fbank - mean.unsqueeze(1)) * mask) ** 2).sum(1) / count).sqrt()
         out[rows] = torch.cat([mean, std], dim=1).numpy()
-    if path is not None:
+    if path is not None and write_cache:
         with atomic_path(path) as tmp, open(tmp, "wb") as f:
             np.save(f, out)
     return out
