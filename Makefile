@@ -61,8 +61,8 @@ bench: setup  ## speed benchmarks (not part of make test)
 rehearsal: setup  ## every stage at the real data size (14,400 clips), each timed with its peak memory; ARGS="--train-fraction 0.25"
 	$(PY) benchmarks/rehearse.py $(ARGS)
 
-seeds: setup  ## System 1 and the AE baseline over several seeds (about 3.5 min per seed under quick)
-	$(PY) benchmarks/bench_seeds.py --profile $(PROFILE)
+seeds: setup  ## System 1 and the AE baseline over several seeds (about 3.5 min per seed under quick); CLASSES="names auto": every fine-tuned system per class scheme, System 7 with its own (bench_classes.csv)
+	$(PY) benchmarks/bench_seeds.py --profile $(PROFILE) $(if $(CLASSES),--classes $(CLASSES))
 
 noise-study: setup  ## System 5's SNR study: Systems 1, 3, 5 and 0 per near-mic SNR and seed (quick: ~20 min)
 	$(VENV)/bin/asd study noise --profile $(PROFILE)

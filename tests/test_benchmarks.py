@@ -64,3 +64,43 @@ def test_the_benchmarks_take_their_systems_from_the_registry(monkeypatch):
                           "a new recipe", recipe="NewRecipe")  # fmt: skip
     monkeypatch.setitem(registry.REGISTRY, "System 9", new)
     assert registry.one_per_recipe() == ["System 1", "System 2", "System 5", "System 7", "System 9"]
+
+
+def test_bench_seeds_compares_the_class_schemes_of_the_registrys_systems(monkeypatch):
+    """``bench_seeds.py --classes``: the fine-tuned systems from the registry, each section's
+    class scheme set in memory; the chapter's table: mean ± sd over seeds, with / without
+    attributes, the lift of pseudo-attributes and whether it beats the autoencoder."""
+    import importlib
+
+    from asd_utils import config
+    from asd_utils.report import analysis
+
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    bench_seeds = importlib.import_module("bench_seeds")
+    quick = config.load_profile("quick")
+    systems = (["System 1", "System 2", "System 3", "System 5"], ["System 7"])
+    assert bench_seeds.class_systems(quick) == systems
+    auto = bench_seeds.with_classes(quick, "System 1", "auto")
+    assert (auto.osscl.classes.scheme, auto.osscl.classes.by_domain) == ("auto", True)
+    assert quick.osscl.classes is None  # the base profile unchanged
+    assert config.validate_profile(auto.plain()).osscl.classes.scheme == "auto"
+    names = bench_seeds.with_classes(quick, "System 7", "names").lora_beats.classes
+    assert (names.scheme, names.seed) == ("names", 42)  # the section's other keys kept
+    assert bench_seeds.with_classes(quick, "System 1", "profile") is quick
+
+    kinds = (("all", None, 0), ("fan", True, 1), ("ToyCar", False, -1))  # machine types
+    runs = (("S", "names", 50), ("S", "auto", 56), ("AE", "none", 55))
+    rows = [
+        {"system": system, "classes": classes, "seed": seed, "machine_type": machine,
+         "attributes": attributes, "hmean": score + seed + offset}
+        for system, classes, score in runs
+        for seed in (0, 2)
+        for machine, attributes, offset in kinds
+    ]  # fmt: skip
+    comparison = analysis.class_comparison(pd.DataFrame(rows))
+    assert comparison.loc[("S", "auto"), "all mean"] == 57 and comparison["seeds"].eq(2).all()
+    assert comparison.loc[("S", "auto"), "all sd"] == pytest.approx(2**0.5)
+    assert comparison.loc[("S", "names"), ["with mean", "without mean"]].tolist() == [52, 50]
+    lift = analysis.pseudo_lift(comparison, reference="AE")
+    assert lift.loc["S", ["names", "pseudo", "lift", "AE"]].tolist() == [51, 57, 6, 56]
+    assert bool(lift.loc["S", "above"])

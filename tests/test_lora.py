@@ -192,3 +192,33 @@ def test_kill_and_resume_of_a_lora_run_is_bit_identical(tmp_path):
     for name, value in full.model.backbone.named_parameters():
         if not value.requires_grad:  # the base is the fixture's, untouched by training
             assert torch.equal(value, base[name.replace(".base_layer", "")]), name
+
+
+def test_a_lora_checkpoint_keeps_what_trains_and_names_its_base(tmp_path):
+    """A LoRA run's checkpoints hold the trainable weights (adapters, head) and the optimiser,
+    the frozen base by its checksum; resuming on another base is refused, naming both."""
+    from test_training import make_clips, small_config
+
+    from asd_utils import training
+
+    root = tmp_path / "data"
+    make_clips(root, samples=4000)
+    model, loss, dataset = build_lora_run(root)
+    config = small_config(steps=2, checkpoint_every=2, spec_augment_freq=8)
+    training.train(model, loss, dataset, config, tmp_path / "run", progress=False)
+    folder = training.latest_checkpoint(tmp_path / "run")
+    trainable = set(lora.trainable_state_dict(model))
+    for name in (training.MODEL_WEIGHTS, training.EMA_WEIGHTS):
+        assert set(load_file(folder / name)) == trainable  # no base tensor saved
+        full = (tmp_path / "run" / name).stat().st_size  # the final weights: the whole model
+        assert (folder / name).stat().st_size < 0.25 * full
+    state = torch.load(folder / training.TRAIN_STATE, weights_only=True)
+    assert state["base_checksum"] == lora.frozen_checksum(model)
+
+    other, loss, dataset = build_lora_run(root)
+    with torch.no_grad():  # another base: one frozen weight differs
+        next(p for p in other.parameters() if not p.requires_grad).add_(1.0)
+    longer = small_config(steps=4, checkpoint_every=2, spec_augment_freq=8)
+    expected = f"{state['base_checksum']}.*{lora.frozen_checksum(other)}"
+    with pytest.raises(ValueError, match=expected):
+        training.train(other, loss, dataset, longer, tmp_path / "run", resume=True, progress=False)

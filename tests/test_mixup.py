@@ -49,3 +49,51 @@ def test_unmixed_clips_are_unchanged_and_lengths_take_the_longer():
     assert (new >= lengths).all()
     again = mixup(x, lengths, torch.arange(8), 0.5, seed=1)
     assert torch.equal(again[0], mixed)  # same seed, same mix
+
+
+class Recording(torch.nn.Module):
+    """SCAdaCos (which takes a weight per clip) that keeps each micro-batch's mixup weights."""
+
+    per_clip_mixup = True
+
+    def __init__(self, num_classes: int, dim: int):
+        super().__init__()
+        from asd_utils.models.losses import SCAdaCosLoss
+
+        self.loss, self.weights = SCAdaCosLoss(num_classes, dim, sub_clusters=2), []
+
+    def forward(self, outputs, labels, mix=None):
+        self.weights.append(None if mix is None else mix[1].detach().clone())
+        return self.loss(outputs, labels, mix=mix)
+
+
+def test_the_loop_mixes_each_clip_with_probability_p(tmp_path):
+    """``mixup_prob``: per micro-batch every clip is mixed or not on its own draw (some clips
+    of one batch mixed, others not); about p of all clips; resumable (seeded by position)."""
+    from test_training import TinyBackbone, make_clips, small_config
+
+    from asd_utils import data, training
+    from asd_utils.models.heads import EmbeddingModel
+    from asd_utils.training import ClipDataset
+
+    table = make_clips(tmp_path / "data", n_per_class=8)
+    ids, names = data.attribute_classes(table)
+    model = EmbeddingModel(TinyBackbone(), projection_dim=4)
+    loss = Recording(len(names), model.embed_dim)
+    dataset = ClipDataset(table, ids, length=1500, progress=False)
+    config = small_config(steps=20, batch_size=8, grad_accumulation=1, mixup_prob=0.5)
+    training.train(model, loss, dataset, config, tmp_path / "run", progress=False)
+    weights = torch.stack(loss.weights)  # (micro-batches, clips)
+    mixed = weights < 1
+    assert weights.shape == (20, 8) and (weights <= 1).all() and (weights >= 0).all()
+    assert (mixed.any(1) & (~mixed).any(1)).sum() > 10  # per clip: batches mixed in part
+    assert mixed.float().mean().item() == pytest.approx(0.5, abs=0.12)
+    with pytest.raises(ValueError, match="mixup_prob"):
+        small_config(mixup_prob=1.5)
+    with pytest.raises(ValueError, match="mixup_alpha.*mixup_prob|mixup_prob.*mixup_alpha"):
+        small_config(mixup_prob=0.5, mixup_alpha=1.0)
+    from asd_utils.models.losses import OSSCLLoss
+
+    one_weight = OSSCLLoss(len(names), model.embed_dim, sub_centers=2, temperature=0.1)
+    with pytest.raises(ValueError, match="per clip"):
+        training.train(model, one_weight, dataset, config, tmp_path / "other", progress=False)

@@ -250,3 +250,38 @@ def test_system3_reads_the_canceller_the_anc_section_names():
     assert systems.front_end(w1, "System 1")[2] is None  # the near channel, unchanged
     described = recipes.of("System 3").describe("System 3", w1)[0]["front_end"]
     assert "W1" in described
+
+
+def test_a_class_scheme_gives_system1_pseudo_attributes_of_each_training_clip_once(tree, tmp_path):
+    """Systems 1-5 take a section's ``classes`` block (issue 36): none, the name classes and the
+    run folder as before; ``auto``, log-mel clusters (no weights) for ToyCar, a repeated target
+    clip in its one class, the assignment in the run-folder key and the meta file."""
+    profile = config.load_profile("smoke")
+    recipe = recipes.of("System 1")
+    clips = data.index_dataset(tree)
+    train = clips[clips["split"] == "train"].reset_index(drop=True)
+    plain = recipe.classes(profile, clips)
+    ids, names = data.attribute_classes(train, by_domain=False)
+    assert plain.names == list(names) and np.array_equal(plain.ids, ids)
+    assert recipe.key(profile, plain) == {}
+    folder = systems.run_dir(tmp_path, profile, "System 1", tree)
+
+    scheme = schema.ClassSettings(scheme="auto", by_domain=False, source_clusters=3)
+    profile = profile.model_copy(
+        update={"osscl": profile.osscl.model_copy(update={"classes": scheme})}
+    )
+    made = recipe.classes(profile, clips)
+    assert made.clustered == (("ToyCar", "00"),) and len(made.ids) == len(train)
+    toy = [n for n in made.names if n.startswith("ToyCar/")]
+    assert len([n for n in toy if "/pseudo-s" in n]) == 3 and len(toy) == 4
+    assert [n for n in made.names if n.startswith("fan/")] == [
+        n for n in names if n.startswith("fan/")
+    ]  # fan's names carry attributes: its name classes, unchanged
+    repeated = systems.repeat_target_clips(train, 3)
+    again = recipe.classes(profile, repeated)
+    by_path = dict(zip(made.table["path"], np.asarray(made.names)[made.ids], strict=True))
+    assert list(np.asarray(again.names)[again.ids]) == [by_path[p] for p in repeated["path"]]
+    assert recipe.key(profile, made) == {"classes": classes.assignment_key(made)}
+    assert systems.run_dir(tmp_path, profile, "System 1", tree) != folder
+    usage = recipe.describe("System 1", profile)[0]["attribute_usage"]
+    assert "scheme 'auto'" in usage and "kmeans clusters" in usage

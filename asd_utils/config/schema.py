@@ -133,6 +133,7 @@ class Train(Section):
     adam_eps: PositiveFloat | None = None
     max_grad_norm: PositiveFloat | None = None
     mixup_alpha: NonNegativeFloat | None = None
+    mixup_prob: Annotated[float, Field(ge=0, le=1)] | None = None  # mixup per clip
     seed: int | None = None  # None: the profile's seed
     keep_checkpoints: NonNegativeInt | None = None
     log_every: PositiveInt | None = None
@@ -161,8 +162,30 @@ class GRLLoss(Section):
     hidden_dim: PositiveInt | None = None
 
 
+class ClassSettings(Plain):
+    """How a system's classes are made (a profile's ``classes`` block;
+    :mod:`asd_utils.systems.classes`).
+
+    ``scheme``: :data:`asd_utils.systems.classes.SCHEMES`; ``method``: ``kmeans``
+    (scikit-learn, ``n_init`` restarts from ``seed``) or ``ward`` (agglomerative,
+    deterministic); ``source_clusters`` / ``target_clusters`` per machine type and section
+    (asd03: 7 and 1); ``by_domain``: append the domain to name classes (cluster classes always
+    carry it); ``seed``: None takes the run's seed.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    scheme: Literal["names", "pseudo", "auto"] = "auto"
+    method: Literal["kmeans", "ward"] = "kmeans"
+    source_clusters: PositiveInt = 7
+    target_clusters: PositiveInt = 1
+    by_domain: bool = True
+    n_init: PositiveInt = 10
+    seed: NonNegativeInt | None = None
+
+
 class FineTuned(Section):
-    """What the fine-tuned systems share (:mod:`asd_utils.systems`)."""
+    """What the fine-tuned systems share (:mod:`asd_utils.systems`). ``classes`` (optional
+    beside System 7): a class scheme (:class:`ClassSettings`) instead of the name classes."""
 
     backbone: Literal["eat", "beats"]
     size: Literal["tiny", "base"]
@@ -173,6 +196,7 @@ class FineTuned(Section):
     train: Train
     knn_k: PositiveInt
     embed_batch_size: PositiveInt
+    classes: ClassSettings | None = None
 
 
 class OSSCL(FineTuned):
@@ -208,27 +232,6 @@ class BEATsGRL(FineTuned):
     backbone: Literal["beats"]
     loss: GRLLoss
     ablation_lambda_zero: bool
-
-
-class ClassSettings(Plain):
-    """How a system's classes are made (a profile's ``classes`` block;
-    :mod:`asd_utils.systems.classes`).
-
-    ``scheme``: :data:`asd_utils.systems.classes.SCHEMES`; ``method``: ``kmeans``
-    (scikit-learn, ``n_init`` restarts from ``seed``) or ``ward`` (agglomerative,
-    deterministic); ``source_clusters`` / ``target_clusters`` per machine type and section
-    (asd03: 7 and 1); ``by_domain``: append the domain to name classes (cluster classes always
-    carry it); ``seed``: None takes the run's seed.
-    """
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-    scheme: Literal["names", "pseudo", "auto"] = "auto"
-    method: Literal["kmeans", "ward"] = "kmeans"
-    source_clusters: PositiveInt = 7
-    target_clusters: PositiveInt = 1
-    by_domain: bool = True
-    n_init: PositiveInt = 10
-    seed: NonNegativeInt | None = None
 
 
 class LoRA(Section):

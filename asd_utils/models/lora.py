@@ -62,6 +62,11 @@ def add_lora(
     return model
 
 
+def has_adapters(model: nn.Module) -> bool:
+    """Whether ``model`` carries LoRA adapters (a parameter named as peft names them)."""
+    return any(ADAPTER in name for name, _ in model.named_parameters())
+
+
 def adapter_layers(model: nn.Module) -> dict[str, nn.Module]:
     """The LoRA layers of ``model`` by qualified name (peft's tuner layers)."""
     from peft.tuners.tuners_utils import BaseTunerLayer

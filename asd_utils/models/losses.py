@@ -221,6 +221,8 @@ class SCAdaCosLoss(nn.Module):
     loss's weights). Computed in float32 outside autocast.
     """
 
+    per_clip_mixup = True  # soft targets take one mixup weight per clip (the loop's mixup_prob)
+
     def __init__(
         self,
         num_classes: int,

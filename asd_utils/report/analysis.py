@@ -86,3 +86,46 @@ def view_scores(
     return pd.DataFrame.from_dict(rows, orient="index", columns=list(backends)).rename_axis(
         "front end"
     )
+
+
+def class_comparison(table: pd.DataFrame) -> pd.DataFrame:
+    """The class-scheme comparison of ``bench_seeds.py --classes`` (``bench_classes.csv``: one
+    row per system, classes, seed and machine type, official score ``hmean`` in %): per system
+    × classes the mean and standard deviation over seeds of the official score (``all``), and
+    of the mean per-machine-type score of the machine types ``with`` and ``without``
+    attributes in their names; ``seeds`` the number of seeds. Sorted by the mean score."""
+    overall = table[table["machine_type"] == "all"].set_index(["system", "classes", "seed"])
+    types = table[table["machine_type"] != "all"].assign(
+        part=lambda t: (
+            t["attributes"].astype(str).str.lower().map({"true": "with", "false": "without"})
+        )
+    )
+    per_seed = types.pivot_table("hmean", ["system", "classes", "seed"], "part", "mean")
+    per_seed["all"] = overall["hmean"]
+    grouped = per_seed.groupby(level=["system", "classes"])
+    parts = [c for c in ("all", "with", "without") if c in per_seed]
+    out = pd.concat({"mean": grouped[parts].mean(), "sd": grouped[parts].std()}, axis=1)
+    out.columns = [f"{part} {stat}" for stat, part in out.columns]
+    out = out[[f"{p} {s}" for p in parts for s in ("mean", "sd")]]
+    out["seeds"] = grouped.size()
+    return out.sort_values("all mean", ascending=False)
+
+
+def pseudo_lift(comparison: pd.DataFrame, reference: str = "baseline-MAHALA") -> pd.DataFrame:
+    """Per system trained with name classes and with pseudo-attributes (``auto`` or ``pseudo``)
+    in :func:`class_comparison`'s table: the two mean official scores, the lift and whether
+    the pseudo-attribute score beats ``reference``'s (the autoencoder's) mean."""
+    means = comparison["all mean"].unstack("classes")
+    pseudo = [c for c in ("auto", "pseudo") if c in means]
+    if "names" not in means or not pseudo or reference not in means.index:
+        return pd.DataFrame(columns=["names", "classes", "pseudo", "lift", reference, "above"])
+    rows = means[["names", *pseudo]].dropna(subset=["names"]).drop(reference, errors="ignore")
+    out = []
+    for scheme in pseudo:
+        part = rows[["names", scheme]].dropna().rename(columns={scheme: "pseudo"})
+        out.append(part.assign(classes=scheme))
+    out = pd.concat(out)
+    out["lift"] = out["pseudo"] - out["names"]
+    out[reference] = means.loc[reference].dropna().iloc[0]
+    out["above"] = out["pseudo"] > out[reference]
+    return out[["names", "classes", "pseudo", "lift", reference, "above"]]

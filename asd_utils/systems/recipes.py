@@ -33,7 +33,7 @@ from torch import nn
 
 from asd_utils import data, registry
 from asd_utils.config import prose
-from asd_utils.config.schema import LoRABEATs, Profile, Section
+from asd_utils.config.schema import ClassSettings, LoRABEATs, Profile, Section
 from asd_utils.frontends import anc, twochannel
 from asd_utils.models import lora
 from asd_utils.models.beats import BEATs, BEATsConfig
@@ -64,6 +64,28 @@ def build_backbone(kind: str, size: str = "tiny", checkpoint: str = "") -> nn.Mo
 def _canceller(profile: Profile) -> str:
     """System 3's canceller (the ``anc`` section's ``canceller``)."""
     return profile.anc.canceller
+
+
+_FEATURES: dict[str, np.ndarray] = {}  # pseudo-attribute features by key, once per process
+
+
+def _features_key(parts: list) -> str:
+    return hashlib.sha256(json.dumps(parts).encode()).hexdigest()
+
+
+def _scheme_usage(scheme: ClassSettings) -> str:
+    """The meta file's ``attribute_usage`` of a section with a class scheme."""
+    names = "machine type x section x attribute string" + (" x domain" if scheme.by_domain else "")
+    clusters = (
+        f"{scheme.method} clusters of frozen features of the training clips only "
+        f"({scheme.source_clusters} source, {scheme.target_clusters} target)"
+    )
+    where = {
+        "names": f"{names} of the file names",
+        "auto": f"{names} where file names carry attributes; where they do not, {clusters}",
+        "pseudo": f"pseudo-attributes for every machine type: {clusters}",
+    }
+    return f"classes by scheme '{scheme.scheme}': {where[scheme.scheme]}"
 
 
 def _denoise(audio: np.ndarray, **options) -> np.ndarray:
@@ -106,14 +128,69 @@ class Recipe:
         """Whether name classes carry the domain (the section's ``classes_by_domain``)."""
         return settings.classes_by_domain
 
+    def scheme(self, settings: Section) -> ClassSettings | None:
+        """The section's class scheme (its ``classes`` block), or None: the name classes."""
+        return getattr(settings, "classes", None)
+
     def classes(self, profile: Profile, table: pd.DataFrame, progress: bool = False):
         """The classes of the training rows of ``table`` (:class:`~asd_utils.systems.classes.
-        Classes`): machine type × section × attribute string (× domain), from the names (a
-        table without ``split`` is all training clips)."""
+        Classes`; a table without ``split`` is all training clips): machine type × section ×
+        attribute string (× domain) from the names, or by the section's class scheme
+        (:meth:`scheme`; clusters of :meth:`features` of each clip once, however often
+        ``table`` lists it, e.g. repeated target clips)."""
         train = table if "split" not in table else table[table["split"] == "train"]
         train = train.reset_index(drop=True)
-        ids, names = data.attribute_classes(train, by_domain=self.by_domain(self.settings(profile)))
-        return class_schemes.Classes(np.asarray(ids), list(names), train, ())
+        settings = self.settings(profile)
+        scheme = self.scheme(settings)
+        if scheme is None:
+            ids, names = data.attribute_classes(train, by_domain=self.by_domain(settings))
+            return class_schemes.Classes(np.asarray(ids), list(names), train, ())
+        clips = train.drop_duplicates("path").reset_index(drop=True).assign(split="train")
+        features = None
+        if scheme.scheme != "names":
+            features = self.features(settings, clips, profile.seed, progress)
+        made = class_schemes.make_classes(clips, features, scheme, seed=profile.seed)
+        if len(clips) == len(train):
+            return made
+        rows = pd.Index(clips["path"]).get_indexer(train["path"])
+        return class_schemes.Classes(made.ids[rows], made.names, train, made.clustered)
+
+    def features(self, settings: Section, train: pd.DataFrame, seed: int, progress: bool = False):
+        """Features of the training clips for pseudo-attributes: the frozen backbone's (official
+        weights) time-mean band features of the system's view, or without weights the log-mel
+        floor's statistics of the near channel
+        (:func:`asd_utils.systems.classes.logmel_features`); cached once per process."""
+        if not settings.checkpoint:
+            key = _features_key(["logmel", list(train["path"])])
+            if key not in _FEATURES:
+                _FEATURES[key] = class_schemes.logmel_features(train, progress=progress)
+            return _FEATURES[key]
+        return self.backbone_features(settings, train, seed, progress)
+
+    def backbone_features(self, settings: Section, train: pd.DataFrame, seed: int, progress=False):
+        """The frozen base's time-mean band features of the training clips' view, (N, bands ·
+        D): the system's own front end where it is a view (``near``, ``w1``), else near."""
+        key = _features_key(
+            [
+                settings.backbone,
+                settings.size,
+                settings.checkpoint,
+                seed,
+                self.entry.reads,
+                list(train["path"]),
+            ]
+        )
+        if key not in _FEATURES:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                encoder = FrozenEncoder(Recipe.backbone(self, settings), [-1], "time_mean")
+            channel = (
+                self.entry.reads if self.entry.reads in (registry.NEAR, registry.W1) else "near"
+            )
+            _FEATURES[key] = class_schemes.frozen_features(
+                encoder, train, channel, progress=progress
+            )
+        return _FEATURES[key]
 
     def backbone(self, settings: Section) -> nn.Module:
         """The encoder that trains (random weights drawn from the caller's seed)."""
@@ -128,8 +205,12 @@ class Recipe:
         raise NotImplementedError
 
     def key(self, profile: Profile, classes) -> dict:
-        """Parts of the run-folder key beside the section, front end, seed and clips."""
-        return {}
+        """Parts of the run-folder key beside the section, front end, seed and clips: the class
+        assignment where the section has a class scheme
+        (:func:`asd_utils.systems.classes.assignment_key`)."""
+        if self.scheme(self.settings(profile)) is None:
+            return {}
+        return {"classes": class_schemes.assignment_key(classes)}
 
     def embedder(self, model: nn.Module, settings: Section) -> nn.Module:
         """What embeds a clip for scoring (``embed(waveform, lengths)``): the trained model."""
@@ -182,6 +263,8 @@ class OSSCL(Recipe):
                 + (" x domain" if section.classes_by_domain else "")
                 + " (machine types without attributes: one class per section"
                 + (" and domain)" if section.classes_by_domain else ")")
+                if self.scheme(section) is None
+                else _scheme_usage(self.scheme(section))
             ),
             "external_data_usage": (
                 "pre-trained EAT checkpoint" if prose.checkpoint(section) else None
@@ -276,9 +359,11 @@ class GRL(Recipe):
                 "layer"
             ),
             attribute_usage=(
-                "classes = machine type x section x attribute string x domain; the domain "
-                "labels train the gradient-reversal domain classifier"
-            ),
+                "classes = machine type x section x attribute string x domain"
+                if self.scheme(section) is None
+                else _scheme_usage(self.scheme(section))
+            )
+            + "; the domain labels train the gradient-reversal domain classifier",
             external_data_usage=(
                 "pre-trained BEATs checkpoint" if prose.checkpoint(section) else None
             ),
@@ -305,9 +390,6 @@ class BandEmbedder(nn.Module):
         return self.encoder.embed(waveform, lengths)[:, -1]
 
 
-_FEATURES: dict[str, np.ndarray] = {}  # pseudo-attribute features by key, once per process
-
-
 class LoRASCAdaCos(Recipe):
     """System 7, the strongest public recipe (kasahart/asd-experiments ``reproduction/asd03``
     after ASDKit): LoRA on a frozen BEATs (:func:`asd_utils.models.lora.add_lora`), attentive
@@ -320,37 +402,9 @@ class LoRASCAdaCos(Recipe):
     kind = "LoRA-SCAdaCos"
     scoring = SCORING | {"backend", "gamma"}
 
-    def classes(self, profile: Profile, table: pd.DataFrame, progress: bool = False):
-        settings = self.settings(profile)
-        scheme = settings.classes
-        train = table[table["split"] == "train"].reset_index(drop=True)
-        features = None
-        if scheme.scheme != "names":
-            features = self.features(settings, train, profile.seed, progress)
-        return class_schemes.make_classes(train, features, scheme, seed=profile.seed)
-
-    def features(self, settings: LoRABEATs, train: pd.DataFrame, seed: int, progress: bool = False):
-        """The frozen base's time-mean band features of the training clips' view, (N, 8 · D)."""
-        key = json.dumps(
-            [
-                settings.backbone,
-                settings.size,
-                settings.checkpoint,
-                seed,
-                self.entry.reads,
-                list(train["path"]),
-            ]
-        )
-        key = hashlib.sha256(key.encode()).hexdigest()
-        if key not in _FEATURES:
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(seed)
-                encoder = FrozenEncoder(super().backbone(settings), [-1], "time_mean")
-            channel = self.entry.reads if self.entry.reads != registry.NEAR_FAR else "near"
-            _FEATURES[key] = class_schemes.frozen_features(
-                encoder, train, channel, progress=progress
-            )
-        return _FEATURES[key]
+    def features(self, settings: LoRABEATs, train: pd.DataFrame, seed: int, progress=False):
+        """The frozen base's features (:meth:`Recipe.backbone_features`), random-init ones too."""
+        return self.backbone_features(settings, train, seed, progress)
 
     def backbone(self, settings: LoRABEATs) -> nn.Module:
         options = settings.lora
@@ -369,9 +423,6 @@ class LoRASCAdaCos(Recipe):
         options = {**settings.loss.plain(), **(overrides or {})}
         return SCAdaCosLoss(len(names), settings.projection_dim, **options)
 
-    def key(self, profile: Profile, classes) -> dict:
-        return {"classes": class_schemes.assignment_key(classes)}
-
     def embedder(self, model: nn.Module, settings: LoRABEATs) -> nn.Module:
         return BandEmbedder(model.backbone, settings.gamma)
 
@@ -382,7 +433,7 @@ class LoRASCAdaCos(Recipe):
         section = self.settings(profile)
         options, loss = section.lora, section.loss
         scheme = section.classes
-        mixup = section.train.mixup_alpha or 0
+        alpha, prob = (getattr(section.train, k) or 0 for k in ("mixup_alpha", "mixup_prob"))
         backend = section.backend
         fields = dict(
             acoustic_features=prose.FBANK,
@@ -390,8 +441,11 @@ class LoRASCAdaCos(Recipe):
                 p
                 for p in (
                     prose.augmentation(section),
-                    f"mixup of the waveforms (lambda ~ Beta({mixup}, {mixup}) per batch)"
-                    if mixup
+                    f"mixup of the waveforms, each clip with probability {prob} (w ~ U(0, 1) "
+                    "per clip)"
+                    if prob
+                    else f"mixup of the waveforms (lambda ~ Beta({alpha}, {alpha}) per batch)"
+                    if alpha
                     else None,
                 )
                 if p

@@ -19,7 +19,11 @@ record and loading saved weights.
                                     size and sha256; the run is complete
 ```
 
-A damaged checkpoint folder or file is renamed ``<name>.damaged`` (never deleted).
+A damaged checkpoint folder or file is renamed ``<name>.damaged`` (never deleted). A LoRA
+model's checkpoints (:func:`asd_utils.models.lora.has_adapters`) keep only what trains of the
+model and its EMA (:func:`trainable_part`: adapters, head) beside the optimiser; the frozen base
+is named by its checksum in ``train_state.pt`` (``base_checksum``) and checked on resume
+(:func:`check_base`); the final files hold whole models.
 """
 
 from __future__ import annotations
@@ -36,10 +40,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, load_model, save_model
+from safetensors.torch import load_file, load_model, save_file, save_model
 from torch import nn
 
 from asd_utils.files import atomic_path, atomic_write_text
+from asd_utils.models import lora
 from asd_utils.training.config import TrainConfig
 
 CHECKPOINT_DIR = "checkpoints"
@@ -267,17 +272,58 @@ def load_weights(model: nn.Module, path: str | os.PathLike) -> nn.Module:
     return model
 
 
-def _save_model(model: nn.Module, path: Path) -> None:
+def _save_model(model: nn.Module | dict[str, torch.Tensor], path: Path) -> None:
+    """A whole module (``save_model``) or named tensors (part of one, :func:`trainable_part`)."""
     with atomic_path(path) as tmp:
-        save_model(model, str(tmp))
+        if isinstance(model, nn.Module):
+            save_model(model, str(tmp))
+        else:
+            save_file({n: t.detach().contiguous() for n, t in model.items()}, str(tmp))
+
+
+def base_checksum(model: nn.Module) -> str | None:
+    """The frozen base's checksum of a LoRA model (:func:`asd_utils.models.lora.frozen_checksum`),
+    or None: every weight of ``model`` is a checkpoint's (no adapters)."""
+    return lora.frozen_checksum(model) if lora.has_adapters(model) else None
+
+
+def trainable_part(module: nn.Module, names: set[str]) -> dict[str, torch.Tensor]:
+    """The tensors of ``module``'s state dict named in ``names`` (what a LoRA checkpoint keeps:
+    :func:`asd_utils.models.lora.trainable_state_dict`'s names, for the model and its EMA)."""
+    return {n: t for n, t in module.state_dict().items() if n in names}
+
+
+def load_part(module: nn.Module, path: Path, partial: bool) -> None:
+    """Load checkpoint weights into ``module`` in place: all of them, or (``partial``) the part
+    :func:`trainable_part` saved, every saved name one of the module's."""
+    if not partial:
+        load_model(module, path)
+        return
+    own = module.state_dict(keep_vars=True)
+    saved = load_file(path)
+    if extra := sorted(set(saved) - set(own)):
+        raise KeyError(f"{path} holds weights the model lacks: {extra[:3]}")
+    with torch.no_grad():
+        for name, value in saved.items():
+            own[name].copy_(value)
+
+
+def check_base(saved: str | None, current: str | None, checkpoint: Path) -> None:
+    """A LoRA checkpoint resumes only on the frozen base it was trained on (same checksum)."""
+    if saved is not None and saved != current:
+        raise ValueError(
+            f"cannot resume from {checkpoint}: it was trained on a frozen base with checksum "
+            f"{saved}, the model given has {current} (another base weights file?); load the "
+            "base it was trained on, or start a new run (resume=False)"
+        )
 
 
 def _check_resumable(saved: dict, config: TrainConfig, folder: Path) -> None:
-    current = config.to_dict()
+    current, default = config.to_dict(), TrainConfig().to_dict()  # a later key: its default
     changed = {
-        k: (saved.get(k), v)
+        k: (saved.get(k, default[k]), v)
         for k, v in current.items()
-        if k not in TrainConfig.RESUMABLE_CHANGES and saved.get(k) != v
+        if k not in TrainConfig.RESUMABLE_CHANGES and saved.get(k, default[k]) != v
     }
     if changed:
         raise ValueError(

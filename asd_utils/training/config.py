@@ -24,7 +24,10 @@ class TrainConfig:
     ``spec_augment_freq`` (see :func:`asd_utils.frontends.features.spec_augment`); 0 disables it.
     ``mixup_alpha``: mixup of the waveforms (:func:`~asd_utils.training.loop.mixup`),
     λ ~ Beta(α, α); 0 (the default, as Table 1, which lists SpecAugment only) disables it; the
-    OS-SCL code uses 0.5. ``mixed_precision``: ``"no"``, ``"bf16"`` or ``"auto"``
+    OS-SCL code uses 0.5. ``mixup_prob``: mixup per clip instead
+    (:func:`asd_utils.models.mixup.mixup`, the public LoRA recipe's p = 0.5): each clip mixed
+    with probability p, w ~ U(0, 1) per clip, for a loss that takes a weight per clip
+    (``per_clip_mixup``: SCAdaCos); 0: off. ``mixed_precision``: ``"no"``, ``"bf16"`` or ``"auto"``
     (:func:`asd_utils.models.precision.resolve`: :func:`~asd_utils.training.loop.train` trains
     in what it resolves to on the device, and records the decision). ``checkpoint_every``
     optimizer steps (0: none; the final weights are always saved), the newest
@@ -45,6 +48,7 @@ class TrainConfig:
     spec_augment_time: int = 80
     spec_augment_freq: int = 80
     mixup_alpha: float = 0.0
+    mixup_prob: float = 0.0
     seed: int = 13711
     mixed_precision: str = "no"
     checkpoint_every: int = 500
@@ -71,6 +75,10 @@ class TrainConfig:
             raise ValueError(f"{', '.join(positive)} must be >= 1 (got {self.to_dict()})")
         if self.mixup_alpha < 0:
             raise ValueError(f"mixup_alpha must be >= 0 (0: no mixup), not {self.mixup_alpha}")
+        if not 0.0 <= self.mixup_prob <= 1.0:
+            raise ValueError(f"mixup_prob must be in [0, 1] (0: no mixup), not {self.mixup_prob}")
+        if self.mixup_alpha and self.mixup_prob:
+            raise ValueError("mixup_alpha (per batch) and mixup_prob (per clip): set one, not both")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"ema_decay must be in [0, 1), not {self.ema_decay}")
 

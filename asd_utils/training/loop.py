@@ -60,7 +60,8 @@ from tqdm import tqdm
 from asd_utils.errors import BF16_OFF_HINT, NonFiniteError
 from asd_utils.files import write_table
 from asd_utils.frontends.features import spec_augment
-from asd_utils.models import precision
+from asd_utils.models import lora, precision
+from asd_utils.models.mixup import mixup as clip_mixup
 from asd_utils.training.checkpoints import (
     CHECKPOINT_DIR,
     EMA_WEIGHTS,
@@ -76,7 +77,11 @@ from asd_utils.training.checkpoints import (
     _set_rng_state,
     _write_checkpoint,
     _write_record,
+    base_checksum,
+    check_base,
     find_checkpoint,
+    load_part,
+    trainable_part,
 )
 from asd_utils.training.config import TrainConfig
 from asd_utils.training.dataset import ResumableSampler
@@ -275,6 +280,11 @@ def train(
     (:func:`_finish`).
     """
     started = time.perf_counter()
+    if config.mixup_prob and not getattr(loss_fn, "per_clip_mixup", False):
+        raise ValueError(
+            f"mixup_prob mixes each clip with its own weight, which {type(loss_fn).__name__} "
+            "does not take per clip: use mixup_alpha (one weight per batch)"
+        )
     output_dir = Path(output_dir)
     chosen = precision.resolve(config.mixed_precision)
     config = dataclasses.replace(config, mixed_precision=chosen.mixed_precision)
@@ -326,16 +336,21 @@ def _load_start(
 ) -> dict:
     """The training state to start from (``step``, ``history``, and from a checkpoint its
     ``optimizer``, ``scheduler``, ``seconds``), the checkpoint's raw and loss weights loaded
-    into ``model`` and ``loss_fn``. From scratch: step 0, no history."""
+    into ``model`` and ``loss_fn``. From scratch: step 0, no history. ``base_checksum``: the
+    model's frozen base (LoRA; None: none), which a LoRA checkpoint must have been trained on;
+    ``partial``: the checkpoint holds only what trains."""
+    base = base_checksum(model)
     if checkpoint is None:
-        return {"step": 0, "history": []}
+        return {"step": 0, "history": [], "base_checksum": base, "partial": False}
     state = torch.load(checkpoint / TRAIN_STATE, weights_only=True)
     _check_resumable(state["config"], config, checkpoint)
-    load_model(model, checkpoint / MODEL_WEIGHTS)
+    check_base(state.get("base_checksum"), base, checkpoint)
+    partial = state.get("base_checksum") is not None
+    load_part(model, checkpoint / MODEL_WEIGHTS, partial)
     load_model(loss_fn, checkpoint / LOSS_WEIGHTS)
     if accelerator.is_main_process:
         log.info("resuming %s from step %d of %d", output_dir, state["step"], config.steps)
-    return state
+    return {**state, "base_checksum": base, "partial": partial}
 
 
 # --- phase 2: optimiser (optimizer, schedule, data, EMA, prepared by accelerate) -----------------
@@ -362,6 +377,8 @@ class _Run:
     history: list[dict]
     started: float
     seconds_before: float
+    base: str | None = None  # the frozen base's checksum (LoRA): checkpoints keep what trains
+    trainable: frozenset[str] = frozenset()  # the state-dict names a LoRA checkpoint keeps
 
     def seconds(self) -> float:
         """Training seconds so far, over every session of the run."""
@@ -447,6 +464,10 @@ def _session(
         history=state["history"],
         started=started,
         seconds_before=state.get("seconds", 0.0),  # older checkpoints: no seconds
+        base=state["base_checksum"],
+        trainable=frozenset(
+            lora.trainable_state_dict(inner.model) if state["base_checksum"] else ()
+        ),
     )
 
 
@@ -455,7 +476,7 @@ def _restore(run: _Run, checkpoint: Path, state: dict) -> None:
     process's RNG states (a warning when it has none: more processes than were saved)."""
     run.optimizer.load_state_dict(state["optimizer"])
     run.scheduler.load_state_dict(state["scheduler"])
-    load_model(run.ema.module, checkpoint / EMA_WEIGHTS)
+    load_part(run.ema.module, checkpoint / EMA_WEIGHTS, state["partial"])
     rng_file = checkpoint / f"rng_{run.accelerator.process_index}.pt"
     if rng_file.is_file():
         _set_rng_state(torch.load(rng_file))
@@ -495,6 +516,10 @@ def _micro_batch(run: _Run, batch: Sequence, micro: int) -> tuple[dict, float]:
     if config.mixup_alpha > 0:
         waveform, lengths, mix = mixup(
             waveform, lengths, target, config.mixup_alpha, seed=(config.seed, micro, 7)
+        )
+    elif config.mixup_prob > 0:  # per clip, the LoRA recipe's (the same seed by position)
+        waveform, lengths, mix = clip_mixup(
+            waveform, lengths, target, config.mixup_prob, seed=(config.seed, micro, 7)
         )
     lr = run.optimizer.param_groups[0]["lr"]
     with accelerator.accumulate(run.objective):
@@ -594,6 +619,10 @@ def _save_checkpoint(run: _Run) -> None:
         "seconds": run.seconds(),
     }
     weights = {MODEL_WEIGHTS: run.model, EMA_WEIGHTS: run.ema.module, LOSS_WEIGHTS: run.loss_fn}
+    if run.base is not None:  # LoRA: what trains, the frozen base by its checksum
+        training_state["base_checksum"] = run.base
+        weights[MODEL_WEIGHTS] = trainable_part(run.model, run.trainable)
+        weights[EMA_WEIGHTS] = trainable_part(run.ema.module, run.trainable)
     _write_checkpoint(run.accelerator, folder, weights, training_state, run.config.keep_checkpoints)
     if run.accelerator.is_main_process:
         write_table(pd.DataFrame(run.history), run.output_dir / TRAIN_LOG)
