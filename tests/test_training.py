@@ -137,7 +137,7 @@ def small_config(**changes) -> TrainConfig:
         checkpoint_every=3,
         seed=5,
     )
-    return TrainConfig(**{**values, **changes})
+    return TrainConfig.from_dict({**values, **changes})  # plain values: checked here
 
 
 def state(module: nn.Module) -> dict:
@@ -640,9 +640,11 @@ def test_config_validation():
     with pytest.raises(ValueError, match="unknown"):
         TrainConfig.from_dict({"stepz": 3})
     with pytest.raises(ValueError, match="mixed_precision"):
-        TrainConfig(mixed_precision="fp16")
+        TrainConfig.from_dict({"mixed_precision": "fp16"})
     with pytest.raises(ValueError, match="mixup_alpha"):
-        TrainConfig(mixup_alpha=-0.5)
+        TrainConfig.from_dict({"mixup_alpha": -0.5})
+    with pytest.raises(ValueError, match="set one, not both"):
+        TrainConfig.from_dict({"mixup_alpha": 0.5, "mixup_prob": 0.5})
     assert TrainConfig.from_dict({"steps": 3}).steps == 3
     paper = TrainConfig()
     assert (paper.steps, paper.batch_size, paper.grad_accumulation, paper.warmup_steps) == (

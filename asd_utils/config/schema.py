@@ -139,6 +139,12 @@ class Train(Section):
     log_every: PositiveInt | None = None
     num_workers: NonNegativeInt | None = None
 
+    @model_validator(mode="after")
+    def _one_mixup(self):
+        if self.mixup_alpha and self.mixup_prob:
+            raise ValueError("mixup_alpha (per batch) and mixup_prob (per clip): set one, not both")
+        return self
+
 
 class OSSCLLoss(Section):
     """:class:`asd_utils.models.losses.OSSCLLoss`."""

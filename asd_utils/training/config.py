@@ -1,5 +1,5 @@
-"""The training settings (:class:`TrainConfig`; defaults: the XJU paper's Table 1), checked
-when made."""
+"""The training settings (:class:`TrainConfig`; defaults: the XJU paper's Table 1): from a
+profile's typed ``train`` section (the schema checked it) or from plain values, checked here."""
 
 from __future__ import annotations
 
@@ -65,7 +65,8 @@ class TrainConfig:
         "num_workers",
     )
 
-    def __post_init__(self):
+    def _check(self) -> TrainConfig:
+        """The schema's checks (:class:`asd_utils.config.schema.Train`) for values no schema saw."""
         if self.mixed_precision not in precision.SETTINGS:
             raise ValueError(
                 f"mixed_precision must be one of {precision.SETTINGS}, not {self.mixed_precision}"
@@ -81,6 +82,7 @@ class TrainConfig:
             raise ValueError("mixup_alpha (per batch) and mixup_prob (per clip): set one, not both")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"ema_decay must be in [0, 1), not {self.ema_decay}")
+        return self
 
     @classmethod
     def from_section(cls, section: Train, seed: int) -> TrainConfig:
@@ -91,13 +93,13 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, values: dict) -> TrainConfig:
-        """From plain values that no schema checked (a JSON file); unknown keys are an error
-        (a typo must not pass silently)."""
+        """From plain values that no schema checked (a JSON file), checked here; unknown keys are
+        an error (a typo must not pass silently)."""
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - names)
         if unknown:
             raise ValueError(f"unknown training settings {unknown}; known: {sorted(names)}")
-        return cls(**values)
+        return cls(**values)._check()
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
