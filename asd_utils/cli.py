@@ -161,7 +161,7 @@ def _study(args) -> None:
 def _dispatch(args):
     """Run the sub-command; returns the output root whose scores it ends with (``run``,
     ``evaluate``, ``report``, ``status``), else ``None``."""
-    from asd_utils import config, runs, stages
+    from asd_utils import config, detection, runs, stages
 
     if args.command == "report":
         from asd_utils.report import pipeline
@@ -193,7 +193,7 @@ def _dispatch(args):
         return output_root
     if args.command == "detect":  # reads the run; writes only its --output
         run = stages.open_run(args.profile, args.data_root, args.output_root, write=False)
-        stages.detect(run, args.system, args.clips, args.output, args.machine_type, args.section)
+        detection.detect(run, args.system, args.clips, args.output, args.machine_type, args.section)
         return
     session = stages.Session(
         args.profile,

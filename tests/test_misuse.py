@@ -13,7 +13,18 @@ import pytest
 import soundfile as sf
 import yaml
 
-from asd_utils import cli, config, errors, files, registry, runs, scoring, stages, submission
+from asd_utils import (
+    cli,
+    config,
+    detection,
+    errors,
+    files,
+    registry,
+    runs,
+    scoring,
+    stages,
+    submission,
+)
 from asd_utils.data import synth
 
 
@@ -252,7 +263,7 @@ def test_detect_matches_names_without_case_and_says_what_the_run_made(tree, tmp_
     run = stages.open_run("smoke", tree, out, write=False)
     for typed, meant in [("system4", "System 4"), ("SYSTEM 4", "System 4"),
                          ("baseline-mse", "baseline-MSE"), ("system_1", "System 1")]:  # fmt: skip
-        assert stages.detectable(run, typed) == meant
+        assert detection.detectable(run, typed) == meant
     detect = ["detect", *where(tree, out), tree, "--output", tmp_path / "d.csv", "--system"]
     line = one_line(capsys, *detect, "Sytem 4")
     assert "no system 'Sytem 4': did you mean 'System 4'? this run made: baseline-MSE, " \
@@ -264,7 +275,7 @@ def test_detect_matches_names_without_case_and_says_what_the_run_made(tree, tmp_
         in line  # fmt: skip
     line = one_line(capsys, *detect, "System 1", "--machine-type", "FAN", "--section", "7")
     assert "no section of fan '7' in this run's training clips" in line and "it has: 00" in line
-    assert stages._section_number("section_00") == stages._section_number("0") == "0"
+    assert detection._section_number("section_00") == detection._section_number("0") == "0"
     assert not (tmp_path / "d.csv").exists()
 
 
@@ -457,7 +468,7 @@ def test_a_long_recording_is_scored_in_windows_of_the_training_length(finished, 
     for _ in range(2):  # the second run overwrites the file the first wrote: its own
         assert asd(capsys, *argv, "--output", tmp_path / "d.csv")[0] == 0
     found = pd.read_csv(tmp_path / "d.csv")
-    assert list(found.columns) == list(stages.DETECTED)
+    assert list(found.columns) == list(detection.DETECTED)
     assert list(found["part"]) == ["recording"] + ["window"] * 4
     assert list(found["start"]) == [0.0, 0.0, 2.0, 4.0, 5.0]  # the last window ends at the end
     assert list(found["end"]) == [7.0, 2.0, 4.0, 6.0, 7.0]

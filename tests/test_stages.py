@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import soundfile as sf
 
-from asd_utils import cli, data, registry, stages
+from asd_utils import cli, data, detection, registry, stages
 from asd_utils.evaluation import official as official_files
 from asd_utils.report import analysis, book
 
@@ -123,7 +123,7 @@ def test_a_bad_new_recording_is_refused_by_name_before_scoring(cli_run, tmp_path
     mono.mkdir()
     sf.write(mono / "one channel.wav", np.zeros(32000, "float32"), 16000)
     with pytest.raises(data.DataError, match="one channel.wav.*mono"):
-        stages.new_clips([mono], channels=2)
+        detection.new_clips([mono], channels=2)
 
 
 # every kind of system a run makes, named as a user might type it (the registry's families)
@@ -174,7 +174,7 @@ def test_detect_to_standard_output_says_how_many_were_flagged_and_warns_of_a_smo
     assert cli.main([*argv, str(tmp_path / "new"), "--output", "-"]) == 0
     said = capsys.readouterr()
     lines = said.out.splitlines()
-    assert lines[0] == ",".join(stages.DETECTED) and len(lines) == 7  # the CSV, nothing else
+    assert lines[0] == ",".join(detection.DETECTED) and len(lines) == 7  # the CSV, nothing else
     flagged = sum(int(line.rsplit(",", 1)[1]) for line in lines[1:])
     summary = [line for line in said.err.splitlines() if line.startswith("detect: ")]
     assert (
