@@ -321,7 +321,7 @@ def rehearse(args) -> int:
         notes.append(f"not run (the data cannot feed them): {', '.join(skipped)}")
     ablation = [
         s for s in registry.of_kind("fine-tuned")
-        if s not in skipped and registry.settings(profile, s).get("ablation_lambda_zero")
+        if s not in skipped and getattr(registry.settings(profile, s), "ablation_lambda_zero", 0)
     ]  # fmt: skip
     if ablation:
         notes.append(f"not rehearsed: the lambda-0 ablation asd run adds for {', '.join(ablation)}")
