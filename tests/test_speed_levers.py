@@ -1,4 +1,5 @@
-"""The GPU levers, checked on the CPU: attention through SDPA equals the explicit softmax, the
+"""The speed levers, checked on the CPU: patch embedding as one matrix product equals the
+convolution, attention through SDPA equals the explicit softmax, the
 batched fbank on the model's device equals the per-clip one, whole clips batched by length
 give each clip its own embedding, and a non-finite embedding or loss stops the run, naming the
 system, the precision and the clip."""
@@ -17,6 +18,7 @@ from asd_utils import data, scoring, training
 from asd_utils.errors import NonFiniteError
 from asd_utils.frontends.features import beats_fbank, beats_normalize, eat_fbank, eat_normalize
 from asd_utils.models.beats import BEATs, BEATsConfig
+from asd_utils.models.common import patch_tokens
 from asd_utils.models.eat import EAT, EATConfig
 
 SR = 16000
@@ -38,6 +40,30 @@ def explicit_attention(q, k, v, attn_mask=None, dropout_p=0.0, scale=None, **_):
     elif attn_mask is not None:
         logits = logits + attn_mask
     return logits.softmax(-1) @ v
+
+
+@pytest.mark.parametrize("frames", [100, 97, 16])
+def test_patch_tokens_equal_the_patch_convolution_and_its_gradients(frames):
+    """Frames that do not fill the last patch are dropped, as by the convolution; the gradients
+    of input, weight and bias agree (summed in another order: float32 rounding)."""
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(1, 24, kernel_size=16, stride=16)
+    x = torch.randn(3, 1, frames, 130, requires_grad=True)
+    reference = conv(x).flatten(2).transpose(1, 2)
+    tokens = patch_tokens(conv, x)
+    assert tokens.shape == reference.shape == (3, (frames // 16) * 8, 24)
+    torch.testing.assert_close(tokens, reference, rtol=1e-5, atol=1e-5)
+    upstream = torch.randn_like(reference)
+    for ours, theirs in zip(
+        torch.autograd.grad(tokens, [x, conv.weight, conv.bias], upstream),
+        torch.autograd.grad(reference, [x, conv.weight, conv.bias], upstream),
+        strict=True,
+    ):
+        torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-4)
+    overlapping = torch.nn.Conv2d(1, 24, kernel_size=16, stride=10)  # not patches: the conv
+    torch.testing.assert_close(
+        patch_tokens(overlapping, x), overlapping(x).flatten(2).transpose(1, 2), rtol=0, atol=0
+    )
 
 
 @pytest.mark.parametrize("kind", ["beats", "eat"])

@@ -45,6 +45,7 @@ from asd_utils.models.common import (
     masked_mean,
     min_samples_for_frames,
     n_frames,
+    patch_tokens,
     prefix_mask,
     require_file,
     token_mask,
@@ -527,8 +528,8 @@ class BEATs(nn.Module):
         that gives the utterance embedding, so each clip gets what it gets alone.
         """
         weight = self.patch_embedding.weight
-        x = self.patch_embedding(fbank.to(weight.dtype).unsqueeze(1))  # (B, E, T', F')
-        x = self.layer_norm(x.flatten(2).transpose(1, 2))  # (B, N, E)
+        x = patch_tokens(self.patch_embedding, fbank.to(weight.dtype).unsqueeze(1))  # (B, N, E)
+        x = self.layer_norm(x)
         valid = None
         if frame_mask is not None:
             valid = self.token_mask(frame_mask.to(x.device))

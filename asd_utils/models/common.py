@@ -184,6 +184,36 @@ def autocast_off(device: torch.device) -> contextlib.AbstractContextManager:
     return contextlib.nullcontext()
 
 
+# --- patches --------------------------------------------------------------------------------
+
+
+def patch_tokens(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    """``conv(x).flatten(2).transpose(1, 2)`` for a patch Conv2d (1 input channel, stride =
+    kernel, no padding): (batch, 1, frames, mel) → (batch, tokens, dim), tokens time-major.
+
+    Written by hand because the patches do not overlap: cutting them out with a reshape and one
+    ``F.linear`` is the same sum as the convolution, and on a CPU 3-5× faster in training than
+    oneDNN's one-channel convolution and its backward (37 % of a tiny BEATs step before). The
+    weights stay the Conv2d's (the official checkpoints load unchanged); any other Conv2d goes
+    through the convolution."""
+    kernel = conv.kernel_size
+    plain = (
+        conv.in_channels == 1
+        and conv.stride == kernel
+        and conv.padding == (0, 0)
+        and conv.dilation == (1, 1)
+        and conv.groups == 1
+        and x.dim() == 4
+    )
+    if not plain:
+        return conv(x).flatten(2).transpose(1, 2)
+    (ph, pw), (batch, _, height, width) = kernel, x.shape
+    rows, cols = height // ph, width // pw
+    patches = x[:, 0, : rows * ph, : cols * pw].reshape(batch, rows, ph, cols, pw)
+    patches = patches.transpose(2, 3).reshape(batch, rows * cols, ph * pw)
+    return F.linear(patches, conv.weight.reshape(conv.out_channels, -1), conv.bias)
+
+
 # --- regularisation --------------------------------------------------------------------------
 
 

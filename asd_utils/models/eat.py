@@ -45,6 +45,7 @@ from asd_utils.models.common import (
     load_strict,
     min_samples_for_frames,
     n_frames,
+    patch_tokens,
     prefix_mask,
     require_dir,
     require_file,
@@ -208,7 +209,7 @@ class PatchEmbed(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.proj(x).flatten(2).transpose(1, 2)
+        return patch_tokens(self.proj, x)
 
 
 class FixedPositionalEncoder(nn.Module):

@@ -156,11 +156,11 @@ def kernel_dir() -> Path:
     return Path(tempfile.mkdtemp(prefix=f"{KERNEL_DIR_PREFIX}{os.getpid()}-"))
 
 
-INDEPENDENT = ("20", "30", "35", "40")
+INDEPENDENT = ("00", "10", "20", "30", "35", "40", "45")
 """Chapters that may run side by side: each reads only the manifest, the data and the profile
-that the run and the chapters before it wrote, and writes only its own systems' folders (20
-the baseline, 30 Systems 1 and 3, 35 System 5 and the noise study's table, which it only reads,
-40 System 2); chapters 50 and later read what they wrote."""
+that the run wrote, and writes only its own systems' folders (00 nothing, 10 Systems 0 and 6
+and the log-mel floor, 20 the baseline, 30 Systems 1 and 3, 35 System 5 (the noise study's
+table it only reads), 40 System 2, 45 System 7); chapters 50 and later read what they wrote."""
 
 WORKERS_ENV = "ASD_REPORT_WORKERS"
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
