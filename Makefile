@@ -36,7 +36,7 @@ run: setup  ## every stage from the command line (asd run): the same files, no n
 test: setup  ## lint, format check, the layering (.importlinter), the whole test suite (pipeline smoke runs, the book in a browser) in TEST_WORKERS processes
 	@start=$$(date +%s); \
 	$(PY) -m ruff check . && $(PY) -m ruff format --check . && $(VENV)/bin/lint-imports --no-cache \
-	  && $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup; status=$$?; \
+	  && $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup --durations=15; status=$$?; \
 	echo "make test: $$(( $$(date +%s) - start )) s"; exit $$status
 
 test-fast: setup  ## the edit loop: lint, the layering and the tests not marked slow (no pipeline, no browser)
