@@ -132,8 +132,11 @@ def train_fraction_profile(profile: schema.Profile, fraction: float) -> tuple[sc
     return variant, note
 
 
-def stage_plan(profile: schema.Profile, clips) -> list[tuple[str, list[str], int, str]]:
-    """The stages after ``prepare``: ``(name, asd arguments, clips handled, what they are)``.
+def stage_plan(
+    profile: schema.Profile, clips, only: list[str] | None = None
+) -> list[tuple[str, list[str], int, str]]:
+    """The stages after ``prepare``: ``(name, asd arguments, clips handled, what they are)``;
+    the fine-tuned systems of the registry the data allows, or those of them in ``only``.
 
     ``clips``: the manifest ``asd prepare`` wrote. Training handles ``steps × batch ×
     accumulation`` clips (presentations); embedding, scoring and the frozen system every clip;
@@ -148,7 +151,7 @@ def stage_plan(profile: schema.Profile, clips) -> list[tuple[str, list[str], int
     unavailable = systems.unavailable(clips)
     plan = [("baseline", ["baseline"], total, "every clip: features, training, scores")]
     for system in registry.of_kind("fine-tuned"):
-        if system in unavailable:
+        if system in unavailable or (only is not None and system not in only):
             continue
         train = registry.settings(profile, system).train
         seen = train.steps * train.batch_size * train.grad_accumulation
@@ -326,7 +329,7 @@ def rehearse(args) -> int:
     if ablation:
         notes.append(f"not rehearsed: the lambda-0 ablation asd run adds for {', '.join(ablation)}")
     write()
-    for name, arguments, handled, what in stage_plan(profile, clips):
+    for name, arguments, handled, what in stage_plan(profile, clips, args.systems):
         if not run(name, arguments, handled, what):
             return 1
     record["status"] = "finished"
@@ -348,6 +351,12 @@ def main(argv: list[str] | None = None) -> int:
         help="keep this share of the source training clips (e.g. 0.25: 248 of 990); tests in full",
     )
     parser.add_argument("--no-settle", action="store_true", help="do not wait for idle cores")
+    parser.add_argument(
+        "--systems",
+        nargs="+",
+        choices=registry.of_kind("fine-tuned"),
+        help="train and embed only these fine-tuned systems (default: every one the data allows)",
+    )
     args = parser.parse_args(argv)
     with load_recorded(limit_s=0 if args.no_settle else 120):
         return rehearse(args)
