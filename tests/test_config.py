@@ -261,7 +261,9 @@ def test_set_changes_the_keys_it_names_and_validates_the_values():
     assert changed.beats_grl == smoke.beats_grl  # nothing else moved
     record = changed.plain()
     assert record["osscl"]["train"]["steps"] == 2 and record["osscl"]["train"]["adam_eps"] == 1e-6
-    mapping = config.load_profile("smoke", ["synth.clip_seconds.fan=3", "lora_beats.classes.seed=4"])
+    mapping = config.load_profile(
+        "smoke", ["synth.clip_seconds.fan=3", "lora_beats.classes.seed=4"]
+    )
     assert mapping.synth.clip_seconds["fan"] == 3 and mapping.lora_beats.classes.seed == 4
 
 
@@ -270,7 +272,10 @@ def test_set_changes_the_keys_it_names_and_validates_the_values():
     [
         ("osscl.train.stepz=2", r"osscl\.train\.stepz; did you mean 'osscl\.train\.steps'\?"),
         ("synth.n_train_sources=20", r"did you mean 'synth\.n_train_source'\?"),
-        ("osscl.train.steps=two", r"osscl\.train\.steps: input should be a valid integer, got 'two'"),
+        (
+            "osscl.train.steps=two",
+            r"osscl\.train\.steps: input should be a valid integer, got 'two'",
+        ),
         ("osscl.train.steps=0", r"osscl\.train\.steps: input should be greater than 0"),
         ("seed.x=1", r"seed is a value, not a section"),
         ("osscl.train.steps", r"KEY=VALUE"),
@@ -286,8 +291,10 @@ def test_a_set_key_keys_the_run_and_the_same_value_keys_the_same_run(monkeypatch
 
     monkeypatch.setattr(data, "clip_fingerprint", lambda table: "fixed")
     monkeypatch.delenv("EAT_CHECKPOINT", raising=False)
-    clips = pd.DataFrame({"machine_type": ["fan"] * 2, "section": "00", "split": "train",
-                          "domain": ["source", "target"], "attributes": "", "path": ["a", "b"]})  # fmt: skip
+    clips = pd.DataFrame(
+        {"machine_type": "fan", "section": "00", "split": "train", "attributes": "",
+         "domain": ["source", "target"], "path": ["a", "b"]}
+    )  # fmt: skip
 
     def key(*settings):
         profile = config.load_profile("smoke", settings)
@@ -302,7 +309,11 @@ def test_asd_set_is_recorded_in_the_runs_profile(tmp_path, capsys):
     from asd_utils import cli
 
     out = tmp_path / "out"
-    settings = [f"data.synthetic_root={tmp_path / 'synth'}", "synth.n_test=1", "osscl.train.steps=2"]
+    settings = [
+        f"data.synthetic_root={tmp_path / 'synth'}",
+        "synth.n_test=1",
+        "osscl.train.steps=2",
+    ]
     where = ["--profile", "smoke", "--output-root", str(out), "--set", settings[0]]
     where += [f"--set={s}" for s in settings[1:]]
     assert cli.main(["prepare", *where]) == 0
@@ -340,11 +351,12 @@ def test_the_code_builds_its_settings_from_the_schema_defaults():
     smoke = config.load_profile("smoke")
     train = TrainConfig.from_section(smoke.osscl.train, smoke.seed)
     assert (train.weight_decay, train.keep_checkpoints, train.seed) == (0.01, 2, smoke.seed)
-    assert TrainConfig.from_dict({"steps": 3}).log_every == schema.Train.model_fields[
-        "log_every"
-    ].default
+    assert (
+        TrainConfig.from_dict({"steps": 3}).log_every
+        == schema.Train.model_fields["log_every"].default
+    )
     made = synth.SynthConfig.from_section(smoke.synth)
     assert (made.channels, made.near_snr_db, made.fault_sound_level) == (2, (3.0, 12.0), 0.25)
-    assert synth.SynthConfig().noise_path_taps == schema.Synth.model_fields[
-        "noise_path_taps"
-    ].default
+    assert (
+        synth.SynthConfig().noise_path_taps == schema.Synth.model_fields["noise_path_taps"].default
+    )

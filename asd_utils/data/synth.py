@@ -69,9 +69,7 @@ CONFIG_FILE = "synth_config.json"
 DATASET_FOLDERS = ("dev_data", "eval_data")  # what the generator writes beside its CONFIG_FILE
 _SEQUENCES = ("machine_types", "eval_machine_types", "near_snr_db", "far_snr_db", "noise_path_ms")
 """The settings a profile writes as lists and :class:`SynthConfig` keeps as tuples."""
-OPTIONAL = {
-    k: tuple(v) if k in _SEQUENCES else v for k, v in optional_defaults(Synth).items()
-}
+OPTIONAL = {k: tuple(v) if k in _SEQUENCES else v for k, v in optional_defaults(Synth).items()}
 """The optional settings' defaults: the schema's (:class:`asd_utils.config.schema.Synth`)."""
 
 
