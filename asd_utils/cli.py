@@ -10,15 +10,18 @@
     asd profile  --profile quick                      # the profile whole, as YAML
     asd package  --profile paper --check outputs/paper/submission/task2   # check a package
     asd study noise --profile quick                   # System 5 against the near-mic SNR
+    asd run --profile smoke --set osscl.train.steps=2 --set synth.n_train_source=20
 
 Every sub-command takes the same ``--profile``, ``--data-root`` and ``--output-root``
 (default: ``$DATA_ROOT`` / ``$OUTPUT_ROOT``, else the profile's synthetic data and
 ``outputs/<profile>``) and reads what the stages before it wrote there; a finished stage is found,
-not redone. Every command that writes opens its run with :class:`asd_utils.stages.Session` (the
-output root's lock before any write, the run record, interruptions); ``status``, ``profile``,
-``detect`` and ``package --check`` only read; ``study`` writes its own folder and table. ``-q``
-says only warnings, ``-v`` says more; an error is one line (``--debug`` or ``ASD_DEBUG=1`` for
-the traceback).
+not redone. ``--set KEY=VALUE`` (repeatable) changes one key of the profile as an edit of its
+YAML would (:func:`asd_utils.config.override`): the run's record ``profile.yaml`` holds it and
+run keys follow from it. Every command that writes opens its run with
+:class:`asd_utils.stages.Session` (the output root's lock before any write, the run record,
+interruptions); ``status``, ``profile``, ``detect`` and ``package --check`` only read;
+``study`` writes its own folder and table. ``-q`` says only warnings, ``-v`` says more; an error
+is one line (``--debug`` or ``ASD_DEBUG=1`` for the traceback).
 """
 
 from __future__ import annotations
@@ -43,6 +46,14 @@ def _common() -> argparse.ArgumentParser:
     )
     where.add_argument(
         "--output-root", help="results (default: $OUTPUT_ROOT, else outputs/<profile>)"
+    )
+    where.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        dest="overrides",
+        metavar="KEY=VALUE",
+        help="change a profile key (dotted, the value as YAML: osscl.train.steps=2); repeatable",
     )
     talk = common.add_argument_group("how much it says")
     errors.add_talk_options(talk)
@@ -132,42 +143,42 @@ def _package_options(package: argparse.ArgumentParser) -> None:
         "root's test clips",
     )
     check.add_argument(
-        "--set",
+        "--against",
         choices=["eval", "dev"],
         dest="which",
         help="the test clips to check against (default: eval if the data has any)",
     )
 
 
-def _check_package(args) -> None:
+def _check_package(args, profile) -> None:
     """``asd package --check FOLDER``: says ``ok:`` (and what is left to fill in) or fails."""
     from asd_utils import config, submission
 
-    profile = config.load_profile(args.profile)
     paths = config.resolve_paths(profile, args.data_root, args.output_root)
     print(submission.check_folder(args.check, paths.data_root, args.which))
 
 
-def _study(args) -> None:
+def _study(args, profile) -> None:
     """``asd study noise``: runs (or resumes) the study of the profile."""
     from asd_utils.studies import noise_study
 
     if args.data_root:
         raise errors.UserError("the noise study makes its own synthetic sets: drop --data-root")
-    table = noise_study.run(args.profile, args.output_root, progress=False)
+    table = noise_study.run(profile, args.output_root, progress=False)
     log.info("%d rows", len(table))
 
 
 def _dispatch(args):
-    """Run the sub-command; returns the output root whose scores it ends with (``run``,
-    ``evaluate``, ``report``, ``status``), else ``None``."""
+    """Run the sub-command on the profile (``--set`` applied); returns the output root whose
+    scores it ends with (``run``, ``evaluate``, ``report``, ``status``), else ``None``."""
     from asd_utils import config, detection, runs, stages
 
+    profile = config.load_profile(args.profile, args.overrides)
     if args.command == "report":
         from asd_utils.report import pipeline
 
         record = pipeline.run(
-            args.profile,
+            profile,
             args.data_root,
             args.output_root,
             args.build_dir,
@@ -179,24 +190,22 @@ def _dispatch(args):
     if args.command == "profile":
         import yaml
 
-        profile = config.load_profile(args.profile)
         print(yaml.safe_dump(profile.plain(), sort_keys=False), end="")
         return
     if args.command == "study":
-        return _study(args)
+        return _study(args, profile)
     if args.command == "package" and args.check:
-        return _check_package(args)
+        return _check_package(args, profile)
     if args.command == "status":
-        profile = config.load_profile(args.profile)
         output_root = config.resolve_paths(profile, args.data_root, args.output_root).output_root
         print(runs.status(output_root))
         return output_root
     if args.command == "detect":  # reads the run; writes only its --output
-        run = stages.open_run(args.profile, args.data_root, args.output_root, write=False)
+        run = stages.open_run(profile, args.data_root, args.output_root, write=False)
         detection.detect(run, args.system, args.clips, args.output, args.machine_type, args.section)
         return
     session = stages.Session(
-        args.profile,
+        profile,
         args.data_root,
         args.output_root,
         progress=errors.progress_bars(not args.quiet),

@@ -286,7 +286,7 @@ def made_with(profile: BaseModel, name: str) -> dict:
 def _plain(value):
     """A section as its record holds it (:meth:`asd_utils.config.schema.Section.plain`); a
     number as is."""
-    return value.model_dump(exclude_none=True) if isinstance(value, BaseModel) else value
+    return value.plain() if isinstance(value, BaseModel) else value
 
 
 def changed_settings(made: dict, now: dict, keys=None) -> list[str]:

@@ -99,14 +99,15 @@ DEFAULT_PROFILE = "quick"
 
 
 def open_run(
-    profile: str | Path | None,
+    profile: str | Path | config.schema.Profile | None,
     data_root: str | Path | None = None,
     output_root: str | Path | None = None,
     progress: bool = True,
     write: bool = True,
 ) -> Run:
-    """The run of ``profile`` (a name or a YAML path) on ``data_root`` into ``output_root``
-    (argument > ``$DATA_ROOT`` / ``$OUTPUT_ROOT`` > the profile's defaults), the profile validated.
+    """The run of ``profile`` (a name, a YAML path, or a validated profile: ``--set`` applied)
+    on ``data_root`` into ``output_root`` (argument > ``$DATA_ROOT`` / ``$OUTPUT_ROOT`` > the
+    profile's defaults), the profile validated.
 
     ``write=False`` writes nothing (``asd detect`` reading a finished run). Otherwise, while no
     other run holds the output root (:class:`asd_utils.runs.OutputLock`, held for the moment),
@@ -117,20 +118,21 @@ def open_run(
     profile = profile or os.environ.get(PROFILE_ENV) or DEFAULT_PROFILE
     run = _located(profile, data_root, output_root)
     if not write:  # the profile as given, never the output root's frozen copy
-        run.profile_file, run.writes = config.profile_path(profile), False
+        given = not isinstance(profile, config.schema.Profile)
+        run.profile_file, run.writes = config.profile_path(profile) if given else None, False
         return run
     try:
         lock = runs.OutputLock(run.paths.output_root).acquire()
     except runs.OutputBusy:
         return run
     try:
-        _make(run, profile, progress)
+        _make(run, progress)
     finally:
         lock.release()
     return run
 
 
-def _located(profile: str | Path, data_root, output_root) -> Run:
+def _located(profile: str | Path | config.schema.Profile, data_root, output_root) -> Run:
     """The run of ``profile`` with its paths resolved; reads the profile, writes nothing."""
     settings = config.load_profile(profile)
     paths = config.resolve_paths(
@@ -142,12 +144,11 @@ def _located(profile: str | Path, data_root, output_root) -> Run:
     return Run(settings, paths, paths.output_root / "profile.yaml")
 
 
-def _make(run: Run, profile: str | Path, progress: bool) -> None:
+def _make(run: Run, progress: bool) -> None:
     """On the locked output root: the run's synthetic data (idempotent) and the validated
     profile frozen to ``run.profile_file`` (written only when it changed)."""
     data.prepare_data(run.profile, run.paths, progress=progress)
-    if Path(profile).resolve() != run.profile_file.resolve():
-        config.freeze_profile(run.profile, run.profile_file)
+    config.freeze_profile(run.profile, run.profile_file)
 
 
 def _console() -> None:
@@ -189,7 +190,7 @@ class Session:
 
     def __init__(
         self,
-        profile: str | Path,
+        profile: str | Path | config.schema.Profile,
         data_root: str | Path | None = None,
         output_root: str | Path | None = None,
         progress: bool = True,
@@ -225,7 +226,7 @@ class Session:
             if self.add_to_record:
                 self.seconds.update(_earlier_seconds(self.run))
             try:
-                _make(self.run, self._args[0], self.progress)
+                _make(self.run, self.progress)
                 if state is not None:
                     self.run.clips  # noqa: B018 - the manifest, for the other processes
             except BaseException:

@@ -21,8 +21,8 @@ average at each stage's start) and ``rehearsal.json`` into the output root (defa
 
 ``--train-fraction f`` keeps the full test sets and ``ceil(f · n_train_source)`` source training
 clips per machine type (990 → 248 at 0.25; the 10 target clips stay), through a variant of the
-profile written beside the results (``<output root>/rehearsal_profile.yaml``, its own synthetic
-root); the output says so. ``EAT_CHECKPOINT`` / ``BEATS_CHECKPOINT`` are removed from the
+profile (its own name and synthetic root) that every stage process gets as ``--set``
+arguments; the output says so. ``EAT_CHECKPOINT`` / ``BEATS_CHECKPOINT`` are removed from the
 children's environment: the rehearsal's backbones are tiny and random.
 """
 
@@ -108,28 +108,30 @@ def run_child(command: list[str], env: dict, tail_chars: int = 4000) -> dict:
     }
 
 
-def train_fraction_profile(profile: schema.Profile, fraction: float) -> tuple[schema.Profile, str]:
-    """A variant of ``profile`` (``model_copy``) with ``ceil(fraction · n_train_source)`` source
-    training clips (test sets and target clips as they are), its own name and synthetic root.
-    Returns it and a sentence saying what changed."""
+def train_fraction(profile: schema.Profile, fraction: float) -> tuple[list[str], str]:
+    """The ``--set`` arguments of a variant of ``profile`` with ``ceil(fraction ·
+    n_train_source)`` source training clips (test sets and target clips as they are), its own
+    name and synthetic root, and a sentence saying what changed."""
     before = profile.synth.n_train_source
-    synth = profile.synth.model_copy(
-        update={"n_train_source": max(2, math.ceil(fraction * before))}
-    )
+    clips = max(2, math.ceil(fraction * before))
     suffix = f"-train{round(100 * fraction)}"
     root = f"{profile.data.synthetic_root}{suffix}"
-    variant = profile.model_copy(
-        update={
-            "name": f"{profile.name}{suffix}",
-            "synth": synth,
-            "data": profile.data.model_copy(update={"synthetic_root": root}),
-        }
-    )
+    overrides = [
+        f"name={profile.name}{suffix}",
+        f"synth.n_train_source={clips}",
+        f"data.synthetic_root={root}",
+    ]
     note = (
-        f"--train-fraction {fraction}: {synth.n_train_source} source training clips per "
-        f"machine type instead of {before} (target clips and test sets in full), data {root}"
+        f"--train-fraction {fraction}: {clips} source training clips per machine type instead "
+        f"of {before} (target clips and test sets in full), data {root}"
     )
-    return variant, note
+    return overrides, note
+
+
+def train_fraction_profile(profile: schema.Profile, fraction: float) -> tuple[schema.Profile, str]:
+    """The variant of :func:`train_fraction` itself (``--set`` applied) and its sentence."""
+    overrides, note = train_fraction(profile, fraction)
+    return config.load_profile(profile, overrides), note
 
 
 def stage_plan(
@@ -216,30 +218,30 @@ def markdown(record: dict) -> str:
 
 
 def rehearse(args) -> int:
-    profile_arg = args.profile
-    profile = config.load_profile(profile_arg)
-    notes = []
+    profile = config.load_profile(args.profile)
+    notes, overrides = [], []
     hidden = ("EAT_CHECKPOINT", "BEATS_CHECKPOINT", "DATA_ROOT", "OUTPUT_ROOT")
     env = {k: v for k, v in os.environ.items() if k not in hidden}
     env["PYTHONUNBUFFERED"] = "1"
     if args.train_fraction is not None:
         if not 0 < args.train_fraction <= 1:
             raise SystemExit("--train-fraction must be in (0, 1]")
-        profile, note = train_fraction_profile(profile, args.train_fraction)
+        overrides, note = train_fraction(profile, args.train_fraction)
+        profile = config.load_profile(profile, overrides)
+        notes.append(f"{note}; {' '.join(f'--set {o}' for o in overrides)}")
+        print(notes[-1], flush=True)
     paths = config.resolve_paths(profile, args.data_root, args.output_root)
     output_root = paths.output_root
     output_root.mkdir(parents=True, exist_ok=True)
-    if args.train_fraction is not None:  # the children load the variant from a file
-        profile_arg = config.freeze_profile(profile, output_root / "rehearsal_profile.yaml")
-        notes.append(f"{note}; profile {profile_arg}")
-        print(notes[-1], flush=True)
-    common = ["--profile", str(profile_arg), "--output-root", str(output_root)]
+    common = ["--profile", args.profile, "--output-root", str(output_root)]
+    common += [f"--set={o}" for o in overrides]
     if args.data_root:
         common += ["--data-root", str(args.data_root)]
     asd = asd_command()
     record = {
         "profile": profile.name,
-        "profile_file": str(config.profile_path(profile_arg)),
+        "profile_file": str(config.profile_path(args.profile)),
+        "overrides": overrides,
         "command": " ".join(asd),
         "data_root": str(paths.data_root),
         "output_root": str(output_root),
@@ -300,10 +302,10 @@ def rehearse(args) -> int:
             )
         code = (
             "import sys; from asd_utils import config, data; "
-            "p = config.load_profile(sys.argv[1]); "
+            "p = config.load_profile(sys.argv[1], sys.argv[2:]); "
             "data.prepare_data(p, config.resolve_paths(p), progress=True)"
         )
-        command = [sys.executable, "-c", code, str(profile_arg)]
+        command = [sys.executable, "-c", code, args.profile, *overrides]
         if not run("synthesise", [], planned, "clips written", command):
             return 1
     if not run("prepare", ["prepare"], 0, "every clip indexed and checked"):

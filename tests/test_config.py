@@ -1,5 +1,6 @@
 """Profiles and path resolution."""
 
+import pandas as pd
 import pytest
 
 from asd_utils import config, data
@@ -245,3 +246,117 @@ def test_rehearsal_profile_has_the_paper_data_sizes_and_recipe_shape():
         assert section.train.batch_size == 16
         assert section.size == "tiny"
     assert rehearsal.osscl.classes_by_domain and rehearsal.fusion.classes_by_domain
+
+
+# --- --set KEY=VALUE: a profile key changed on the command line ---------------------------------
+
+
+def test_set_changes_the_keys_it_names_and_validates_the_values():
+    smoke = config.load_profile("smoke")
+    changed = config.load_profile(
+        "smoke", ["osscl.train.steps=2", "synth.n_train_source=20", "osscl.train.adam_eps=1e-6"]
+    )
+    assert (changed.osscl.train.steps, changed.synth.n_train_source) == (2, 20)
+    assert changed.osscl.train.adam_eps == 1e-6  # YAML 1.2: a number
+    assert changed.beats_grl == smoke.beats_grl  # nothing else moved
+    record = changed.plain()
+    assert record["osscl"]["train"]["steps"] == 2 and record["osscl"]["train"]["adam_eps"] == 1e-6
+    mapping = config.load_profile(
+        "smoke", ["synth.clip_seconds.fan=3", "lora_beats.classes.seed=4"]
+    )
+    assert mapping.synth.clip_seconds["fan"] == 3 and mapping.lora_beats.classes.seed == 4
+
+
+@pytest.mark.parametrize(
+    "setting, message",
+    [
+        ("osscl.train.stepz=2", r"osscl\.train\.stepz; did you mean 'osscl\.train\.steps'\?"),
+        ("synth.n_train_sources=20", r"did you mean 'synth\.n_train_source'\?"),
+        (
+            "osscl.train.steps=two",
+            r"osscl\.train\.steps: input should be a valid integer, got 'two'",
+        ),
+        ("osscl.train.steps=0", r"osscl\.train\.steps: input should be greater than 0"),
+        ("seed.x=1", r"seed is a value, not a section"),
+        ("osscl.train.steps", r"KEY=VALUE"),
+    ],
+)
+def test_set_refuses_a_misspelt_key_or_a_wrong_value_naming_it(setting, message):
+    with pytest.raises(config.ProfileError, match=message):
+        config.load_profile("smoke", [setting])
+
+
+def test_a_set_key_keys_the_run_and_the_same_value_keys_the_same_run(monkeypatch):
+    from asd_utils import systems
+
+    monkeypatch.setattr(data, "clip_fingerprint", lambda table: "fixed")
+    monkeypatch.delenv("EAT_CHECKPOINT", raising=False)
+    clips = pd.DataFrame(
+        {"machine_type": "fan", "section": "00", "split": "train", "attributes": "",
+         "domain": ["source", "target"], "path": ["a", "b"]}
+    )  # fmt: skip
+
+    def key(*settings):
+        profile = config.load_profile("smoke", settings)
+        return systems.run_dir("/out", profile, "System 1", "/data", clips).name
+
+    assert key("osscl.train.steps=7") != key()
+    assert key("osscl.train.steps=6") == key()  # smoke's own value: the same folder
+    assert key("osscl.train.weight_decay=0.01") != key()  # set, so recorded (a YAML edit would)
+
+
+def test_asd_set_is_recorded_in_the_runs_profile(tmp_path, capsys):
+    from asd_utils import cli
+
+    out = tmp_path / "out"
+    settings = [
+        f"data.synthetic_root={tmp_path / 'synth'}",
+        "synth.n_test=1",
+        "osscl.train.steps=2",
+    ]
+    where = ["--profile", "smoke", "--output-root", str(out), "--set", settings[0]]
+    where += [f"--set={s}" for s in settings[1:]]
+    assert cli.main(["prepare", *where]) == 0
+    recorded = config.load_profile(out / "profile.yaml")
+    assert (recorded.synth.n_test, recorded.osscl.train.steps) == (1, 2)
+    assert recorded == config.load_profile("smoke", settings)
+    assert cli.main(["profile", *where]) == 0
+    assert "steps: 2" in capsys.readouterr().out
+    assert cli.main(["status", *where[:4], "--set", "osscl.train.stepz=2"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "did you mean 'osscl.train.steps'" in err
+
+
+# --- defaults: in the schema only; a record holds what the profile set ---------------------------
+
+
+def test_a_schema_default_is_read_but_not_recorded():
+    train = config.load_profile("smoke").osscl.train
+    assert train.weight_decay == 0.01 and train.keep_checkpoints == 2  # the schema's
+    assert "weight_decay" not in train.plain() and "weight_decay" in train.model_dump()
+    copy = train.model_copy(update={"weight_decay": 0.05})  # model_copy marks it set
+    assert copy.plain()["weight_decay"] == 0.05 and copy.plain()["steps"] == train.steps
+    smoke = config.load_profile("smoke")
+    derived = smoke.model_copy(update={"osscl": smoke.osscl.model_copy(update={"train": copy})})
+    assert derived.plain()["osscl"]["train"]["weight_decay"] == 0.05
+    # defaults recorded before keys hashed only what a profile sets stay recorded
+    assert smoke.plain()["data"]["edition"] == "auto"
+    assert smoke.plain()["lora_beats"]["classes"]["scheme"] == "auto"
+
+
+def test_the_code_builds_its_settings_from_the_schema_defaults():
+    from asd_utils.config import schema
+    from asd_utils.training import TrainConfig
+
+    smoke = config.load_profile("smoke")
+    train = TrainConfig.from_section(smoke.osscl.train, smoke.seed)
+    assert (train.weight_decay, train.keep_checkpoints, train.seed) == (0.01, 2, smoke.seed)
+    assert (
+        TrainConfig.from_dict({"steps": 3}).log_every
+        == schema.Train.model_fields["log_every"].default
+    )
+    made = synth.SynthConfig.from_section(smoke.synth)
+    assert (made.channels, made.near_snr_db, made.fault_sound_level) == (2, (3.0, 12.0), 0.25)
+    assert (
+        synth.SynthConfig().noise_path_taps == schema.Synth.model_fields["noise_path_taps"].default
+    )

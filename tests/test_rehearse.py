@@ -99,3 +99,19 @@ def test_rehearsal_of_the_smoke_profile_times_every_stage(tmp_path):
     assert all(f"| {name} |" in table for name in expected)
     assert "amx_bf16" in table or "bf16 flags: none" in table
     assert (tmp_path / "out" / "metrics.csv").is_file()  # the stages' own results are there
+
+
+def test_the_fraction_variant_is_its_set_arguments():
+    # the stage processes get --set arguments; they build the profile the model_copy made
+    base = config.load_profile("rehearsal")
+    overrides, _ = rehearse.train_fraction(base, 0.25)
+    assert overrides == [
+        "name=rehearsal-train25",
+        "synth.n_train_source=248",
+        "data.synthetic_root=data/synthetic/rehearsal-train25",
+    ]
+    by_set = config.load_profile("rehearsal", overrides)
+    data = base.data.model_copy(update={"synthetic_root": "data/synthetic/rehearsal-train25"})
+    synth = base.synth.model_copy(update={"n_train_source": 248})
+    by_copy = base.model_copy(update={"name": "rehearsal-train25", "synth": synth, "data": data})
+    assert by_set == by_copy and by_set.plain() == by_copy.plain()

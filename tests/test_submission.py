@@ -509,7 +509,7 @@ def test_cli_check(package, tree, good_folder, capsys):
     assert out.startswith("ok:") and "FILL IN" in out
     assert cli.main([*where, str(good_folder)]) == 0
     dev = str(package / "dev")
-    assert cli.main([*where, dev, "--set", "dev"]) == 0
+    assert cli.main([*where, dev, "--against", "dev"]) == 0
     capsys.readouterr()
     _score_csv(good_folder).write_text("file_name,anomaly_score\n")
     assert cli.main([*where, str(good_folder)]) == 2

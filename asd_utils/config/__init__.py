@@ -13,6 +13,8 @@ from __future__ import annotations
 import difflib
 import os
 import re
+import typing
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -173,23 +175,96 @@ def validate_profile(values, source: str = "profile") -> schema.Profile:
     return profile
 
 
-def load_profile(profile: str | os.PathLike) -> schema.Profile:
-    """Read and validate a profile by name (``profiles/<name>.yaml``) or by path.
+def load_profile(
+    profile: str | os.PathLike | schema.Profile, overrides: Sequence[str] = ()
+) -> schema.Profile:
+    """Read and validate a profile by name (``profiles/<name>.yaml``) or by path (a validated
+    :class:`~asd_utils.config.schema.Profile` is taken as it is), then apply ``overrides``
+    (``KEY=VALUE``: :func:`override`).
 
     Clear errors: a missing file lists the known profiles; a profile that does not match the
     schema is a :class:`ProfileError` naming the file and the key (:func:`validate_profile`).
     What it ``extends`` is merged in first (:func:`read_profile_values`).
     """
-    path = profile_path(profile)
-    return validate_profile(read_profile_values(path), str(path))
+    if not isinstance(profile, schema.Profile):
+        path = profile_path(profile)
+        profile = validate_profile(read_profile_values(path), str(path))
+    return override(profile, overrides) if overrides else profile
+
+
+def override(profile: schema.Profile, settings: Sequence[str]) -> schema.Profile:
+    """``profile`` with each ``KEY=VALUE`` of ``settings`` (``asd … --set``) applied in order,
+    as an edit of its YAML would be: a dotted key path (``osscl.train.steps=2``,
+    ``synth.clip_seconds.fan=3``), the value read as YAML (``1e-4`` a number, ``[fan]`` a list,
+    ``null``), the whole validated again by the schema. The result records the keys as set
+    (:meth:`~asd_utils.config.schema.Plain.plain`), so run keys follow. A key the schema does
+    not know is a :class:`ProfileError` naming the closest valid one; a wrong type or range
+    names the key and what was expected (:func:`validate_profile`)."""
+    values = profile.model_dump(exclude_unset=True)
+    for setting in settings:
+        key, sep, text = setting.partition("=")
+        if not sep or not key:
+            raise ProfileError(f"--set {setting!r}: KEY=VALUE, e.g. osscl.train.steps=2")
+        try:
+            value = yaml.load(text, Loader=_Loader)  # noqa: S506 (a SafeLoader)
+        except yaml.YAMLError as err:
+            raise ProfileError(f"--set {setting!r}: the value is not YAML ({err})") from None
+        _assign(values, key.strip(), value)
+    return validate_profile(values, f"{profile.name} with --set {' '.join(settings)}")
+
+
+def _assign(values: dict, key: str, value) -> None:
+    """Set the dotted ``key`` of a profile's ``values`` (nested dicts) to ``value``; each part
+    must be a key the schema knows where the schema types it (a section), any key below a
+    mapping the schema leaves open (``clip_seconds``, a back end's options)."""
+    parts, model, node = key.split("."), schema.Profile, values
+    for depth, part in enumerate(parts):
+        path = ".".join(parts[: depth + 1])
+        if model is not None:
+            known = list(model.model_fields)
+            if model.model_config.get("extra") == "allow":  # e.g. the back ends' options
+                known += [k for k in node if k not in known]
+            if part not in known:
+                close = difflib.get_close_matches(part, known, n=1)
+                hint = (
+                    f"; did you mean {'.'.join([*parts[:depth], close[0]])!r}?"
+                    if close
+                    else f" (known: {', '.join(known)})"
+                )
+                raise ProfileError(f"--set {key}: unknown key {path}{hint}")
+        if depth == len(parts) - 1:
+            node[part] = value
+            return
+        if node.get(part) is None:  # a section the profile leaves out (``classes``)
+            node[part] = {}
+        if not isinstance(node[part], dict):
+            raise ProfileError(f"--set {key}: {path} is a value, not a section")
+        model, node = _section_model(model, part), node[part]
+
+
+def _section_model(model: type[pydantic.BaseModel] | None, key: str):
+    """The model of ``model``'s field ``key`` (of an optional one too); None for a mapping the
+    schema leaves open."""
+    field = model.model_fields.get(key) if model is not None else None
+    if field is None:
+        return None
+    for kind in (field.annotation, *typing.get_args(field.annotation)):
+        if isinstance(kind, type) and issubclass(kind, pydantic.BaseModel):
+            return kind
+    return None
 
 
 def freeze_profile(profile: schema.Profile, path: str | os.PathLike) -> Path:
-    """Write the validated ``profile`` to ``path`` (atomically): the run's record
-    (``<output root>/profile.yaml``), which the notebooks of one run load; nothing else writes
-    a profile to read it back (a derived profile is ``profile.model_copy(update=...)``)."""
+    """Write the validated ``profile`` (``--set`` overrides included) to ``path`` (atomically,
+    and only when it changed): the run's record (``<output root>/profile.yaml``), which the
+    notebooks of one run load; nothing else writes a profile (a derived profile is
+    ``profile.model_copy(update=...)``, or ``--set`` for a command)."""
     text = "# the profile this run ran with (asd_utils.report.pipeline); do not edit\n"
-    return atomic_write_text(path, text + yaml.safe_dump(profile.plain(), sort_keys=False))
+    text += yaml.safe_dump(profile.plain(), sort_keys=False)
+    path = Path(path)
+    if path.is_file() and path.read_text(encoding="utf-8") == text:
+        return path
+    return atomic_write_text(path, text)
 
 
 def _from_repo(path: str | os.PathLike) -> Path:

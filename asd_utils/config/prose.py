@@ -40,7 +40,7 @@ def augmentation(section: FineTuned) -> str | None:
     parts = [f"SpecAugment (time mask {time}, frequency mask {freq})"] if time or freq else []
     if section.crop_seconds:
         parts.append(f"random {section.crop_seconds} s crops")
-    if (section.target_repeats or 1) > 1:
+    if section.target_repeats > 1:
         parts.append(f"target-domain clips repeated {section.target_repeats}x")
     return "; ".join(parts) or None
 

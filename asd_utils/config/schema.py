@@ -7,17 +7,17 @@ never a silent default or a traceback hours later. pydantic does the checking (s
 no string is taken for a number); this module only states what a profile may hold.
 
 The validated :class:`Profile` is what every stage, system, recipe and back end receives
-(``Run.profile``); a derived profile is ``profile.model_copy(update=...)``. Defaults still live
-in the profiles: a key every shipped profile sets is required here. The optional keys (default
-``None``) are the few that only some sections or profiles use; left out, the code that reads
-them keeps its own default (``synth.SynthConfig``, ``training.TrainConfig``, the loss
-classes), and :meth:`Section.plain` (the dict form that run keys hash and records keep) leaves
-them out, so there is one source of each default.
+(``Run.profile``); a derived profile is ``profile.model_copy(update=...)``. Choices live in the
+profiles: a key every shipped profile sets is required here. An optional key's default is a
+fact (torch's AdamW weight decay, the OS-SCL code's plain sum, a stereo 16 kHz dataset) and lives
+here only, on its field; the code reads ``section.train.weight_decay`` with no fallback of its
+own. :meth:`Plain.plain` (the dict form that run keys hash and records keep) holds what the
+profile set, so adding a default here moves no key.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -33,12 +33,32 @@ ENSEMBLE_MEMBERS = tuple(registry.of_kind("fine-tuned", "frozen"))  # what an en
 
 
 class Plain(BaseModel):
-    """A part of a profile with its dict form."""
+    """A part of a profile with its dict form.
+
+    ``recorded_defaults``: fields whose defaults count as set (recorded and keyed as if the
+    profile had written them), for the defaults that were keyed before keys hashed only what a
+    profile sets; a new default is never listed, so that it moves no key.
+    """
+
+    recorded_defaults: ClassVar[tuple[str, ...]] = ()
+
+    @model_validator(mode="after")
+    def _record_defaults(self):
+        self.__pydantic_fields_set__.update(self.recorded_defaults)
+        return self
 
     def plain(self) -> dict:
         """The part as its record holds it (``profile.yaml``, ``system.json``) and as run and
-        cache keys hash it: nested dicts, the optional keys left unset (``None``) absent."""
-        return self.model_dump(exclude_none=True)
+        cache keys hash it: nested dicts of what the profile set (``model_copy(update=...)``
+        sets what it updates), ``None`` values absent. Every value, defaults included:
+        ``model_dump()``."""
+        return self.model_dump(exclude_unset=True, exclude_none=True)
+
+
+def optional_defaults(model: type[BaseModel]) -> dict:
+    """The defaults of ``model``'s optional fields, for code that builds the same settings
+    without a profile (tests, benchmarks)."""
+    return {name: f.default for name, f in model.model_fields.items() if not f.is_required()}
 
 
 class Section(Plain):
@@ -53,34 +73,40 @@ class Data(Section):
     ``auto`` (the tree's folders and channel counts decide). Never inherited (``extends``),
     so its default is here."""
 
+    recorded_defaults = ("edition",)
     synthetic_root: str
     edition: Annotated[str, Field(min_length=1)] = "auto"
 
 
+Pair = Annotated[list[float], Field(min_length=2, max_length=2)]
+
+
 class Synth(Section):
-    """:class:`asd_utils.data.synth.SynthConfig` (sizes of the embedded synthetic dataset)."""
+    """:class:`asd_utils.data.synth.SynthConfig` (sizes of the embedded synthetic dataset).
+    Defaults: no evaluation set, stereo 16 kHz (the 2026 format), the generator's acoustics
+    (``fault_sound_level`` 0.25 puts the baseline near its Table 2 level; see SynthConfig)."""
 
     machine_types: list[str] = Field(min_length=1)
-    eval_machine_types: list[str] | None = None
-    channels: Literal[1, 2] | None = None
+    eval_machine_types: list[str] = []
+    channels: Literal[1, 2] = 2
     n_train_source: Annotated[int, Field(ge=2)]
     n_train_target: PositiveInt
     n_test: PositiveInt
     clip_seconds: dict[str, PositiveFloat]
-    sample_rate: Literal[16000] | None = None
-    near_snr_db: Annotated[list[float], Field(min_length=2, max_length=2)] | None = None
-    far_snr_db: Annotated[list[float], Field(min_length=2, max_length=2)] | None = None
-    noise_path_ms: Annotated[list[PositiveFloat], Field(min_length=2, max_length=2)] | None = None
-    noise_path_taps: PositiveInt | None = None
-    anomaly_severity: NonNegativeFloat | None = None
-    fault_sound_level: NonNegativeFloat | None = None
+    sample_rate: Literal[16000] = 16000
+    near_snr_db: Pair = [3.0, 12.0]
+    far_snr_db: Pair = [-12.0, -4.0]
+    noise_path_ms: Annotated[list[PositiveFloat], Field(min_length=2, max_length=2)] = [8.0, 20.0]
+    noise_path_taps: PositiveInt = 384
+    anomaly_severity: NonNegativeFloat = 1.0
+    fault_sound_level: NonNegativeFloat = 0.25
     seed: int
 
     @model_validator(mode="after")
     def _consistent(self):
         if "default" not in self.clip_seconds:
             raise ValueError("clip_seconds needs a 'default' entry (seconds of every other type)")
-        both = set(self.machine_types) & set(self.eval_machine_types or ())
+        both = set(self.machine_types) & set(self.eval_machine_types)
         if both:
             raise ValueError(
                 f"machine types {sorted(both)} are in both machine_types and eval_machine_types"
@@ -116,7 +142,10 @@ class Anc(Section):
 
 
 class Train(Section):
-    """:class:`asd_utils.training.TrainConfig`: the keys every profile sets, then the optional."""
+    """:class:`asd_utils.training.TrainConfig`: the keys every profile sets, then the optional
+    with their defaults (not in the paper's Table 1: torch's AdamW ``weight_decay`` and
+    ``adam_eps``, one learning rate for the loss's parameters, no gradient clipping, no mixup;
+    ``seed`` None: the profile's)."""
 
     steps: PositiveInt
     batch_size: PositiveInt
@@ -128,16 +157,16 @@ class Train(Section):
     spec_augment_freq: NonNegativeInt
     mixed_precision: Literal["no", "bf16", "auto"]  # asd_utils.models.precision
     checkpoint_every: NonNegativeInt
-    loss_lr_scale: PositiveFloat | None = None
-    weight_decay: NonNegativeFloat | None = None
-    adam_eps: PositiveFloat | None = None
-    max_grad_norm: PositiveFloat | None = None
-    mixup_alpha: NonNegativeFloat | None = None
-    mixup_prob: Annotated[float, Field(ge=0, le=1)] | None = None  # mixup per clip
+    loss_lr_scale: PositiveFloat = 1.0
+    weight_decay: NonNegativeFloat = 0.01
+    adam_eps: PositiveFloat = 1e-8
+    max_grad_norm: PositiveFloat | None = None  # None: no clipping
+    mixup_alpha: NonNegativeFloat = 0.0  # mixup per batch; 0: off
+    mixup_prob: Annotated[float, Field(ge=0, le=1)] = 0.0  # mixup per clip; 0: off
     seed: int | None = None  # None: the profile's seed
-    keep_checkpoints: NonNegativeInt | None = None
-    log_every: PositiveInt | None = None
-    num_workers: NonNegativeInt | None = None
+    keep_checkpoints: NonNegativeInt = 2  # 0: all
+    log_every: PositiveInt = 10
+    num_workers: NonNegativeInt = 0
 
     @model_validator(mode="after")
     def _one_mixup(self):
@@ -147,14 +176,15 @@ class Train(Section):
 
 
 class OSSCLLoss(Section):
-    """:class:`asd_utils.models.losses.OSSCLLoss`."""
+    """:class:`asd_utils.models.losses.OSSCLLoss`; the weights default to the OS-SCL code's
+    plain sum."""
 
     margin: NonNegativeFloat
     scale: PositiveFloat
     sub_centers: PositiveInt
     temperature: PositiveFloat
-    arcface_weight: NonNegativeFloat | None = None
-    supcon_weight: NonNegativeFloat | None = None
+    arcface_weight: NonNegativeFloat = 1.0
+    supcon_weight: NonNegativeFloat = 1.0
 
 
 class GRLLoss(Section):
@@ -165,7 +195,7 @@ class GRLLoss(Section):
     sub_centers: PositiveInt
     lambda_max: NonNegativeFloat
     domain_weight: NonNegativeFloat
-    hidden_dim: PositiveInt | None = None
+    hidden_dim: PositiveInt = 256  # the domain classifier's hidden layer
 
 
 class ClassSettings(Plain):
@@ -180,6 +210,15 @@ class ClassSettings(Plain):
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+    recorded_defaults = (
+        "scheme",
+        "method",
+        "source_clusters",
+        "target_clusters",
+        "by_domain",
+        "n_init",
+        "seed",
+    )
     scheme: Literal["names", "pseudo", "auto"] = "auto"
     method: Literal["kmeans", "ward"] = "kmeans"
     source_clusters: PositiveInt = 7
@@ -197,7 +236,7 @@ class FineTuned(Section):
     size: Literal["tiny", "base"]
     checkpoint: str
     crop_seconds: PositiveFloat | None = None  # None (null): whole clips
-    target_repeats: PositiveInt | None = None
+    target_repeats: PositiveInt = 1  # each target clip listed this many times in training
     projection_dim: PositiveInt
     train: Train
     knn_k: PositiveInt

@@ -17,7 +17,11 @@ from pytorch_metric_learning import losses
 from pytorch_metric_learning.utils import distributed
 from torch import nn
 
+from asd_utils.config import schema
 from asd_utils.models.heads import DomainClassifier, grl_lambda, reverse_gradient
+
+_OSSCL = schema.optional_defaults(schema.OSSCLLoss)  # the optional keys' defaults: the schema's
+_GRL = schema.optional_defaults(schema.GRLLoss)
 
 
 class OSSCLLoss(nn.Module):
@@ -27,7 +31,8 @@ class OSSCLLoss(nn.Module):
     class ids (B,); returns ``{"loss", "arcface", "supcon"}`` (scalars; ``loss`` is the weighted
     sum). Defaults are the XJU paper's Table 1: margin 0.2 rad, 114 sub-centres, temperature
     0.04. Not in Table 1: ``scale`` (30, the s of the OS-SCL code's ArcMarginProduct; the ECCV
-    paper and PML use 64) and the weights (1 and 1, the OS-SCL code's plain sum).
+    paper and PML use 64) and the weights (the schema's defaults, 1 and 1: the OS-SCL code's
+    plain sum).
 
     Sub-center ArcFace (Deng et al., ECCV 2020): class cosine = max over the class's K centre
     cosines; logit of the true class s·cos(θ + m), of the others s·cos θ; cross-entropy.
@@ -47,8 +52,8 @@ class OSSCLLoss(nn.Module):
         scale: float = 30.0,
         sub_centers: int = 114,
         temperature: float = 0.04,
-        arcface_weight: float = 1.0,
-        supcon_weight: float = 1.0,
+        arcface_weight: float = _OSSCL["arcface_weight"],
+        supcon_weight: float = _OSSCL["supcon_weight"],
     ):
         super().__init__()
         self.arcface = losses.SubCenterArcFaceLoss(
@@ -125,7 +130,7 @@ class GRLLoss(nn.Module):
         sub_centers: int = 1,
         lambda_max: float = 1.0,
         domain_weight: float = 1.0,
-        hidden_dim: int = 256,
+        hidden_dim: int = _GRL["hidden_dim"],
     ):
         super().__init__()
         self.register_buffer("class_to_label", torch.as_tensor(class_to_label, dtype=torch.long))

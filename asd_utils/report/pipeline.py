@@ -387,7 +387,7 @@ def build_book(paths: RunPaths, profile: Profile, build_dir: Path) -> Path:
 
 
 def run(
-    profile_name: str,
+    profile: str | Path | Profile,
     data_root: str | None = None,
     output_root: str | None = None,
     build_dir: str | None = None,
@@ -408,7 +408,7 @@ def run(
     """
     check_only(only)
     session = stages.Session(
-        profile_name, data_root, output_root, unit="chapter", add_to_record=bool(only)
+        profile, data_root, output_root, unit="chapter", add_to_record=bool(only)
     )
     with session:
         _run_locked(session, build_dir, book, only, kernel, workers)

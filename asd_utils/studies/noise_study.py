@@ -175,12 +175,13 @@ def _measure(arm: Arm, study_run: stages.Run, cache: Path, progress: bool):
 
 
 def run(
-    profile_name: str,
+    profile: str | Path | Profile,
     output_root: str | Path | None = None,
     progress: bool = True,
 ) -> pd.DataFrame:
-    """Run (or resume) the study of the profile; returns every row of ``noise_study.csv``."""
-    profile = config.load_profile(profile_name)
+    """Run (or resume) the study of the profile (a name, a path, or a validated profile:
+    ``--set`` applied); returns every row of ``noise_study.csv``."""
+    profile = config.load_profile(profile)
     study = profile.noise_study
     paths = config.resolve_paths(profile, None, None if output_root is None else str(output_root))
     folder = paths.output_root / "noise_study"

@@ -277,7 +277,7 @@ def build(
     """
     recipe = recipes.of(system)
     settings_ = recipe.settings(profile)
-    table = repeat_target_clips(_training_clips(data_root, clips), settings_.target_repeats or 1)
+    table = repeat_target_clips(_training_clips(data_root, clips), settings_.target_repeats)
     classes = recipe.classes(profile, table, progress)
     targets, names = classes.ids, classes.names
     train = train_config(profile, system)

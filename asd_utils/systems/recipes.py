@@ -235,7 +235,7 @@ class OSSCL(Recipe):
     kind = "OSSCL"
 
     def loss(self, settings, model, names, train, overrides=None):
-        options = {**settings.loss.plain(), **(overrides or {})}
+        options = {**settings.loss.model_dump(), **(overrides or {})}
         return OSSCLLoss(len(names), model.embed_dim, **options)
 
     def describe(self, system: str, profile: Profile) -> tuple[dict, list[str]]:
@@ -255,7 +255,7 @@ class OSSCL(Recipe):
             "domain_generalization_method": (
                 "target-domain clips repeated in training; KNN distance taken separately to "
                 "source and target training clips (minimum)"
-                if (section.target_repeats or 1) > 1
+                if section.target_repeats > 1
                 else "KNN distance taken separately to source and target training clips (minimum)"
             ),
             "attribute_usage": (
@@ -334,7 +334,7 @@ class GRL(Recipe):
             domains,
             model.embed_dim,
             total_calls=train.steps * train.grad_accumulation,
-            **{**settings.loss.plain(), **(overrides or {})},
+            **{**settings.loss.model_dump(), **(overrides or {})},
         )
 
     def describe(self, system: str, profile: Profile) -> tuple[dict, list[str]]:
@@ -420,7 +420,7 @@ class LoRASCAdaCos(Recipe):
         return PooledEmbeddingModel(self.backbone(settings), settings.projection_dim)
 
     def loss(self, settings, model, names, train, overrides=None):
-        options = {**settings.loss.plain(), **(overrides or {})}
+        options = {**settings.loss.model_dump(), **(overrides or {})}
         return SCAdaCosLoss(len(names), settings.projection_dim, **options)
 
     def embedder(self, model: nn.Module, settings: LoRABEATs) -> nn.Module:

@@ -1,18 +1,24 @@
-"""The training settings (:class:`TrainConfig`; defaults: the XJU paper's Table 1): from a
-profile's typed ``train`` section (the schema checked it) or from plain values, checked here."""
+"""The training settings (:class:`TrainConfig`): from a profile's typed ``train`` section (the
+schema checked it) or from plain values, which the same schema checks."""
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
 
-from asd_utils.config.schema import Train
-from asd_utils.models import precision
+import pydantic
+
+from asd_utils.config.schema import Train, optional_defaults
+
+OPTIONAL = optional_defaults(Train)
+"""The optional keys' defaults: the schema's (:class:`asd_utils.config.schema.Train`)."""
 
 
 @dataclass
 class TrainConfig:
-    """Training settings; defaults are the XJU paper's Table 1 unless marked.
+    """Training settings. Built by hand (tests, benchmarks), the keys every profile sets default
+    to the XJU paper's Table 1 (and the seed to 13711), the optional keys to the schema's
+    defaults (:data:`OPTIONAL`).
 
     ``steps`` counts optimizer steps (each ``grad_accumulation`` micro-batches of
     ``batch_size`` clips, summed over processes); ``warmup_steps`` too. Not in Table 1:
@@ -23,7 +29,7 @@ class TrainConfig:
     SpecAugment: one time and one frequency mask, widths below ``spec_augment_time`` /
     ``spec_augment_freq`` (see :func:`asd_utils.frontends.features.spec_augment`); 0 disables it.
     ``mixup_alpha``: mixup of the waveforms (:func:`~asd_utils.training.loop.mixup`),
-    λ ~ Beta(α, α); 0 (the default, as Table 1, which lists SpecAugment only) disables it; the
+    λ ~ Beta(α, α); 0 (the default: Table 1 lists SpecAugment only) disables it; the
     OS-SCL code uses 0.5. ``mixup_prob``: mixup per clip instead
     (:func:`asd_utils.models.mixup.mixup`, the public LoRA recipe's p = 0.5): each clip mixed
     with probability p, w ~ U(0, 1) per clip, for a loss that takes a weight per clip
@@ -39,22 +45,22 @@ class TrainConfig:
     batch_size: int = 16
     grad_accumulation: int = 8
     learning_rate: float = 1e-4
-    loss_lr_scale: float = 1.0
-    weight_decay: float = 0.01
-    adam_eps: float = 1e-8
+    loss_lr_scale: float = OPTIONAL["loss_lr_scale"]
+    weight_decay: float = OPTIONAL["weight_decay"]
+    adam_eps: float = OPTIONAL["adam_eps"]
     warmup_steps: int = 960
-    max_grad_norm: float | None = None
+    max_grad_norm: float | None = OPTIONAL["max_grad_norm"]
     ema_decay: float = 0.9995
     spec_augment_time: int = 80
     spec_augment_freq: int = 80
-    mixup_alpha: float = 0.0
-    mixup_prob: float = 0.0
+    mixup_alpha: float = OPTIONAL["mixup_alpha"]
+    mixup_prob: float = OPTIONAL["mixup_prob"]
     seed: int = 13711
     mixed_precision: str = "no"
     checkpoint_every: int = 500
-    keep_checkpoints: int = 2
-    log_every: int = 10
-    num_workers: int = 0
+    keep_checkpoints: int = OPTIONAL["keep_checkpoints"]
+    log_every: int = OPTIONAL["log_every"]
+    num_workers: int = OPTIONAL["num_workers"]
 
     # Settings that may change when a run is resumed; any other difference is an error.
     RESUMABLE_CHANGES = (
@@ -65,41 +71,39 @@ class TrainConfig:
         "num_workers",
     )
 
-    def _check(self) -> TrainConfig:
-        """The schema's checks (:class:`asd_utils.config.schema.Train`) for values no schema saw."""
-        if self.mixed_precision not in precision.SETTINGS:
-            raise ValueError(
-                f"mixed_precision must be one of {precision.SETTINGS}, not {self.mixed_precision}"
-            )
-        positive = ("steps", "batch_size", "grad_accumulation", "warmup_steps", "log_every")
-        if any(getattr(self, name) < 1 for name in positive):
-            raise ValueError(f"{', '.join(positive)} must be >= 1 (got {self.to_dict()})")
-        if self.mixup_alpha < 0:
-            raise ValueError(f"mixup_alpha must be >= 0 (0: no mixup), not {self.mixup_alpha}")
-        if not 0.0 <= self.mixup_prob <= 1.0:
-            raise ValueError(f"mixup_prob must be in [0, 1] (0: no mixup), not {self.mixup_prob}")
-        if self.mixup_alpha and self.mixup_prob:
-            raise ValueError("mixup_alpha (per batch) and mixup_prob (per clip): set one, not both")
-        if not 0.0 <= self.ema_decay < 1.0:
-            raise ValueError(f"ema_decay must be in [0, 1), not {self.ema_decay}")
-        return self
-
     @classmethod
     def from_section(cls, section: Train, seed: int) -> TrainConfig:
         """From a system's validated ``train`` section (:class:`asd_utils.config.schema.Train`,
-        whose keys and ranges the schema checked): its keys as set, this class's defaults for
-        the optional ones it leaves out; ``seed`` (the profile's) unless the section sets one."""
-        return cls(**{"seed": seed, **section.plain()})
+        whose keys, ranges and defaults the schema holds): every value as the section has it;
+        ``seed`` (the profile's) unless the section sets one."""
+        values = section.model_dump()
+        return cls(**{**values, "seed": seed if values["seed"] is None else values["seed"]})
 
     @classmethod
     def from_dict(cls, values: dict) -> TrainConfig:
-        """From plain values that no schema checked (a JSON file), checked here; unknown keys are
-        an error (a typo must not pass silently)."""
+        """From plain values that no schema checked (a JSON file), checked by the schema's
+        :class:`~asd_utils.config.schema.Train`: a key left out takes Table 1's value (a key
+        every profile sets) or the schema's default; an unknown key, a wrong type or a value
+        out of range is a ``ValueError`` naming the key."""
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - names)
         if unknown:
             raise ValueError(f"unknown training settings {unknown}; known: {sorted(names)}")
-        return cls(**values)._check()
+        table_1 = {k: getattr(cls, k) for k, f in Train.model_fields.items() if f.is_required()}
+        try:
+            section = Train.model_validate({**table_1, **values, "seed": None})
+        except pydantic.ValidationError as err:
+            problems = "; ".join(_problem(error) for error in err.errors())
+            raise ValueError(f"training settings: {problems}") from None
+        return cls.from_section(section, values.get("seed", cls.seed))
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+def _problem(error: dict) -> str:
+    """One of pydantic's errors as ``key: what was expected (got value)``."""
+    message = error["msg"].removeprefix("Value error, ")
+    if not error["loc"]:  # a rule over several keys
+        return message
+    return f"{'.'.join(map(str, error['loc']))}: {message} (got {error['input']!r})"
