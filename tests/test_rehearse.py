@@ -73,7 +73,7 @@ def test_rehearsal_of_the_smoke_profile_times_every_stage(tmp_path):
     expected = ["synthesise", "prepare", "baseline"]
     for system in registry.of_kind("fine-tuned"):  # the smoke data is stereo: all of them
         expected += [f"train {system}", f"embed {system}"]
-    expected += ["score", "frozen", "ensemble", "evaluate", "package"]
+    expected += ["score", "training-free", "ensemble", "evaluate", "package"]
     stages = record["stages"]
     assert [row["stage"] for row in stages] == expected
     assert all(row["wall_s"] > 0 and row["peak_rss_gib"] > 0 for row in stages)
