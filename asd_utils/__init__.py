@@ -7,15 +7,17 @@ below it (``.importlinter``, checked by ``make test``), and ``config``, ``data``
     cli.py            the ``asd`` command: one sub-command per stage
     report/           pipeline (papermill over the notebooks), book, plots, analysis
     studies/          denoising (the ANC measured), noise_study (System 5 against the SNR)
+    detection.py      ``asd detect``: new recordings scored by a finished run
     stages.py         every stage, one function each: prepare, baseline, train, embed, score,
-                      frozen, ensemble, evaluate, package, detect
+                      training_free, ensemble, evaluate, package
     submission/       the DCASE package: meta files, ground truth, the checks
     systems/          how each system is made: build and run folder of the fine-tuned ones,
-                      baseline (the autoencoder), training_free (System 0, the log-mel
-                      floor), ensemble
+                      baseline (the autoencoder), training_free (Systems 0 and 6, the
+                      log-mel floor), ensemble
     scoring/          embeddings and their cache, the back ends (KNN and others)
     training/         the training loop, checkpoints and resume (``asd train``)
-    models/           EAT, BEATs, the fusion modules, heads, losses, the autoencoder, precision
+    models/           EAT, BEATs, the frozen encoder, the fusion modules, heads, losses, the
+                      autoencoder, precision
     frontends/        fbank and log-mel, SpecAugment, the ANC, channel views
     data/             DCASE names, the index and its checks, audio I/O; synth (the synthetic set)
     evaluation/       metrics, the official file format, thresholds, Table 2

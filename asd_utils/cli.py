@@ -91,7 +91,7 @@ def parser() -> argparse.ArgumentParser:
     embed.add_argument("--system", nargs="+", required=True, choices=trainable)
     score = command("score", "score embedded systems with the default back end; official files")
     score.add_argument("--system", nargs="+", help="default: every embedded system")
-    command("frozen", "System 0 (frozen encoder) and the log-mel floor: embed, score, write")
+    command("training-free", "Systems 0 and 6 (a frozen encoder each) and the log-mel floor: score")
     command("ensemble", "System 4 from its members' written scores")
     command("evaluate", "metrics.csv and table2.csv from the written official files")
     _package_options(command("package", "the DCASE submission package, checked after writing"))
@@ -247,8 +247,8 @@ def _stage(args, session) -> None:
             session.timed(f"embed {system}", stages.embed, run, system, progress=progress)
     elif args.command == "score":
         session.timed("score", stages.score, run, args.system)
-    elif args.command == "frozen":
-        session.timed("frozen", stages.frozen, run, progress=progress)
+    elif args.command == "training-free":
+        session.timed("training-free", stages.training_free, run, progress=progress)
     elif args.command == "ensemble":
         session.timed("ensemble", stages.ensemble, run, required=True)
     elif args.command == "evaluate":

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import logging
 import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -104,7 +106,7 @@ def detect(
     section's threshold in the system's official files (the profile's decision rule on its
     training clips' scores). Writes ``output`` (:data:`DETECTED`; :data:`STDOUT`: standard
     output) and returns it; says how many were flagged, warning when the system is randomly
-    initialised or from a smoke or quick run (:func:`_say_detected`).
+    initialised or from a run of sanity-check size (:func:`_say_detected`).
 
     A recording up to :data:`LONG_FACTOR` times the reference clips' length is one row
     (``part`` "recording"). A longer one (a 10-minute take) is cut into consecutive windows of
@@ -155,8 +157,8 @@ def _say_detected(
     run: Run, system: str, out: pd.DataFrame, reference: str, threshold: float, output
 ) -> None:
     """The summary line (k of n recordings flagged, the threshold, where the CSV went) and a
-    warning when the scores cannot mean much: a randomly initialised backbone, a smoke or
-    quick run."""
+    warning when the scores cannot mean much: a randomly initialised backbone, a run of
+    sanity-check size (the profile's ``sanity_check``: smoke, quick)."""
     recordings = out[out["part"] == "recording"]
     where = "standard output" if str(output) == STDOUT else str(output)
     log.info(
@@ -175,7 +177,7 @@ def _say_detected(
             f"randomly initialised members ({', '.join(random)})"
         )  # fmt: skip
         why.append(f"has {shown}")
-    if run.profile.name in ("smoke", "quick"):
+    if run.profile.sanity_check:
         why.append(f"comes from a {run.profile.name} run (tiny sizes)")
     if why:
         log.warning(
@@ -187,15 +189,23 @@ def _say_detected(
 
 def random_init(run: Run, system: str) -> list[str]:
     """The systems behind ``system`` (itself, or an ensemble's members) whose backbone has no
-    checkpoint in this run's profile: random weights."""
-    entry = registry.get(system)
-    if entry.kind == "ensemble":
-        members = stages.check_made(run, system).get("members", [])
-        return [s for m in members for s in random_init(run, m)]
-    if entry.section is None:
+    checkpoint in this run's profile: random weights (as its kind says, :data:`BY_KIND`)."""
+    return BY_KIND[registry.get(system).kind].random(run, system)
+
+
+def _random_backbone(run: Run, system: str) -> list[str]:
+    """:func:`random_init` of a system with a section of its own: itself when that names a
+    backbone and no checkpoint."""
+    if registry.get(system).section is None:
         return []
     settings = registry.settings(run.profile, system)
     return [system] if getattr(settings, "backbone", None) and not settings.checkpoint else []
+
+
+def _random_members(run: Run, system: str) -> list[str]:
+    """:func:`random_init` of an ensemble: its members'."""
+    members = stages.check_made(run, system).get("members", [])
+    return [s for m in members for s in random_init(run, m)]
 
 
 def _normal_name(name: str) -> str:
@@ -230,17 +240,28 @@ def detectable(run: Run, name: str) -> str:
 
 
 def _channels(run: Run, system: str, info: dict) -> int:
-    """The channels a new recording needs for ``system`` (``info``: its ``system.json``): 2
-    where it, a member of it, or the view it scored reads the far microphone, else 1."""
-    entry = registry.get(system)
-    if entry.kind == "ensemble":
-        return max(_channels(run, m, stages.check_made(run, m)) for m in info.get("members", []))
-    if entry.kind == "frozen":
-        from asd_utils.systems import training_free
+    """The channels a new recording needs for ``system`` (``info``: its ``system.json``), as
+    its kind says (:data:`BY_KIND`): 2 where it, a member of it, or the view it scored reads
+    the far microphone, else 1."""
+    return BY_KIND[registry.get(system).kind].channels(run, system, info)
 
-        far = set(training_free.VIEW_CHANNELS.get(info.get("view", "near"), ())) - {"near"}
-        return 2 if entry.needs_far or far else 1
-    return 2 if entry.needs_far else 1
+
+def _reads_channels(run: Run, system: str, info: dict) -> int:
+    """:func:`_channels` of a system that reads what its registry entry says."""
+    return 2 if registry.get(system).needs_far else 1
+
+
+def _view_channels(run: Run, system: str, info: dict) -> int:
+    """:func:`_channels` of a training-free system: its entry's, or the view it scored."""
+    from asd_utils.systems import training_free
+
+    far = set(training_free.VIEW_CHANNELS.get(info.get("view", "near"), ())) - {"near"}
+    return 2 if registry.get(system).needs_far or far else 1
+
+
+def _member_channels(run: Run, system: str, info: dict) -> int:
+    """:func:`_channels` of an ensemble: the most any of its members needs."""
+    return max(_channels(run, m, stages.check_made(run, m)) for m in info.get("members", []))
 
 
 def claim_output(run: Run, output: str | Path) -> Path:
@@ -364,16 +385,11 @@ def new_scores(run: Run, system: str, part: pd.DataFrame, new: pd.DataFrame) -> 
     """The anomaly scores of the ``new`` clips (a clip table) by ``system`` of this run, against
     the reference training clips ``part`` (one machine type and section), as its official
     files score a test clip; how is the system's kind (the registry's): a fine-tuned system
-    embeds them with its trained weights, a frozen one with its encoder and view, the log-mel
-    floor with its statistics, the autoencoder baseline with its saved models, the ensemble
-    combines its members' scores of them. Writes nothing. (len(new),) float64."""
-    scorer = {
-        "fine-tuned": _new_fine_tuned,
-        "frozen": _new_frozen,
-        "floor": _new_floor,
-        "autoencoder": _new_autoencoder,
-        "ensemble": _new_ensemble,
-    }[registry.get(system).kind]
+    embeds them with its trained weights, a training-free one with its frozen encoder and view,
+    the log-mel floor with its statistics, the autoencoder baseline with its saved models, the
+    ensemble combines its members' scores of them (:data:`BY_KIND`). Writes nothing.
+    (len(new),) float64."""
+    scorer = BY_KIND[registry.get(system).kind].scores
     return np.asarray(scorer(run, system, part, new), dtype=np.float64)
 
 
@@ -419,14 +435,14 @@ def _new_fine_tuned(run: Run, system: str, part: pd.DataFrame, new: pd.DataFrame
     return _scored_with(run, system, (part, new), (reference, queries), bands)
 
 
-def _new_frozen(run: Run, system: str, part: pd.DataFrame, new: pd.DataFrame):
-    """:func:`new_scores` of a frozen system (System 0, System 6): its encoder embeds the new
-    clips; the reference's embeddings are the run's (its cache, else computed, not cached);
-    the view its ``system.json`` names is scored."""
+def _new_training_free(run: Run, system: str, part: pd.DataFrame, new: pd.DataFrame):
+    """:func:`new_scores` of a training-free system (System 0, System 6): its frozen encoder
+    embeds the new clips; the reference's embeddings are the run's (its cache, else computed,
+    not cached); the view its ``system.json`` names is scored."""
     from asd_utils.systems import training_free
 
     view = stages.check_made(run, system).get("view", "near")
-    cache = run.paths.output_root / "training" / "frozen"
+    cache = training_free.cache_dir(run.paths.output_root)
     known, encoder, section = training_free.embed(
         run.profile, run.clips, cache, progress=False, system=system, write_cache=run.writes
     )
@@ -448,7 +464,7 @@ def _new_floor(run: Run, system: str, part: pd.DataFrame, new: pd.DataFrame):
     from asd_utils.systems import training_free
 
     clips = run.clips
-    cache = run.paths.output_root / "training" / "frozen"
+    cache = training_free.cache_dir(run.paths.output_root)
     known = training_free.logmel_statistics(clips, cache, progress=False, write_cache=run.writes)
     fresh = training_free.logmel_statistics(new, progress=False)
     same = (clips["machine_type"] == new["machine_type"].iloc[0]).to_numpy()
@@ -509,3 +525,24 @@ def _new_ensemble(run: Run, system: str, part: pd.DataFrame, new: pd.DataFrame):
         tables, {m: weights[m] for m in members}, how=spec.how, method=spec.normalisation
     )
     return combined.set_index("file_name").loc[names, "anomaly_score"].to_numpy()
+
+
+@dataclass(frozen=True)
+class KindDetection:
+    """How :func:`detect` handles one kind of system (:data:`asd_utils.registry.KINDS`): its
+    scores of new clips (:func:`new_scores`), the channels a new recording needs
+    (:func:`_channels`) and the systems behind it with random weights (:func:`random_init`)."""
+
+    scores: Callable[[Run, str, pd.DataFrame, pd.DataFrame], np.ndarray]
+    channels: Callable[[Run, str, dict], int] = _reads_channels
+    random: Callable[[Run, str], list[str]] = _random_backbone
+
+
+BY_KIND: dict[str, KindDetection] = {
+    "autoencoder": KindDetection(_new_autoencoder),
+    "fine-tuned": KindDetection(_new_fine_tuned),
+    "training-free": KindDetection(_new_training_free, _view_channels),
+    "floor": KindDetection(_new_floor),
+    "ensemble": KindDetection(_new_ensemble, _member_channels, _random_members),
+}
+"""One entry per registry kind: a new kind of system is one more entry."""

@@ -1,5 +1,5 @@
 """The one table of the systems there are: every module, the profile schema, the book and the
-submission package read it (``architecture.md``: "one registry of systems").
+submission package read it.
 
 A system is a name (the folder of its official files, the column of Table 2), the profile section
 that configures it, what it reads of a clip, how it is made (``kind``), the chapter that shows it,
@@ -25,7 +25,7 @@ NEAR, ANC, NEAR_FAR, W1 = "near", "anc", "near+far", "w1"
 # the environment variables that name the official backbone weights (over a profile's checkpoint)
 CHECKPOINT_ENV = {"eat": "EAT_CHECKPOINT", "beats": "BEATS_CHECKPOINT"}
 # how a system is made, in the order a run makes them
-KINDS = ("autoencoder", "fine-tuned", "frozen", "floor", "ensemble")
+KINDS = ("autoencoder", "fine-tuned", "training-free", "floor", "ensemble")
 
 
 @dataclass(frozen=True)
@@ -37,9 +37,10 @@ class System:
     channel less the far one through a fixed per-bin filter, :func:`asd_utils.frontends.
     twochannel.w1`) or ``near+far``;
     ``kind``: how it is made (:data:`KINDS`): the autoencoder baseline, a backbone fine-tuned by
-    the common training loop, a frozen encoder, the log-mel floor (no model), or an ensemble of
-    other systems' scores; ``chapter``: the notebook that makes it; ``paper``: a system of the
-    XJU report (else beyond the paper); ``title``: a short line for the book and meta files;
+    the common training loop, a training-free one (a frozen encoder, no training), the log-mel
+    floor (no model), or an ensemble of other systems' scores; ``chapter``: the notebook that
+    makes it; ``paper``: a system of the XJU report (else beyond the paper); ``title``: a short
+    line for the book and meta files;
     ``recipe``: a trained system's recipe (:func:`asd_utils.systems.recipes.of`): how its model,
     loss, classes and front end are built, its run key and its meta-file words.
     """
@@ -60,7 +61,7 @@ class System:
         """Whether the system needs the far microphone (channel 1): not on mono data. A frozen
         encoder on ``near+far`` (System 0) does not: on mono clips it keeps the near view."""
         if self.reads == NEAR_FAR:
-            return self.kind != "frozen"
+            return self.kind != "training-free"
         return self.reads in (ANC, W1)
 
     @property
@@ -141,9 +142,9 @@ REGISTRY: dict[str, System] = {
         ),
         System(
             "System 0",
-            "frozen",
+            "training_free",
             NEAR_FAR,
-            "frozen",
+            "training-free",
             "55_training_free",
             False,
             "a frozen pre-trained encoder on a view of both microphones, no training",
@@ -152,7 +153,7 @@ REGISTRY: dict[str, System] = {
             "System 6",
             "w1_beats",
             W1,
-            "frozen",
+            "training-free",
             "55_training_free",
             False,
             "frozen BEATs on W1 audio, RDP(4) band tokens, BEAM + VarMin: the training-free "
@@ -190,14 +191,48 @@ REGISTRY: dict[str, System] = {
 SUBMITTABLE = tuple(name for name, s in REGISTRY.items() if s.kind != "floor")
 
 
+@dataclass(frozen=True)
+class Ablation:
+    """A trained system run again with part of its recipe switched off: ``system`` (its
+    registry name) with ``overrides`` replacing keys of its loss settings, made when its
+    section's boolean ``flag`` is set; ``label`` says what changed. Its :attr:`name` is the
+    folder of its official files and its column in the tables."""
+
+    system: str
+    label: str
+    overrides: dict
+    flag: str
+
+    @property
+    def name(self) -> str:
+        """``"System 2 (lambda 0)"``: the system's name, the label in parentheses."""
+        return f"{self.system} ({self.label})"
+
+
+ABLATIONS: dict[str, Ablation] = {
+    a.name: a
+    for a in (Ablation("System 2", "lambda 0", {"lambda_max": 0.0}, "ablation_lambda_zero"),)
+}
+
+
+def ablation(name: str) -> Ablation | None:
+    """The ablation named ``name``; None for any other name."""
+    return ABLATIONS.get(name)
+
+
+def ablations_of(system: str) -> list[Ablation]:
+    """The ablations of ``system``, in :data:`ABLATIONS` order."""
+    return [a for a in ABLATIONS.values() if a.system == system]
+
+
 class UnknownSystem(UserError, KeyError):
     """A system name the registry does not hold (the message suggests the closest)."""
 
 
 def get(name: str) -> System:
-    """The registry entry of ``name``; an ablation ("System 2 (lambda 0)") is its system's. An
+    """The registry entry of ``name``; an ablation's (:data:`ABLATIONS`) is its system's. An
     unknown name is :class:`UnknownSystem`, suggesting a near one (``system 1``: "System 1")."""
-    base = name.split(" (")[0]
+    base = ABLATIONS[name].system if name in ABLATIONS else name
     if base not in REGISTRY:
         folded = {known.casefold(): known for known in REGISTRY}
         close = [folded[base.casefold()]] if base.casefold() in folded else []
@@ -264,8 +299,8 @@ def has_section(profile: BaseModel, section: str | None) -> bool:
 _MADE_WITH = {
     "autoencoder": ("seed", "decision"),
     "fine-tuned": ("seed", "decision", "backends"),
-    "frozen": ("seed", "decision", "backends"),
-    "floor": ("seed", "decision", "backends", "frozen"),
+    "training-free": ("seed", "decision", "backends"),
+    "floor": ("seed", "decision", "backends", "training_free"),
     "ensemble": ("decision",),
 }
 

@@ -1,5 +1,6 @@
 """The pipeline's stages, each a function here and a sub-command of ``asd`` (:mod:`asd_utils.cli`);
-the notebooks call them and show what they return (``architecture.md``).
+the notebooks call them and show what they return (README.md, "The stages and the `asd`
+command").
 
 One clip's way, left to right; each stage reads the files the one before wrote::
 
@@ -9,9 +10,9 @@ One clip's way, left to right; each stage reads the files the one before wrote::
                                            members)
 
 beside them the systems that are not trained by the common loop make their official files
-directly: :func:`baseline` (the autoencoder, per machine type) and :func:`frozen` (System 0 and
-the log-mel floor). Which stage makes a system is the registry's ``kind``
-(:mod:`asd_utils.registry`), never a list of names here.
+directly: :func:`baseline` (the autoencoder, per machine type) and :func:`training_free` (System
+0 and System 6, a frozen encoder each, and the log-mel floor). Which stage makes a system is the
+registry's ``kind`` (:mod:`asd_utils.registry`), never a list of names here.
 
 A :class:`Run` is what every stage receives: the validated profile (:class:`asd_utils.config.
 schema.Profile`; a derived one is ``profile.model_copy(update=...)``), the run's paths, the
@@ -554,8 +555,8 @@ def _maker(system: str) -> str:
         return f'`asd train --system "{base}"`, `asd embed --system "{base}"`, `asd score`'
     return {
         "autoencoder": "`asd baseline`",
-        "frozen": "`asd frozen`",
-        "floor": "`asd frozen`",
+        "training-free": "`asd training-free`",
+        "floor": "`asd training-free`",
         "ensemble": "`asd ensemble`",
     }[kind]
 
@@ -610,22 +611,22 @@ def baseline(run: Run, progress: bool = False) -> BaselineOutcome:
 
 
 @dataclass
-class FrozenOutcome:
-    """What :func:`frozen` made of one frozen system: the embeddings of every channel it read,
-    the encoder and its settings, the views they allow, the view scored, the log-mel floor's
-    vectors and the seconds each took; ``others``: the other frozen systems' outcomes (System 6),
-    by name."""
+class TrainingFreeOutcome:
+    """What :func:`training_free` made of one training-free system: the embeddings of every
+    channel it read, the frozen encoder and its settings, the views they allow, the view scored,
+    the log-mel floor's vectors and the seconds each took; ``others``: the other training-free
+    systems' outcomes (System 6), by name."""
 
     embeddings: dict[str, np.ndarray]
     encoder: object
-    section: config.schema.Frozen
+    section: config.schema.TrainingFree
     views: list[str]
     view: str
     mono_note: str
     floor: np.ndarray | None
     seconds: dict[str, float]
     system: str = ""
-    others: dict[str, FrozenOutcome] = field(default_factory=dict)
+    others: dict[str, TrainingFreeOutcome] = field(default_factory=dict)
 
     @property
     def position(self) -> int:
@@ -652,16 +653,17 @@ class FrozenOutcome:
         )
 
 
-def _frozen_system(run: Run, system: str, progress: bool) -> FrozenOutcome:
-    """One frozen system embedded (cached under ``training/frozen``), its view scored by its
-    back end and written."""
+def _training_free_system(run: Run, system: str, progress: bool) -> TrainingFreeOutcome:
+    """One training-free system embedded (cached where
+    :func:`asd_utils.systems.training_free.cache_dir` says), its view scored by its back end and
+    written."""
     from asd_utils.systems import parameter_count, training_free
 
     start = time.perf_counter()
     embeddings, encoder, section = training_free.embed(
         run.profile,
         run.clips,
-        cache_dir=run.paths.output_root / "training" / "frozen",
+        cache_dir=training_free.cache_dir(run.paths.output_root),
         progress=progress,
         system=system,
     )
@@ -669,7 +671,7 @@ def _frozen_system(run: Run, system: str, progress: bool) -> FrozenOutcome:
     views = [v for v in training_free.VIEWS if v in available and v in _made(embeddings)]
     view = section.view if section.view in views else "near"
     seconds = {"embed": time.perf_counter() - start}
-    outcome = FrozenOutcome(
+    outcome = TrainingFreeOutcome(
         embeddings, encoder, section, views, view, mono_note, None, seconds, system
     )
     scorer = backend(run, system)
@@ -685,20 +687,21 @@ def _made(embeddings: dict) -> list[str]:
     return [v for v, c in training_free.VIEW_CHANNELS.items() if set(c) <= set(embeddings)]
 
 
-def frozen(run: Run, progress: bool = False) -> FrozenOutcome:
-    """The frozen-encoder systems (no training: :mod:`asd_utils.systems.training_free`; System
-    0, then the others the data allows, e.g. System 6) and the log-mel floor: each system's
-    channels embedded once (cached under ``training/frozen``), its view scored by its back end
-    and written; the floor scored by the default back end. Returns System 0's outcome, the
-    others in its ``others``."""
-    from asd_utils.systems import training_free
+def training_free(run: Run, progress: bool = False) -> TrainingFreeOutcome:
+    """The training-free systems (a frozen encoder, no training:
+    :mod:`asd_utils.systems.training_free`; System 0, then the others the data allows, e.g.
+    System 6) and the log-mel floor: each system's channels embedded once (cached under
+    :func:`asd_utils.systems.training_free.cache_dir`), its view scored by its back end and
+    written; the floor scored by the default back end. Returns System 0's outcome, the others
+    in its ``others``."""
+    from asd_utils.systems import training_free as free
 
-    first, *rest = registry.of_kind("frozen")
+    first, *rest = registry.of_kind("training-free")
     wall = time.time()
-    outcome = _frozen_system(run, first, progress)
+    outcome = _training_free_system(run, first, progress)
     start = time.perf_counter()
-    cache = run.paths.output_root / "training" / "frozen"
-    outcome.floor = training_free.floor_embeddings(run.clips, cache, progress=progress)
+    cache = free.cache_dir(run.paths.output_root)
+    outcome.floor = free.floor_embeddings(run.clips, cache, progress=progress)
     outcome.seconds["floor"] = time.perf_counter() - start
     floor_name = registry.of_kind("floor")[0]
     scorer = backend(run, floor_name)
@@ -706,13 +709,13 @@ def frozen(run: Run, progress: bool = False) -> FrozenOutcome:
     write_system(run, floor_name, scores, 0, view="log-mel statistics", backend=scorer.name)
     for system in rest:
         if system in skipped(run):
-            log.info("frozen: %s is skipped: %s", system, skipped(run)[system])
+            log.info("training-free: %s is skipped: %s", system, skipped(run)[system])
             continue
-        outcome.others[system] = _frozen_system(run, system, progress)
+        outcome.others[system] = _training_free_system(run, system, progress)
     seconds = sum(sum(o.seconds.values()) for o in (outcome, *outcome.others.values()))
     took = _took(seconds, cache, ("frozen_*.npy", "logmel_*.npy"), wall)
     made = ", ".join([first, *outcome.others])
-    log.info("frozen: %s and the %s %s (%s view)", made, floor_name, took, outcome.view)
+    log.info("training-free: %s and the %s %s (%s view)", made, floor_name, took, outcome.view)
     return outcome
 
 
@@ -839,7 +842,7 @@ def knn_k(profile: config.schema.Profile, name: str) -> int:
     """K of the KNN score of a system by its output name (an ablation uses its system's; a
     system without a section of its own, the log-mel floor, System 0's)."""
     if registry.get(name).section is None:
-        name = registry.of_kind("frozen")[0]
+        name = registry.of_kind("training-free")[0]
     return registry.settings(profile, name).knn_k
 
 
@@ -931,19 +934,20 @@ def _embeddings_of(run: Run, system: str) -> tuple[pd.DataFrame, np.ndarray, dic
 COMPARISON = "backends.csv"  # every back end on every embedding of the run: compare_backends
 
 
-def compare_backends(run: Run, frozen: FrozenOutcome | None = None) -> pd.DataFrame:
+def compare_backends(run: Run, outcome: TrainingFreeOutcome | None = None) -> pd.DataFrame:
     """Every back end of the table (:data:`asd_utils.scoring.BACKENDS`) on every embedding this
-    run made: each view of System 0 and the log-mel floor (from ``frozen``, :func:`frozen`;
-    left out without it), then each embedded fine-tuned system. One row per (system,
-    embedding, back end) with its summary (:func:`asd_utils.evaluation.metrics.summarise`);
-    written to ``backends.csv``. An analysis: it reads test labels to measure, never to choose."""
+    run made: each view of each training-free system and the log-mel floor (from ``outcome``,
+    :func:`training_free`; left out without it), then each embedded fine-tuned system. One row
+    per (system, embedding, back end) with its summary
+    (:func:`asd_utils.evaluation.metrics.summarise`); written to ``backends.csv``. An analysis: it
+    reads test labels to measure, never to choose."""
     from asd_utils import scoring, systems
 
     embeddings = []
-    if frozen is not None:
-        for made in (frozen, *frozen.others.values()):
+    if outcome is not None:
+        for made in (outcome, *outcome.others.values()):
             embeddings += [(made.system, v, made.vector(v), made.bands) for v in made.views]
-        embeddings.append((registry.of_kind("floor")[0], "log-mel statistics", frozen.floor, 1))
+        embeddings.append((registry.of_kind("floor")[0], "log-mel statistics", outcome.floor, 1))
     for system in registry.of_kind("fine-tuned"):
         if (run.system_dir(system) / scoring.EMBEDDINGS).is_file():
             table, vector = scoring.load_embeddings(run.system_dir(system))
@@ -1003,7 +1007,7 @@ def ensemble(run: Run, required: bool = False) -> EnsembleOutcome:
         raise errors.RunError(
             f"none of {name}'s members ({', '.join(spec.members)}) is scored in "
             f"{run.paths.output_root / 'systems'}: run `asd score` (after `asd embed`) or "
-            "`asd frozen` first"
+            "`asd training-free` first"
         )
     if not members:
         log.info("ensemble: none of its members (%s) ran", ", ".join(spec.members))
@@ -1045,7 +1049,7 @@ def evaluate(run: Run) -> Evaluation:
     if not names:
         raise errors.RunError(
             f"nothing scored in {root} to evaluate: run `asd score` (after `asd embed`), "
-            "`asd baseline` or `asd frozen` first"
+            "`asd baseline` or `asd training-free` first"
         )
     for system in names:
         check_made(run, system)
@@ -1163,7 +1167,7 @@ def run_all(
             result = stage(f"train {name}", train, run, system, overrides, name, progress=progress)
             stage(f"embed {name}", embed, run, system, result, name, progress=progress)
     stage("score", score, run)
-    outcome = stage("frozen", frozen, run, progress=progress)
+    outcome = stage("training-free", training_free, run, progress=progress)
     stage("backends", compare_backends, run, outcome)
     stage("ensemble", ensemble, run)
     evaluation = stage("evaluate", evaluate, run)
@@ -1172,9 +1176,13 @@ def run_all(
 
 
 def ablations(run: Run, system: str) -> dict[str, dict | None]:
-    """The runs of one fine-tuned system: itself (no overrides) and the ablations its profile
-    section asks for (``ablation_lambda_zero``: the GRL with lambda 0, "System 2 (lambda 0)")."""
+    """The runs of one fine-tuned system, by name: itself (no overrides) and each of its
+    ablations (:data:`asd_utils.registry.ABLATIONS`) whose flag its profile section sets
+    (``ablation_lambda_zero``: the GRL with lambda 0, "System 2 (lambda 0)"), with its
+    overrides."""
     runs: dict[str, dict | None] = {system: None}
-    if getattr(registry.settings(run.profile, system), "ablation_lambda_zero", False):
-        runs[f"{system} (lambda 0)"] = {"lambda_max": 0.0}
+    settings = registry.settings(run.profile, system)
+    for ablation in registry.ablations_of(system):
+        if getattr(settings, ablation.flag, False):
+            runs[ablation.name] = dict(ablation.overrides)
     return runs

@@ -3,13 +3,14 @@
 Generates the profile's synthetic data (timed; found, not made again, when it is there), then runs
 each stage as its own subprocess of the ``asd`` command, in ``asd run``'s order
 (:func:`asd_utils.stages.run_all`): ``prepare``, ``baseline``, ``train`` and ``embed`` per
-fine-tuned system the data can feed (:func:`asd_utils.stages.trainable`), ``score``, ``frozen``,
-``ensemble``, ``evaluate``, ``package``, all with ``--profile <profile> --output-root <dir>``.
-The child's output streams to the console as it comes (its progress bars show). Per stage it
-records the wall seconds, the CPU seconds, the peak resident memory and the clips handled (and
-clips/s). The peak memory is the child's ``ru_maxrss`` from ``os.wait4`` on its pid: the
-largest resident set of the child or of any descendant it waited for (the synthesiser's worker
-processes, for one), not their sum. It stops at the first failing stage, with its message.
+fine-tuned system the data can feed (:func:`asd_utils.stages.trainable`), ``score``,
+``training-free``, ``ensemble``, ``evaluate``, ``package``, all with ``--profile <profile>
+--output-root <dir>``. The child's output streams to the console as it comes (its progress bars
+show). Per stage it records the wall seconds, the CPU seconds, the peak resident memory and the
+clips handled (and clips/s). The peak memory is the child's ``ru_maxrss`` from ``os.wait4`` on
+its pid: the largest resident set of the child or of any descendant it waited for (the
+synthesiser's worker processes, for one), not their sum. It stops at the first failing stage,
+with its message.
 
 Writes ``rehearsal.md`` (the table, the machine: CPU, its bf16 flags, cores, memory, the load
 average at each stage's start) and ``rehearsal.json`` into the output root (default
@@ -45,7 +46,7 @@ from asd_utils.files import atomic_write_text
 from asd_utils.models import precision
 
 KIB = 1024
-STAGES_AFTER_TRAINING = ("score", "frozen", "ensemble", "evaluate", "package")
+STAGES_AFTER_TRAINING = ("score", "training-free", "ensemble", "evaluate", "package")
 
 
 def memory_total_gib() -> float:
@@ -141,8 +142,8 @@ def stage_plan(
     the fine-tuned systems of the registry the data allows, or those of them in ``only``.
 
     ``clips``: the manifest ``asd prepare`` wrote. Training handles ``steps × batch ×
-    accumulation`` clips (presentations); embedding, scoring and the frozen system every clip;
-    evaluate the labelled test clips; package the evaluation test clips (or the test clips).
+    accumulation`` clips (presentations); embedding, scoring and the training-free systems every
+    clip; evaluate the labelled test clips; package the evaluation test clips (or the test clips).
     """
     from asd_utils import systems
 
@@ -161,7 +162,7 @@ def stage_plan(
         plan.append((f"embed {system}", ["embed", "--system", system], total, "every clip"))
     plan += [
         ("score", ["score"], total, "every clip, every embedded system"),
-        ("frozen", ["frozen"], total, "every clip, near + far (+ ANC), and the floor"),
+        ("training-free", ["training-free"], total, "every clip, near + far (+ ANC), the floor"),
         ("ensemble", ["ensemble"], total, "every clip"),
         ("evaluate", ["evaluate"], labelled, "labelled test clips"),
         ("package", ["package"], anonymous or len(test), "test clips packaged"),
@@ -325,11 +326,11 @@ def rehearse(args) -> int:
     if skipped:
         notes.append(f"not run (the data cannot feed them): {', '.join(skipped)}")
     ablation = [
-        s for s in registry.of_kind("fine-tuned")
-        if s not in skipped and getattr(registry.settings(profile, s), "ablation_lambda_zero", 0)
+        a.name for s in registry.of_kind("fine-tuned") if s not in skipped
+        for a in registry.ablations_of(s) if getattr(registry.settings(profile, s), a.flag)
     ]  # fmt: skip
     if ablation:
-        notes.append(f"not rehearsed: the lambda-0 ablation asd run adds for {', '.join(ablation)}")
+        notes.append(f"not rehearsed: the ablations asd run adds ({', '.join(ablation)})")
     write()
     for name, arguments, handled, what in stage_plan(profile, clips, args.systems):
         if not run(name, arguments, handled, what):

@@ -38,9 +38,40 @@ def _offsets(n_samples: int) -> list[int]:
     return sorted({0, 1, 7, last // 2, last})
 
 
+@pytest.fixture(scope="module")
+def clip() -> torch.Tensor:
+    """The module's 4 s machine-like clip (:func:`_clip`); no test changes it."""
+    return _clip()
+
+
+@pytest.fixture(scope="module")
+def backbones() -> dict:
+    """One random-weight backbone of each kind, ``{"eat": …, "beats": …}``, shared: these tests
+    read its fbank and features (no weights), never train it."""
+    return {kind: build_backbone(kind) for kind in ("eat", "beats")}
+
+
+@pytest.fixture(scope="module")
+def crop_features(clip, backbones) -> dict:
+    """Per backbone kind, per crop offset (:func:`_offsets`): the features of the crop taken in
+    frames of the whole clip's fbank and of the crop taken in samples, each ``(features,
+    mask)``."""
+    frames = n_frames(CROP)
+    out = {}
+    for kind, model in backbones.items():
+        whole = model.fbank(clip[None])
+        out[kind] = [
+            (
+                model.features_from_fbank(whole[:, k : k + frames], torch.tensor([frames])),
+                model.features(clip[None, HOP * k : HOP * k + CROP]),
+            )
+            for k in _offsets(len(clip))
+        ]
+    return out
+
+
 @pytest.mark.parametrize("window_type", ["povey", "hanning"])
-def test_kaldi_fbank_of_a_crop_on_the_hop_grid_is_a_slice_of_the_clips(window_type):
-    clip = _clip()
+def test_kaldi_fbank_of_a_crop_on_the_hop_grid_is_a_slice_of_the_clips(clip, window_type):
     whole = kaldi_fbank(clip * 2**15, num_mel_bins=128, window_type=window_type)
     frames = n_frames(CROP)
     for k in _offsets(len(clip)):
@@ -51,49 +82,35 @@ def test_kaldi_fbank_of_a_crop_on_the_hop_grid_is_a_slice_of_the_clips(window_ty
         assert (whole[k : k + frames] - crop).abs().max() <= 1e-5
 
 
-def test_kaldi_fbank_off_the_hop_grid_is_not_a_slice():
-    clip = _clip()
+def test_kaldi_fbank_off_the_hop_grid_is_not_a_slice(clip):
     whole = kaldi_fbank(clip, num_mel_bins=128)
     crop = kaldi_fbank(clip[HOP * 3 + 80 : HOP * 3 + 80 + CROP], num_mel_bins=128)
     assert (whole[3 : 3 + len(crop)] - crop).abs().max() > 1e-2
 
 
-def test_beats_features_of_a_frame_crop_equal_those_of_the_sample_crop():
-    model = build_backbone("beats")
-    clip = _clip()
-    whole = model.fbank(clip[None])
-    frames = n_frames(CROP)
-    for k in _offsets(len(clip)):
-        ours, mask = model.features_from_fbank(whole[:, k : k + frames], torch.tensor([frames]))
-        theirs, their_mask = model.features(clip[None, HOP * k : HOP * k + CROP])
+def test_beats_features_of_a_frame_crop_equal_those_of_the_sample_crop(crop_features):
+    for (ours, mask), (theirs, their_mask) in crop_features["beats"]:
         assert torch.equal(mask, their_mask)
         assert (ours - theirs).abs().max() <= 1e-5
 
 
-def test_eat_features_of_a_frame_crop_equal_those_of_the_sample_crop():
+def test_eat_features_of_a_frame_crop_equal_those_of_the_sample_crop(crop_features):
     """EAT subtracts each clip's mean before the fbank; the per-frame DC removal undoes any
     constant, so the whole clip's mean and the crop's give the same features up to float32
     rounding of the subtraction: it moves the weakest bins of a tonal clip (10+ nats below the
     frame's strongest) by ~1e-4 (normalised), as a float64 mean moved them (models/eat.py).
     With the same mean removed, the frames are the same to 1e-5 (the Hann-window case of
     :func:`test_kaldi_fbank_of_a_crop_on_the_hop_grid_is_a_slice_of_the_clips`)."""
-    model = build_backbone("eat")
-    clip = _clip()
-    whole = model.fbank(clip[None])
-    frames = n_frames(CROP)
-    for k in _offsets(len(clip)):
-        ours, mask = model.features_from_fbank(whole[:, k : k + frames], torch.tensor([frames]))
-        theirs, their_mask = model.features(clip[None, HOP * k : HOP * k + CROP])
+    for (ours, mask), (theirs, their_mask) in crop_features["eat"]:
         assert torch.equal(mask, their_mask) and ours.shape == (1, 208, 128)  # 198 → 13 patches
         assert (ours - theirs).abs().max() <= 5e-4
 
 
-def test_features_are_fbank_then_features_from_fbank_bitwise():
+def test_features_are_fbank_then_features_from_fbank_bitwise(backbones):
     """The waveform path (embedding, mixup training) is unchanged by the split."""
     clips = torch.stack([_clip(2.5, 1), _clip(2.5, 2)])
     lengths = torch.tensor([40000, 33000])
-    for kind in ("eat", "beats"):
-        model = build_backbone(kind)
+    for model in backbones.values():
         fbank, mask = model.features(clips, lengths)
         again, again_mask = model.features_from_fbank(
             model.fbank(clips, lengths), n_frames(lengths)

@@ -185,11 +185,11 @@ def test_a_finished_fp32_run_is_not_reused_for_bf16(tmp_path):
 
 def test_profiles_take_auto_and_refuse_other_precisions():
     profile = config.load_profile("paper")
-    assert profile.frozen.mixed_precision == "auto"
+    assert profile.training_free.mixed_precision == "auto"
     assert profile.osscl.train.mixed_precision == "auto"
     values = config.read_profile_values("smoke")
-    values["frozen"]["mixed_precision"] = "fp16"
-    with pytest.raises(config.ProfileError, match="frozen.mixed_precision"):
+    values["training_free"]["mixed_precision"] = "fp16"
+    with pytest.raises(config.ProfileError, match="training_free.mixed_precision"):
         config.validate_profile(values)
 
 
@@ -223,8 +223,8 @@ def test_system0_in_bf16_on_a_cpu_casts_a_copy_and_keeps_the_answers(tmp_path, m
     cache = tmp_path / "cache"
     fp32, encoder, section = training_free.embed(profile, table, cache, progress=False)
     assert encoder.precision["how"] == "float32"
-    frozen = profile.frozen.model_copy(update={"mixed_precision": "bf16"})
-    profile = profile.model_copy(update={"frozen": frozen})
+    section = profile.training_free.model_copy(update={"mixed_precision": "bf16"})
+    profile = profile.model_copy(update={"training_free": section})
     bf16, encoder16, section16 = training_free.embed(profile, table, cache, progress=False)
     assert encoder16.precision["how"] == "bf16 weights"
     assert all(p.dtype == torch.float32 for p in encoder16.parameters())  # the copy was cast

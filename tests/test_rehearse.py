@@ -61,7 +61,7 @@ def test_the_plan_trains_and_embeds_every_fine_tuned_system_the_data_allows():
         "train System 2",
         "embed System 2",
     ]
-    assert only[-5:] == names[-5:] == ["score", "frozen", "ensemble", "evaluate", "package"]
+    assert only[-5:] == names[-5:] == ["score", "training-free", "ensemble", "evaluate", "package"]
 
 
 def test_it_stops_at_the_first_failing_stage_with_its_message(tmp_path):
@@ -90,7 +90,7 @@ def test_rehearsal_of_the_smoke_profile_times_every_stage(tmp_path):
     record = json.loads((tmp_path / "out" / "rehearsal.json").read_text())
     assert record["status"] == "finished"
     expected = ["synthesise", "prepare", "baseline", "train System 1", "embed System 1"]
-    expected += ["score", "frozen", "ensemble", "evaluate", "package"]
+    expected += ["score", "training-free", "ensemble", "evaluate", "package"]
     stages = record["stages"]
     assert [row["stage"] for row in stages] == expected
     assert all(row["wall_s"] > 0 and row["peak_rss_gib"] > 0 for row in stages)

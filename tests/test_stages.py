@@ -130,7 +130,7 @@ def test_a_bad_new_recording_is_refused_by_name_before_scoring(cli_run, tmp_path
 DETECT_FAMILIES = {
     "fine-tuned": "system 1",
     "ensemble": "SYSTEM4",
-    "frozen": "system 0",
+    "training-free": "system 0",
     "floor": "Log-Mel Floor",
     "autoencoder": "baseline-mse",
 }

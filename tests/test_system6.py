@@ -1,5 +1,5 @@
 """System 6 (frozen BEATs on W1 audio, RDP band tokens, BEAM + VarMin) as a plug-in: the back
-ends of the table it uses, Z-MIN over them, and the system made by the frozen stage."""
+ends of the table it uses, Z-MIN over them, and the system made by the training-free stage."""
 
 import json
 
@@ -54,9 +54,9 @@ def test_zmin_combines_its_members_by_their_training_scores_and_no_test_label():
         )
 
 
-def test_system6_is_registered_as_a_frozen_w1_system_that_needs_the_far_microphone():
+def test_system6_is_registered_as_a_training_free_w1_system_that_needs_the_far_microphone():
     entry = registry.get("System 6")
-    assert (entry.kind, entry.reads, entry.section) == ("frozen", registry.W1, "w1_beats")
+    assert (entry.kind, entry.reads, entry.section) == ("training-free", registry.W1, "w1_beats")
     assert entry.needs_far and not registry.get("System 0").needs_far
     section = config.load_profile("paper").w1_beats
     assert (section.backbone, section.pooling, section.gamma) == ("beats", "time_rdp", 4.0)
@@ -64,7 +64,7 @@ def test_system6_is_registered_as_a_frozen_w1_system_that_needs_the_far_micropho
 
 
 @pytest.mark.slow
-def test_the_frozen_stage_makes_system6_from_w1_rdp_bands_and_beam_varmin(tmp_path):
+def test_the_training_free_stage_makes_system6_from_w1_rdp_bands_and_beam_varmin(tmp_path):
     settings = synth.SynthConfig(
         machine_types=("fan",), n_train_source=6, n_train_target=2, n_test=4,
         clip_seconds={"default": 1.0},
@@ -74,7 +74,7 @@ def test_the_frozen_stage_makes_system6_from_w1_rdp_bands_and_beam_varmin(tmp_pa
     paths = config.RunPaths(tmp_path / "data", tmp_path / "out", False)
     run = stages.Run(profile, paths, paths.output_root / "profile.yaml")
     stages.prepare(run)
-    outcome = stages.frozen(run)
+    outcome = stages.training_free(run)
     six = outcome.others["System 6"]
     assert six.bands == 8 and list(six.embeddings) == ["w1"]
     info = json.loads((run.system_dir("System 6") / "system.json").read_text())

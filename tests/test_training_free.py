@@ -1,4 +1,5 @@
-"""System 0 (a frozen encoder on both channels), its channel views, and the log-mel floor."""
+"""System 0 (training-free: a frozen encoder on both channels), its channel views, and the log-mel
+floor."""
 
 import numpy as np
 import pandas as pd
@@ -197,8 +198,10 @@ def test_system0_settings_are_checked():
         ({"veiw": "near"}, "veiw"),
     ):
         with pytest.raises(config.ProfileError, match=message):
-            config.validate_profile({**values, "frozen": {**values["frozen"], **change}})
-    assert stages.knn_k(profile, "System 0") == profile.frozen.knn_k
+            config.validate_profile(
+                {**values, "training_free": {**values["training_free"], **change}}
+            )
+    assert stages.knn_k(profile, "System 0") == profile.training_free.knn_k
     assert stages.backend_settings(profile) == (
         "knn",
         {k: v for k, v in values["backends"].items() if k != "default"},

@@ -8,9 +8,9 @@ from __future__ import annotations
 import os
 
 from asd_utils import registry
-from asd_utils.config.schema import FineTuned, Frozen
+from asd_utils.config.schema import FineTuned, TrainingFree
 
-Backboned = FineTuned | Frozen  # a section with a backbone
+Backboned = FineTuned | TrainingFree  # a section with a backbone
 
 FBANK = "log-mel filterbank (Kaldi fbank, 128 bins, 25 ms window, 10 ms hop)"
 NEAR = "near microphone (channel 0) of the stereo clip"

@@ -29,7 +29,7 @@ PositiveFloat = Annotated[float, Field(gt=0)]
 NonNegativeFloat = Annotated[float, Field(ge=0)]
 Fraction = Annotated[float, Field(ge=0, lt=1)]
 SYSTEM_NAMES = registry.SUBMITTABLE  # what a profile may list (submission systems)
-ENSEMBLE_MEMBERS = tuple(registry.of_kind("fine-tuned", "frozen"))  # what an ensemble may combine
+ENSEMBLE_MEMBERS = tuple(registry.of_kind("fine-tuned", "training-free"))  # what it combines
 
 
 class Plain(BaseModel):
@@ -312,9 +312,10 @@ class LoRABEATs(FineTuned):
 View = Literal["near", "far", "residual", "concat", "anc", "w1", "ss"]
 
 
-class Frozen(Section):
-    """A frozen-encoder system (:mod:`asd_utils.systems.training_free`): System 0 on every view of
-    both channels, System 6 on W1 audio with RDP band tokens."""
+class TrainingFree(Section):
+    """A training-free system (:mod:`asd_utils.systems.training_free`: a frozen encoder, no
+    training): System 0 on every view of both channels, System 6 on W1 audio with RDP band
+    tokens."""
 
     backbone: Literal["eat", "beats"]
     size: Literal["tiny", "base"]
@@ -426,6 +427,12 @@ class Profile(Section):
 
     # a folder name (outputs/<name>, data/synthetic/<name>): not "." or "..", nothing hidden
     name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-][A-Za-z0-9_.-]*$")]
+    # a run of sanity-check size (tiny data, a few steps: smoke, quick): its scores check the
+    # machinery and say little of a machine; `asd detect` says so. A fact of a profile, so the
+    # default is here: a profile is full-size unless it says otherwise.
+    sanity_check: bool = Field(
+        default=False, description="a run of sanity-check size: its scores check the machinery"
+    )
     seed: int
     data: Data
     synth: Synth
@@ -434,8 +441,8 @@ class Profile(Section):
     osscl: OSSCL
     beats_grl: BEATsGRL
     fusion: Fusion
-    frozen: Frozen
-    w1_beats: Frozen
+    training_free: TrainingFree
+    w1_beats: TrainingFree
     lora_beats: LoRABEATs
     backends: Backends
     noise_study: NoiseStudy

@@ -64,14 +64,15 @@ def weight_sweep(
 
 def view_scores(
     run: stages.Run,
-    outcome: stages.FrozenOutcome,
+    outcome: stages.TrainingFreeOutcome,
     backends: Sequence[str],
     views: Mapping[str, str] = FRONT_ENDS,
 ) -> pd.DataFrame:
-    """The official score (%) of a frozen system (``outcome``, :func:`asd_utils.stages.frozen`)
-    on each of its ``views`` ({view: name shown}) the run made, scored by each of ``backends``
-    (names of :data:`asd_utils.scoring.BACKENDS`, with the profile's options): one row per view
-    (index "front end", the shown name), one column per back end. Reads test labels: analysis."""
+    """The official score (%) of a training-free system (``outcome``,
+    :func:`asd_utils.stages.training_free`) on each of its ``views`` ({view: name shown}) the run
+    made, scored by each of ``backends`` (names of :data:`asd_utils.scoring.BACKENDS`, with the
+    profile's options): one row per view (index "front end", the shown name), one column per back
+    end. Reads test labels: analysis."""
     k = stages.knn_k(run.profile, outcome.system)
     rows = {}
     for view, name in views.items():
@@ -89,8 +90,9 @@ def view_scores(
 
 
 def class_comparison(table: pd.DataFrame) -> pd.DataFrame:
-    """The class-scheme comparison of ``bench_seeds.py --classes`` (``bench_classes.csv``: one
-    row per system, classes, seed and machine type, official score ``hmean`` in %): per system
+    """The class-scheme comparison of ``benchmarks/bench_seeds.py --classes``
+    (``bench_classes.csv``: one row per system, classes, seed and machine type, official score
+    ``hmean`` in %): per system
     × classes the mean and standard deviation over seeds of the official score (``all``), and
     of the mean per-machine-type score of the machine types ``with`` and ``without``
     attributes in their names; ``seeds`` the number of seeds. Sorted by the mean score."""

@@ -174,7 +174,7 @@ def _what_ran(paths: config.RunPaths, profile: config.schema.Profile, record: di
     """One sentence: the profile and seed, the data (with its machine types from
     ``run_record.json``), the weights each near-mic backbone started from."""
     weights = []
-    backbones = [n for n, s in registry.REGISTRY.items() if s.kind in ("fine-tuned", "frozen")]
+    backbones = registry.of_kind("fine-tuned", "training-free")
     for system in [n for n in backbones if registry.REGISTRY[n].reads == registry.NEAR]:
         section = registry.settings(profile, system)
         backbone = {"eat": "EAT", "beats": "BEATs"}[section.backbone]

@@ -15,7 +15,7 @@ from asd_utils.scoring.backends import (
     score_system,
 )
 from asd_utils.scoring.embeddings import (
-    CLIPS,
+    EMBEDDED_CLIPS,
     EMBEDDING_VERSION,
     EMBEDDINGS,
     check_finite,
@@ -31,7 +31,7 @@ from asd_utils.scoring.embeddings import (
 __all__ = [
     "BACKENDS",
     "as_taken",
-    "CLIPS",
+    "EMBEDDED_CLIPS",
     "EMBEDDINGS",
     "EMBEDDING_VERSION",
     "KNN",

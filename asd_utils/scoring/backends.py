@@ -4,7 +4,7 @@ type and section (the reference) and their domains.
 Every system scores the same way (XJU report, sec. 3.2): embed the normal training clips and
 score a clip by the cosine distance to its nearest training embeddings (Table 1: K = 1), against
 the source and the target training clips separately, keeping the smaller distance
-(Wilkinghoff's practice, xju-system.md), so that the 10 target clips are not drowned by the 990
+(Wilkinghoff's practice, as in his ssl4asd), so that the 10 target clips are not drowned by the 990
 source clips. The other back ends keep that per-domain minimum.
 
 A back end is a class with one interface (:class:`Backend`): ``fit(reference, domains)``, then

@@ -164,26 +164,34 @@ def extract_embeddings(
     return embeddings
 
 
-# --- embeddings on disk (training notebooks write them, the scoring notebook reads them) --------
+# --- embeddings on disk (the embed stage writes them beside a system's results, score reads them) -
 
-EMBEDDINGS, CLIPS = "embeddings.npy", "clips.csv"
+EMBEDDINGS = "embeddings.npy"
+EMBEDDED_CLIPS = "embedded_clips.csv"  # the clips of embeddings.npy, row by row (not the manifest)
 
 
 def save_embeddings(directory: str | os.PathLike, table: pd.DataFrame, embeddings: np.ndarray):
-    """Write ``embeddings.npy`` (N, D) and the row-aligned clip table ``clips.csv``, atomically."""
+    """Write ``embeddings.npy`` (N, D) and its clips, row by row, ``embedded_clips.csv``
+    (:data:`EMBEDDED_CLIPS`), atomically."""
     directory = Path(directory)
     if len(table) != len(embeddings):
         raise ValueError(f"{len(embeddings)} embeddings for {len(table)} clips")
     with atomic_path(directory / EMBEDDINGS) as tmp, open(tmp, "wb") as f:
         np.save(f, np.asarray(embeddings, dtype=np.float32))
-    write_table(table.drop(columns=["embedding"], errors="ignore"), directory / CLIPS)
+    write_table(table.drop(columns=["embedding"], errors="ignore"), directory / EMBEDDED_CLIPS)
 
 
 def load_embeddings(directory: str | os.PathLike) -> tuple[pd.DataFrame, np.ndarray]:
-    """Read what :func:`save_embeddings` wrote: (clip table, embeddings)."""
+    """Read what :func:`save_embeddings` wrote: (clip table, embeddings). Embeddings without
+    their clip table are a :class:`~asd_utils.errors.RunError` saying to embed again."""
     directory = Path(directory)
+    if not (directory / EMBEDDED_CLIPS).is_file():
+        raise errors.RunError(
+            f"{directory} has no {EMBEDDED_CLIPS} (the clips of its {EMBEDDINGS}): run the "
+            "embed stage again (`asd embed`)"
+        )
     table = pd.read_csv(
-        directory / CLIPS,
+        directory / EMBEDDED_CLIPS,
         dtype={"section": str, "attributes": str},
         keep_default_na=False,
         na_values=[""],

@@ -6,12 +6,12 @@ carrying the noise more strongly, the noise non-stationary (impacts, babble) and
 near microphone by a long reverberant path that System 3's 128-tap canceller cannot fully
 model. One small synthetic set per SNR (:mod:`asd_utils.data.synth`); on each, for every seed,
 one row per :class:`Arm` (:func:`arms`): System 1 (near channel only), System 3 (ANC), System 5
-(fusion inside the encoder), trained by the common loop at the study's size, and the frozen
-systems (System 0's view, no training), each scored by its own back end. With ``w1``, the arms
-of the fixed far-mic canceller W1: the frozen systems that read it (System 6) and System 3 with
-the other canceller (``anc.canceller: w1`` beside the profile's ``fblms``, "System 3 (w1)").
-With ``ablations``, System 5 variants at the middle SNR (where the modules go, a frozen
-backbone): analysis.
+(fusion inside the encoder), trained by the common loop at the study's size, and the
+training-free systems (System 0's view of a frozen encoder), each scored by its own back end.
+With ``w1``, the arms of the fixed far-mic canceller W1: the training-free systems that read it
+(System 6) and System 3 with the other canceller (``anc.canceller: w1`` beside the profile's
+``fblms``, "System 3 (w1)"). With ``ablations``, System 5 variants at the middle SNR (where the
+modules go, a frozen backbone): analysis.
 
     asd study noise --profile quick [--output-root DIR]    (make noise-study)
 
@@ -48,7 +48,8 @@ KINDS = (recipes.OSSCL.kind, recipes.Fusion.kind)
 TRAINED = tuple(s for s in registry.of_kind("fine-tuned") if recipes.kind(s) in KINDS)
 FUSION = next(s for s in TRAINED if registry.get(s).reads == registry.NEAR_FAR)  # System 5
 SECTIONS = tuple(dict.fromkeys(registry.get(s).section for s in TRAINED))  # their profile sections
-FROZEN = tuple(registry.of_kind("frozen"))  # System 0; System 6 (W1 audio) with ``w1``
+TRAINING_FREE = tuple(registry.of_kind("training-free"))  # System 0; System 6 (W1) with ``w1``
+KEYED_AS = {"training_free": "frozen"}  # System 0's section by its first name in study keys
 CANCELLERS = typing.get_args(config.schema.Anc.model_fields["canceller"].annotation)
 ABLATIONS = {  # name → changes to the fusion section (analysis, at the middle SNR)
     f"{FUSION} (first block)": {"blocks": [1]},
@@ -70,15 +71,15 @@ class Arm:
 
 def arms(profile: Profile, snr_db: float | None = None) -> list[Arm]:
     """The study's arms under ``profile`` at one SNR: the trained systems of :data:`KINDS` and
-    the frozen systems as the profile says; with ``noise_study.w1``, beside a system that reads
-    the ANC the same with each other canceller (:data:`CANCELLERS`), else the systems that read
-    W1 left out; with ``ablations``, :data:`ABLATIONS` at the middle SNR (``snr_db`` None: not
-    the middle)."""
+    the training-free systems as the profile says; with ``noise_study.w1``, beside a system that
+    reads the ANC the same with each other canceller (:data:`CANCELLERS`), else the systems that
+    read W1 left out; with ``ablations``, :data:`ABLATIONS` at the middle SNR (``snr_db`` None:
+    not the middle)."""
     study = profile.noise_study
     w1 = study.w1
     others = [c for c in CANCELLERS if c != profile.anc.canceller]
     out = []
-    for s in (*TRAINED, *FROZEN):
+    for s in (*TRAINED, *TRAINING_FREE):
         if w1 or registry.get(s).reads != registry.W1:
             out.append(Arm(s, s))
         if w1 and registry.get(s).reads == registry.ANC:  # beside it, the other canceller
@@ -137,10 +138,13 @@ def read(path: str | Path) -> pd.DataFrame:
 
 def study_key(profile: Profile) -> str:
     """A hash of every setting that changes the study's numbers, the precisions as resolved
-    on this machine (``auto``: bf16 or float32); rows of other keys are old."""
-    every = (*TRAINED, *FROZEN)
+    on this machine (``auto``: bf16 or float32); rows of other keys are old. A section is keyed
+    by the name it had when the study began (:data:`KEYED_AS`), so a renamed one keeps its rows."""
+    every = (*TRAINED, *TRAINING_FREE)
     sections = ("noise_study", *dict.fromkeys(registry.get(s).section for s in every))
-    values = {s: getattr(profile, s).plain() for s in (*sections, "backends", "anc")}
+    values = {
+        KEYED_AS.get(s, s): getattr(profile, s).plain() for s in (*sections, "backends", "anc")
+    }
     chosen = {s: systems.resolved_precision(profile, s).name for s in every}
     if any(p == "bf16" for p in chosen.values()):  # float32 runs keep their old key
         values["precision"] = chosen
@@ -153,11 +157,11 @@ def _summary(scores: pd.DataFrame) -> dict:
 
 
 def _measure(arm: Arm, study_run: stages.Run, cache: Path, progress: bool):
-    """One arm on one set: ``(scores, extra columns)``; a frozen system embedded (its section's
-    view), a trained one by the stages the report runs (train, embed); each scored by its own
-    back end (:func:`asd_utils.stages.backend`)."""
+    """One arm on one set: ``(scores, extra columns)``; a training-free system embedded (its
+    section's view), a trained one by the stages the report runs (train, embed); each scored by
+    its own back end (:func:`asd_utils.stages.backend`)."""
     derived, clips, extra = study_run.profile, study_run.clips, {}
-    if arm.system in FROZEN:
+    if arm.system in TRAINING_FREE:
         embeddings, encoder, section = training_free.embed(
             derived, clips, cache, progress, system=arm.system
         )

@@ -53,8 +53,11 @@ PER_MEMBER = (
 
 
 def _base(system: str) -> str:
-    """``"System 2 (lambda 0)"`` → ``"System 2"``: an ablation shares its system's facts."""
-    return system.split(" (", 1)[0]
+    """The registered system ``system`` is: an ablation's system (``"System 2 (lambda 0)"`` →
+    ``"System 2"``, :data:`asd_utils.registry.ABLATIONS`; it shares its system's facts), else
+    itself."""
+    ablation = registry.ablation(system)
+    return ablation.system if ablation else system
 
 
 _checkpoint, _embeddings = prose.checkpoint, prose.embeddings
@@ -82,8 +85,8 @@ def _describe(
         described, checkpoints = _describe_ensemble(profile, members, info.get("member_info"))
     elif kind == "autoencoder":
         described = _describe_autoencoder(base, profile)
-    elif kind == "frozen":
-        described, checkpoints = _describe_frozen(entry, profile)
+    elif kind == "training-free":
+        described, checkpoints = _describe_training_free(entry, profile)
     else:
         described = {f: f"{FILL_IN}: {f.replace('_', ' ')}" for f in DESCRIPTION_FIELDS[1:]}
     fields.update(described)
@@ -104,8 +107,8 @@ FRONT_ENDS = {
 }
 
 
-def _describe_frozen(entry, profile: Profile) -> tuple[dict, list[str]]:
-    """:func:`_describe` of a frozen-encoder system (System 0, System 6), from its section."""
+def _describe_training_free(entry, profile: Profile) -> tuple[dict, list[str]]:
+    """:func:`_describe` of a training-free system (System 0, System 6), from its section."""
     section = registry.settings(profile, entry.name)
     backend = section.backend
     if backend == "default":
@@ -237,11 +240,12 @@ def build_meta(
     descriptions = {s: d.plain() for s, d in profile.submission.descriptions.items()}
     given = descriptions.get(system, {})
     # name and abbreviation: the profile's, of the system or else of its base system (an
-    # ablation "System 2 (lambda 0)" is named after System 2, with its suffix); else the name
+    # ablation "System 2 (lambda 0)" is named after System 2, with its label); else the name
     base = descriptions.get(_base(system), {})
     name = base.get("name", system)
-    if _base(system) != system and "name" in base:
-        name = f"{name} {system[len(_base(system)) :].strip()}"
+    ablation = registry.ablation(system)
+    if ablation and "name" in base:
+        name = f"{name} ({ablation.label})"
     abbreviation = base.get("abbreviation", system[:MAX_ABBREVIATION])
     description, checkpoints = _describe(
         system, profile, system_info.get("members") or (), system_info

@@ -1,4 +1,4 @@
-"""The fine-tuned systems, each a registry entry, a recipe and a profile section (architecture.md).
+"""The fine-tuned systems, each a registry entry, a recipe and a profile section.
 
 | system   | profile section | recipe (:mod:`.recipes`) | backbone    | front-end                  |
 |----------|-----------------|--------------------------|-------------|----------------------------|
@@ -12,8 +12,8 @@ System 5 goes beyond the paper: cross-channel modules inside the encoder
 (:class:`asd_utils.models.fusion.FusionBackbone`) let the near channel attend to the far one.
 System 7 is the strongest public recipe (kasahart/asd-experiments ``reproduction/asd03``).
 
-System 0 (``frozen``, :mod:`asd_utils.systems.training_free`) trains nothing; :func:`settings` and
-:func:`asd_utils.stages.knn_k` serve it too.
+System 0 (``training_free``, :mod:`asd_utils.systems.training_free`) trains nothing;
+:func:`settings` and :func:`asd_utils.stages.knn_k` serve it too.
 
 :func:`build` turns (data root, profile, system) into ``(model, loss_fn, dataset)`` for
 :func:`asd_utils.training.train`, asking the system's recipe for classes, model, loss and front
@@ -51,16 +51,17 @@ SAMPLE_RATE = 16000
 
 
 def settings(profile: Profile, system: str) -> Section:
-    """The typed profile section of a fine-tuned or frozen ``system``, with the backbone
+    """The typed profile section of a fine-tuned or training-free ``system``, with the backbone
     checkpoint resolved (:func:`asd_utils.registry.settings`)."""
-    known = registry.of_kind("fine-tuned", "frozen")
+    known = registry.of_kind("fine-tuned", "training-free")
     if system not in known:
         raise KeyError(f"unknown system {system!r}; known: {', '.join(known)}")
     return registry.settings(profile, system)
 
 
 def unavailable(clips: pd.DataFrame) -> dict[str, str]:
-    """The fine-tuned and frozen systems that cannot run on these clips, each with the reason.
+    """The fine-tuned and training-free systems that cannot run on these clips, each with the
+    reason.
 
     Decided from the clip table (:func:`asd_utils.data.index_dataset`, WAV headers only), so a
     run knows before anything trains: a system with an ANC front-end needs the far channel,
@@ -68,7 +69,7 @@ def unavailable(clips: pd.DataFrame) -> dict[str, str]:
     """
     reasons = {}
     mono = clips[clips["channels"] < 2]
-    for system in registry.of_kind("fine-tuned", "frozen"):
+    for system in registry.of_kind("fine-tuned", "training-free"):
         entry = registry.REGISTRY[system]
         if entry.needs_far and len(mono):
             needs = (
@@ -103,7 +104,7 @@ def check_checkpoints(
     """
     seen: dict[tuple[str, str], str] = {}
     skip = set(skip)
-    backbones = registry.of_kind("fine-tuned", "frozen")
+    backbones = registry.of_kind("fine-tuned", "training-free")
     for system in backbones if only is None else list(only):
         section = registry.get(system).section
         if system in skip or not registry.has_section(profile, section):
@@ -136,8 +137,8 @@ def class_names(table: pd.DataFrame, profile: Profile, system: str) -> tuple[np.
     recipe makes them (:meth:`asd_utils.systems.recipes.Recipe.classes`): machine type ×
     section × attribute string (:func:`asd_utils.data.attribute_classes`), × domain where the
     recipe or its section says so, or pseudo-attributes (System 7). Over the training clips of
-    all twelve 2026 machine types (dev and eval) the name classes are the paper's 80
-    (dcase2026-task2.md)."""
+    all twelve 2026 machine types (dev and eval) the name classes are the paper's 80 (XJU report,
+    Table 1: "Number of Classes: 80")."""
     classes = recipes.of(system).classes(profile, table)
     return classes.ids, classes.names
 
@@ -172,7 +173,7 @@ def check_clip_lengths(profile: Profile, clips: pd.DataFrame, skip: Iterable[str
     if clips.empty:
         return
     longest = clips.loc[clips["duration"].idxmax()]
-    for system in registry.of_kind("fine-tuned", "frozen"):
+    for system in registry.of_kind("fine-tuned", "training-free"):
         limit = None if system in set(skip) else max_seconds(profile, system)
         if limit is not None and longest["duration"] > limit:
             raise data.DataError(
@@ -207,7 +208,7 @@ def resolved_precision(profile: Profile, system: str) -> precision.Precision:
 def precisions(profile: Profile) -> dict[str, dict]:
     """Every system's resolved precision, for ``run_record.json``: ``{system: {setting,
     device, precision, reason, ...}}``."""
-    names = registry.of_kind("frozen", "fine-tuned")
+    names = registry.of_kind("training-free", "fine-tuned")
     return {name: resolved_precision(profile, name).to_dict() for name in names}
 
 

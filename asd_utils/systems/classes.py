@@ -4,7 +4,7 @@
 A fine-tuned system learns to tell classes apart; :func:`asd_utils.data.attribute_classes` makes
 them from file names, so a machine type whose names carry no attribute (2026 dev: ToyCar,
 bearingEmu, sliderEmu, valveEmu) is a single class per domain and teaches nothing. The public
-fix (kasahart/asd-experiments ``reproduction/asd03``; state-of-the-art-2026.md) clusters such a
+fix (kasahart/asd-experiments ``reproduction/asd03/README.md``) clusters such a
 machine type's training clips: k-means (seed 42 there) on frozen features, 7 clusters for the
 source domain and 1 for the target domain, joined with attribute × domain classes of the others.
 Fang et al. (arXiv 2509.12845) cluster with Ward's method instead.

@@ -44,7 +44,9 @@ from asd_utils.models.heads import EmbeddingModel, PooledEmbeddingModel
 from asd_utils.models.losses import GRLLoss, OSSCLLoss, SCAdaCosLoss
 from asd_utils.systems import classes as class_schemes
 
-SCORING = frozenset({"knn_k", "embed_batch_size", "ablation_lambda_zero"})  # not in the key
+# section keys that change the scores, not the weights (not in the run key): an ablation's flag
+# asks for another run, in its own folder
+SCORING = frozenset({"knn_k", "embed_batch_size", *(a.flag for a in registry.ABLATIONS.values())})
 
 
 def build_backbone(kind: str, size: str = "tiny", checkpoint: str = "") -> nn.Module:
@@ -340,7 +342,7 @@ class GRL(Recipe):
     def describe(self, system: str, profile: Profile) -> tuple[dict, list[str]]:
         section = self.settings(profile)
         loss = section.loss
-        ablation = "lambda 0" in system
+        ablation = registry.ablation(system) is not None  # lambda 0: the GRL switched off
         fields = dict(
             acoustic_features=prose.FBANK,
             data_augmentation=prose.augmentation(section),
@@ -509,7 +511,8 @@ def recipe_class(entry: registry.System) -> type[Recipe]:
 
 
 def of(system: str) -> Recipe:
-    """The recipe of a trained ``system`` (an ablation, "System 2 (lambda 0)", is its base's)."""
+    """The recipe of a trained ``system`` (an ablation's, :data:`asd_utils.registry.ABLATIONS`, is
+    its system's)."""
     return recipe_class(registry.get(system))(registry.get(system))
 
 

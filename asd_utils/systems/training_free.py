@@ -1,9 +1,10 @@
-"""Scores without training: System 0 (a frozen encoder on both microphones) and the log-mel floor.
+"""The training-free systems (a frozen encoder, no training: System 0 on both microphones, System
+6 on W1 audio) and the log-mel floor.
 
 **System 0** embeds every clip with a pre-trained EAT or BEATs as it is
-(:class:`asd_utils.models.frozen.FrozenEncoder`, the profile's ``frozen`` section), once per
-channel: the near microphone, the far microphone, and the ANC-denoised near channel (System 3's
-front-end, the profile's ``anc`` section). A clip is read once for all three; each channel's
+(:class:`asd_utils.models.frozen.FrozenEncoder`, the profile's ``training_free`` section), once
+per channel: the near microphone, the far microphone, and the ANC-denoised near channel (System
+3's front-end, the profile's ``anc`` section). A clip is read once for all three; each channel's
 embeddings are cached under a key of everything that changes them. The **channel views**
 (:data:`VIEWS`) are computed from the cached embeddings, so comparing them costs no further
 pass of the encoder.
@@ -29,7 +30,7 @@ from torch import nn
 from tqdm import tqdm
 
 from asd_utils import data, registry, scoring, systems
-from asd_utils.config.schema import Frozen, Profile
+from asd_utils.config.schema import Profile, TrainingFree
 from asd_utils.files import atomic_path
 from asd_utils.frontends import anc, twochannel
 from asd_utils.frontends.features import kaldi_fbank
@@ -37,7 +38,7 @@ from asd_utils.models import precision
 from asd_utils.models.common import n_frames, prefix_mask
 from asd_utils.models.frozen import FrozenEncoder, block_numbers, transformer_blocks
 
-SYSTEM = registry.of_kind("frozen")[0]  # System 0
+SYSTEM = registry.of_kind("training-free")[0]  # System 0
 FLOOR = registry.of_kind("floor")[0]  # the log-mel floor
 CHANNELS = ("near", "far", "anc", "w1", "ss")
 VIEWS = {
@@ -74,6 +75,12 @@ def available_views(clips: pd.DataFrame) -> tuple[list[str], str]:
     return ["near"], note
 
 
+def cache_dir(output_root: str | os.PathLike) -> Path:
+    """Where a run caches the frozen encoders' embeddings and the floor's statistics:
+    ``<output root>/training/frozen`` (the folder's name is kept, so nothing cached moves)."""
+    return Path(output_root) / "training" / "frozen"
+
+
 def channels_for(views: Sequence[str]) -> list[str]:
     """The channels the views need, in :data:`CHANNELS` order."""
     needed = {c for v in views for c in VIEW_CHANNELS[v]}
@@ -101,17 +108,18 @@ def view(
 # --- the encoder ----------------------------------------------------------------------------------
 
 
-def stored_layers(section: Frozen) -> list[int]:
+def stored_layers(section: TrainingFree) -> list[int]:
     """The profile's ``layer`` and the analysis ``sweep_layers``, as the encoder stores them."""
     return [section.layer, *section.sweep_layers]
 
 
 def build_encoder(
     profile: Profile, seed: int | None = None, system: str = SYSTEM
-) -> tuple[FrozenEncoder, Frozen]:
-    """A frozen system's encoder (default System 0, the profile's ``frozen`` section), and its
-    section (checkpoint resolved as for Systems 1–2: ``$EAT_CHECKPOINT`` / ``$BEATS_CHECKPOINT``
-    first). Without a checkpoint the backbone has random weights drawn from the profile's seed."""
+) -> tuple[FrozenEncoder, TrainingFree]:
+    """A training-free system's frozen encoder (default System 0, the profile's ``training_free``
+    section), and its section (checkpoint resolved as for Systems 1–2: ``$EAT_CHECKPOINT`` /
+    ``$BEATS_CHECKPOINT`` first). Without a checkpoint the backbone has random weights drawn from
+    the profile's seed."""
     section = systems.settings(profile, system)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(profile.seed if seed is None else seed)
@@ -251,16 +259,17 @@ def embed(
     progress: bool = True,
     system: str = SYSTEM,
     write_cache: bool = True,
-) -> tuple[dict[str, np.ndarray], FrozenEncoder, Frozen]:
-    """A frozen system for a run (default System 0): the encoder of its section, on the channels
-    of its ``view`` and ``sweep_views`` (an analysis) that the clips allow, on the GPU
-    when there is one, in the precision ``mixed_precision`` resolves to there
+) -> tuple[dict[str, np.ndarray], FrozenEncoder, TrainingFree]:
+    """A training-free system for a run (default System 0): the frozen encoder of its section, on
+    the channels of its ``view`` and ``sweep_views`` (an analysis) that the clips allow, on the
+    GPU when there is one, in the precision ``mixed_precision`` resolves to there
     (:func:`asd_utils.models.precision.resolve`; the fbank, the ANC and the pooling stay float32).
     bf16 is autocast on a GPU; on a CPU it is a copy of the encoder with bf16 weights (a frozen
     encoder needs no float32 master weights, and on the Xeon's AMX it ran EAT base at 3.75x
-    float32 against autocast's 2.62x, cosine to float32 0.99993; ``bench_backbones.py``).
-    Returns ``(embeddings, encoder, section)``: the float32 encoder with its ``precision`` (the
-    decision, :meth:`asd_utils.models.precision.Precision.to_dict`, and ``how``), the section;
+    float32 against autocast's 2.62x, cosine to float32 0.99993;
+    ``benchmarks/bench_backbones.py``). Returns ``(embeddings, encoder, section)``: the float32
+    encoder with its ``precision`` (the decision,
+    :meth:`asd_utils.models.precision.Precision.to_dict`, and ``how``), the section;
     see :func:`embed_channels` (the cache key holds the weights' dtype and the autocast;
     ``write_cache``: False reads the cache, writes none)."""
     encoder, section = build_encoder(profile, system=system)
@@ -287,7 +296,7 @@ def embed(
     return embeddings, encoder.cpu(), section
 
 
-def bands(encoder: FrozenEncoder, section: Frozen) -> int:
+def bands(encoder: FrozenEncoder, section: TrainingFree) -> int:
     """Frequency bands in one of the encoder's vectors: its ``n_freq`` for the band-preserving
     poolings (``time_*``), else 1."""
     return encoder.n_freq if section.pooling.startswith("time_") else 1
