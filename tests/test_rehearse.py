@@ -57,7 +57,7 @@ def test_the_plan_trains_and_embeds_every_fine_tuned_system_the_data_allows():
     assert trained == registry.of_kind("fine-tuned") and len(trained) >= 5
     assert [n for n in names if n.startswith("embed ")] == [f"embed {s}" for s in trained]
     only = [name for name, *_ in rehearse.stage_plan(profile, clips, ["System 2"])]
-    assert [n for n in only if n.startswith(("train", "embed"))] == [
+    assert [n for n in only if n.startswith(("train ", "embed "))] == [
         "train System 2",
         "embed System 2",
     ]
