@@ -775,7 +775,7 @@ def train(
         classes=len(classes),
         **extra,
         checkpoints=checkpoints,
-        **made(run, name or system),
+        **made(run, system),  # an ablation or a study arm: its system's settings
     )
     if not result.reused:  # a found run is said once, by the training loop
         log.info("train: %s: %s", name or system, result.summary)
