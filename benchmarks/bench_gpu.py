@@ -228,8 +228,11 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     parser.add_argument("--clips", type=int, default=24, help="training clips per machine type")
     parser.add_argument("--clip-seconds", type=float, help="clip length (default: the real ones)")
     parser.add_argument("--output", type=Path, help="folder for bench_gpu.csv")
+    parser.add_argument(
+        "--settle", type=float, default=120.0, help="wait this long for idle cores (s; 0: not)"
+    )
     args = parser.parse_args(argv)
-    with load_recorded():
+    with load_recorded(args.settle):
         return run(args)
 
 
