@@ -24,6 +24,9 @@ def test_waves_put_the_independent_chapters_together_in_order():
         ["60_i"],
         ["70_j"],
     ]
+    names.insert(8, "55_k")  # 50 and 55: a group of their own
+    grouped = pipeline.waves([Path(f"{n}.ipynb") for n in names])
+    assert [[p.stem[:2] for p in wave] for wave in grouped][1:] == [["50", "55"], ["60"], ["70"]]
     # an --only run of 30 and 50: 30 alone
     assert [len(w) for w in pipeline.waves([Path("30_d.ipynb"), Path("50_h.ipynb")])] == [1, 1]
 

@@ -156,11 +156,19 @@ def kernel_dir() -> Path:
     return Path(tempfile.mkdtemp(prefix=f"{KERNEL_DIR_PREFIX}{os.getpid()}-"))
 
 
-INDEPENDENT = ("00", "10", "20", "30", "35", "40", "45")
-"""Chapters that may run side by side: each reads only the manifest, the data and the profile
-that the run wrote, and writes only its own systems' folders (00 nothing, 10 Systems 0 and 6
-and the log-mel floor, 20 the baseline, 30 Systems 1 and 3, 35 System 5 (the noise study's
-table it only reads), 40 System 2, 45 System 7); chapters 50 and later read what they wrote."""
+INDEPENDENT = (("00", "10", "20", "30", "35", "40", "45"), ("50", "55"))
+"""Groups of chapters that may run side by side. In the first, each chapter reads only what the
+run wrote (the clip manifest, the data, the frozen profile) and writes only its own systems'
+folders (00 nothing, 10 Systems 0 and 6 and the log-mel floor, 20 the baseline, 30 Systems 1
+and 3, 35 System 5 (the noise study's table it only reads), 40 System 2, 45 System 7). In the
+second, 50 scores the fine-tuned systems and 55 reads and writes only the training-free ones
+(their scores, every embedding, ``backends.csv``). 60 and 70 read what all of them wrote."""
+
+
+def _group(chapter: str) -> int | None:
+    """The :data:`INDEPENDENT` group of ``chapter`` (its number), None for a chapter alone."""
+    return next((i for i, group in enumerate(INDEPENDENT) if chapter in group), None)
+
 
 WORKERS_ENV = "ASD_REPORT_WORKERS"
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
@@ -182,14 +190,12 @@ def report_workers(workers: int | None = None) -> int:
 
 
 def waves(sources: list[Path]) -> list[list[Path]]:
-    """The notebooks in order, grouped: consecutive :data:`INDEPENDENT` chapters form one wave
-    (run side by side), every other notebook a wave of its own."""
+    """The notebooks in order, grouped: consecutive chapters of one :data:`INDEPENDENT` group
+    form one wave (run side by side), every other notebook a wave of its own."""
     grouped: list[list[Path]] = []
     for source in sources:
-        joins = (
-            grouped and source.stem[:2] in INDEPENDENT and grouped[-1][-1].stem[:2] in INDEPENDENT
-        )
-        if joins:
+        group = _group(source.stem[:2])
+        if grouped and group is not None and _group(grouped[-1][-1].stem[:2]) == group:
             grouped[-1].append(source)
         else:
             grouped.append([source])
@@ -345,7 +351,7 @@ def execute_notebooks(
         for wave in waves(sources):
             numbers = [f"[{done + i}/{len(sources)}]" for i in range(1, len(wave) + 1)]
             done += len(wave)
-            if wave[0].stem[:2] in INDEPENDENT:
+            if _group(wave[0].stem[:2]) is not None:
                 _run_wave(wave, numbers, run_one, workers, connection_dir, seconds, on_start)
                 continue
             for number, source in zip(numbers, wave, strict=True):
