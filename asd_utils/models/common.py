@@ -192,10 +192,10 @@ def patch_tokens(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
     kernel, no padding): (batch, 1, frames, mel) → (batch, tokens, dim), tokens time-major.
 
     Written by hand because the patches do not overlap: cutting them out with a reshape and one
-    ``F.linear`` is the same sum as the convolution, and on a CPU 3-5× faster in training than
-    oneDNN's one-channel convolution and its backward (37 % of a tiny BEATs step before). The
-    weights stay the Conv2d's (the official checkpoints load unchanged); any other Conv2d goes
-    through the convolution."""
+    ``F.linear`` is the same sum as the convolution, and cheaper on a CPU than oneDNN's
+    one-channel convolution's backward (a quick System 2 training run 7-15 % shorter on the
+    Xeon, book/performance.md). The weights stay the Conv2d's (the official checkpoints load
+    unchanged); any other Conv2d goes through the convolution."""
     kernel = conv.kernel_size
     plain = (
         conv.in_channels == 1
