@@ -91,6 +91,10 @@ def _write_variant(tmp_path, change, text_change=None):
             lambda p: p["osscl"].update(crop_second=p["osscl"].pop("crop_seconds")),
             r"osscl\.crop_second: unknown key; did you mean 'crop_seconds'\?",
         ),
+        (  # a profile from before the rename: the new name, not a list of every key
+            lambda p: p.update(frozen=p.pop("training_free")),
+            r"frozen: unknown key: renamed 'training_free' \(December 2026\); rename it$",
+        ),
         (
             lambda p: p["osscl"].update(target_repeat=p["osscl"].pop("target_repeats")),
             r"osscl\.target_repeat: unknown key; did you mean 'target_repeats'\?",

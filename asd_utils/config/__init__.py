@@ -129,6 +129,10 @@ def read_profile_values(profile: str | os.PathLike, _chain: tuple[Path, ...] = (
     return _merge(base, values)
 
 
+RENAMED = {"frozen": "training_free"}
+"""Profile sections renamed since a release: an old profile's key is refused naming the new."""
+
+
 def _describe_error(error: dict) -> str:
     """One pydantic error as ``key.path: what was expected`` (a close match for a typo)."""
     location = ".".join(str(part) for part in error["loc"])
@@ -143,6 +147,8 @@ def _describe_error(error: dict) -> str:
         known = sorted(parent.model_fields) if parent is not None else []
         close = difflib.get_close_matches(str(error["loc"][-1]), known, n=1)
         hint = f"; did you mean {close[0]!r}?" if close else ""
+        if location in RENAMED:  # no list of keys: the new name says it
+            close, hint = True, f": renamed {RENAMED[location]!r} (December 2026); rename it"
         listed = f" (known keys: {', '.join(known)})" if known and not close else ""
         return f"{location}: unknown key{hint}{listed}"
     if error["type"] == "missing":
