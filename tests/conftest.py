@@ -7,11 +7,15 @@ from pathlib import Path
 
 import pytest
 
-# `make test` runs the suite in pytest-xdist workers, one per core: idle OpenMP threads of a
-# worker (and of the kernels and commands it starts) sleep instead of spinning on the core the
-# other worker needs. Set before torch is imported; it changes no number, only waiting.
+# `make test` runs the suite in pytest-xdist workers, one per core: each worker (and the
+# kernels and commands it starts) takes its share of the CPUs as its threads, so that no worker
+# spins on the core another needs. (Sleeping idle threads, OMP_WAIT_POLICY=PASSIVE, were used
+# before: they made the tiny models' steps 1.7 times slower.) Set before torch is imported.
 if os.environ.get("PYTEST_XDIST_WORKER"):
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    _workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT") or 1)
+    _threads = str(max(1, len(os.sched_getaffinity(0)) // _workers))
+    for _name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ.setdefault(_name, _threads)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # The real clips live in the workspace's shared/ folder beside the checkout (or $DCASE_FIXTURES).

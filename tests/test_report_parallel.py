@@ -24,9 +24,13 @@ def test_waves_put_the_independent_chapters_together_in_order():
         ["60_i"],
         ["70_j"],
     ]
-    names.insert(8, "55_k")  # 50 and 55: a group of their own
+    names.insert(8, "55_k")  # 55 and 60: a group of their own, after 50
     grouped = pipeline.waves([Path(f"{n}.ipynb") for n in names])
-    assert [[p.stem[:2] for p in wave] for wave in grouped][1:] == [["50", "55"], ["60"], ["70"]]
+    assert [[p.stem[:2] for p in wave] for wave in grouped][1:] == [["50"], ["55", "60"], ["70"]]
+    # side by side, the longest chapter starts right after the first (the console keeps the
+    # numbered order)
+    started = sorted(grouped[0], key=pipeline._start_rank)
+    assert [p.stem[:2] for p in started] == ["00", "40", "10", "20", "30", "35", "45"]
     # an --only run of 30 and 50: 30 alone
     assert [len(w) for w in pipeline.waves([Path("30_d.ipynb"), Path("50_h.ipynb")])] == [1, 1]
 
@@ -36,12 +40,21 @@ def test_workers_from_the_argument_the_environment_or_the_cpus(monkeypatch):
     assert pipeline.report_workers() == 1
     assert pipeline.report_workers(3) == 3
     monkeypatch.delenv(pipeline.WORKERS_ENV)
-    monkeypatch.setattr(pipeline.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(pipeline, "cpus", lambda: 2)
     assert pipeline.report_workers() == 2
     monkeypatch.delenv(pipeline.THREADS_ENV, raising=False)
-    assert pipeline.thread_env() == {"OMP_WAIT_POLICY": "PASSIVE"}  # torch's threads: same bytes
-    monkeypatch.setenv(pipeline.THREADS_ENV, "1")
-    assert pipeline.thread_env()["OMP_NUM_THREADS"] == "1"
+    # half the CPUs each, whatever the workers (same bytes serial or side by side); no sleeping
+    # threads while the chapters' threads fit the CPUs
+    assert pipeline.thread_env(2) == dict.fromkeys(pipeline.THREAD_VARIABLES, "1")
+    assert pipeline.thread_env(1) == pipeline.thread_env(2)
+    monkeypatch.setattr(pipeline, "cpus", lambda: 16)
+    assert pipeline.thread_env(2)["OMP_NUM_THREADS"] == "8"
+    monkeypatch.setenv(pipeline.THREADS_ENV, "4")
+    assert pipeline.thread_env(2)["MKL_NUM_THREADS"] == "4"
+    assert pipeline.thread_env(5)["OMP_WAIT_POLICY"] == "PASSIVE"  # 20 threads on 16 CPUs
+    monkeypatch.setenv(pipeline.THREADS_ENV, "0")
+    with pytest.raises(errors.UserError, match=pipeline.THREADS_ENV):
+        pipeline.thread_env()
     monkeypatch.setenv(pipeline.WORKERS_ENV, "0")
     with pytest.raises(errors.UserError, match=pipeline.WORKERS_ENV):
         pipeline.report_workers()
@@ -87,8 +100,8 @@ def test_side_by_side_writes_the_serial_runs_files_byte_for_byte(tmp_path, capsy
     kept = Kept()  # the run's own console set-up leaves a logger that has a handler alone
     package.addHandler(kept)
     package.setLevel("INFO")  # the data made above: no run synthesises it
-    # the chapters that run side by side (60 and 70 run alone either way: not run again here)
-    side_by_side = [chapter for group in pipeline.INDEPENDENT for chapter in group]
+    # the chapters that run side by side and 50, which 60 needs (70 runs alone either way)
+    side_by_side = sorted({c for group in pipeline.INDEPENDENT for c in group} | {"50"})
     files, lines, steps = {}, {}, {}
     for workers in (1, 2):
         root = tmp_path / f"out{workers}"

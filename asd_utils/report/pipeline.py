@@ -156,13 +156,17 @@ def kernel_dir() -> Path:
     return Path(tempfile.mkdtemp(prefix=f"{KERNEL_DIR_PREFIX}{os.getpid()}-"))
 
 
-INDEPENDENT = (("00", "10", "20", "30", "35", "40", "45"), ("50", "55"))
-"""Groups of chapters that may run side by side. In the first, each chapter reads only what the
-run wrote (the clip manifest, the data, the frozen profile) and writes only its own systems'
-folders (00 nothing, 10 Systems 0 and 6 and the log-mel floor, 20 the baseline, 30 Systems 1
-and 3, 35 System 5 (the noise study's table it only reads), 40 System 2, 45 System 7). In the
-second, 50 scores the fine-tuned systems and 55 reads and writes only the training-free ones
-(their scores, every embedding, ``backends.csv``). 60 and 70 read what all of them wrote."""
+INDEPENDENT = (("00", "40", "10", "20", "30", "35", "45"), ("55", "60"))
+"""Groups of chapters that may run side by side, each in the order its chapters start. In the
+first, each chapter reads only what the run wrote (the clip manifest, the data, the frozen
+profile) and writes only its own systems' folders (00 nothing, 10 Systems 0 and 6 and the
+log-mel floor, 20 the baseline, 30 Systems 1 and 3, 35 System 5 (the noise study's table it
+only reads), 40 System 2, 45 System 7); 40 starts first, after 00, as the longest (tiny BEATs'
+steps are the slowest), so that no long chapter starts last while the other core idles. 50
+scores the fine-tuned systems alone. In the second, 55 reads and writes only the
+training-free systems (their scores again, the same bytes, written atomically; every
+embedding; ``backends.csv``) and 60 reads the scores of every system and writes System 4's.
+70 reads what all of them wrote."""
 
 
 def _group(chapter: str) -> int | None:
@@ -170,23 +174,59 @@ def _group(chapter: str) -> int | None:
     return next((i for i, group in enumerate(INDEPENDENT) if chapter in group), None)
 
 
+def _start_rank(source: Path) -> int:
+    """Where ``source`` starts among its :data:`INDEPENDENT` group's chapters."""
+    chapter = source.stem[:2]
+    return INDEPENDENT[_group(chapter)].index(chapter)
+
+
 WORKERS_ENV = "ASD_REPORT_WORKERS"
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 THREADS_ENV = "ASD_REPORT_THREADS"
-"""Threads per chapter kernel of the :data:`INDEPENDENT` chapters (default: torch's own, as a
-serial run and ``asd run``): the thread count changes float rounding (a reduction split
-differently), so the default keeps every file byte for byte; side by side, the kernels' idle
-threads sleep (``OMP_WAIT_POLICY=PASSIVE``) rather than spin on the other chapter's cores."""
+"""Threads per chapter kernel of the :data:`INDEPENDENT` chapters (:func:`chapter_threads`)."""
+
+
+def cpus() -> int:
+    """The CPUs this process may run on (its affinity; ``os.cpu_count()`` where there is none)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
 
 
 def report_workers(workers: int | None = None) -> int:
     """How many chapters run side by side: ``workers``, else ``$ASD_REPORT_WORKERS``, else
     2 on a machine with 2 or more CPUs (1 = one chapter at a time)."""
     if workers is None:
-        workers = int(os.environ.get(WORKERS_ENV) or min(2, os.cpu_count() or 1))
+        workers = int(os.environ.get(WORKERS_ENV) or min(2, cpus()))
     if workers < 1:
         raise errors.UserError(f"{WORKERS_ENV} must be 1 or more, not {workers}")
     return workers
+
+
+def chapter_threads() -> int:
+    """The threads of each :data:`INDEPENDENT` chapter's kernel: ``$ASD_REPORT_THREADS``, else
+    half the CPUs (at least 1), the share of each of the two chapters that run side by side by
+    default. Whatever the number of workers: the thread count changes float rounding (a
+    reduction split differently), so a serial run (``ASD_REPORT_WORKERS=1``) keeps it and
+    writes the side-by-side run's files byte for byte."""
+    threads = int(os.environ.get(THREADS_ENV) or max(1, cpus() // 2))
+    if threads < 1:
+        raise errors.UserError(f"{THREADS_ENV} must be 1 or more, not {threads}")
+    return threads
+
+
+def thread_env(workers: int | None = None) -> dict[str, str]:
+    """The kernel environment of an :data:`INDEPENDENT` chapter: :func:`chapter_threads`
+    threads (torch, OpenMP, MKL, OpenBLAS); when the chapters side by side would ask for more
+    threads than there are CPUs, idle OpenMP threads sleep (``OMP_WAIT_POLICY=PASSIVE``)
+    rather than spin on the other chapter's cores. Only then: a sleeping thread wakes late,
+    which made the tiny models' training steps 1.7 times slower (measured, Intel Xeon)."""
+    threads = chapter_threads()
+    env = dict.fromkeys(THREAD_VARIABLES, str(threads))
+    if threads * report_workers(workers) > cpus():
+        env["OMP_WAIT_POLICY"] = "PASSIVE"
+    return env
 
 
 def waves(sources: list[Path]) -> list[list[Path]]:
@@ -200,16 +240,6 @@ def waves(sources: list[Path]) -> list[list[Path]]:
         else:
             grouped.append([source])
     return grouped
-
-
-def thread_env() -> dict[str, str]:
-    """The kernel environment of an :data:`INDEPENDENT` chapter: idle OpenMP threads sleep, and
-    with ``$ASD_REPORT_THREADS`` that many threads (torch, OpenMP, MKL, OpenBLAS)."""
-    env = {"OMP_WAIT_POLICY": "PASSIVE"}
-    threads = os.environ.get(THREADS_ENV)
-    if threads:
-        env.update(dict.fromkeys(THREAD_VARIABLES, threads))
-    return env
 
 
 def _execute(source: Path, target: Path, parameters: dict, kernel: str, manager, stderr) -> None:
@@ -262,14 +292,15 @@ def _relay(path: Path, position: int, until) -> int:
 
 
 def _run_wave(wave, numbers, run_one, workers, connection_dir, seconds, on_start) -> None:
-    """The notebooks of ``wave`` side by side, ``workers`` at a time, each kernel with its
+    """The notebooks of ``wave`` side by side, ``workers`` at a time in their group's start
+    order (:data:`INDEPENDENT`; one at a time: in their numbered order), each kernel with its
     threads (:func:`thread_env`, also when ``workers`` is 1). The console and
-    ``on_start`` follow the serial order:
+    ``on_start`` follow the numbered order:
     each chapter's standard error is kept in a file and relayed when the chapters before it
     have ended (the first running chapter's live). A failure stops the others' kernels."""
     from concurrent.futures import ThreadPoolExecutor
 
-    env, live = thread_env(), set()
+    env, live = thread_env(workers), set()
     manager = _kernel_manager(connection_dir, env, live)
     logs = {s.stem: connection_dir / f"{s.stem}.stderr" for s in wave}
     for path in logs.values():
@@ -281,14 +312,17 @@ def _run_wave(wave, numbers, run_one, workers, connection_dir, seconds, on_start
             run_one(source, manager, stderr)
         return round(time.perf_counter() - start, 1)
 
+    threads = int(env[THREAD_VARIABLES[0]])
     log.info(
-        "chapters %s: %d at a time, %s threads each",
+        "chapters %s: %d at a time, %d thread%s each",
         ", ".join(s.stem for s in wave),
         workers,
-        env.get(THREAD_VARIABLES[0], "torch's default"),
+        threads,
+        "" if threads == 1 else "s",
     )
     with ThreadPoolExecutor(workers, thread_name_prefix="chapter") as pool:
-        futures = {s.stem: pool.submit(work, s) for s in wave}
+        started = sorted(wave, key=_start_rank) if workers > 1 else wave
+        futures = {s.stem: pool.submit(work, s) for s in started}
         try:
             for number, source in zip(numbers, wave, strict=True):
                 log.info("%s %s: running …", number, source.stem)
