@@ -833,8 +833,11 @@ def generate_dataset(
     write_marker(root, own)  # first: a crash leaves a root the next call may finish
     start = time.perf_counter()
     plan = clip_plan(config)
+    log.info("synthetic data: rendering %s clips into %s …", f"{len(plan):,}", root)
     _render_clips(root, config, plan, workers, progress)
     _write_attribute_files(root, config, plan)
+    seconds = round(time.perf_counter() - start, 1)
+    log.info("synthetic data: %s clips made in %.1f s", f"{len(plan):,}", seconds)
     atomic_write_text(
         record,
         json.dumps(
@@ -843,7 +846,7 @@ def generate_dataset(
                 "generator_version": GENERATOR_VERSION,
                 "config": config.to_dict(),
                 "clips": len(plan),
-                "seconds": round(time.perf_counter() - start, 1),
+                "seconds": seconds,
             },
             indent=2,
         ),
