@@ -8,10 +8,12 @@ import numpy as np
 import pandas as pd
 import pytest
 import soundfile as sf
+import torch
+from threadpoolctl import threadpool_limits
 
 from asd_utils import cli, data, detection, registry, stages
 from asd_utils.evaluation import official as official_files
-from asd_utils.report import analysis, book
+from asd_utils.report import analysis, book, pipeline
 
 pytestmark = pytest.mark.slow  # every stage from the command line, on the smoke report's data
 
@@ -31,9 +33,14 @@ def cli_run(smoke_run, tmp_path_factory):
     argv = ["run", "--profile", str(tmp / "smoke.yaml"), "--output-root", str(out), "-q"]
     calls = []
     index = data.index_dataset
-    with pytest.MonkeyPatch.context() as patch:
+    threads = torch.get_num_threads()
+    with pytest.MonkeyPatch.context() as patch, threadpool_limits(pipeline.chapter_threads()):
         patch.setattr(data, "index_dataset", lambda *a, **k: calls.append(a) or index(*a, **k))
-        assert cli.main(argv) == 0
+        torch.set_num_threads(pipeline.chapter_threads())  # the report's chapters': same bytes
+        try:
+            assert cli.main(argv) == 0
+        finally:
+            torch.set_num_threads(threads)
     after = sorted(p.relative_to(out) for p in (out / "training").rglob("*"))
     return tmp / "out", out, before, after, calls
 
