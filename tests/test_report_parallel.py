@@ -9,9 +9,8 @@ from pathlib import Path
 
 import nbformat
 import pytest
-import yaml
 
-from asd_utils import config, errors, stages
+from asd_utils import config, errors
 from asd_utils.report import pipeline
 
 
@@ -89,38 +88,55 @@ class Kept(logging.Handler):
 
 
 @pytest.mark.slow
-def test_side_by_side_writes_the_serial_runs_files_byte_for_byte(tmp_path, capsys):
-    profile = config.load_profile("smoke").plain()
-    profile["data"]["synthetic_root"] = str(tmp_path / "data")
-    profile_path = tmp_path / "smoke.yaml"
-    profile_path.write_text(yaml.safe_dump(profile))
-    stages.open_run(str(profile_path), output_root=str(tmp_path / "prepared"), progress=False)
-    package = logging.getLogger("asd_utils")  # open_run set up a console, as in a kernel
-    package.handlers[:], package.propagate = [], False
-    kept = Kept()  # the run's own console set-up leaves a logger that has a handler alone
-    package.addHandler(kept)
-    package.setLevel("INFO")  # the data made above: no run synthesises it
+def test_side_by_side_writes_the_serial_runs_files_byte_for_byte(smoke_run):
+    """The session's smoke report ran its groups side by side (two workers); chapters 00-60 run
+    again one at a time on the same data and profile write the same official files."""
+    tmp, _ = smoke_run
     # the chapters that run side by side and 50, which 60 needs (70 runs alone either way)
     side_by_side = sorted({c for group in pipeline.INDEPENDENT for c in group} | {"50"})
-    files, lines, steps = {}, {}, {}
+    other = 1 if pipeline.report_workers() > 1 else 2  # the mode the session's run did not use
+    root = tmp / f"workers{other}"
+    pipeline.run(str(tmp / "smoke.yaml"), output_root=str(root), book=False, workers=other,
+                 only=side_by_side)  # fmt: skip
+    files = official_files(root)
+    assert len(files) > 40
+    differ = [name for name in files if (tmp / "out" / name).read_bytes() != files[name]]
+    assert not differ, f"side by side changed {differ}"
+
+
+def test_the_console_keeps_the_numbered_order_side_by_side(tmp_path, monkeypatch, capsys):
+    """20 sleeps while 30 and 35 finish beside it: the console (each chapter's standard error
+    and the run's progress lines) reads as in a run one at a time."""
+    folder = tmp_path / "notebooks"
+    folder.mkdir()
+    for name, code in (("20_slow", "time.sleep(3)"), ("30_quick", ""), ("35_quick", "")):
+        notebook(
+            folder, name, f"import sys, time\n{code}\nprint('line of {name}', file=sys.stderr)"
+        )
+    monkeypatch.setattr(pipeline, "NOTEBOOK_DIR", folder)
+    paths = config.RunPaths(tmp_path / "data", tmp_path / "out", synthetic=False)
+    package = logging.getLogger("asd_utils")
+    kept = Kept()
+    monkeypatch.setattr(package, "handlers", [kept])
+    monkeypatch.setattr(package, "propagate", False)
+    package.setLevel("INFO")
+    lines, steps = {}, {}
     for workers in (1, 2):
-        root = tmp_path / f"out{workers}"
         capsys.readouterr()
         kept.records.clear()
-        pipeline.run(str(profile_path), output_root=str(root), book=False, workers=workers,
-                     only=side_by_side)  # fmt: skip
-        files[workers] = official_files(root)
-        lines[workers] = console(capsys.readouterr().err, root)
+        pipeline.execute_notebooks(
+            config.load_profile("smoke").model_copy(update={"name": "x"}), paths,
+            tmp_path / f"executed{workers}", workers=workers,
+        )  # fmt: skip
+        lines[workers] = console(capsys.readouterr().err, tmp_path)
         steps[workers] = [
             re.sub(r"in \d+ s", "in N s", r.getMessage())
             for r in kept.records
             if r.getMessage().startswith("[")
         ]
-    assert len(files[1]) > 40 and files[1].keys() == files[2].keys()
-    differ = [name for name in files[1] if files[1][name] != files[2][name]]
-    assert not differ, f"side by side changed {differ}"
-    assert steps[1] == steps[2] and len(steps[1]) == 2 * len(side_by_side)
-    assert lines[1] == lines[2]  # the chapters' log lines, in the serial order
+    chapters = [line for line in lines[1] if line.startswith("line of")]
+    assert chapters == ["line of N_slow", "line of N_quick", "line of N_quick"]  # numbers: N
+    assert lines[1] == lines[2] and steps[1] == steps[2] and len(steps[1]) == 6
 
 
 def notebook(folder: Path, name: str, code: str) -> None:
