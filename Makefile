@@ -57,7 +57,7 @@ test: setup  ## lint, format check, the layering (.importlinter), the whole test
 test-fast: setup  ## the edit loop: lint, the layering and the tests not marked slow (no pipeline, no browser)
 	$(PY) -m ruff check .
 	$(VENV)/bin/lint-imports --no-cache
-	$(PY) -m pytest -m "not slow" -q
+	$(PY) -m pytest -m "not slow" -q -n $(TEST_WORKERS) --dist loadgroup
 
 train: setup  ## train one fine-tuned system into the run folder the notebooks find; SYSTEM="System 1"
 	$(VENV)/bin/asd train --profile $(PROFILE) --system "$(SYSTEM)"
