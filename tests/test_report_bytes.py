@@ -1,13 +1,17 @@
-"""The report's chapters side by side write the files of a run one chapter at a time, byte for
-byte (a module of its own: it shares the session's smoke report, so it runs in that report's
-pytest-xdist worker, ``conftest.work_unit``)."""
+"""The report's chapters side by side write the files of a serial computation byte for byte: the
+same stages one after the other in one process (``asd run``, training from scratch on the
+chapters' thread count). A module of its own: it shares the session's smoke report, so it runs
+in that report's pytest-xdist worker (``conftest.work_unit``)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
+import torch
+from threadpoolctl import threadpool_limits
 
+from asd_utils import cli
 from asd_utils.report import pipeline
 
 
@@ -21,16 +25,21 @@ def official_files(root: Path) -> dict[str, bytes]:
 
 @pytest.mark.slow
 def test_side_by_side_writes_the_serial_runs_files_byte_for_byte(smoke_run):
-    """The session's smoke report ran its groups side by side (two workers); chapters 00-60 run
-    again one at a time on the same data and profile write the same official files."""
+    """The session's smoke report ran its chapter groups side by side (two workers, when there
+    are two CPUs); ``asd run`` computes every stage one after the other, from scratch, on the
+    thread count of the report's chapters."""
     tmp, _ = smoke_run
-    # the chapters that run side by side and 50, which 60 needs (70 runs alone either way)
-    side_by_side = sorted({c for group in pipeline.INDEPENDENT for c in group} | {"50"})
-    other = 1 if pipeline.report_workers() > 1 else 2  # the mode the session's run did not use
-    root = tmp / f"workers{other}"
-    pipeline.run(str(tmp / "smoke.yaml"), output_root=str(root), book=False, workers=other,
-                 only=side_by_side)  # fmt: skip
+    assert pipeline.report_workers() > 1 or pipeline.cpus() < 2
+    root = tmp / "serial"
+    threads = torch.get_num_threads()
+    with threadpool_limits(pipeline.chapter_threads()):
+        torch.set_num_threads(pipeline.chapter_threads())
+        try:
+            argv = ["run", "--profile", str(tmp / "smoke.yaml"), "--output-root", str(root), "-q"]
+            assert cli.main(argv) == 0
+        finally:
+            torch.set_num_threads(threads)
     files = official_files(root)
-    assert len(files) > 40
+    assert len(files) > 60 and files.keys() == official_files(tmp / "out").keys()
     differ = [name for name in files if (tmp / "out" / name).read_bytes() != files[name]]
     assert not differ, f"side by side changed {differ}"
