@@ -81,16 +81,30 @@ def _describe(
     checkpoints: list[str] = []
     if info.get("description"):
         described, checkpoints = dict(info["description"]), list(info.get("checkpoints", []))
-    elif kind == "ensemble":
-        described, checkpoints = _describe_ensemble(profile, members, info.get("member_info"))
-    elif kind == "autoencoder":
-        described = _describe_autoencoder(base, profile)
-    elif kind == "training-free":
-        described, checkpoints = _describe_training_free(entry, profile)
+    elif kind in DESCRIBED_BY_KIND:
+        described, checkpoints = DESCRIBED_BY_KIND[kind](base, entry, profile, members, info)
     else:
         described = {f: f"{FILL_IN}: {f.replace('_', ' ')}" for f in DESCRIPTION_FIELDS[1:]}
     fields.update(described)
     return fields, checkpoints
+
+
+DESCRIBED_BY_KIND = {
+    # registry kind -> (base name, registry entry, profile, members, info) -> (fields, checkpoints)
+    # for the systems that keep no description of their own in system.json
+    "ensemble": lambda base, entry, profile, members, info: _describe_ensemble(
+        profile, members, info.get("member_info")
+    ),
+    "autoencoder": lambda base, entry, profile, members, info: (
+        _describe_autoencoder(base, profile),
+        [],
+    ),
+    "training-free": lambda base, entry, profile, members, info: _describe_training_free(
+        entry, profile
+    ),
+}
+"""How :func:`_describe` words a system by its registry kind when its ``system.json`` holds no
+description (a trained system's recipe writes its own)."""
 
 
 FRONT_ENDS = {
