@@ -145,10 +145,12 @@ def _describe_error(error: dict) -> str:
                 parent = None
                 break
         known = sorted(parent.model_fields) if parent is not None else []
+        if location in RENAMED:  # no list of keys: the new name says it
+            return (
+                f"{location}: unknown key: renamed {RENAMED[location]!r} (December 2026); rename it"
+            )
         close = difflib.get_close_matches(str(error["loc"][-1]), known, n=1)
         hint = f"; did you mean {close[0]!r}?" if close else ""
-        if location in RENAMED:  # no list of keys: the new name says it
-            close, hint = True, f": renamed {RENAMED[location]!r} (December 2026); rename it"
         listed = f" (known keys: {', '.join(known)})" if known and not close else ""
         return f"{location}: unknown key{hint}{listed}"
     if error["type"] == "missing":
