@@ -1,5 +1,6 @@
 """Shared test fixtures, and how ``make test`` splits the suite over two processes."""
 
+import contextlib
 import functools
 import logging
 import os
@@ -53,6 +54,29 @@ def smoke_run(tmp_path_factory):
         str(profile_path), output_root=str(tmp / "out"), build_dir=str(tmp / "build")
     )
     return tmp, record
+
+
+@pytest.fixture(scope="session")
+def on_chapter_threads():
+    """A context manager: torch and the OpenMP/BLAS pools on the thread count of the report's
+    side-by-side chapters (:func:`asd_utils.report.pipeline.chapter_threads`), so that what runs
+    in this process writes their bytes."""
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    from asd_utils.report import pipeline
+
+    @contextlib.contextmanager
+    def on_them():
+        before, threads = torch.get_num_threads(), pipeline.chapter_threads()
+        with threadpool_limits(threads):
+            torch.set_num_threads(threads)
+            try:
+                yield
+            finally:
+                torch.set_num_threads(before)
+
+    return on_them
 
 
 # --- `make test` in pytest-xdist workers (-n 2 --dist loadgroup) -------------------------------

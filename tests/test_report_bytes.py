@@ -8,8 +8,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import torch
-from threadpoolctl import threadpool_limits
 
 from asd_utils import cli
 from asd_utils.report import pipeline
@@ -24,21 +22,16 @@ def official_files(root: Path) -> dict[str, bytes]:
 
 
 @pytest.mark.slow
-def test_side_by_side_writes_the_serial_runs_files_byte_for_byte(smoke_run):
+def test_side_by_side_writes_the_serial_runs_files_byte_for_byte(smoke_run, on_chapter_threads):
     """The session's smoke report ran its chapter groups side by side (two workers, when there
     are two CPUs); ``asd run`` computes every stage one after the other, from scratch, on the
     thread count of the report's chapters."""
     tmp, _ = smoke_run
     assert pipeline.report_workers() > 1 or pipeline.cpus() < 2
     root = tmp / "serial"
-    threads = torch.get_num_threads()
-    with threadpool_limits(pipeline.chapter_threads()):
-        torch.set_num_threads(pipeline.chapter_threads())
-        try:
-            argv = ["run", "--profile", str(tmp / "smoke.yaml"), "--output-root", str(root), "-q"]
-            assert cli.main(argv) == 0
-        finally:
-            torch.set_num_threads(threads)
+    argv = ["run", "--profile", str(tmp / "smoke.yaml"), "--output-root", str(root), "-q"]
+    with on_chapter_threads():
+        assert cli.main(argv) == 0
     files = official_files(root)
     assert len(files) > 60 and files.keys() == official_files(tmp / "out").keys()
     differ = [name for name in files if (tmp / "out" / name).read_bytes() != files[name]]

@@ -8,8 +8,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import soundfile as sf
-import torch
-from threadpoolctl import threadpool_limits
 
 from asd_utils import cli, data, detection, registry, stages
 from asd_utils.evaluation import official as official_files
@@ -21,7 +19,7 @@ OFFICIAL = ("anomaly_score_*.csv", "decision_result_*.csv", "scores.csv", "syste
 
 
 @pytest.fixture(scope="module")
-def cli_run(smoke_run, tmp_path_factory):
+def cli_run(smoke_run, tmp_path_factory, on_chapter_threads):
     """``asd run`` (every stage, no notebook) on the smoke report's data into a fresh output
     root that holds the report's training cache: ``(report folder, cli output root)``."""
     tmp, _ = smoke_run
@@ -33,14 +31,9 @@ def cli_run(smoke_run, tmp_path_factory):
     argv = ["run", "--profile", str(tmp / "smoke.yaml"), "--output-root", str(out), "-q"]
     calls = []
     index = data.index_dataset
-    threads = torch.get_num_threads()
-    with pytest.MonkeyPatch.context() as patch, threadpool_limits(pipeline.chapter_threads()):
+    with pytest.MonkeyPatch.context() as patch, on_chapter_threads():  # the report's bytes
         patch.setattr(data, "index_dataset", lambda *a, **k: calls.append(a) or index(*a, **k))
-        torch.set_num_threads(pipeline.chapter_threads())  # the report's chapters': same bytes
-        try:
-            assert cli.main(argv) == 0
-        finally:
-            torch.set_num_threads(threads)
+        assert cli.main(argv) == 0
     after = sorted(p.relative_to(out) for p in (out / "training").rglob("*"))
     return tmp / "out", out, before, after, calls
 
@@ -244,8 +237,6 @@ def test_no_chapter_indexes_the_tree_again():
     """A report indexes the data once (its pre-flight writes the manifest); every chapter reads
     the manifest through its run (``run.clips``), none walks the tree itself."""
     import nbformat
-
-    from asd_utils.report import pipeline
 
     for path in pipeline.notebooks():
         source = "\n".join(c.source for c in nbformat.read(path, as_version=4).cells)
